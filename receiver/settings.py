@@ -1,0 +1,73 @@
+"""Settings: every `OTAD_*` environment variable, validated once in the composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """otad's configuration. Tests build it directly; `otad` reads it from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="OTAD_", env_ignore_empty=True, extra="ignore")
+
+    data_dir: Path = Path("./otad-data")  # models, Milvus Lite file, spool
+    grpc_endpoint: str = "localhost:4317"  # OTLP/gRPC listen address
+    http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address (issue 3)
+    query_endpoint: str = "localhost:4320"  # otad's own gRPC API (reserved)
+    metrics_endpoint: str = "localhost:9464"  # Prometheus /metrics, /healthz, /readyz
+    export_endpoint: str | None = None  # OTLP/gRPC target for anomaly events; unset = stored only
+    export_insecure: bool = True  # plaintext export (development default)
+    export_timeout_s: float = Field(10.0, gt=0)  # one deadline for all attempts of one export
+    milvus_uri: str | None = None  # None: Milvus Lite file <data_dir>/milvus.db; http://host:19530: a server
+    milvus_token: SecretStr | None = None  # for a Milvus server with auth
+    milvus_timeout_s: float = Field(30.0, gt=0)  # every Milvus call carries it
+    bootstrap_rows: int = Field(5000, ge=100)  # rows collected before the first model is trained
+    max_recv_mib: int = Field(64, ge=1, le=1024)  # OTLP request limit after decompression
+    queue_rows: int = Field(200_000, ge=1000)  # bounded ingest queue, in rows
+    batch_rows: int = Field(4096, ge=1)  # rows per pipeline batch
+    batch_wait_ms: int = Field(200, ge=1)  # longest a row waits for its batch to fill
+    retry_after_s: int = Field(5, ge=1)  # RetryInfo delay when the queue is full
+    knn_k: int = Field(10, ge=1, le=200)  # neighbours for the k-NN distance
+    alert_pvalue: float = Field(1e-3, gt=0, lt=0.5)  # tail probability at the threshold
+    reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index
+    train_epochs: int = Field(30, ge=1)  # upper bound; early stopping usually ends sooner
+    train_max_rows: int = Field(50_000, ge=100)  # newest rows used for training
+    embed_dim: int = Field(32, ge=4)  # embedding dimension
+    seed: int = 7  # training seed
+    torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
+    log_level: str = "INFO"
+
+    @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{v!r} is not HOST:PORT (for example localhost:4317)")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _cross(self) -> Settings:
+        if self.batch_rows > self.queue_rows:
+            raise ValueError(
+                f"OTAD_BATCH_ROWS ({self.batch_rows}) must be <= OTAD_QUEUE_ROWS ({self.queue_rows}); "
+                "raise OTAD_QUEUE_ROWS or lower OTAD_BATCH_ROWS"
+            )
+        return self
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
