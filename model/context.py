@@ -1,0 +1,186 @@
+"""Context features: what a single row cannot say about itself (rates, bursts, first-seen pairs, series baselines).
+
+The tracker is updated in time order, row by row, so a row's features depend only on the rows before it;
+training and serving use the same code path, which keeps the two consistent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+
+NAN = float("nan")
+
+# Windowed counters: (feature name, window in ms).
+TEMPLATE_RATE = ("ctx.template_rate_60s", 60_000)
+SERVICE_ROWS = ("ctx.service_rows_60s", 60_000)
+SERVICE_FAIL = ("ctx.service_failures_60s", 60_000)
+SOURCE_FAIL = ("ctx.source_failures_300s", 300_000)
+
+# Entity pairs whose history is counted: a first-seen pair (a user from a new country) stands out.
+PAIRS = (
+    ("ctx.seen_user_country", "actor.user.name", "src_endpoint.location.country"),
+    ("ctx.seen_user_agent", "actor.user.name", "ua_family"),
+    ("ctx.seen_user_route", "actor.user.name", "url_template"),
+    ("ctx.seen_user_source", "actor.user.name", "src_subnet"),
+)
+
+SERIES = ("ctx.series_z", "ctx.series_log_ratio", "ctx.series_change")
+
+FEATURES = (
+    TEMPLATE_RATE[0], SERVICE_ROWS[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", SOURCE_FAIL[0],
+    *(p[0] for p in PAIRS), *SERIES,
+)
+
+
+class _Windows:
+    """Event timestamps per key inside a sliding window; bounded number of keys (oldest evicted)."""
+
+    def __init__(self, window_ms: int, max_keys: int):
+        self.window_ms = window_ms
+        self.max_keys = max_keys
+        self.events: OrderedDict[object, deque[int]] = OrderedDict()
+
+    def add_and_count(self, key: object, t_ms: int) -> int:
+        q = self.events.get(key)
+        if q is None:
+            q = self.events[key] = deque()
+            if len(self.events) > self.max_keys:
+                self.events.popitem(last=False)
+        else:
+            self.events.move_to_end(key)
+        horizon = t_ms - self.window_ms
+        while q and q[0] < horizon:
+            q.popleft()
+        count = len(q)
+        q.append(t_ms)
+        return count
+
+
+class _Series:
+    __slots__ = ("mean", "var", "last", "n")
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.var = 0.0
+        self.last = NAN
+        self.n = 0
+
+
+class ContextTracker:
+    """Online context state. `pair_counts` can be primed from training history and saved with a model."""
+
+    def __init__(self, max_keys: int = 200_000, pair_counts: dict[str, int] | None = None,
+                 series_alpha: float = 0.05, warmup: int = 6):
+        self.template = _Windows(TEMPLATE_RATE[1], max_keys)
+        self.service_rows = _Windows(SERVICE_ROWS[1], max_keys)
+        self.service_fail = _Windows(SERVICE_FAIL[1], max_keys)
+        self.source_fail = _Windows(SOURCE_FAIL[1], max_keys)
+        self.pair_counts: dict[str, int] = dict(pair_counts or {})
+        self.series: OrderedDict[str, _Series] = OrderedDict()
+        self.max_keys = max_keys
+        self.alpha = series_alpha
+        self.warmup = warmup
+
+    @staticmethod
+    def pair_keys(values: dict[str, object]) -> list[tuple[str, str | None]]:
+        """(feature, pair key or None when either side is missing) for every tracked pair."""
+        out = []
+        for name, left, right in PAIRS:
+            a, b = values.get(left), values.get(right)
+            out.append((name, f"{name}|{a}|{b}" if a not in (None, "") and b not in (None, "") else None))
+        return out
+
+    def prime(self, values: dict[str, object]) -> None:
+        """Count a row's pairs into the history without computing features (training pass one)."""
+        for _, key in self.pair_keys(values):
+            if key is not None:
+                self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
+
+    def update(self, values: dict[str, object], t_ms: int, *, learn_pairs: bool = True,
+               exclude_self: bool = False) -> dict[str, float]:
+        """Features of one row given everything before it, then add the row to the state.
+
+        Args:
+            values: the row's derived values (service, template key, failure flag, pair sides, series value).
+            t_ms: the row's time in ms.
+            learn_pairs: count this row's pairs into the history (serving); False when primed beforehand.
+            exclude_self: subtract the row's own occurrence from primed pair counts (training pass two).
+        """
+        out: dict[str, float] = {}
+        service = values.get("service")
+        failed = bool(values.get("failed"))
+        out[TEMPLATE_RATE[0]] = math.log1p(self.template.add_and_count((service, values.get("template_key")), t_ms))
+        rows = self.service_rows.add_and_count(service, t_ms)
+        fails = self.service_fail.add_and_count(service, t_ms) if failed else _peek(self.service_fail, service, t_ms)
+        out[SERVICE_ROWS[0]] = math.log1p(rows)
+        out[SERVICE_FAIL[0]] = math.log1p(fails)
+        out["ctx.service_failure_ratio_60s"] = fails / rows if rows else 0.0
+        source = values.get("src_endpoint.ip")
+        if source:
+            if failed:
+                out[SOURCE_FAIL[0]] = math.log1p(self.source_fail.add_and_count(source, t_ms))
+            else:
+                out[SOURCE_FAIL[0]] = math.log1p(_peek(self.source_fail, source, t_ms))
+        else:
+            out[SOURCE_FAIL[0]] = NAN
+        for name, key in self.pair_keys(values):
+            if key is None:
+                out[name] = NAN
+                continue
+            count = self.pair_counts.get(key, 0)
+            if exclude_self:
+                count = max(count - 1, 0)
+            out[name] = math.log1p(count)
+            if learn_pairs:
+                self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
+        series_key, value = values.get("series"), values.get("series_value")
+        if series_key is None or value is None or not math.isfinite(value):
+            for name in SERIES:
+                out[name] = NAN
+        else:
+            out.update(self._series(str(series_key), float(value)))
+        return out
+
+    def _series(self, key: str, x: float) -> dict[str, float]:
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = _Series()
+            if len(self.series) > self.max_keys:
+                self.series.popitem(last=False)
+        else:
+            self.series.move_to_end(key)
+        if s.n < self.warmup:
+            feats = dict.fromkeys(SERIES, NAN)
+        else:
+            sd = math.sqrt(s.var) + 1e-9 + 1e-3 * abs(s.mean)
+            z = (x - s.mean) / sd
+            feats = {
+                "ctx.series_z": max(-50.0, min(50.0, z)),
+                "ctx.series_log_ratio": math.copysign(math.log1p(abs(x)), x) - math.copysign(math.log1p(abs(s.mean)), s.mean),
+                "ctx.series_change": max(-50.0, min(50.0, (x - s.last) / (abs(s.last) + 1e-9))) if math.isfinite(s.last) else NAN,
+            }
+        # Learn slowly from outlying points so a trend (a leak) stays visible instead of becoming the baseline.
+        if s.n == 0:
+            s.mean = x
+        else:
+            z_abs = abs(x - s.mean) / (math.sqrt(s.var) + 1e-9 + 1e-3 * abs(s.mean))
+            a = self.alpha if (s.n < self.warmup or z_abs < 4) else self.alpha / 10
+            if s.n < self.warmup:
+                a = 1.0 / (s.n + 1)
+            d = x - s.mean
+            s.mean += a * d
+            s.var = (1 - a) * (s.var + a * d * d)
+        s.last = x
+        s.n += 1
+        return feats
+
+
+def _peek(windows: _Windows, key: object, t_ms: int) -> int:
+    q = windows.events.get(key)
+    if not q:
+        return 0
+    horizon = t_ms - windows.window_ms
+    while q and q[0] < horizon:
+        q.popleft()
+    return len(q)

@@ -1,0 +1,298 @@
+"""Featurize: OCSF rows -> (numeric float32 matrix, categorical int64 matrix) under a versioned contract.
+
+The contract is fitted on training rows and saved as JSON with the model: column lists, vocabularies
+(index 0 = missing, 1 = out of vocabulary), numeric transforms (log1p for heavy tails, then robust
+scaling), mined log templates and the primed entity-pair history. Label-like fields never become features.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from model.context import FEATURES as CONTEXT_FEATURES
+from model.context import ContextTracker
+from model.schema import Row
+from model.templates import TemplateMatcher, mine
+
+CONTRACT_VERSION = 1
+MISSING, OOV = 0, 1
+CLIP = 20.0
+
+# Never features: labels and ground truth, whatever the source calls them.
+LABEL_LIKE = re.compile(r"(^|[._])(anomal\w*|is_anomaly|labels?|ground_?truth|injected|attack\w*)($|[._])", re.I)
+# Identity columns: high-cardinality by nature; represented through templates, subnets and pair history.
+IDENTITY = re.compile(r"(^|[._])(uid|id|ids|session|trace|span|request_id|order|email|ip|address|port)($|[._])", re.I)
+
+CATEGORICAL = (
+    "signal", "service", "class_uid", "activity_id", "severity_id", "status_id", "status_code",
+    "http_request.http_method", "url_template", "template", "trace.span.kind", "trace.span.operation",
+    "api.operation", "api.service.name", "error.type", "db.system", "db.operation", "metric.name", "metric.type",
+    "metric.unit", "dst_endpoint.svc_name", "src_endpoint.location.country", "ua_family", "scope.name", "has_user",
+)
+NUMERIC = (
+    "duration", "http_response.length", "http_request.length", "http_response.code_class",
+    "metric.value", "metric.rate", "metric.mean", "metric.p99", "metric.count",
+    "trace.span.events", "trace.span.exception", "message_length", "template_rarity",
+    *CONTEXT_FEATURES,
+)
+TIME_FEATURES = ("time.hour_sin", "time.hour_cos", "time.dow_sin", "time.dow_cos")
+_ID_SEGMENT = re.compile(r"^(\d+|[0-9a-fA-F-]{8,}|[0-9a-zA-Z_-]*\d[0-9a-zA-Z_-]*)$")
+_VERSION = re.compile(r"[\d._]+")
+
+
+def url_template(path: str) -> str:
+    """`/api/users/123/orders` -> `/api/users/{id}/orders` (ids must not become one class each)."""
+    path = path.split("?", 1)[0]
+    parts = [("{id}" if seg and _ID_SEGMENT.match(seg) else seg) for seg in path.split("/")[:8]]
+    return "/".join(parts)[:120]
+
+
+def ua_family(ua: str) -> str:
+    return _VERSION.sub("", ua)[:80]
+
+
+def subnet(ip: str) -> str:
+    if ":" in ip:
+        return ":".join(ip.split(":")[:3]) + "::/48"
+    parts = ip.split(".")
+    return ".".join(parts[:3]) + ".0/24" if len(parts) == 4 else "invalid"
+
+
+def derive(row: Row, matcher: TemplateMatcher | None) -> dict[str, object]:
+    """The raw value of every candidate column for one row (strings, numbers or None)."""
+    f = row.fields
+    v: dict[str, object] = {
+        "signal": row.signal, "service": row.service, "class_uid": row.class_uid, "activity_id": row.activity_id,
+        "severity_id": row.severity_id, "status_id": row.status_id,
+    }
+    route = f.get("http_request.route") or f.get("http_request.url.path")
+    if route:
+        v["url_template"] = url_template(str(route))
+    ua = f.get("http_request.user_agent")
+    if ua:
+        v["ua_family"] = ua_family(str(ua))
+    ip = f.get("src_endpoint.ip")
+    if ip:
+        v["src_endpoint.ip"] = str(ip)
+        v["src_subnet"] = subnet(str(ip))
+    user = f.get("actor.user.name")
+    v["has_user"] = "yes" if user else "no"
+    if user:
+        v["actor.user.name"] = str(user)
+    message = f.get("message")
+    if isinstance(message, str) and row.signal == "logs":
+        v["message_length"] = math.log1p(len(message))
+        index = matcher.match(message) if matcher is not None else -1
+        v["template"] = str(index) if index >= 0 else "<unseen>"
+        v["template_key"] = index if index >= 0 else message[:64]
+        v["_message"] = message
+    code = f.get("http_response.code")
+    if isinstance(code, int | float) and not isinstance(code, bool):
+        v["http_response.code_class"] = float(int(code) // 100)
+    v["failed"] = row.status_id == 2 or row.severity_id >= 4
+    if row.signal == "metrics":
+        v["series"] = f.get("metric.series")
+        value = f.get("metric.value")
+        v["series_value"] = float(value) if isinstance(value, int | float) else None
+    for key, value in f.items():
+        if key in v:
+            continue
+        v[key] = value
+    return v
+
+
+@dataclass
+class NumericSpec:
+    name: str
+    log: bool
+    center: float
+    scale: float
+    missing_flag: bool
+
+
+@dataclass
+class FeatureContract:
+    """Fitted columns and transforms. `transform` is the only way rows become model input."""
+
+    categorical: list[str] = field(default_factory=list)
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+    numeric: list[NumericSpec] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    template_rarity: list[float] = field(default_factory=list)
+    pair_counts: dict[str, int] = field(default_factory=dict)
+    time_features: bool = False
+    version: int = CONTRACT_VERSION
+
+    # ----- fitting -----
+    @classmethod
+    def fit(cls, rows: list[Row], *, min_count: int = 2, max_vocab: int = 256) -> tuple[FeatureContract, list[dict]]:
+        """Fit on training rows (time-ordered). Returns the contract and the rows' derived values."""
+        rows = sorted(rows, key=lambda r: r.time_unix_nano)
+        messages = [str(r.fields.get("message", "")) for r in rows if r.signal == "logs"]
+        templates = mine(messages)
+        matcher = TemplateMatcher(templates)
+        derived = [derive(r, matcher) for r in rows]
+        counts = Counter(d.get("template") for d in derived if d.get("template") is not None)
+        total = sum(counts.values()) or 1
+        rarity = [-math.log((counts.get(str(i), 0) + 1) / (total + 1)) for i in range(len(templates))]
+        for d in derived:
+            t = d.get("template")
+            d["template_rarity"] = rarity[int(t)] if t is not None else -math.log(1 / (total + 1))
+        span_h = (rows[-1].time_unix_nano - rows[0].time_unix_nano) / 3.6e12 if rows else 0
+        contract = cls(templates=templates, template_rarity=rarity, time_features=span_h >= 20)
+        tracker = ContextTracker()
+        for d in derived:
+            tracker.prime(d)
+        for r, d in zip(rows, derived, strict=True):
+            d.update(tracker.update(d, r.time_ms, learn_pairs=False, exclude_self=True))
+            if contract.time_features:
+                d.update(time_features(r.time_ms))
+        contract.pair_counts = tracker.pair_counts
+        contract._fit_columns(derived, len(rows), min_count, max_vocab)
+        return contract, derived
+
+    def _fit_columns(self, derived: list[dict], n: int, min_count: int, max_vocab: int) -> None:
+        candidates: dict[str, list] = {}
+        for d in derived:
+            for key, value in d.items():
+                if value is None or key.startswith("_") or LABEL_LIKE.search(key):
+                    continue
+                candidates.setdefault(key, []).append(value)
+        numeric_names = list(NUMERIC) + (list(TIME_FEATURES) if self.time_features else [])
+        categorical_names = list(CATEGORICAL)
+        for key, values in sorted(candidates.items()):
+            if not key.startswith("unmapped.") or len(values) < max(10, n // 200):
+                continue
+            if IDENTITY.search(key[len("unmapped."):]):
+                continue
+            if all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+                numeric_names.append(key)
+            elif len(set(map(str, values))) <= 64:
+                categorical_names.append(key)
+        for name in categorical_names:
+            values = candidates.get(name)
+            if not values:
+                continue
+            common = [v for v, c in Counter(map(str, values)).most_common(max_vocab) if c >= min_count]
+            if not common:
+                continue
+            self.categorical.append(name)
+            self.vocab[name] = common
+        for name in numeric_names:
+            values = [float(x) for x in candidates.get(name, ()) if isinstance(x, int | float) and math.isfinite(float(x))]
+            if len(values) < max(5, n // 1000):
+                continue
+            arr = np.asarray(values, dtype=np.float64)
+            log = bool(arr.min() >= 0 and np.quantile(arr, 0.99) > 10 * (np.quantile(arr, 0.5) + 1e-9) and arr.max() > 10)
+            if log:
+                arr = np.log1p(arr)
+            q05, q25, q50, q75, q95 = np.quantile(arr, [0.05, 0.25, 0.5, 0.75, 0.95])
+            scale = (q75 - q25) / 1.349
+            if scale <= 1e-9:
+                scale = (q95 - q05) / 3.29
+            if scale <= 1e-9:
+                scale = float(arr.std()) or 1.0
+            self.numeric.append(NumericSpec(name, log, float(q50), float(scale), len(values) < n))
+
+    # ----- transforming -----
+    @property
+    def n_numeric(self) -> int:
+        return len(self.numeric) + sum(s.missing_flag for s in self.numeric)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [len(self.vocab[c]) + 2 for c in self.categorical]
+
+    def numeric_names(self) -> list[str]:
+        return [s.name for s in self.numeric] + [f"{s.name}.missing" for s in self.numeric if s.missing_flag]
+
+    def new_tracker(self) -> ContextTracker:
+        return ContextTracker(pair_counts=self.pair_counts)
+
+    def matcher(self) -> TemplateMatcher:
+        return TemplateMatcher(self.templates)
+
+    def derive_online(self, rows: list[Row], tracker: ContextTracker, matcher: TemplateMatcher) -> list[dict]:
+        """Derived values for rows arriving after training, updating the context state in time order."""
+        order = sorted(range(len(rows)), key=lambda i: rows[i].time_unix_nano)
+        derived: list[dict] = [{}] * len(rows)
+        default_rarity = max(self.template_rarity, default=10.0) + 1.0
+        for i in order:
+            r = rows[i]
+            d = derive(r, matcher)
+            t = d.get("template")
+            d["template_rarity"] = self.template_rarity[int(t)] if t is not None else default_rarity
+            d.update(tracker.update(d, r.time_ms))
+            if self.time_features:
+                d.update(time_features(r.time_ms))
+            derived[i] = d
+        return derived
+
+    def encode(self, derived: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Derived values -> (numeric (n, n_numeric) float32, categorical (n, n_categorical) int64)."""
+        n = len(derived)
+        num = np.zeros((n, self.n_numeric), dtype=np.float32)
+        cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        index = [{v: i + 2 for i, v in enumerate(self.vocab[c])} for c in self.categorical]
+        flags = [k for k, s in enumerate(self.numeric) if s.missing_flag]
+        flag_col = {k: len(self.numeric) + j for j, k in enumerate(flags)}
+        for r, d in enumerate(derived):
+            for j, name in enumerate(self.categorical):
+                value = d.get(name)
+                cat[r, j] = MISSING if value is None or value == "" else index[j].get(str(value), OOV)
+            for k, spec in enumerate(self.numeric):
+                value = d.get(spec.name)
+                if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                    if spec.missing_flag:
+                        num[r, flag_col[k]] = 1.0
+                    continue
+                x = math.log1p(value) if spec.log and value >= 0 else (-math.log1p(-value) if spec.log else value)
+                num[r, k] = max(-CLIP, min(CLIP, (x - spec.center) / spec.scale))
+        return num, cat
+
+    def display(self, derived: dict, name: str) -> str:
+        """A human value for an explanation."""
+        value = derived.get(name[:-len(".missing")] if name.endswith(".missing") else name)
+        if value is None:
+            return "missing"
+        if name == "template" and str(value).isdigit() and int(value) < len(self.templates):
+            return repr(self.templates[int(value)][:60])
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)[:60]
+
+    # ----- persistence (JSON only; nothing is unpickled) -----
+    def to_json(self) -> dict:
+        return {
+            "version": self.version, "categorical": self.categorical, "vocab": self.vocab,
+            "numeric": [s.__dict__ for s in self.numeric], "templates": self.templates,
+            "template_rarity": self.template_rarity, "pair_counts": self.pair_counts,
+            "time_features": self.time_features,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> FeatureContract:
+        if data.get("version") != CONTRACT_VERSION:
+            raise ValueError(f"feature contract version {data.get('version')} is not {CONTRACT_VERSION}; retrain the model")
+        return cls(
+            categorical=list(data["categorical"]), vocab={k: list(v) for k, v in data["vocab"].items()},
+            numeric=[NumericSpec(**s) for s in data["numeric"]], templates=list(data["templates"]),
+            template_rarity=list(data["template_rarity"]), pair_counts=dict(data["pair_counts"]),
+            time_features=bool(data["time_features"]), version=int(data["version"]),
+        )
+
+
+def time_features(t_ms: int) -> dict[str, float]:
+    dt = datetime.fromtimestamp(t_ms / 1000, tz=UTC)
+    hour = dt.hour + dt.minute / 60
+    dow = dt.weekday() + hour / 24
+    return {
+        "time.hour_sin": math.sin(2 * math.pi * hour / 24), "time.hour_cos": math.cos(2 * math.pi * hour / 24),
+        "time.dow_sin": math.sin(2 * math.pi * dow / 7), "time.dow_cos": math.cos(2 * math.pi * dow / 7),
+    }

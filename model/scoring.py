@@ -1,0 +1,215 @@
+"""Score: duplicate-aware k-NN distance to normal history, calibrated into 0-100 with a threshold.
+
+Higher is always more anomalous. The reference set is de-duplicated (unique vectors with counts), so a row
+is never its own neighbour and a cluster of identical rows counts with its multiplicity. Calibration uses
+the leave-one-out distances of the reference set: an empirical tail below the 99th percentile and an
+exponential (peaks-over-threshold) tail above it, mapped to score = 100 * -log10(p) / 6 (p = 1e-6 -> 100).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+P_FLOOR = 1e-6  # the tail probability that maps to score 100
+TAIL_Q = 0.99
+
+
+def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), P_FLOOR, 1.0)
+    return 100.0 * (-np.log10(p)) / (-math.log10(P_FLOOR))
+
+
+@dataclass
+class Calibration:
+    """Tail model of reference distances."""
+
+    sorted_scores: np.ndarray
+    tail_u: float
+    tail_beta: float
+
+    @classmethod
+    def fit(cls, scores: np.ndarray) -> Calibration:
+        s = np.sort(np.asarray(scores, dtype=np.float64))
+        u = float(np.quantile(s, TAIL_Q)) if len(s) else 0.0
+        excess = s[s > u] - u
+        beta = float(excess.mean()) if len(excess) else max(u * 0.1, 1e-6)
+        return cls(s, u, max(beta, 1e-9))
+
+    def pvalue(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64)
+        n = len(self.sorted_scores)
+        above = n - np.searchsorted(self.sorted_scores, raw, side="left")
+        p_emp = (above + 1) / (n + 1)
+        p_tail = (1 - TAIL_Q) * np.exp(-(raw - self.tail_u) / self.tail_beta)
+        return np.where(raw > self.tail_u, np.minimum(p_emp, p_tail), p_emp)
+
+    def score(self, raw: np.ndarray) -> np.ndarray:
+        return pvalue_to_score(self.pvalue(raw))
+
+    def raw_at(self, p: float) -> float:
+        """The raw distance whose tail probability is p (inverse of `pvalue`)."""
+        if p >= 1 - TAIL_Q:
+            return float(np.quantile(self.sorted_scores, 1 - p)) if len(self.sorted_scores) else 0.0
+        return self.tail_u + self.tail_beta * math.log((1 - TAIL_Q) / p)
+
+
+class KnnDetector:
+    """fit(embeddings) on normal history; decision_function -> raw distance; score -> 0-100.
+
+    Args:
+        k: neighbours averaged (with multiplicity).
+        alert_pvalue: tail probability at the threshold (1e-3 -> threshold score 50).
+        hnsw_above: reference sizes above this use an HNSW index instead of exact search.
+    """
+
+    name = "knn-embedding"
+
+    def __init__(self, k: int = 10, alert_pvalue: float = 1e-3, hnsw_above: int = 20_000, max_rows: int = 100_000):
+        if not 0 < alert_pvalue < 0.5:
+            raise ValueError(f"alert_pvalue must be in (0, 0.5), got {alert_pvalue}")
+        self.k = k
+        self.alert_pvalue = alert_pvalue
+        self.hnsw_above = hnsw_above
+        self.max_rows = max_rows
+
+    # ----- fitting -----
+    def fit(self, embeddings: np.ndarray, uids: list[str], clean: bool = True) -> KnnDetector:
+        """See class docs; `rep_rows_` maps each unique reference vector to its first row in `embeddings`."""
+        orig = np.arange(len(embeddings))
+        """Fit on reference embeddings (n, d) float32. With `clean`, reference rows whose own leave-one-out
+        score is beyond the threshold are dropped once (training data is not guaranteed clean)."""
+        self._build(embeddings, uids, orig)
+        loo = self.decision_function(embeddings, exclude_self=True)[0]
+        self.calibration_ = Calibration.fit(loo)
+        if clean and len(embeddings) > 100:
+            keep = self.calibration_.pvalue(loo) >= self.alert_pvalue
+            dropped = int((~keep).sum())
+            if dropped:
+                logger.info("reference cleaning dropped %d of %d rows beyond the threshold", dropped, len(keep))
+                embeddings = embeddings[keep]
+                uids = [u for u, k in zip(uids, keep, strict=True) if k]
+                orig = orig[keep]
+                self._build(embeddings, uids, orig)
+                loo = self.decision_function(embeddings, exclude_self=True)[0]
+                self.calibration_ = Calibration.fit(loo)
+        self.reference_scores_ = loo
+        self.threshold_raw_ = self.calibration_.raw_at(self.alert_pvalue)
+        self.threshold_ = float(pvalue_to_score(self.alert_pvalue))
+        return self
+
+    def _build(self, embeddings: np.ndarray, uids: list[str], orig: np.ndarray) -> None:
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        keys = np.round(embeddings, 4)
+        _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+        self._set(embeddings[first], counts.astype(np.int64), [uids[i] for i in first])
+        self.row_to_unique_ = inverse.reshape(-1)
+        self.rep_rows_ = orig[first]
+
+    def _set(self, vectors: np.ndarray, counts: np.ndarray, uids: list[str]) -> None:
+        self.dim_ = vectors.shape[1]
+        self.vectors_ = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.counts_ = counts
+        self.uids_ = uids
+        self._keys = {key.tobytes(): j for j, key in enumerate(np.round(self.vectors_, 4))}
+        if len(self.vectors_) > self.hnsw_above:
+            index = faiss.IndexHNSWFlat(self.dim_, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 80
+            index.hnsw.efSearch = 64
+        else:
+            index = faiss.IndexFlatIP(self.dim_)
+        index.add(self.vectors_)
+        self.index_ = index
+
+    def add(self, embeddings: np.ndarray, uids: list[str]) -> list[int]:
+        """Grow the normal history with rows scored below the threshold.
+
+        Returns:
+            positions (in `embeddings`) of the rows that became new reference vectors; duplicates only
+            raise the count of the vector they repeat.
+        """
+        room = self.max_rows - len(self.vectors_)
+        if room <= 0:
+            return []
+        new_vecs, new_uids, new_rows, added = [], [], [], 0
+        keys = np.round(embeddings, 4)
+        for pos, (vec, key, uid) in enumerate(zip(embeddings, keys, uids, strict=True)):
+            kb = key.tobytes()
+            j = self._keys.get(kb)
+            if j is not None:
+                self.counts_[j] += 1
+                continue
+            if added >= room:
+                break
+            self._keys[kb] = len(self.vectors_) + added
+            new_vecs.append(vec)
+            new_uids.append(uid)
+            new_rows.append(pos)
+            added += 1
+        if added:
+            block = np.ascontiguousarray(np.stack(new_vecs), dtype=np.float32)
+            self.index_.add(block)
+            self.vectors_ = np.concatenate([self.vectors_, block])
+            self.counts_ = np.concatenate([self.counts_, np.ones(added, dtype=np.int64)])
+            self.uids_.extend(new_uids)
+        return new_rows
+
+    # ----- scoring -----
+    def decision_function(self, embeddings: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mean cosine distance to the k nearest reference rows (with multiplicity).
+
+        Returns:
+            raw (n,) float64, and neighbours (n, k') int64 indices of unique reference vectors (-1 = none).
+        """
+        q = np.ascontiguousarray(embeddings, dtype=np.float32)
+        k_search = min(len(self.vectors_), self.k + 1)
+        sims, idx = self.index_.search(q, k_search)
+        dist = np.clip(1.0 - sims, 0.0, 2.0)
+        counts = np.where(idx >= 0, self.counts_[np.maximum(idx, 0)], 0).astype(np.float64)
+        if exclude_self:
+            # The query's own vector is its first hit (distance ~0): remove one occurrence of it.
+            own = self.row_to_unique_ if len(q) == len(self.row_to_unique_) else None
+            if own is not None:
+                counts = counts - (idx == own[:, None])
+        remaining = np.full(len(q), float(self.k))
+        total = np.zeros(len(q))
+        for j in range(k_search):
+            take = np.minimum(counts[:, j], remaining)
+            total += take * dist[:, j]
+            remaining -= take
+        # Too few reference rows to reach k: charge the missing ones at the farthest distance seen.
+        total += remaining * dist[:, -1]
+        return total / self.k, idx
+
+    def score(self, raw: np.ndarray) -> np.ndarray:
+        return self.calibration_.score(raw)
+
+    def neighbor_uids(self, idx_row: np.ndarray, limit: int = 5) -> list[str]:
+        return [self.uids_[i] for i in idx_row[:limit] if i >= 0]
+
+    # ----- persistence -----
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "vectors": self.vectors_, "counts": self.counts_, "uids": np.asarray(self.uids_, dtype=np.str_),
+            "calibration": self.calibration_.sorted_scores,
+            "tail": np.asarray([self.calibration_.tail_u, self.calibration_.tail_beta]),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], **kwargs) -> KnnDetector:
+        det = cls(**kwargs)
+        vectors, counts = state["vectors"].astype(np.float32), state["counts"].astype(np.int64)
+        uids = [str(u) for u in state["uids"]]
+        det._set(vectors, counts, uids)
+        det.row_to_unique_ = np.arange(len(vectors))
+        det.calibration_ = Calibration(state["calibration"].astype(np.float64), float(state["tail"][0]), float(state["tail"][1]))
+        det.reference_scores_ = det.calibration_.sorted_scores
+        det.threshold_raw_ = det.calibration_.raw_at(det.alert_pvalue)
+        det.threshold_ = float(pvalue_to_score(det.alert_pvalue))
+        return det

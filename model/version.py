@@ -1,0 +1,211 @@
+"""Model versions: fit (contract + TabularResNet + k-NN detector), save/load (safetensors + JSON + NPZ,
+never pickle), and the Scorer that turns rows into scores, anomalies and explanations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.encoder import Embedder, EncoderConfig, TabularResNet
+from model.features import OOV, FeatureContract
+from model.schema import Anomaly, Row
+from model.scoring import KnnDetector
+from model.train import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+CURRENT = "CURRENT"
+LEARN_BELOW_SCORE = 33.0  # rows scored below this (p > 1e-2) join the normal history
+
+
+@dataclass
+class ModelVersion:
+    version: str
+    contract: FeatureContract
+    config: EncoderConfig
+    model: TabularResNet
+    detector: KnnDetector
+    ref_num: np.ndarray  # features of the detector's unique reference vectors, for explanations
+    ref_cat: np.ndarray
+    meta: dict
+
+    # ----- persistence -----
+    def save(self, models_dir: Path) -> Path:
+        path = Path(models_dir) / self.version
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path / "weights.safetensors"))
+        det = self.detector.state()
+        np.savez_compressed(path / "reference.npz", ref_num=self.ref_num, ref_cat=self.ref_cat, **det)
+        doc = {"version": self.version, "encoder": self.config.to_json(), "contract": self.contract.to_json(),
+               "detector": {"name": self.detector.name, "k": self.detector.k, "alert_pvalue": self.detector.alert_pvalue},
+               "meta": self.meta}
+        (path / "model.json").write_text(json.dumps(doc, indent=1))
+        tmp = Path(models_dir) / (CURRENT + ".tmp")
+        tmp.write_text(self.version)
+        tmp.replace(Path(models_dir) / CURRENT)  # atomic promotion
+        return path
+
+    @classmethod
+    def load(cls, path: Path, *, k: int | None = None, alert_pvalue: float | None = None,
+             max_rows: int = 100_000) -> ModelVersion:
+        path = Path(path)
+        doc = json.loads((path / "model.json").read_text())
+        config = EncoderConfig.from_json(doc["encoder"])
+        model = TabularResNet(config)
+        model.load_state_dict(load_file(str(path / "weights.safetensors")))
+        model.eval()
+        with np.load(path / "reference.npz", allow_pickle=False) as z:
+            state = {key: z[key] for key in z.files}
+        det = KnnDetector.from_state(state, k=k or doc["detector"]["k"],
+                                     alert_pvalue=alert_pvalue or doc["detector"]["alert_pvalue"], max_rows=max_rows)
+        return cls(doc["version"], FeatureContract.from_json(doc["contract"]), config, model, det,
+                   state["ref_num"], state["ref_cat"], doc["meta"])
+
+    @staticmethod
+    def load_current(models_dir: Path, **kwargs) -> ModelVersion | None:
+        pointer = Path(models_dir) / CURRENT
+        if not pointer.exists():
+            return None
+        return ModelVersion.load(Path(models_dir) / pointer.read_text().strip(), **kwargs)
+
+
+def fit_version(rows: list[Row], *, k: int = 10, alert_pvalue: float = 1e-3, embed_dim: int = 32,
+                train_config: TrainConfig | None = None, max_rows: int = 100_000,
+                progress: Callable[[dict], None] | None = None) -> ModelVersion:
+    """Train a new model version on rows (any order; sorted by time here)."""
+    if len(rows) < 50:
+        raise ValueError(f"need at least 50 rows to train, got {len(rows)}")
+    rows = sorted(rows, key=lambda r: r.time_unix_nano)
+    t0 = time.monotonic()
+    contract, derived = FeatureContract.fit(rows)
+    num, cat = contract.encode(derived)
+    logger.info("feature contract: %d categorical, %d numeric columns, %d templates (%.1fs)",
+                len(contract.categorical), contract.n_numeric, len(contract.templates), time.monotonic() - t0)
+    config = EncoderConfig(tuple(contract.cardinalities), contract.n_numeric, embed_dim=embed_dim)
+    cfg = train_config or TrainConfig()
+    result = train(num, cat, contract.categorical, config, cfg, progress)
+    emb = Embedder(result.model).embed(num, cat)
+    uids = [r.uid for r in rows]
+    detector = KnnDetector(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows).fit(emb, uids)
+    digest = hashlib.blake2b(emb.tobytes(), digest_size=3).hexdigest()
+    version = time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + digest
+    meta = {
+        "trained_at": time.time(), "rows": len(rows), "train_start_unix_nano": rows[0].time_unix_nano,
+        "train_end_unix_nano": rows[-1].time_unix_nano, "history": result.history, "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds, "reference_rows": int(len(detector.vectors_)),
+        "threshold": detector.threshold_, "signals": dict(Counter(r.signal for r in rows)),
+    }
+    rep = detector.rep_rows_
+    return ModelVersion(version, contract, config, result.model, detector, num[rep], cat[rep], meta)
+
+
+@dataclass
+class ScoredBatch:
+    rows: list[Row]
+    embeddings: np.ndarray
+    raw: np.ndarray
+    scores: np.ndarray
+    is_anomaly: np.ndarray
+    anomalies: list[Anomaly]
+
+
+class Scorer:
+    """Online scoring with one model version: featurize -> embed -> k-NN -> calibrate -> explain -> learn."""
+
+    def __init__(self, mv: ModelVersion, *, learn: bool = True, threads: int = 1):
+        self.mv = mv
+        self.embedder = Embedder(mv.model)
+        self.tracker = mv.contract.new_tracker()
+        self.matcher = mv.contract.matcher()
+        self.learn = learn
+        self.threads = threads
+        self.num_names = mv.contract.numeric_names()
+
+    @property
+    def threshold(self) -> float:
+        return self.mv.detector.threshold_
+
+    def featurize(self, rows: list[Row]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+        derived = self.mv.contract.derive_online(rows, self.tracker, self.matcher)
+        num, cat = self.mv.contract.encode(derived)
+        return derived, num, cat
+
+    def score(self, rows: list[Row], now_unix_nano: int | None = None) -> ScoredBatch:
+        torch.set_num_threads(self.threads)
+        derived, num, cat = self.featurize(rows)
+        emb = self.embedder.embed(num, cat)
+        det = self.mv.detector
+        raw, idx = det.decision_function(emb)
+        scores = det.score(raw)
+        flagged = scores >= det.threshold_
+        now = now_unix_nano or time.time_ns()
+        anomalies = [self._anomaly(rows[i], derived[i], num[i], cat[i], raw[i], scores[i], idx[i], now)
+                     for i in np.flatnonzero(flagged)]
+        if self.learn:
+            calm = np.flatnonzero(scores < LEARN_BELOW_SCORE)
+            if len(calm):
+                added = det.add(emb[calm], [rows[i].uid for i in calm])
+                if added:
+                    pos = calm[np.asarray(added)]
+                    self.mv.ref_num = np.concatenate([self.mv.ref_num, num[pos]])
+                    self.mv.ref_cat = np.concatenate([self.mv.ref_cat, cat[pos]])
+        return ScoredBatch(rows, emb, raw, scores, flagged, anomalies)
+
+    def _anomaly(self, row: Row, derived: dict, num: np.ndarray, cat: np.ndarray, raw: float, score: float,
+                 nbrs: np.ndarray, now: int) -> Anomaly:
+        evidence = self.explain(derived, num, cat, nbrs)
+        neighbors = tuple(self.mv.detector.neighbor_uids(nbrs, 5))
+        what = {"logs": "log record", "traces": "span", "metrics": "metric point"}[row.signal]
+        if evidence:
+            diffs = "; ".join(f"{f} {o} vs typical {t}" for f, o, t in evidence)
+        else:
+            diffs = "an unusual combination of otherwise common values"
+        sentence = f"Unusual {what} from {row.service} (score {score:.0f}/100): {diffs}."
+        return Anomaly(row, float(score), float(raw), self.threshold, self.mv.detector.name, self.mv.version,
+                       sentence, neighbors, tuple(evidence), now)
+
+    def explain(self, derived: dict, num: np.ndarray, cat: np.ndarray, nbrs: np.ndarray,
+                top: int = 3) -> list[tuple[str, str, str]]:
+        """The features that differ most from the nearest normal rows: (feature, observed, typical)."""
+        nb = nbrs[nbrs >= 0]
+        if not len(nb):
+            return []
+        contract = self.mv.contract
+        cand: list[tuple[float, str, str, str]] = []
+        med = np.median(self.mv.ref_num[nb], axis=0)
+        for j, name in enumerate(self.num_names):
+            dev = abs(float(num[j]) - float(med[j]))
+            if dev >= 1.5:
+                cand.append((dev, name, contract.display(derived, name), self._typical_numeric(j, float(med[j]))))
+        ref_cat = self.mv.ref_cat[nb]
+        for j, name in enumerate(contract.categorical):
+            values, counts = np.unique(ref_cat[:, j], return_counts=True)
+            mode = int(values[counts.argmax()])
+            if int(cat[j]) != mode and counts.max() >= 0.5 * len(nb):
+                typical = "missing" if mode == 0 else ("unseen" if mode == OOV else contract.vocab[name][mode - 2])
+                if name == "template" and typical.isdigit():
+                    typical = repr(contract.templates[int(typical)][:60])
+                cand.append((3.0, name, contract.display(derived, name), typical[:60]))
+        cand.sort(key=lambda c: -c[0])
+        return [(n, o, t) for _, n, o, t in cand[:top]]
+
+    def _typical_numeric(self, j: int, scaled: float) -> str:
+        specs = self.mv.contract.numeric
+        if j >= len(specs):
+            return "present" if scaled < 0.5 else "missing"
+        spec = specs[j]
+        x = scaled * spec.scale + spec.center
+        if spec.log:
+            x = float(np.sign(x) * np.expm1(abs(x)))
+        return f"{x:.4g}"
