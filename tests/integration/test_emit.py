@@ -1,0 +1,339 @@
+"""The anomaly emitter: the event contract (DESIGN.md §2) and OTLP client behaviour against a real gRPC sink."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+import grpc
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from model.schema import Anomaly, Row, content_uid
+from receiver.emit import (
+    ERROR_SCORE,
+    EVENT_NAME,
+    MAX_BODY_BYTES,
+    OTAD_SCOPE,
+    AnomalyEmitter,
+    build_event,
+    build_request,
+    finding,
+)
+from tests.otlp_sink import OtlpSink
+
+pytestmark = pytest.mark.integration
+
+VERSION = "0.1.0"
+TRACE = "5b8efff798038103d269b633813fc60c"
+SPAN = "eee19b7ec3c1b174"
+RESOURCE = {"service.name": "payments", "host.name": "pay-1", "process.pid": 4242, "cpu.share": 0.5,
+            "k8s.canary": True}
+
+
+def make_anomaly(uid: str = "u1", score: float = 80.0, resource: dict | None = None, trace: bool = True,
+                 message: str = "card declined for user 1234", evidence=None) -> Anomaly:
+    row = Row(uid=uid, signal="logs", time_unix_nano=1_700_000_000_123_456_789, service="payments",
+              class_uid=6999, activity_id=1, severity_id=4, status_id=2, fields={"message": message},
+              trace_id=TRACE if trace else "", span_id=SPAN if trace else "",
+              resource=dict(RESOURCE if resource is None else resource))
+    return Anomaly(row=row, score=score, raw_score=1.25, threshold=70.0, detector="tabular-resnet-knn",
+                   model_version="m-2024-01", explanation="The message template was never seen for payments.",
+                   neighbors=("n1", "n2", "n3"),
+                   evidence=evidence if evidence is not None else (("template", "card declined <*>", "paid <*>"),),
+                   detected_unix_nano=1_700_000_005_000_000_000)
+
+
+def attrs(kvs) -> dict:
+    return {kv.key: kv.value for kv in kvs}
+
+
+def plain(kvs) -> dict:
+    """Attributes as Python values (int_value decoded as int, not as JSON's decimal string)."""
+    out = {}
+    for kv in kvs:
+        kind = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, kind) if kind != "array_value" else MessageToDict(kv.value)
+    return out
+
+
+@pytest.fixture
+def sink():
+    s = OtlpSink()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def emitters():
+    made: list[AnomalyEmitter] = []
+
+    def make(endpoint, **kw) -> AnomalyEmitter:
+        kw.setdefault("version", VERSION)
+        emitter = AnomalyEmitter(endpoint, **kw)
+        made.append(emitter)
+        return emitter
+
+    yield make
+    for emitter in made:
+        emitter.shutdown(1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the event
+
+
+def test_event_matches_the_contract():
+    anomaly = make_anomaly()
+    resource, record = build_event(anomaly, VERSION)
+
+    assert record.event_name == EVENT_NAME == "otad.anomaly"
+    assert record.time_unix_nano == anomaly.row.time_unix_nano
+    assert record.observed_time_unix_nano == anomaly.detected_unix_nano
+    assert record.trace_id == bytes.fromhex(TRACE) and record.span_id == bytes.fromhex(SPAN)
+    assert (record.severity_number, record.severity_text) == (13, "WARN")
+    assert plain(resource.attributes) == RESOURCE
+    typed = attrs(resource.attributes)
+    assert typed["process.pid"].WhichOneof("value") == "int_value"
+    assert typed["cpu.share"].WhichOneof("value") == "double_value"
+    assert typed["k8s.canary"].WhichOneof("value") == "bool_value"
+
+    a = attrs(record.attributes)
+    kinds = {k: v.WhichOneof("value") for k, v in a.items()}
+    assert kinds == {
+        "event.name": "string_value", "anomaly.score": "double_value", "anomaly.raw_score": "double_value",
+        "anomaly.threshold": "double_value", "anomaly.detector": "string_value",
+        "anomaly.model.version": "string_value", "anomaly.source.signal": "string_value",
+        "anomaly.source.uid": "string_value", "anomaly.source.ocsf.class_uid": "int_value",
+        "anomaly.explanation": "string_value", "anomaly.neighbors": "array_value",
+    }
+    assert a["event.name"].string_value == EVENT_NAME
+    assert (a["anomaly.score"].double_value, a["anomaly.raw_score"].double_value,
+            a["anomaly.threshold"].double_value) == (80.0, 1.25, 70.0)
+    assert a["anomaly.detector"].string_value == "tabular-resnet-knn"
+    assert a["anomaly.model.version"].string_value == "m-2024-01"
+    assert a["anomaly.source.signal"].string_value == "logs"
+    assert a["anomaly.source.uid"].string_value == "u1"
+    assert a["anomaly.source.ocsf.class_uid"].int_value == 6999
+    assert a["anomaly.explanation"].string_value == anomaly.explanation
+    assert [v.string_value for v in a["anomaly.neighbors"].array_value.values] == ["n1", "n2", "n3"]
+
+    body = json.loads(record.body.string_value)
+    assert body == finding(anomaly, VERSION)
+    assert (body["class_uid"], body["type_uid"], body["category_uid"], body["activity_id"]) == (2004, 200401, 2, 1)
+    assert (body["severity_id"], body["status_id"], body["is_alert"]) == (3, 1, True)
+    assert body["time"] == anomaly.row.time_unix_nano // 1_000_000
+    assert body["confidence_score"] == body["risk_score"] == 80
+    assert body["metadata"] == {"product": {"name": "otad", "vendor_name": "otad", "version": VERSION},
+                                "version": "1.8.0"}
+    info = body["finding_info"]
+    assert info["uid"] == content_uid("u1", "m-2024-01")
+    assert info["title"] == "Unusual log record from payments (score 80/100): card declined for user 1234"
+    assert info["desc"] == anomaly.explanation
+    assert info["analytic"] == {"type_id": 4, "type": "Learning (ML/DL)", "name": "tabular-resnet-knn",
+                                "version": "m-2024-01"}
+    assert info["created_time"] == anomaly.detected_unix_nano // 1_000_000
+    assert info["related_events"] == [{"uid": "u1", "type_uid": 699901, "trace_uid": TRACE}]
+    analysis = body["anomaly_analyses"][0]
+    assert analysis["analysis_targets"] == [{"name": "payments", "type": "service"}]
+    assert analysis["anomalies"][0] == {"observation_parameter": "embedding k-NN distance",
+                                        "observation_type": "Distribution Analysis", "observed_pattern": "RARE",
+                                        "observations": [{"value": "1.25"}]}
+    assert analysis["anomalies"][1]["observations"] == [{"value": "card declined <*>"}]
+    assert analysis["baselines"] == [
+        {"observation_parameter": "threshold", "observations": [{"value": "70.0"}]},
+        {"observation_parameter": "template", "observations": [{"value": "paid <*>"}]},
+    ]
+    assert body["trace"] == {"uid": TRACE, "span": {"uid": SPAN}}
+    assert body["unmapped"] == {"anomaly.source.signal": "logs"}
+
+
+def test_top_band_is_error_and_high():
+    _, record = build_event(make_anomaly(score=ERROR_SCORE + 5), VERSION)
+    assert (record.severity_number, record.severity_text) == (17, "ERROR")
+    body = json.loads(record.body.string_value)
+    assert body["severity_id"] == 4
+    assert body["anomaly_analyses"][0]["anomalies"][0]["observed_pattern"] == "UNSEEN"
+    _, edge = build_event(make_anomaly(score=ERROR_SCORE), VERSION)
+    assert edge.severity_number == 17
+
+
+def test_missing_service_name_and_ids():
+    resource, record = build_event(make_anomaly(resource={"host.name": "h"}, trace=False), VERSION)
+    assert plain(resource.attributes) == {"host.name": "h", "service.name": "payments"}
+    assert record.trace_id == b"" and record.span_id == b""
+    body = json.loads(record.body.string_value)
+    assert "trace" not in body and "trace_uid" not in body["finding_info"]["related_events"][0]
+
+
+def test_body_stays_small_and_title_one_line():
+    huge = "x" * 50_000
+    evidence = tuple((f"f{i}" * 40, huge, huge) for i in range(200))
+    anomaly = make_anomaly(message="line one\nline two " + huge, evidence=evidence)
+    _, record = build_event(anomaly, VERSION)
+    assert len(record.body.string_value.encode()) < MAX_BODY_BYTES
+    title = json.loads(record.body.string_value)["finding_info"]["title"]
+    assert "\n" not in title and title.startswith("Unusual log record from payments (score 80/100): line one line")
+    assert len(title) < 160
+
+
+def test_request_groups_events_by_resource():
+    other = {"service.name": "checkout"}
+    request = build_request([make_anomaly("a"), make_anomaly("b", resource=other), make_anomaly("c")], VERSION)
+    assert len(request.resource_logs) == 2
+    first, second = request.resource_logs
+    assert plain(first.resource.attributes)["service.name"] == "payments"
+    assert [attrs(r.attributes)["anomaly.source.uid"].string_value for r in first.scope_logs[0].log_records] == \
+        ["a", "c"]
+    assert len(second.scope_logs[0].log_records) == 1
+    for rl in request.resource_logs:
+        assert len(rl.scope_logs) == 1
+        assert (rl.scope_logs[0].scope.name, rl.scope_logs[0].scope.version) == (OTAD_SCOPE, VERSION)
+
+
+# ---------------------------------------------------------------- the export
+
+
+def test_delivers_to_a_real_otlp_endpoint(sink, emitters):
+    results: list[tuple[str, int]] = []
+    emitter = emitters(sink.endpoint, headers={"X-Tenant": "t1"}, on_result=lambda o, n: results.append((o, n)))
+    emitter.start()
+    anomalies = [make_anomaly("a"), make_anomaly("b", score=97.0)]
+    emitter.emit(anomalies)
+    assert emitter.flush(5.0)
+    received = sink.log_records()
+    expected = [build_event(a, VERSION) for a in anomalies]
+    assert [(r, rec) for r, _, rec in received] == expected
+    assert all((s.name, s.version) == ("otad", VERSION) for _, s, _ in received)
+    assert ("x-tenant", "t1") in sink.calls_for("logs")[0].metadata
+    assert emitter.stats["sent"] == 2 and results == [("sent", 2)]
+
+
+def test_retries_unavailable_after_the_retry_info_delay(sink, emitters):
+    sink.fail_next(1, grpc.StatusCode.UNAVAILABLE, retry_delay_s=0.6)
+    emitter = emitters(sink.endpoint, timeout_s=5.0)
+    emitter.start()
+    emitter.emit([make_anomaly()])
+    assert emitter.flush(5.0)
+    calls = sink.calls_for("logs")
+    assert [c.code for c in calls] == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
+    assert calls[1].at - calls[0].at >= 0.6
+    assert len(sink.log_records()) == 1
+    assert (emitter.stats["sent"], emitter.stats["retries"], emitter.stats["failed"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("code", "delay", "retried"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 0.2, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, None, False),
+        (grpc.StatusCode.UNAVAILABLE, None, True),
+    ],
+)
+def test_retryable_codes(sink, emitters, code, delay, retried):
+    sink.fail_next(1, code, retry_delay_s=delay)
+    emitter = emitters(sink.endpoint, timeout_s=5.0)
+    emitter.start()
+    emitter.emit([make_anomaly()])
+    assert emitter.flush(5.0)
+    assert len(sink.calls_for("logs")) == (2 if retried else 1)
+    assert emitter.stats["sent"] == (1 if retried else 0)
+    assert emitter.stats["failed"] == (0 if retried else 1)
+
+
+def test_partial_success_is_logged_counted_and_not_retried(sink, emitters, caplog):
+    results: list[tuple[str, int]] = []
+    sink.partial_next(2, "2 records lacked a body")
+    emitter = emitters(sink.endpoint, on_result=lambda o, n: results.append((o, n)))
+    emitter.start()
+    with caplog.at_level(logging.WARNING, logger="receiver.emit"):
+        emitter.emit([make_anomaly("a"), make_anomaly("b"), make_anomaly("c")])
+        assert emitter.flush(5.0)
+    assert len(sink.calls_for("logs")) == 1
+    assert emitter.stats["partial_rejected"] == 2 and emitter.stats["retries"] == 0
+    assert ("partial", 2) in results and ("sent", 1) in results
+    assert any("rejected_log_records=2" in r.getMessage() and "lacked a body" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_endpoint_down_fails_within_the_deadline_then_recovers(emitters, caplog):
+    port = free_port()
+    emitter = emitters(f"localhost:{port}", timeout_s=1.0)
+    emitter.start()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="receiver.emit"):
+        emitter.emit([make_anomaly("lost")])
+        assert emitter.flush(5.0)
+    assert time.monotonic() - started < 2.0
+    assert emitter.stats["failed"] == 1 and emitter.stats["retries"] >= 1
+    line = next(r.getMessage() for r in caplog.records if "could not export" in r.getMessage())
+    assert f"localhost:{port}" in line and "UNAVAILABLE" in line and "remain stored" in line
+
+    back = OtlpSink()
+    back.start(port)
+    try:
+        emitter.timeout_s = 8.0
+        emitter.emit([make_anomaly("next")])
+        assert emitter.flush(10.0)
+        assert emitter.stats["sent"] == 1
+        assert [attrs(r.attributes)["anomaly.source.uid"].string_value for _, _, r in back.log_records()] == ["next"]
+    finally:
+        back.stop()
+
+
+def test_shutdown_cuts_backoff_short(sink, emitters):
+    sink.fail_next(1, grpc.StatusCode.UNAVAILABLE, retry_delay_s=10.0)
+    emitter = emitters(sink.endpoint, timeout_s=30.0)
+    emitter.start()
+    emitter.emit([make_anomaly()])
+    assert sink.wait_for(lambda: len(sink.calls) == 1, timeout=5.0)
+    time.sleep(0.1)  # the worker is now waiting out the RetryInfo delay
+    started = time.monotonic()
+    emitter.shutdown(5.0)
+    assert time.monotonic() - started < 1.0
+    assert emitter.stats["failed"] == 1 and len(sink.calls) == 1
+
+
+def test_buffer_overflow_drops_the_oldest(emitters, caplog):
+    results: list[tuple[str, int]] = []
+    emitter = emitters("localhost:1", max_buffer=5, batch_size=5, on_result=lambda o, n: results.append((o, n)))
+    with caplog.at_level(logging.WARNING, logger="receiver.emit"):
+        emitter.emit([make_anomaly(str(i)) for i in range(8)])
+    assert emitter.stats["dropped"] == 3 and results == [("dropped", 3)]
+    assert [a.row.uid for a in emitter._buffer] == ["3", "4", "5", "6", "7"]
+    assert sum("dropped 3 anomaly events" in r.getMessage() for r in caplog.records) == 1
+    assert "remain stored" in caplog.records[0].getMessage()
+
+
+def test_without_endpoint_events_are_stored_only():
+    emitter = AnomalyEmitter(None, version=VERSION)
+    emitter.start()
+    emitter.emit([make_anomaly(), make_anomaly("b")])
+    assert emitter.flush(0.1)
+    assert emitter.stats["stored_only"] == 2 and emitter.stats["sent"] == 0
+    emitter.shutdown()
+    emitter.shutdown()
+
+
+def test_shutdown_is_safe_before_start_and_twice():
+    emitter = AnomalyEmitter("localhost:1", version=VERSION)
+    emitter.shutdown(0.1)
+    emitter.shutdown(0.1)
+    emitter.start()  # after shutdown: a no-op
+    assert emitter._thread is None
+
+
+def test_bad_arguments_are_rejected_clearly():
+    with pytest.raises(ValueError, match="batch_size"):
+        AnomalyEmitter("localhost:1", version=VERSION, batch_size=100, max_buffer=10)
+    with pytest.raises(ValueError, match="timeout_s"):
+        AnomalyEmitter("localhost:1", version=VERSION, timeout_s=0)
