@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 NAN = float("nan")
 
 # Windowed counters: (feature name, window in ms).
-TEMPLATE_RATE = ("ctx.template_rate_60s", 60_000)
+TEMPLATE_RATE = ("ctx.template_share_60s", 60_000)
 SERVICE_ROWS = ("ctx.service_rows_60s", 60_000)
 SERVICE_FAIL = ("ctx.service_failures_60s", 60_000)
 SOURCE_FAIL = ("ctx.source_failures_300s", 300_000)
@@ -27,8 +27,12 @@ PAIRS = (
 
 SERIES = ("ctx.series_z", "ctx.series_log_ratio", "ctx.series_change")
 
+# Pair counts saturate: "seen often" is one state, so the feature does not drift as history grows.
+PAIR_SATURATION = 20
+
+# Volume-free on purpose (shares and ratios), so a daily traffic rhythm is not an anomaly.
 FEATURES = (
-    TEMPLATE_RATE[0], SERVICE_ROWS[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", SOURCE_FAIL[0],
+    TEMPLATE_RATE[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", SOURCE_FAIL[0],
     *(p[0] for p in PAIRS), *SERIES,
 )
 
@@ -110,10 +114,10 @@ class ContextTracker:
         out: dict[str, float] = {}
         service = values.get("service")
         failed = bool(values.get("failed"))
-        out[TEMPLATE_RATE[0]] = math.log1p(self.template.add_and_count((service, values.get("template_key")), t_ms))
+        same = self.template.add_and_count((service, values.get("template_key")), t_ms)
         rows = self.service_rows.add_and_count(service, t_ms)
+        out[TEMPLATE_RATE[0]] = (same + 1) / (rows + 1)
         fails = self.service_fail.add_and_count(service, t_ms) if failed else _peek(self.service_fail, service, t_ms)
-        out[SERVICE_ROWS[0]] = math.log1p(rows)
         out[SERVICE_FAIL[0]] = math.log1p(fails)
         out["ctx.service_failure_ratio_60s"] = fails / rows if rows else 0.0
         source = values.get("src_endpoint.ip")
@@ -131,7 +135,7 @@ class ContextTracker:
             count = self.pair_counts.get(key, 0)
             if exclude_self:
                 count = max(count - 1, 0)
-            out[name] = math.log1p(count)
+            out[name] = math.log1p(min(count, PAIR_SATURATION))
             if learn_pairs:
                 self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
         series_key, value = values.get("series"), values.get("series_value")

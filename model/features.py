@@ -126,6 +126,7 @@ class FeatureContract:
     templates: list[str] = field(default_factory=list)
     template_rarity: list[float] = field(default_factory=list)
     pair_counts: dict[str, int] = field(default_factory=dict)
+    rarity: dict[str, list[float]] = field(default_factory=dict)  # per categorical: -log frequency by index
     time_features: bool = False
     version: int = CONTRACT_VERSION
 
@@ -184,6 +185,11 @@ class FeatureContract:
                 continue
             self.categorical.append(name)
             self.vocab[name] = common
+            freq = Counter(map(str, values))
+            n_missing, n_oov = n - len(values), sum(c for v, c in freq.items() if v not in set(common))
+            counts = [n_missing, n_oov] + [freq[v] for v in common]
+            self.rarity[name] = [round(-math.log((c + 1) / (n + 1)), 4) for c in counts]
+            self.rarity[name][1] = round(-math.log(1 / (n + 1)), 4)  # out of vocabulary = never seen
         for name in numeric_names:
             values = [float(x) for x in candidates.get(name, ()) if isinstance(x, int | float) and math.isfinite(float(x))]
             if len(values) < max(5, n // 1000):
@@ -256,6 +262,14 @@ class FeatureContract:
                 num[r, k] = max(-CLIP, min(CLIP, (x - spec.center) / spec.scale))
         return num, cat
 
+    def rarity_matrix(self, cat: np.ndarray) -> np.ndarray:
+        """(n, n_categorical) -log training frequency of each categorical value (unseen = rarest)."""
+        out = np.zeros(cat.shape, dtype=np.float32)
+        for j, name in enumerate(self.categorical):
+            table = np.asarray(self.rarity[name], dtype=np.float32)
+            out[:, j] = table[cat[:, j]]
+        return out
+
     def display(self, derived: dict, name: str) -> str:
         """A human value for an explanation."""
         value = derived.get(name[:-len(".missing")] if name.endswith(".missing") else name)
@@ -272,7 +286,7 @@ class FeatureContract:
         return {
             "version": self.version, "categorical": self.categorical, "vocab": self.vocab,
             "numeric": [s.__dict__ for s in self.numeric], "templates": self.templates,
-            "template_rarity": self.template_rarity, "pair_counts": self.pair_counts,
+            "template_rarity": self.template_rarity, "pair_counts": self.pair_counts, "rarity": self.rarity,
             "time_features": self.time_features,
         }
 
@@ -284,6 +298,7 @@ class FeatureContract:
             categorical=list(data["categorical"]), vocab={k: list(v) for k, v in data["vocab"].items()},
             numeric=[NumericSpec(**s) for s in data["numeric"]], templates=list(data["templates"]),
             template_rarity=list(data["template_rarity"]), pair_counts=dict(data["pair_counts"]),
+            rarity={k: list(v) for k, v in data["rarity"].items()},
             time_features=bool(data["time_features"]), version=int(data["version"]),
         )
 

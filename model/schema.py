@@ -75,3 +75,23 @@ def content_uid(*parts: object) -> str:
 def metric_point_uid(service: str, metric_name: str, attributes: dict[str, Value], time_unix_nano: int) -> str:
     """The uid of a metric data point: its series identity plus its timestamp."""
     return content_uid("metrics", service, metric_name, sorted(attributes.items()), int(time_unix_nano))
+
+
+def row_to_dict(row: Row) -> dict:
+    """A JSON-ready dict of a row (stored with it, so models can be retrained from storage)."""
+    return {
+        "uid": row.uid, "signal": row.signal, "time_unix_nano": row.time_unix_nano, "service": row.service,
+        "class_uid": row.class_uid, "activity_id": row.activity_id, "severity_id": row.severity_id,
+        "status_id": row.status_id, "fields": row.fields, "trace_id": row.trace_id, "span_id": row.span_id,
+        "resource": row.resource,
+    }
+
+
+def row_from_dict(data: dict) -> Row:
+    return Row(
+        uid=str(data["uid"]), signal=data["signal"], time_unix_nano=int(data["time_unix_nano"]),
+        service=str(data["service"]), class_uid=int(data["class_uid"]), activity_id=int(data["activity_id"]),
+        severity_id=int(data["severity_id"]), status_id=int(data["status_id"]), fields=dict(data.get("fields") or {}),
+        trace_id=str(data.get("trace_id") or ""), span_id=str(data.get("span_id") or ""),
+        resource=dict(data.get("resource") or {}),
+    )

@@ -119,11 +119,11 @@ class KnnDetector:
         self.uids_ = uids
         self._keys = {key.tobytes(): j for j, key in enumerate(np.round(self.vectors_, 4))}
         if len(self.vectors_) > self.hnsw_above:
-            index = faiss.IndexHNSWFlat(self.dim_, 32, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWFlat(self.dim_, 32, faiss.METRIC_L2)
             index.hnsw.efConstruction = 80
             index.hnsw.efSearch = 64
         else:
-            index = faiss.IndexFlatIP(self.dim_)
+            index = faiss.IndexFlatL2(self.dim_)
         index.add(self.vectors_)
         self.index_ = index
 
@@ -137,13 +137,17 @@ class KnnDetector:
         room = self.max_rows - len(self.vectors_)
         if room <= 0:
             return []
-        new_vecs, new_uids, new_rows, added = [], [], [], 0
+        new_vecs, new_uids, new_rows, new_counts, added = [], [], [], [], 0
+        base = len(self.vectors_)
         keys = np.round(embeddings, 4)
         for pos, (vec, key, uid) in enumerate(zip(embeddings, keys, uids, strict=True)):
             kb = key.tobytes()
             j = self._keys.get(kb)
             if j is not None:
-                self.counts_[j] += 1
+                if j < base:
+                    self.counts_[j] += 1
+                else:
+                    new_counts[j - base] += 1
                 continue
             if added >= room:
                 break
@@ -151,26 +155,27 @@ class KnnDetector:
             new_vecs.append(vec)
             new_uids.append(uid)
             new_rows.append(pos)
+            new_counts.append(1)
             added += 1
         if added:
             block = np.ascontiguousarray(np.stack(new_vecs), dtype=np.float32)
             self.index_.add(block)
             self.vectors_ = np.concatenate([self.vectors_, block])
-            self.counts_ = np.concatenate([self.counts_, np.ones(added, dtype=np.int64)])
+            self.counts_ = np.concatenate([self.counts_, np.asarray(new_counts, dtype=np.int64)])
             self.uids_.extend(new_uids)
         return new_rows
 
     # ----- scoring -----
     def decision_function(self, embeddings: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Mean cosine distance to the k nearest reference rows (with multiplicity).
+        """Mean Euclidean distance to the k nearest reference rows (with multiplicity).
 
         Returns:
             raw (n,) float64, and neighbours (n, k') int64 indices of unique reference vectors (-1 = none).
         """
         q = np.ascontiguousarray(embeddings, dtype=np.float32)
         k_search = min(len(self.vectors_), self.k + 1)
-        sims, idx = self.index_.search(q, k_search)
-        dist = np.clip(1.0 - sims, 0.0, 2.0)
+        d2, idx = self.index_.search(q, k_search)
+        dist = np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)
         counts = np.where(idx >= 0, self.counts_[np.maximum(idx, 0)], 0).astype(np.float64)
         if exclude_self:
             # The query's own vector is its first hit (distance ~0): remove one occurrence of it.
