@@ -113,7 +113,7 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
         z1, z2 = model(n1, c1), model(n2, c2)
         contrastive = nt_xent(z1, z2, cfg.temperature)
         recon = 0.5 * (decoder.loss(z1, bn, bc) + decoder.loss(z2, bn, bc))
-        return contrastive + cfg.recon_weight * recon, float(contrastive), float(recon)
+        return contrastive + cfg.recon_weight * recon, float(contrastive.detach()), float(recon.detach())
 
     history: list[dict] = []
     best, best_epoch, best_state, bad = math.inf, 0, None, 0
@@ -131,7 +131,7 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
             sched.step()
-            totals[0] += float(loss)
+            totals[0] += float(loss.detach())
             totals[1] += c
             totals[2] += r
         model.eval()
@@ -167,6 +167,6 @@ def _validate(step_loss, num: torch.Tensor, cat: torch.Tensor, batch: int) -> fl
         if len(bn) < 2:
             continue
         loss, _, _ = step_loss(bn, bc)
-        total += float(loss) * len(bn)
+        total += float(loss.detach()) * len(bn)
         count += len(bn)
     return total / max(count, 1)

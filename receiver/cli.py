@@ -1,0 +1,340 @@
+"""`otad`: the composition root. Builds settings, storage, model, pipeline and servers; runs subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from receiver.settings import Settings
+
+logger = logging.getLogger("otad")
+
+
+def otad_version() -> str:
+    try:
+        return pkg_version("otad")
+    except PackageNotFoundError:
+        return "0.0.0+local"
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "OTAD_" + str(err["loc"][0]).upper() if err.get("loc") else "configuration"
+        sys.stderr.write(f"otad: bad configuration: {name}: {err['msg']}\n")
+        raise SystemExit(2) from None
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------- serve
+class Service:
+    """Everything `otad serve` runs; tests start it in-process on port 0."""
+
+    def __init__(self, settings: Settings):
+        from receiver.emit import AnomalyEmitter
+        from receiver.metrics import HealthServer, Metrics
+        from receiver.pipeline import Pipeline, load_model
+        from receiver.server import OtlpGrpcServer
+        from storage import MilvusStore
+
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.store = MilvusStore(settings.resolved_milvus_uri,
+                                 token=settings.milvus_token.get_secret_value() if settings.milvus_token else None,
+                                 timeout_s=settings.milvus_timeout_s)
+        version = otad_version()
+        self.emitter = AnomalyEmitter(settings.export_endpoint, version=version, insecure=settings.export_insecure,
+                                      timeout_s=settings.export_timeout_s,
+                                      on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
+        model = load_model(settings)
+        self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
+        self.grpc = OtlpGrpcServer(settings.grpc_endpoint, self.pipeline, self.metrics,
+                                   max_recv_mib=settings.max_recv_mib, retry_after_s=settings.retry_after_s)
+        self.health = HealthServer(settings.metrics_endpoint, self.metrics, self.pipeline.status)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port
+
+    def start(self) -> None:
+        self.emitter.start()
+        self.pipeline.start()
+        self.grpc.start()
+        self.health.start()
+        st = self.pipeline.status()
+        logger.info("otad %s serving OTLP/gRPC on port %d, metrics on %d; state=%s model=%s milvus=%s export=%s",
+                    otad_version(), self.grpc.port, self.health.port, st["state"], st["model_version"],
+                    self.settings.resolved_milvus_uri, self.settings.export_endpoint or "(stored only)")
+        if st["state"] == "collecting":
+            logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        self.grpc.stop(min(grace_s, 5.0))
+        self.pipeline.stop(grace_s)
+        self.emitter.flush(min(grace_s, 5.0))
+        self.emitter.shutdown(2.0)
+        self.health.stop()
+        self.store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(data_dir=args.data_dir, grpc_endpoint=args.grpc_endpoint,
+                             export_endpoint=args.export_endpoint, milvus_uri=args.milvus_uri)
+    setup_logging(settings.log_level)
+    service = Service(settings)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    service.start()
+    done.wait()
+    logger.info("shutting down: draining the queue")
+    service.stop()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- files
+def read_rows(paths: list[Path]):
+    """Map every record of OTLP/JSON files to rows (sorted by time). Rejections are reported, not hidden."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from receiver.otlpjson import read_file
+    from receiver.rows import RowMapper
+
+    mapper = RowMapper()
+    rows, rejected, ignored = [], 0, 0
+    for path in paths:
+        for lineno, request in read_file(path):
+            if isinstance(request, ExportLogsServiceRequest):
+                batch = mapper.map_logs(request)
+            elif isinstance(request, ExportTraceServiceRequest):
+                batch = mapper.map_traces(request)
+            else:
+                batch = mapper.map_metrics(request)
+            rows.extend(batch.rows)
+            ignored += batch.ignored
+            if batch.rejections:
+                rejected += len(batch.rejections)
+                logger.warning("%s:%d: %s", path, lineno, batch.error_message("items"))
+    rows.sort(key=lambda r: r.time_unix_nano)
+    logger.info("read %d rows from %d file(s) (%d rejected, %d ignored)", len(rows), len(paths), rejected, ignored)
+    return rows
+
+
+def _progress(record: dict) -> None:
+    sys.stderr.write(f"  epoch {record['epoch']:>3}  train {record['train_loss']:.4f}  "
+                     f"(contrastive {record['contrastive']:.3f}, reconstruction {record['reconstruction']:.3f})  "
+                     f"val {record['val_loss']:.4f}  {record['seconds']:.1f}s\n")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.schema import row_from_dict
+    from model.train import TrainConfig
+    from model.version import fit_version
+
+    settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
+    setup_logging(settings.log_level)
+    if args.input:
+        rows = read_rows(args.input)
+    else:
+        from storage import MilvusStore
+        store = MilvusStore(settings.resolved_milvus_uri, timeout_s=settings.milvus_timeout_s)
+        rows = [row_from_dict(d["row"]) for part in store.iter_backlog() for d in part]
+        store.close()
+        rows.sort(key=lambda r: r.time_unix_nano)
+    if args.train_fraction < 1.0 and rows:
+        t0, t1 = rows[0].time_unix_nano, rows[-1].time_unix_nano
+        cut = t0 + int((t1 - t0) * args.train_fraction)
+        rows = [r for r in rows if r.time_unix_nano <= cut]
+    rows = rows[-(args.max_rows or settings.train_max_rows):]
+    if len(rows) < 50:
+        sys.stderr.write(f"otad train: only {len(rows)} rows to train on; need at least 50\n")
+        return 2
+    sys.stderr.write(f"training on {len(rows)} rows ...\n")
+    mv = fit_version(rows, k=settings.knn_k, alert_pvalue=settings.alert_pvalue, embed_dim=settings.embed_dim,
+                     max_rows=settings.reference_max_rows,
+                     train_config=TrainConfig(epochs=args.epochs or settings.train_epochs, seed=settings.seed),
+                     progress=_progress)
+    path = mv.save(settings.models_dir)
+    sys.stdout.write(f"model {mv.version} saved to {path} (best epoch {mv.meta['best_epoch']}, "
+                     f"{mv.meta['reference_rows']} reference vectors, threshold {mv.detector.threshold_:.1f}/100, "
+                     f"trained until {mv.meta['train_end_unix_nano']})\n")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from model.evaluate import write_score_file
+    from model.version import Scorer
+    from receiver.pipeline import load_model
+
+    settings = load_settings(data_dir=args.data_dir)
+    setup_logging(settings.log_level)
+    mv = load_model(settings)
+    if mv is None:
+        sys.stderr.write(f"otad score: no model under {settings.models_dir}; run `otad train` first\n")
+        return 2
+    rows = read_rows(args.input)
+    scorer = Scorer(mv, learn=not args.no_learn, threads=2)
+    out, start, step = [], time.monotonic(), 4096
+    for i in range(0, len(rows), step):
+        part = rows[i:i + step]
+        scored = scorer.score(part)
+        for r, s, raw, a in zip(part, scored.scores, scored.raw, scored.is_anomaly, strict=True):
+            out.append({"uid": r.uid, "signal": r.signal, "time_unix_nano": r.time_unix_nano, "service": r.service,
+                        "score": float(s), "raw_score": float(raw), "threshold": scorer.threshold,
+                        "is_anomaly": int(a)})
+        done = min(i + step, len(rows))
+        if (i // step) % 10 == 0 or done == len(rows):
+            rate = done / max(time.monotonic() - start, 1e-9)
+            sys.stderr.write(f"  scored {done}/{len(rows)} rows ({rate:,.0f} rows/s)\n")
+    write_score_file(args.output, out)
+    flagged = sum(o["is_anomaly"] for o in out)
+    sys.stdout.write(f"wrote {len(out)} scores to {args.output} ({flagged} at or above threshold "
+                     f"{scorer.threshold:.1f}); model {mv.version} trained until {mv.meta['train_end_unix_nano']}\n")
+    if args.baseline_output:
+        _write_baseline(rows, args.baseline_output, mv.meta["train_end_unix_nano"] + 1)
+    return 0
+
+
+def _write_baseline(rows, path: Path, since_ns: int) -> None:
+    from model.evaluate import baseline_score_rows, write_score_file, zscore_baseline
+
+    records = []
+    for r in rows:
+        value = r.fields.get("metric.value")
+        duration = r.fields.get("duration")
+        records.append({"uid": r.uid, "signal": r.signal, "time_unix_nano": r.time_unix_nano, "service": r.service,
+                        "duration_ms": float(duration) if isinstance(duration, int | float) else None,
+                        "value": float(value) if isinstance(value, int | float) else None,
+                        "series": r.fields.get("metric.series")})
+    raw = zscore_baseline(records, since_ns=since_ns)
+    write_score_file(path, baseline_score_rows(records, raw))
+    sys.stdout.write(f"wrote the per-service latency z-score baseline to {path}\n")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from receiver.evaluate_cmd import run
+    from receiver.pipeline import load_model
+
+    if args.since is None and not args.all_rows:
+        settings = load_settings(data_dir=args.data_dir)
+        mv = load_model(settings)
+        if mv is not None:
+            args.since = int(mv.meta["train_end_unix_nano"]) + 1
+            sys.stderr.write(f"evaluating rows after the model's training window (--since {args.since})\n")
+    return run(args)
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    from storage import MilvusStore
+
+    settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
+    store = MilvusStore(settings.resolved_milvus_uri, timeout_s=settings.milvus_timeout_s)
+    try:
+        items = store.latest_anomalies(args.limit, service=args.service, min_score=args.min_score)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(json.dumps(items, default=str, indent=1) + "\n")
+        return 0
+    if not items:
+        sys.stdout.write("no anomalies stored yet\n")
+        return 0
+    for a in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["time_ms"] / 1000))
+        sys.stdout.write(f"{when}Z  {a['score']:5.1f}  {a['signal']:<7} {a['service']:<16} {a['explanation']}\n")
+        neighbors = (a.get("event") or {}).get("neighbors") or []
+        if neighbors:
+            sys.stdout.write(f"{'':22}nearest normal rows: {', '.join(neighbors[:3])}  (source uid {a['source_uid']})\n")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from receiver import simulate
+
+    setup_logging("INFO")
+    return simulate.run(args)
+
+
+# ----------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otad", description="Anomaly detection for OpenTelemetry data.")
+    parser.add_argument("--version", action="version", version=otad_version())
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, milvus: bool = False) -> None:
+        p.add_argument("--data-dir", type=Path, default=None, help="overrides OTAD_DATA_DIR")
+        if milvus:
+            p.add_argument("--milvus-uri", default=None, help="overrides OTAD_MILVUS_URI")
+
+    p = sub.add_parser("serve", help="run the service (OTLP/gRPC in, anomaly events out)")
+    common(p, milvus=True)
+    p.add_argument("--grpc-endpoint", default=None, help="overrides OTAD_GRPC_ENDPOINT")
+    p.add_argument("--export-endpoint", default=None, help="overrides OTAD_EXPORT_ENDPOINT")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="train a model version from OTLP/JSON files or stored rows")
+    common(p, milvus=True)
+    p.add_argument("--input", nargs="+", type=Path, default=None, help="Collector file-exporter files (OTLP/JSON lines)")
+    p.add_argument("--train-fraction", type=float, default=1.0, help="train on the first fraction of the time range")
+    p.add_argument("--max-rows", type=int, default=None, help="newest rows used (default OTAD_TRAIN_MAX_ROWS)")
+    p.add_argument("--epochs", type=int, default=None, help="upper bound on epochs (default OTAD_TRAIN_EPOCHS)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="score every record of OTLP/JSON files into a score file")
+    common(p)
+    p.add_argument("--input", nargs="+", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="score CSV (DESIGN.md §2)")
+    p.add_argument("--no-learn", action="store_true", help="do not grow the normal history while scoring")
+    p.add_argument("--baseline-output", type=Path, default=None,
+                   help="also write the per-service latency z-score baseline score file")
+    p.set_defaults(func=cmd_score)
+
+    from receiver import evaluate_cmd
+    p = sub.add_parser("evaluate", help="detection metrics and PR curve from a score file and labels")
+    common(p)
+    evaluate_cmd.add_arguments(p)
+    p.add_argument("--all-rows", action="store_true", help="do not restrict to rows after the model's training window")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("anomalies", help="list the latest anomaly events")
+    common(p, milvus=True)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--service", default=None)
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_anomalies)
+
+    try:
+        from receiver import simulate
+        p = sub.add_parser("simulate", help="labelled multi-service workload generator")
+        simulate.add_arguments(p)
+        p.set_defaults(func=cmd_simulate)
+    except ImportError:  # pragma: no cover - the simulator ships with otad
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Self-observability: Prometheus metrics and the /metrics, /healthz, /readyz HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+logger = logging.getLogger(__name__)
+
+
+class Metrics:
+    """One registry per service instance (tests run several in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.accepted = Counter("otad_accepted_items", "Items accepted", ["signal"], registry=r)
+        self.rejected = Counter("otad_rejected_items", "Items rejected (partial_success)", ["signal", "reason"], registry=r)
+        self.refused = Counter("otad_refused_items", "Items refused with UNAVAILABLE (client retries)", ["signal", "reason"], registry=r)
+        self.ignored = Counter("otad_ignored_items", "otad's own anomaly events and no-value points, skipped", ["signal"], registry=r)
+        self.queue_rows = Gauge("otad_queue_rows", "Rows waiting in the ingest queue", registry=r)
+        self.rows_processed = Counter("otad_rows_processed", "Rows through the pipeline", ["state"], registry=r)
+        self.anomalies = Counter("otad_anomalies", "Anomaly events found", ["signal"], registry=r)
+        self.export = Counter("otad_export_events", "Anomaly events by export outcome", ["outcome"], registry=r)
+        self.stage_seconds = Histogram("otad_stage_seconds", "Time per pipeline stage per batch", ["stage"], registry=r,
+                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.export_seconds = Histogram("otad_export_request_seconds", "Export RPC handling time", ["signal"], registry=r,
+                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+        self.model_info = Gauge("otad_model_info", "Current model version (value 1)", ["version", "state"], registry=r)
+        self.errors = Counter("otad_pipeline_errors", "Batches that failed in the pipeline", ["stage"], registry=r)
+
+
+class HealthServer:
+    """/metrics (Prometheus), /healthz (process alive), /readyz (accepting data) on OTAD_METRICS_ENDPOINT."""
+
+    def __init__(self, endpoint: str, metrics: Metrics, status: Callable[[], dict]):
+        host, _, port = endpoint.rpartition(":")
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                if self.path.startswith("/metrics"):
+                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+                elif self.path.startswith("/healthz"):
+                    body, ctype, code = json.dumps(status()).encode(), "application/json", 200
+                elif self.path.startswith("/readyz"):
+                    st = status()
+                    body, ctype, code = json.dumps(st).encode(), "application/json", 200 if st.get("ready") else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="otad-health", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

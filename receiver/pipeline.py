@@ -1,0 +1,260 @@
+"""The pipeline: a bounded queue in front of featurize > embed > score > store > emit, run in batches.
+
+States: `collecting` (no model: rows are stored in the backlog), `training` (the first model is being
+trained in the background from the backlog; ingest keeps flowing), `scoring` (a model is loaded).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from model.schema import Anomaly, Row, row_to_dict
+from model.train import TrainConfig
+from model.version import ModelVersion, Scorer, fit_version
+from receiver.emit import AnomalyEmitter, finding
+from receiver.metrics import Metrics
+from receiver.settings import Settings
+from storage import MilvusStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, store: MilvusStore, emitter: AnomalyEmitter, metrics: Metrics,
+                 version: str, model: ModelVersion | None = None):
+        self.settings = settings
+        self.store = store
+        self.emitter = emitter
+        self.metrics = metrics
+        self.otad_version = version
+        self._queue: deque[list[Row]] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="otad-pipeline", daemon=True)
+        self._backlog: list[Row] = []  # rows awaiting the first model (also stored in Milvus)
+        self._trainer: threading.Thread | None = None
+        self._scorer: Scorer | None = None
+        self.state = "collecting"
+        self.train_error: str | None = None
+        self.processed = 0
+        self.anomaly_count = 0
+        if model is not None:
+            self._activate(model)
+        self._backlog_stored = 0
+
+    # ----- ingest side (called from gRPC threads; must be fast) -----
+    def offer(self, rows: list[Row]) -> bool:
+        """Queue rows for processing. False when the bounded queue has no room (caller answers UNAVAILABLE)."""
+        if not rows:
+            return True
+        with self._cond:
+            if self._queued + len(rows) > self.settings.queue_rows:
+                return False
+            self._queue.append(rows)
+            self._queued += len(rows)
+            self.metrics.queue_rows.set(self._queued)
+            self._cond.notify()
+        return True
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def status(self) -> dict:
+        return {
+            "state": self.state, "ready": not self._stop.is_set(),
+            "model_version": self._scorer.mv.version if self._scorer else None,
+            "queued_rows": self._queued, "backlog_rows": len(self._backlog),
+            "bootstrap_rows": self.settings.bootstrap_rows, "processed_rows": self.processed,
+            "anomalies": self.anomaly_count, "train_error": self.train_error,
+        }
+
+    # ----- lifecycle -----
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Drain what is queued (within the timeout), then stop."""
+        deadline = time.monotonic() + timeout_s
+        while self._queued and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(max(0.1, deadline - time.monotonic()))
+        if self._queued:
+            logger.warning("stopped with %d rows still queued (not acknowledged as processed)", self._queued)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Test/CLI helper: wait until the queue is empty and the current batch finished."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self._queued and not self._busy:
+                return True
+            time.sleep(0.02)
+        return False
+
+    _busy = False
+
+    def _take(self) -> list[Row]:
+        batch: list[Row] = []
+        wait_until = None
+        with self._cond:
+            while not self._stop.is_set():
+                while self._queue and len(batch) < self.settings.batch_rows:
+                    part = self._queue.popleft()
+                    self._queued -= len(part)
+                    batch.extend(part)
+                    self._busy = True
+                if len(batch) >= self.settings.batch_rows:
+                    break
+                if batch:
+                    wait_until = wait_until or time.monotonic() + self.settings.batch_wait_ms / 1000
+                    left = wait_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                else:
+                    self._cond.wait(0.5)
+            self._busy = bool(batch)
+            self.metrics.queue_rows.set(self._queued)
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set() or self._queued:
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                self.process(batch)
+            except StorageError as exc:
+                self.metrics.errors.labels("storage").inc()
+                logger.error("batch of %d rows failed in storage: %s; re-queued", len(batch), exc)
+                with self._cond:
+                    self._queue.appendleft(batch)
+                    self._queued += len(batch)
+                time.sleep(1.0)
+            except Exception:
+                self.metrics.errors.labels("pipeline").inc()
+                logger.exception("batch of %d rows failed in the pipeline", len(batch))
+            finally:
+                self._busy = False
+
+    # ----- processing -----
+    def process(self, rows: list[Row]) -> None:
+        scorer = self._scorer
+        if scorer is None:
+            self._collect(rows)
+            return
+        t0 = time.perf_counter()
+        scored = scorer.score(rows)
+        t1 = time.perf_counter()
+        self.metrics.stage_seconds.labels("featurize_embed_score").observe(t1 - t0)
+        version = scorer.mv.version
+        records = [
+            {"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
+             "time_ms": r.time_ms, "trace_id": r.trace_id, "model_version": version, "score": float(s),
+             "is_anomaly": bool(a), "is_reference": False, "row": row_to_dict(r), "embedding": e}
+            for r, s, a, e in zip(rows, scored.scores, scored.is_anomaly, scored.embeddings, strict=True)
+        ]
+        self.store.upsert_rows(version, records)
+        t2 = time.perf_counter()
+        self.metrics.stage_seconds.labels("store").observe(t2 - t1)
+        if scored.anomalies:
+            self._record_anomalies(scored.anomalies)
+        self.metrics.rows_processed.labels("scoring").inc(len(rows))
+        self.processed += len(rows)
+
+    def _record_anomalies(self, anomalies: list[Anomaly]) -> None:
+        events = []
+        for a in anomalies:
+            body = finding(a, self.otad_version)
+            events.append({
+                "uid": body["finding_info"]["uid"], "source_uid": a.row.uid, "signal": a.row.signal,
+                "service": a.row.service[:128], "class_uid": a.row.class_uid, "time_ms": a.row.time_ms,
+                "detected_ms": a.detected_unix_nano // 1_000_000, "score": a.score, "threshold": a.threshold,
+                "model_version": a.model_version, "explanation": a.explanation[:2000],
+                "event": {"finding": body, "neighbors": list(a.neighbors), "trace_id": a.row.trace_id,
+                          "span_id": a.row.span_id, "raw_score": a.raw_score, "detector": a.detector},
+            })
+            self.metrics.anomalies.labels(a.row.signal).inc()
+        self.store.upsert_anomalies(events)  # every event is kept, whatever happens to the export
+        self.emitter.emit(anomalies)
+        self.anomaly_count += len(anomalies)
+
+    def _collect(self, rows: list[Row]) -> None:
+        self.store.upsert_backlog([
+            {"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
+             "time_ms": r.time_ms, "trace_id": r.trace_id, "row": row_to_dict(r)} for r in rows
+        ])
+        self._backlog.extend(rows)
+        self.metrics.rows_processed.labels(self.state).inc(len(rows))
+        self.processed += len(rows)
+        if self._trainer is None and len(self._backlog) >= self.settings.bootstrap_rows:
+            self._start_training()
+
+    def _start_training(self) -> None:
+        snapshot = list(self._backlog[-self.settings.train_max_rows:])
+        self.state = "training"
+        self.metrics.model_info.labels("none", "training").set(1)
+        logger.info("bootstrap: %d rows collected; training the first model in the background (ingest continues)",
+                    len(snapshot))
+        self._trainer = threading.Thread(target=self._train, args=(snapshot,), name="otad-train", daemon=True)
+        self._trainer.start()
+
+    def _train(self, snapshot: list[Row]) -> None:
+        s = self.settings
+        try:
+            mv = fit_version(snapshot, k=s.knn_k, alert_pvalue=s.alert_pvalue, embed_dim=s.embed_dim,
+                             max_rows=s.reference_max_rows,
+                             train_config=TrainConfig(epochs=s.train_epochs, seed=s.seed, threads=1))
+            mv.save(s.models_dir)
+            self._store_reference(mv, snapshot)
+        except Exception as exc:  # keep collecting; a later batch retries training
+            logger.exception("training the first model failed; still collecting")
+            self.train_error = str(exc)
+            self.state = "collecting"
+            self._trainer = None
+            self.settings = s.model_copy(update={"bootstrap_rows": len(self._backlog) + s.bootstrap_rows})
+            return
+        # Swap in the model on the worker's side: rows that arrived during training are scored next.
+        pending = self._backlog[len(snapshot):] if self._backlog[: len(snapshot)] == snapshot else []
+        self._backlog = []
+        self._activate(mv)
+        if pending:
+            self.offer(pending)
+        logger.info("model %s trained on %d rows; now scoring (%d rows that arrived meanwhile re-queued)",
+                    mv.version, len(snapshot), len(pending))
+
+    def _store_reference(self, mv: ModelVersion, rows: list[Row]) -> None:
+        """Embed the training backlog into the version's collection as the reference window."""
+        scorer = Scorer(mv, learn=False)
+        self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
+        for start in range(0, len(rows), 4096):
+            part = rows[start:start + 4096]
+            _, num, cat = scorer.featurize(part)
+            emb = scorer.embedder.embed(num, cat)
+            self.store.upsert_rows(mv.version, [
+                {"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
+                 "time_ms": r.time_ms, "trace_id": r.trace_id, "model_version": mv.version, "score": 0.0,
+                 "is_anomaly": False, "is_reference": True, "row": row_to_dict(r), "embedding": e}
+                for r, e in zip(part, emb, strict=True)
+            ])
+
+    def _activate(self, mv: ModelVersion) -> None:
+        self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
+        self._scorer = Scorer(mv, threads=self.settings.torch_threads)
+        self.state = "scoring"
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(mv.version, "scoring").set(1)
+
+
+def load_model(settings: Settings) -> ModelVersion | None:
+    return ModelVersion.load_current(Path(settings.models_dir), k=settings.knn_k, alert_pvalue=settings.alert_pvalue,
+                                     max_rows=settings.reference_max_rows)
