@@ -1,0 +1,206 @@
+"""Store stage, data model: Milvus collection names, explicit schemas, index params and filter rendering.
+
+Three kinds of collection:
+
+- ``otad_backlog``: raw rows received before any model exists (no embedding yet).
+- ``otad_rows_<version>``: embedded rows, one collection per model version, so embeddings of different
+  versions are never compared (DESIGN.md §4); every row also carries ``model_version``.
+- ``otad_anomalies``: every anomaly event, kept.
+
+Milvus refuses a collection without a vector field, so the backlog and anomaly collections carry a 2-d
+``embedding`` placeholder (always ``PLACEHOLDER_VECTOR``, with a FLAT index that costs nothing to build).
+It also keeps the shape open: anomalies can later carry a real embedding for "similar incidents" search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pymilvus import DataType, MilvusClient
+from pymilvus.milvus_client.index import IndexParams
+
+from storage.errors import StorageError
+
+__all__ = [
+    "ANOMALIES_COLLECTION",
+    "BACKLOG_COLLECTION",
+    "PLACEHOLDER_VECTOR",
+    "anomalies_schema",
+    "backlog_schema",
+    "index_params",
+    "render_filter",
+    "rows_collection_name",
+    "rows_schema",
+]
+
+BACKLOG_COLLECTION = "otad_backlog"
+ANOMALIES_COLLECTION = "otad_anomalies"
+ROWS_PREFIX = "otad_rows_"
+
+PLACEHOLDER_DIM = 2
+PLACEHOLDER_VECTOR = [1.0, 0.0]  # constant and non-zero: COSINE is undefined for a zero vector
+
+# VARCHAR limits; Milvus rejects a longer value (the whole upsert call fails), so callers bound them.
+UID_MAX = 64
+SIGNAL_MAX = 16  # logs | traces | metrics
+SERVICE_MAX = 256
+TRACE_ID_MAX = 64  # 32 hex digits today; room for other id formats
+VERSION_MAX = 128
+EXPLANATION_MAX = 4096
+
+# Consistency levels, chosen per collection:
+# - backlog and anomalies: "Strong". They are low-rate, and their readers need read-your-writes: the
+#   bootstrap trigger counts the backlog right after an upsert, and `otad anomalies` must list an event
+#   the moment it was stored. The cost (waiting for the server's tsafe) is small at that rate.
+# - rows: "Bounded". The hot path searches for neighbours among reference rows written long before, so a
+#   staleness of a few seconds changes no score, while "Strong" would add the tsafe wait to every search
+#   on a distributed Milvus. Calls that need exact counts ask for "Strong" per request.
+# Milvus Lite ignores the level (a single process always reads its own writes).
+STRONG = "Strong"
+BOUNDED = "Bounded"
+
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9_]")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def rows_collection_name(model_version: str) -> str:
+    """Name of the rows collection for ``model_version``: ``otad_rows_<version>``.
+
+    Characters outside ``[A-Za-z0-9_]`` become ``_``; when that changed the name (or it is long), a short
+    hash of the original is appended, so ``v1.0`` and ``v1_0`` never share a collection.
+
+    Raises:
+        StorageError: the version is empty.
+    """
+    if not model_version:
+        raise StorageError("model version must be a non-empty string")
+    safe = _SAFE_CHARS.sub("_", model_version)
+    if safe != model_version or len(safe) > 64:
+        digest = hashlib.sha256(model_version.encode()).hexdigest()[:8]
+        safe = f"{safe[:64]}_{digest}"
+    return ROWS_PREFIX + safe
+
+
+def _common_fields(schema: Any) -> None:
+    schema.add_field("uid", DataType.VARCHAR, is_primary=True, max_length=UID_MAX)
+    schema.add_field("signal", DataType.VARCHAR, max_length=SIGNAL_MAX)
+    schema.add_field("service", DataType.VARCHAR, max_length=SERVICE_MAX)
+    schema.add_field("class_uid", DataType.INT64)
+    schema.add_field("time_ms", DataType.INT64)
+
+
+def backlog_schema() -> Any:
+    """Schema of ``otad_backlog``: raw rows, JSON ``row``, placeholder vector."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    _common_fields(schema)
+    schema.add_field("trace_id", DataType.VARCHAR, max_length=TRACE_ID_MAX)
+    schema.add_field("row", DataType.JSON)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=PLACEHOLDER_DIM)
+    return schema
+
+
+def rows_schema(dim: int) -> Any:
+    """Schema of one ``otad_rows_<version>`` collection with a ``dim``-wide ``embedding``."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    _common_fields(schema)
+    schema.add_field("trace_id", DataType.VARCHAR, max_length=TRACE_ID_MAX)
+    schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX)
+    schema.add_field("score", DataType.FLOAT)
+    schema.add_field("is_anomaly", DataType.BOOL)
+    schema.add_field("is_reference", DataType.BOOL)
+    schema.add_field("row", DataType.JSON)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+    return schema
+
+
+def anomalies_schema() -> Any:
+    """Schema of ``otad_anomalies``: one row per anomaly event, keyed by the finding uid."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    _common_fields(schema)
+    schema.add_field("source_uid", DataType.VARCHAR, max_length=UID_MAX)
+    schema.add_field("detected_ms", DataType.INT64)
+    schema.add_field("score", DataType.FLOAT)
+    schema.add_field("threshold", DataType.FLOAT)
+    schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX)
+    schema.add_field("explanation", DataType.VARCHAR, max_length=EXPLANATION_MAX)
+    schema.add_field("event", DataType.JSON)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=PLACEHOLDER_DIM)
+    return schema
+
+
+def index_params(client: MilvusClient, *, placeholder: bool, time_field: str = "time_ms") -> IndexParams:
+    """Index params: COSINE on ``embedding`` plus inverted indexes on the fields filters use.
+
+    A real embedding gets ``AUTOINDEX`` (HNSW in Milvus Lite when faiss-cpu is present, brute force
+    otherwise; the server's own choice on Milvus). The placeholder gets ``FLAT``: it is never searched
+    for meaning and a graph over identical vectors is wasted work.
+    """
+    params = client.prepare_index_params()
+    params.add_index("embedding", index_type="FLAT" if placeholder else "AUTOINDEX", metric_type="COSINE")
+    # INVERTED is the scalar index both Milvus and Milvus Lite implement.
+    params.add_index("service", index_type="INVERTED")
+    params.add_index(time_field, index_type="INVERTED")
+    return params
+
+
+def _literal(value: Any, name: str) -> str:
+    """One filter parameter as a Milvus expression literal (strings quoted and escaped)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StorageError(f"filter parameter {name!r} must be finite, got {value!r}")
+        return repr(value)
+    if isinstance(value, str):
+        escaped = (
+            value.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+            .replace("\t", "\\t")
+        )
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(item, name) for item in value) + "]"
+    raise StorageError(f"filter parameter {name!r} has unsupported type {type(value).__name__}")
+
+
+def render_filter(template: str, params: Mapping[str, Any] | None) -> str:
+    """Fill ``{name}`` placeholders in a filter template with safely quoted literals.
+
+    Milvus (2.5+) fills templates server-side from ``filter_params``; Milvus Lite 3.2 does not (its parser
+    fails on ``{``), so for Lite the store renders them here. Values are always encoded as literals, never
+    pasted as text, and placeholders inside quoted strings of the template are left alone.
+
+    Raises:
+        StorageError: a placeholder has no parameter, or a value cannot be a literal.
+    """
+    params = params or {}
+    out: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        ch = template[i]
+        if ch in "\"'":  # copy a quoted string of the template verbatim
+            j = i + 1
+            while j < n and template[j] != ch:
+                j += 2 if template[j] == "\\" else 1
+            out.append(template[i : j + 1])
+            i = j + 1
+            continue
+        match = _PLACEHOLDER.match(template, i) if ch == "{" else None
+        if match:
+            name = match.group(1)
+            if name not in params:
+                raise StorageError(f"filter {template!r} uses {{{name}}} but filter_params has no {name!r}")
+            out.append(_literal(params[name], name))
+            i = match.end()
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
