@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from model.schema import Anomaly, Row, row_to_dict
@@ -45,7 +46,10 @@ class Pipeline:
         self.anomaly_count = 0
         if model is not None:
             self._activate(model)
-        self._backlog_stored = 0
+        # Storing overlaps with scoring the next batch (Milvus calls release the GIL part of the time);
+        # at most two batches are in flight, which bounds memory and keeps backpressure on the queue.
+        self._store_exec = ThreadPoolExecutor(1, thread_name_prefix="otad-store")
+        self._in_flight: deque[Future] = deque()
 
     # ----- ingest side (called from gRPC threads; must be fast) -----
     def offer(self, rows: list[Row]) -> bool:
@@ -95,7 +99,7 @@ class Pipeline:
         """Test/CLI helper: wait until the queue is empty and the current batch finished."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self._queued and not self._busy:
+            if not self._queued and not self._busy and not any(not f.done() for f in list(self._in_flight)):
                 return True
             time.sleep(0.02)
         return False
@@ -145,6 +149,8 @@ class Pipeline:
                 logger.exception("batch of %d rows failed in the pipeline", len(batch))
             finally:
                 self._busy = False
+        self._drain_stores()
+        self._store_exec.shutdown(wait=True)
 
     # ----- processing -----
     def process(self, rows: list[Row]) -> None:
@@ -163,13 +169,34 @@ class Pipeline:
              "is_anomaly": bool(a), "is_reference": False, "row": row_to_dict(r), "embedding": e}
             for r, s, a, e in zip(rows, scored.scores, scored.is_anomaly, scored.embeddings, strict=True)
         ]
-        self.store.upsert_rows(version, records)
-        t2 = time.perf_counter()
-        self.metrics.stage_seconds.labels("store").observe(t2 - t1)
-        if scored.anomalies:
-            self._record_anomalies(scored.anomalies)
+        while len(self._in_flight) >= 2:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._store_exec.submit(self._store, version, rows, records, scored.anomalies))
+
+    def _store(self, version: str, rows: list[Row], records: list[dict], anomalies: list[Anomaly]) -> None:
+        t1 = time.perf_counter()
+        try:
+            self.store.upsert_rows(version, records)
+            self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t1)
+            if anomalies:
+                self._record_anomalies(anomalies)
+        except StorageError as exc:
+            self.metrics.errors.labels("storage").inc()
+            logger.error("storing %d scored rows failed: %s; re-queued", len(rows), exc)
+            time.sleep(1.0)
+            with self._cond:  # re-scored later; uids make the retry idempotent
+                self._queue.append(rows)
+                self._queued += len(rows)
+            return
         self.metrics.rows_processed.labels("scoring").inc(len(rows))
         self.processed += len(rows)
+
+    def _drain_stores(self) -> None:
+        while self._in_flight:
+            try:
+                self._in_flight.popleft().result()
+            except Exception:
+                logger.exception("a store batch failed")
 
     def _record_anomalies(self, anomalies: list[Anomaly]) -> None:
         events = []
