@@ -71,7 +71,7 @@ class KnnDetector:
 
     name = "knn-embedding"
 
-    def __init__(self, k: int = 10, alert_pvalue: float = 1e-3, hnsw_above: int = 20_000, max_rows: int = 100_000):
+    def __init__(self, k: int = 10, alert_pvalue: float = 1e-3, hnsw_above: int = 4_096, max_rows: int = 100_000):
         if not 0 < alert_pvalue < 0.5:
             raise ValueError(f"alert_pvalue must be in (0, 0.5), got {alert_pvalue}")
         self.k = k

@@ -40,6 +40,7 @@ def detection_vectors(contract: FeatureContract, emb: np.ndarray, num: np.ndarra
     return np.ascontiguousarray(np.concatenate(
         [emb, NUMERIC_WEIGHT * num, RARITY_WEIGHT * contract.rarity_matrix(cat)], axis=1), dtype=np.float32)
 LEARN_BELOW_SCORE = 33.0  # rows scored below this (p > 1e-2) join the normal history
+LEARN_PER_BATCH = 256  # at most this many calm rows of a batch are added (index inserts are the costly part)
 
 
 @dataclass
@@ -169,6 +170,8 @@ class Scorer:
                      for i in np.flatnonzero(flagged)]
         if self.learn:
             calm = np.flatnonzero(scores < LEARN_BELOW_SCORE)
+            if len(calm) > LEARN_PER_BATCH:  # an even sample over the batch, deterministic
+                calm = calm[np.linspace(0, len(calm) - 1, LEARN_PER_BATCH).astype(np.int64)]
             if len(calm):
                 added = det.add(vectors[calm], [rows[i].uid for i in calm])
                 if added:

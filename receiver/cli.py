@@ -41,6 +41,26 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+# ----------------------------------------------------------------------------------------------- storage
+def open_store(settings: Settings, *, serve: bool = False, owner=None):
+    """The MilvusStore for these settings. `otad serve` runs Milvus Lite as a child process (unless
+    OTAD_MILVUS_LITE_PROCESS=false); CLI commands reuse a running server's Lite process when there is one."""
+    from storage import MilvusStore
+    from storage.lite_process import LiteServerProcess, running_endpoint
+
+    uri = settings.resolved_milvus_uri
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+    if is_lite:
+        running = running_endpoint(uri)
+        if running:
+            uri = running
+        elif serve and settings.milvus_lite_process:
+            owner.lite = LiteServerProcess(uri)
+            uri = owner.lite.start()
+    return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s)
+
+
 # ----------------------------------------------------------------------------------------------- serve
 class Service:
     """Everything `otad serve` runs; tests start it in-process on port 0."""
@@ -50,14 +70,12 @@ class Service:
         from receiver.metrics import HealthServer, Metrics
         from receiver.pipeline import Pipeline, load_model
         from receiver.server import OtlpGrpcServer
-        from storage import MilvusStore
 
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
-        self.store = MilvusStore(settings.resolved_milvus_uri,
-                                 token=settings.milvus_token.get_secret_value() if settings.milvus_token else None,
-                                 timeout_s=settings.milvus_timeout_s)
+        self.lite = None
+        self.store = open_store(settings, serve=True, owner=self)
         version = otad_version()
         self.emitter = AnomalyEmitter(settings.export_endpoint, version=version, insecure=settings.export_insecure,
                                       timeout_s=settings.export_timeout_s,
@@ -91,6 +109,8 @@ class Service:
         self.emitter.shutdown(2.0)
         self.health.stop()
         self.store.close()
+        if self.lite is not None:
+            self.lite.stop()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -153,8 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.input:
         rows = read_rows(args.input)
     else:
-        from storage import MilvusStore
-        store = MilvusStore(settings.resolved_milvus_uri, timeout_s=settings.milvus_timeout_s)
+        store = open_store(settings)
         rows = [row_from_dict(d["row"]) for part in store.iter_backlog() for d in part]
         store.close()
         rows.sort(key=lambda r: r.time_unix_nano)
@@ -242,10 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_anomalies(args: argparse.Namespace) -> int:
-    from storage import MilvusStore
-
     settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
-    store = MilvusStore(settings.resolved_milvus_uri, timeout_s=settings.milvus_timeout_s)
+    store = open_store(settings)
     try:
         items = store.latest_anomalies(args.limit, service=args.service, min_score=args.min_score)
     finally:

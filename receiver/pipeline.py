@@ -66,6 +66,10 @@ class Pipeline:
         return True
 
     @property
+    def full(self) -> bool:
+        return self._queued >= self.settings.queue_rows
+
+    @property
     def queued(self) -> int:
         return self._queued
 

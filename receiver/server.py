@@ -38,6 +38,10 @@ class _Export:
     def handle(self, signal: str, noun: str, batch_fn, request, context: grpc.ServicerContext):
         start = time.perf_counter()
         try:
+            if self.pipeline.full:  # refuse before paying for the mapping
+                self.metrics.refused.labels(signal, "queue_full").inc()
+                raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
+                                       self.retry_after_s)
             batch: MappedBatch = batch_fn(request, time.time_ns())
             self._account(signal, noun, batch)
             if batch.total and batch.rejections and not batch.rows and not batch.ignored:

@@ -9,6 +9,7 @@ and every pymilvus failure leaves as ``StorageError``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -227,7 +228,7 @@ class MilvusStore:
         """Upsert raw rows (keys: uid, signal, service, class_uid, time_ms, trace_id, row) keyed by uid."""
         if not rows:
             return 0
-        data = [{**row, "embedding": col.PLACEHOLDER_VECTOR} for row in rows]
+        data = [{**row, "row": _encode_row(row["row"]), "embedding": col.PLACEHOLDER_VECTOR} for row in rows]
         return self._upsert(col.BACKLOG_COLLECTION, data)
 
     def count_backlog(self) -> int:
@@ -238,7 +239,8 @@ class MilvusStore:
         template, params = (
             ("time_ms > {after}", {"after": int(after_time_ms)}) if after_time_ms is not None else ("", None)
         )
-        yield from self._iterate(col.BACKLOG_COLLECTION, template, params, _BACKLOG_FIELDS, batch)
+        for page in self._iterate(col.BACKLOG_COLLECTION, template, params, _BACKLOG_FIELDS, batch):
+            yield [_decode_row(r) for r in page]
 
     # --- embedded rows, one collection per model version --------------------------------------------
 
@@ -296,7 +298,7 @@ class MilvusStore:
                     f"row {row.get('uid')!r} is of model {row['model_version']!r}, not {model_version!r}"
                 )
             vector = np.asarray(row["embedding"], dtype=np.float32).tolist()
-            data.append({**row, "model_version": model_version, "embedding": vector})
+            data.append({**row, "model_version": model_version, "embedding": vector, "row": _encode_row(row["row"])})
         return self._upsert(name, data)
 
     def search(
@@ -347,7 +349,7 @@ class MilvusStore:
                 ),
             )
             for hits in res:
-                results.append([_hit(h, fields) for h in hits])
+                results.append([_decode_row(_hit(h, fields)) for h in hits])
         return results
 
     def query_rows(
@@ -371,7 +373,7 @@ class MilvusStore:
                 **self._filter(filter, filter_params),
             ),
         )
-        return [dict(row) for row in res]
+        return [_decode_row(dict(row)) for row in res]
 
     def count_rows(self, model_version: str) -> int:
         return self._count(self._rows_name(model_version))
@@ -486,3 +488,23 @@ def _hit(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
     out = {"uid": hit["uid"], "distance": 1.0 - float(hit["distance"])}
     out.update({f: entity[f] for f in fields if f in entity and f != "uid"})
     return out
+
+
+def _encode_row(row: Any) -> str:
+    """A row dict as compact JSON, cut to fit the VARCHAR (long strings shortened, never invalid JSON)."""
+    text = json.dumps(row, separators=(",", ":"), default=str)
+    if len(text.encode()) <= col.ROW_MAX:
+        return text
+    slim = dict(row)
+    slim["fields"] = {k: (v[:256] if isinstance(v, str) else v) for k, v in (row.get("fields") or {}).items()}
+    slim["resource"] = {}
+    slim["truncated"] = True
+    text = json.dumps(slim, separators=(",", ":"), default=str)
+    return text if len(text.encode()) <= col.ROW_MAX else json.dumps({"uid": row.get("uid"), "truncated": True})
+
+
+def _decode_row(item: dict[str, Any]) -> dict[str, Any]:
+    value = item.get("row")
+    if isinstance(value, str):
+        item["row"] = json.loads(value)
+    return item
