@@ -144,7 +144,7 @@ class FeatureContract:
         rarity = [-math.log((counts.get(str(i), 0) + 1) / (total + 1)) for i in range(len(templates))]
         for d in derived:
             t = d.get("template")
-            d["template_rarity"] = rarity[int(t)] if t is not None else -math.log(1 / (total + 1))
+            d["template_rarity"] = rarity[int(t)] if t is not None and t.isdigit() else -math.log(1 / (total + 1))
         span_h = (rows[-1].time_unix_nano - rows[0].time_unix_nano) / 3.6e12 if rows else 0
         contract = cls(templates=templates, template_rarity=rarity, time_features=span_h >= 20)
         tracker = ContextTracker()
@@ -233,7 +233,7 @@ class FeatureContract:
             r = rows[i]
             d = derive(r, matcher)
             t = d.get("template")
-            d["template_rarity"] = self.template_rarity[int(t)] if t is not None else default_rarity
+            d["template_rarity"] = self.template_rarity[int(t)] if t is not None and t.isdigit() else default_rarity
             d.update(tracker.update(d, r.time_ms))
             if self.time_features:
                 d.update(time_features(r.time_ms))

@@ -1,0 +1,71 @@
+"""k-NN detector and calibration: duplicate-aware, never its own neighbour, calibrated scores, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.scoring import Calibration, KnnDetector, pvalue_to_score
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_pvalue_to_score_scale():
+    assert pvalue_to_score(1e-3) == pytest.approx(50.0)
+    assert pvalue_to_score(1e-6) == pytest.approx(100.0) and pvalue_to_score(1e-9) == pytest.approx(100.0)
+    assert pvalue_to_score(1.0) == pytest.approx(0.0)
+
+
+def test_calibration_tail_is_monotonic_and_inverts():
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit(rng.exponential(1.0, 20_000))
+    xs = np.linspace(0, 30, 200)
+    p = cal.pvalue(xs)
+    assert np.all(np.diff(p) <= 1e-12) and p[-1] < 1e-6
+    assert cal.pvalue(np.array([cal.raw_at(1e-4)]))[0] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_fit_threshold_and_outliers():
+    rng = np.random.default_rng(1)
+    ref = unit(rng.normal(size=(3000, 8)) * 0.1 + np.array([1, 0, 0, 0, 0, 0, 0, 0]))
+    det = KnnDetector(k=5, alert_pvalue=1e-3).fit(ref, [f"r{i}" for i in range(3000)])
+    assert det.threshold_ == pytest.approx(50.0)
+    normal = unit(rng.normal(size=(500, 8)) * 0.1 + np.array([1, 0, 0, 0, 0, 0, 0, 0]))
+    far = unit(rng.normal(size=(20, 8)) * 0.1 + np.array([0, 1, 0, 0, 0, 0, 0, 0]))
+    s_normal = det.score(det.decision_function(normal)[0])
+    s_far = det.score(det.decision_function(far)[0])
+    assert (s_normal >= det.threshold_).mean() < 0.02
+    assert (s_far >= det.threshold_).all()
+
+
+def test_duplicates_count_with_multiplicity_and_self_is_excluded():
+    base = unit(np.eye(4, dtype=np.float32) + 0.01)
+    # 30 copies of one vector, one copy each of three others.
+    ref = np.concatenate([np.repeat(base[:1], 30, axis=0), base[1:]])
+    det = KnnDetector(k=5).fit(ref, [f"u{i}" for i in range(len(ref))], clean=False)
+    assert len(det.vectors_) == 4 and det.counts_.sum() == 33
+    raw, _ = det.decision_function(ref, exclude_self=True)
+    assert raw[0] == pytest.approx(0.0, abs=1e-6)  # 29 other copies remain
+    assert raw[-1] > 0.5  # a singleton is never its own neighbour
+
+
+def test_add_grows_history_and_state_round_trip():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(200, 6)).astype(np.float32)
+    det = KnnDetector(k=3).fit(ref, [f"r{i}" for i in range(200)])
+    new = rng.normal(size=(10, 6)).astype(np.float32) + 5
+    before = det.decision_function(new)[0]
+    added = det.add(np.concatenate([new, new[:2]]), [f"n{i}" for i in range(12)])
+    assert added == list(range(10))  # the two repeats only raise counts
+    after = det.decision_function(new)[0]
+    assert (after < before).all()
+    clone = KnnDetector.from_state(det.state(), k=3)
+    assert np.allclose(clone.decision_function(new)[0], after)
+    assert clone.threshold_raw_ == pytest.approx(det.threshold_raw_)
+
+
+def test_bad_alert_pvalue():
+    with pytest.raises(ValueError, match="alert_pvalue"):
+        KnnDetector(alert_pvalue=0.9)

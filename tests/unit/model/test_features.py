@@ -1,0 +1,123 @@
+"""Feature contract: templating, vocabularies, transforms, label exclusion, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from model.context import PAIR_SATURATION, ContextTracker
+from model.features import MISSING, OOV, FeatureContract, subnet, ua_family, url_template
+from model.schema import Row
+from model.templates import TemplateMatcher, mine
+
+T0 = 1_762_041_600_000_000_000
+
+
+def make_rows(n: int, seed: int = 0, start: int = T0) -> list[Row]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        user = f"user{rng.randint(1, 10)}"
+        rows.append(Row(
+            uid=f"r{seed}-{i}", signal="logs", time_unix_nano=start + i * 50_000_000, service=rng.choice(["a", "b"]),
+            class_uid=4002, activity_id=3, severity_id=1, status_id=1,
+            fields={"message": f"GET /items/{rng.randint(1, 900)} served in {rng.randint(5, 50)} ms",
+                    "duration": rng.lognormvariate(3, 0.3), "http_request.url.path": f"/items/{rng.randint(1, 900)}",
+                    "http_request.http_method": "GET", "actor.user.name": user,
+                    "src_endpoint.location.country": "DE", "http_response.length": rng.lognormvariate(8, 2),
+                    "unmapped.is_anomaly": rng.random() < 0.5, "unmapped.anomaly_type": "x",
+                    "unmapped.cache.hit": rng.randint(0, 1), "unmapped.region": rng.choice(["eu", "us"])}))
+    return rows
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/api/users/123", "/api/users/{id}"),
+    ("/api/users/123/orders?x=1", "/api/users/{id}/orders"),
+    ("/o/3f2a9c1e-aaaa-bbbb-cccc-111122223333", "/o/{id}"),
+    ("/products/sku-88a1", "/products/{id}"),
+    ("/health", "/health"),
+])
+def test_url_template(path, expected):
+    assert url_template(path) == expected
+
+
+def test_ua_family_and_subnet():
+    assert ua_family("Mozilla/5.0 Chrome/120.0.1") == ua_family("Mozilla/5.0 Chrome/121.3.9")
+    assert subnet("10.1.2.3") == "10.1.2.0/24" and subnet("bad") == "invalid"
+
+
+def test_templates_mined_and_matched():
+    msgs = [f"user u{i} logged in from 10.0.0.{i}" for i in range(20)] + [f"order {i} placed" for i in range(20)]
+    templates = mine(msgs)
+    matcher = TemplateMatcher(templates)
+    assert matcher.match("user bob logged in from 1.2.3.4") >= 0
+    assert matcher.match("user bob logged in from 1.2.3.4") != matcher.match("order 7 placed")
+    assert matcher.match("kernel panic: attempted to kill init") == -1
+
+
+def test_contract_fit_encode_and_label_exclusion():
+    rows = make_rows(600)
+    contract, derived = FeatureContract.fit(rows)
+    names = contract.categorical + contract.numeric_names()
+    assert not any("anomal" in n for n in names), names  # label-like fields never become features
+    assert "unmapped.region" in contract.categorical and "unmapped.cache.hit" in contract.numeric_names()
+    assert "url_template" in contract.categorical and contract.vocab["url_template"] == ["/items/{id}"]
+    num, cat = contract.encode(derived)
+    assert num.dtype == np.float32 and cat.dtype == np.int64
+    assert num.shape == (600, contract.n_numeric) and cat.shape == (600, len(contract.categorical))
+    assert np.isfinite(num).all() and np.abs(num).max() <= 20
+    spec = next(s for s in contract.numeric if s.name == "http_response.length")
+    assert spec.log  # heavy-tailed -> log1p before robust scaling
+
+
+def test_missing_is_not_unknown():
+    contract, _ = FeatureContract.fit(make_rows(300))
+    j = contract.categorical.index("src_endpoint.location.country")
+    _, cat = contract.encode([{"src_endpoint.location.country": "XX"}, {}])
+    assert cat[0, j] == OOV and cat[1, j] == MISSING
+    rarity = contract.rarity_matrix(cat)
+    assert rarity[0, j] > rarity[1, j] or contract.rarity["src_endpoint.location.country"][MISSING] > 0
+
+
+def test_contract_json_round_trip_gives_identical_features():
+    rows = make_rows(400)
+    contract, _ = FeatureContract.fit(rows[:300])
+    loaded = FeatureContract.from_json(json.loads(json.dumps(contract.to_json())))
+    a = contract.encode(contract.derive_online(rows[300:], contract.new_tracker(), contract.matcher()))
+    b = loaded.encode(loaded.derive_online(rows[300:], loaded.new_tracker(), loaded.matcher()))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_contract_version_mismatch_is_refused():
+    data = FeatureContract.fit(make_rows(100))[0].to_json()
+    data["version"] = 999
+    with pytest.raises(ValueError, match="retrain"):
+        FeatureContract.from_json(data)
+
+
+def test_context_first_seen_pair_and_source_failures():
+    tracker = ContextTracker()
+    base = {"service": "auth", "actor.user.name": "ann", "src_endpoint.location.country": "DE", "failed": False}
+    first = tracker.update(dict(base), 0)
+    for t in range(1, 40):
+        later = tracker.update(dict(base), t * 1000)
+    assert first["ctx.seen_user_country"] == 0.0
+    assert later["ctx.seen_user_country"] == pytest.approx(math.log1p(PAIR_SATURATION))
+    fails = [tracker.update({"service": "auth", "src_endpoint.ip": "203.0.113.9", "failed": True}, 50_000 + i)
+             for i in range(30)]
+    assert fails[-1]["ctx.source_failures_300s"] > fails[0]["ctx.source_failures_300s"]
+    assert fails[-1]["ctx.service_failure_ratio_60s"] > 0.3
+
+
+def test_series_baseline_flags_a_trend():
+    tracker = ContextTracker()
+    rng = random.Random(0)
+    for i in range(60):
+        f = tracker.update({"service": "p", "series": "mem", "series_value": 100 + rng.gauss(0, 1)}, i * 10_000)
+    assert abs(f["ctx.series_z"]) < 5
+    leak = tracker.update({"service": "p", "series": "mem", "series_value": 300.0}, 700_000)
+    assert leak["ctx.series_z"] > 20 and leak["ctx.series_log_ratio"] > 0.9
