@@ -26,6 +26,14 @@ PAIRS = (
 )
 
 SERIES = ("ctx.series_z", "ctx.series_log_ratio", "ctx.series_change")
+# Latency against the operation's own recent baseline: log duration z-scored per (service, operation).
+LATENCY_Z = "ctx.latency_z"
+# A latency burst: the share of the service's recent rows that were slow (z >= SLOW_Z), set on slow rows only.
+SLOW_RATIO = ("ctx.slow_ratio_60s", 60_000)
+SLOW_Z = 3.0
+
+LATENCY_WARMUP = 20  # observations of an operation before its latency z is trusted
+LATENCY_ALPHA = 0.02  # EWMA weight of one observation (outliers learn 20x slower, so a spike stays visible)
 
 # Pair counts saturate: "seen often" is one state, so the feature does not drift as history grows.
 PAIR_SATURATION = 20
@@ -33,7 +41,7 @@ PAIR_SATURATION = 20
 # Volume-free on purpose (shares and ratios), so a daily traffic rhythm is not an anomaly.
 FEATURES = (
     TEMPLATE_RATE[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", SOURCE_FAIL[0],
-    *(p[0] for p in PAIRS), *SERIES,
+    *(p[0] for p in PAIRS), *SERIES, LATENCY_Z, SLOW_RATIO[0],
 )
 
 
@@ -80,8 +88,10 @@ class ContextTracker:
         self.service_rows = _Windows(SERVICE_ROWS[1], max_keys)
         self.service_fail = _Windows(SERVICE_FAIL[1], max_keys)
         self.source_fail = _Windows(SOURCE_FAIL[1], max_keys)
+        self.slow = _Windows(SLOW_RATIO[1], max_keys)
         self.pair_counts: dict[str, int] = dict(pair_counts or {})
         self.series: OrderedDict[str, _Series] = OrderedDict()
+        self.latency: OrderedDict[object, _Series] = OrderedDict()
         self.max_keys = max_keys
         self.alpha = series_alpha
         self.warmup = warmup
@@ -117,9 +127,15 @@ class ContextTracker:
         same = self.template.add_and_count((service, values.get("template_key")), t_ms)
         rows = self.service_rows.add_and_count(service, t_ms)
         out[TEMPLATE_RATE[0]] = (same + 1) / (rows + 1)
-        fails = self.service_fail.add_and_count(service, t_ms) if failed else _peek(self.service_fail, service, t_ms)
-        out[SERVICE_FAIL[0]] = math.log1p(fails)
-        out["ctx.service_failure_ratio_60s"] = fails / rows if rows else 0.0
+        # A service's failure burst is context for its failures only: a request that succeeded during a
+        # burst is not itself anomalous, so it carries zeros rather than the burst's figures.
+        if failed:
+            fails = self.service_fail.add_and_count(service, t_ms)
+            out[SERVICE_FAIL[0]] = math.log1p(fails)
+            out["ctx.service_failure_ratio_60s"] = fails / rows if rows else 0.0
+        else:
+            out[SERVICE_FAIL[0]] = 0.0
+            out["ctx.service_failure_ratio_60s"] = 0.0
         source = values.get("src_endpoint.ip")
         if source:
             if failed:
@@ -138,6 +154,11 @@ class ContextTracker:
             out[name] = math.log1p(min(count, PAIR_SATURATION))
             if learn_pairs:
                 self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
+        z = out[LATENCY_Z] = self._latency(values)
+        if z >= SLOW_Z:  # NaN compares False
+            out[SLOW_RATIO[0]] = (self.slow.add_and_count(service, t_ms) + 1) / (rows + 1)
+        else:
+            out[SLOW_RATIO[0]] = 0.0
         series_key, value = values.get("series"), values.get("series_value")
         if series_key is None or value is None or not math.isfinite(value):
             for name in SERIES:
@@ -145,6 +166,34 @@ class ContextTracker:
         else:
             out.update(self._series(str(series_key), float(value)))
         return out
+
+    def _latency(self, values: dict[str, object]) -> float:
+        """z of log(duration) against the (service, operation) baseline; NaN without a duration or history."""
+        duration = values.get("latency_ms")
+        op = values.get("operation_key")
+        if not isinstance(duration, int | float) or not math.isfinite(duration) or duration < 0 or op is None:
+            return NAN
+        key = (values.get("service"), op)
+        s = self.latency.get(key)
+        if s is None:
+            s = self.latency[key] = _Series()
+            if len(self.latency) > self.max_keys:
+                self.latency.popitem(last=False)
+        else:
+            self.latency.move_to_end(key)
+        x = math.log1p(float(duration))
+        # sd floor 0.1 (about 10% of the duration): a perfectly steady operation does not make noise huge.
+        sd = max(math.sqrt(s.var), 0.1)
+        z = max(-50.0, min(50.0, (x - s.mean) / sd)) if s.n >= LATENCY_WARMUP else NAN
+        a = 1.0 / (s.n + 1) if s.n < LATENCY_WARMUP else (LATENCY_ALPHA if abs(z) < 4 else LATENCY_ALPHA / 20)
+        d = x - s.mean
+        s.mean += a * d
+        if s.n == 0:
+            s.var = 0.0
+        elif not abs(z) >= 4:  # outliers move the level slowly but never widen the spread (NaN: warm-up)
+            s.var = (1 - a) * (s.var + a * d * d)
+        s.n += 1
+        return z
 
     def _series(self, key: str, x: float) -> dict[str, float]:
         s = self.series.get(key)

@@ -20,7 +20,7 @@ from model.context import ContextTracker
 from model.schema import Row
 from model.templates import TemplateMatcher, mine
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 MISSING, OOV = 0, 1
 CLIP = 20.0
 
@@ -38,12 +38,30 @@ CATEGORICAL = (
 NUMERIC = (
     "duration", "http_response.length", "http_request.length", "http_response.code_class",
     "metric.value", "metric.rate", "metric.mean", "metric.p99", "metric.count",
-    "trace.span.events", "trace.span.exception", "message_length", "template_rarity",
+    "trace.span.events", "trace.span.exception", "message_length", "message.duration_ms", "template_rarity",
     *CONTEXT_FEATURES,
 )
 TIME_FEATURES = ("time.hour_sin", "time.hour_cos", "time.dow_sin", "time.dow_cos")
 _ID_SEGMENT = re.compile(r"^(\d+|[0-9a-fA-F-]{8,}|[0-9a-zA-Z_-]*\d[0-9a-zA-Z_-]*)$")
 _VERSION = re.compile(r"[\d._]+")
+
+
+_DURATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(ms|msec|milliseconds?|s|sec|secs|seconds?|us|µs|microseconds?|ns)\b",
+                       re.I)
+_UNIT_MS = {"ms": 1.0, "msec": 1.0, "millisecond": 1.0, "milliseconds": 1.0, "s": 1e3, "sec": 1e3, "secs": 1e3,
+            "second": 1e3, "seconds": 1e3, "us": 1e-3, "µs": 1e-3, "microsecond": 1e-3, "microseconds": 1e-3,
+            "ns": 1e-6}
+
+
+def message_duration_ms(message: str) -> float | None:
+    """The first duration written in a log message (`took 523ms`, `after 5 s`), in ms; None without one.
+
+    Templates mask numbers, so without this a latency that only appears in a message body would be invisible.
+    """
+    m = _DURATION.search(message[:512])
+    if m is None:
+        return None
+    return float(m.group(1)) * _UNIT_MS[m.group(2).lower()]
 
 
 def url_template(path: str) -> str:
@@ -92,6 +110,17 @@ def derive(row: Row, matcher: TemplateMatcher | None) -> dict[str, object]:
         v["template"] = str(index) if index >= 0 else "<unseen>"
         v["template_key"] = index if index >= 0 else message[:64]
         v["_message"] = message
+    took = message_duration_ms(message) if isinstance(message, str) else None
+    if took is not None:
+        v["message.duration_ms"] = took
+    duration = f.get("duration")
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        v["latency_ms"] = float(duration)
+    elif took is not None:
+        v["latency_ms"] = took
+    if "latency_ms" in v:  # the operation whose own latency baseline this row is measured against
+        v["operation_key"] = (v.get("template") or f.get("trace.span.operation") or f.get("api.operation")
+                              or v.get("url_template") or row.class_uid)
     code = f.get("http_response.code")
     if isinstance(code, int | float) and not isinstance(code, bool):
         v["http_response.code_class"] = float(int(code) // 100)

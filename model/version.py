@@ -33,12 +33,23 @@ CURRENT = "CURRENT"
 # at ~0.07, below neighbour distances in embedding space, and a 20-unit outlier at 3.
 NUMERIC_WEIGHT = 0.15
 RARITY_WEIGHT = 0.1
+# Deviation features already measure "how far from this entity's own baseline" (a z-score of an operation's
+# latency, of a metric series): they are evidence in themselves, so they weigh more.
+DEVIATION_WEIGHT = 0.5
+DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s")
+
+
+def numeric_weights(contract: FeatureContract) -> np.ndarray:
+    names = contract.numeric_names()
+    return np.asarray([DEVIATION_WEIGHT if n in DEVIATION_FEATURES else NUMERIC_WEIGHT for n in names],
+                      dtype=np.float32)
 
 
 def detection_vectors(contract: FeatureContract, emb: np.ndarray, num: np.ndarray, cat: np.ndarray) -> np.ndarray:
     """(n, embed_dim + n_numeric + n_categorical) float32: what the k-NN detector measures distances on."""
     return np.ascontiguousarray(np.concatenate(
-        [emb, NUMERIC_WEIGHT * num, RARITY_WEIGHT * contract.rarity_matrix(cat)], axis=1), dtype=np.float32)
+        [emb, numeric_weights(contract) * num, RARITY_WEIGHT * contract.rarity_matrix(cat)], axis=1),
+        dtype=np.float32)
 LEARN_BELOW_SCORE = 33.0  # rows scored below this (p > 1e-2) join the normal history
 LEARN_PER_BATCH = 256  # at most this many calm rows of a batch are added (index inserts are the costly part)
 

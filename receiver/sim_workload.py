@@ -43,6 +43,9 @@ class Workload:
         self._mem = {s: world.SERVICES[s].memory * (1 + 0.02 * rng.gauss(0, 1)) for s in world.SERVICES}
         self._hist: dict[tuple[str, str], _Series] = {}
         self._status: dict[int, int] = {}
+        # The frontend's request metrics aggregate requests; a point whose interval holds a request changed by
+        # an episode carries that episode's label (its delta moved because of it).
+        self._series_label: dict[object, str] = {}
         self._slice: list[SpanRec] = []
         self._logs: list[LogRec] = []
         self._next_checkpoint = start_ns + rng.randrange(60, 300) * SEC
@@ -111,8 +114,10 @@ class Workload:
         if req.kind is not None:
             _propagate(root)
         self._slice.append(root)
-        series = self._hist.setdefault((root.attributes["http.request.method"], root.attributes["http.route"]),
-                                       _Series())
+        key = (root.attributes["http.request.method"], root.attributes["http.route"])
+        series = self._hist.setdefault(key, _Series())
+        if root.label and req.episode is not None:
+            self._series_label.setdefault(key, root.label)
         seconds = (root.end_ns - root.start_ns) / SEC
         series.bucket_counts[_bucket(seconds)] += 1
         series.count += 1
@@ -120,6 +125,8 @@ class Workload:
         series.low, series.high = min(series.low, seconds), max(series.high, seconds)
         code = int(root.attributes["http.response.status_code"])
         self._status[code] = self._status.get(code, 0) + 1
+        if root.label and req.episode is not None:
+            self._series_label.setdefault(code, root.label)
 
     def lat(self, req: Req, span: SpanRec, median_ms: float, sigma: float = 0.45) -> int:
         """A log-normal processing time; ×10–30 for the slow service of a latency spike."""
@@ -176,10 +183,13 @@ class Workload:
         for (method, route), s in sorted(self._hist.items()):
             attrs = {"http.request.method": method, "http.route": route}
             out.append(PointRec("frontend", "http.server.request.duration", "histogram", "s", attrs, t,
-                                (s.count, s.total, tuple(s.bucket_counts), s.low, s.high), start_ns=self.start_ns))
+                                (s.count, s.total, tuple(s.bucket_counts), s.low, s.high), start_ns=self.start_ns,
+                                label=self._series_label.get((method, route))))
         for code, count in sorted(self._status.items()):
             out.append(PointRec("frontend", "http.server.requests", "sum", "{request}",
-                                {"http.response.status_code": code}, t, count, start_ns=self.start_ns))
+                                {"http.response.status_code": code}, t, count, start_ns=self.start_ns,
+                                label=self._series_label.get(code)))
+        self._series_label.clear()
         return out
 
     def _memory(self, service: str, t: int) -> tuple[float, str | None]:

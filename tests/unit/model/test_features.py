@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model.context import PAIR_SATURATION, ContextTracker
-from model.features import MISSING, OOV, FeatureContract, subnet, ua_family, url_template
+from model.features import MISSING, OOV, FeatureContract, message_duration_ms, subnet, ua_family, url_template
 from model.schema import Row
 from model.templates import TemplateMatcher, mine
 
@@ -121,3 +121,57 @@ def test_series_baseline_flags_a_trend():
     assert abs(f["ctx.series_z"]) < 5
     leak = tracker.update({"service": "p", "series": "mem", "series_value": 300.0}, 700_000)
     assert leak["ctx.series_z"] > 20 and leak["ctx.series_log_ratio"] > 0.9
+
+
+def test_failure_burst_context_is_set_on_failures_only():
+    tracker = ContextTracker()
+    for i in range(40):  # a burst: every other request of the service fails
+        failed = tracker.update({"service": "inv", "failed": True}, i * 100)
+        ok = tracker.update({"service": "inv", "failed": False}, i * 100 + 50)
+    assert failed["ctx.service_failure_ratio_60s"] > 0.3
+    assert ok["ctx.service_failure_ratio_60s"] == 0.0 and ok["ctx.service_failures_60s"] == 0.0
+
+
+def test_latency_z_against_the_operations_own_baseline():
+    tracker = ContextTracker()
+    rng = random.Random(1)
+    row = {"service": "inv", "operation_key": "GetProduct"}
+    zs = [tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(5), 0.3)}, i * 100)["ctx.latency_z"]
+          for i in range(300)]
+    assert all(math.isnan(z) for z in zs[:20])  # warm-up: no baseline yet
+    assert max(abs(z) for z in zs[50:]) < 5
+    spike = [tracker.update({**row, "latency_ms": 5 * 20.0}, 40_000 + i)["ctx.latency_z"] for i in range(30)]
+    assert min(spike) > 6  # a 20x spike stays visible: outliers barely move the baseline
+    other = tracker.update({"service": "inv", "operation_key": "Scan", "latency_ms": 100.0}, 50_000)
+    assert math.isnan(other["ctx.latency_z"])  # another operation has its own baseline
+    slow = tracker.update({**row, "latency_ms": 100.0}, 41_000)
+    assert slow["ctx.slow_ratio_60s"] > 0.05
+
+
+@pytest.mark.parametrize(("message", "ms"), [
+    ('10.0.0.1 - bob "GET /cart HTTP/1.1" 200 512 5.0ms', 5.0),
+    ("charge call timed out after 3000 ms, retrying", 3000.0),
+    ("request took 1.5s", 1500.0),
+    ("starting inventory v2.8.1 (pid 30)", None),
+    ("no duration here", None),
+])
+def test_message_duration(message, ms):
+    assert message_duration_ms(message) == ms
+
+
+def test_template_mining_does_not_explode_on_access_logs():
+    rng = random.Random(2)
+    users = [f"user{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + ["-"]
+    routes = ["/", "/cart", "/api/search?q=desk+lamp", "/api/search?q=shoes", "/products/12", "/checkout"]
+    msgs = [f'10.{rng.randrange(256)}.0.{rng.randrange(256)} - {rng.choice(users).replace("user", "")} '
+            f'"{rng.choice(["GET", "POST"])} {rng.choice(routes)} HTTP/1.1" 200 {rng.randrange(9999)} '
+            f'{rng.uniform(1, 50):.1f}ms' for _ in range(3000)]
+    msgs += [f"search '{rng.choice(['yoga mat', 'lamp', 'usb-c cable'])}' returned {rng.randrange(60)} products"
+             for _ in range(500)]
+    msgs += ["kernel: one-off message"]  # seen once: not kept as a template
+    templates = mine(msgs)
+    assert 2 <= len(templates) <= 12, templates
+    matcher = TemplateMatcher(templates)
+    assert matcher.match("10.1.1.1 - zed \"GET /wishlist HTTP/1.1\" 200 10 1.0ms") >= 0
+    assert matcher.match("search 'tent' returned 3 products") >= 0
+    assert matcher.match("kernel: one-off message") == -1
