@@ -9,7 +9,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from receiver.errors import to_status
+from receiver.errors import Outcome, to_status
 from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response
 from receiver.grpc_options import GrpcServerOptions
 from receiver.metrics import Metrics
@@ -40,9 +40,9 @@ class _Servicer:
             request = self.spec.request_type.FromString(data)
         except DecodeError as exc:
             self.export.metrics.requests.labels(self.spec.name, "grpc", "invalid_argument").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"cannot decode the {self.spec.name} request: not a protobuf "
-                          f"{self.spec.request_type.__name__} ({exc})")
+            context.abort_with_status(to_status(Outcome(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cannot decode the {self.spec.name} request: not a protobuf {self.spec.request_type.__name__} ({exc})")))
         outcome = self.export.export(self.spec, request, "grpc")
         if not outcome.ok:
             context.abort_with_status(to_status(outcome))
