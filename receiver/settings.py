@@ -15,7 +15,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./otad-data")  # models, Milvus Lite file, spool
     grpc_endpoint: str = "localhost:4317"  # OTLP/gRPC listen address
-    http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address (issue 3)
+    http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address
     query_endpoint: str = "localhost:4320"  # otad's own gRPC API (reserved)
     metrics_endpoint: str = "localhost:9464"  # Prometheus /metrics, /healthz, /readyz
     export_endpoint: str | None = None  # OTLP/gRPC target for anomaly events; unset = stored only
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     seed: int = 7  # training seed
     torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
     log_level: str = "INFO"
-    # OTLP servers (issue 3): TLS, mTLS, bearer-token auth, gRPC transport limits. Defaults: plaintext, no auth.
+    # OTLP servers: TLS, mTLS, bearer-token auth, gRPC transport limits. Defaults: plaintext, no auth.
     tls_cert_file: Path | None = None  # PEM certificate (chain) of both OTLP servers; None: plaintext
     tls_key_file: Path | None = None  # PEM private key of that certificate
     tls_client_ca_file: Path | None = None  # PEM CA bundle; set: clients must present a certificate (mTLS)
