@@ -97,9 +97,8 @@ class _App:
         try:
             body = await self._read_checked(scope, headers, spec, receive)
             loop = asyncio.get_running_loop()
-            status, payload = await loop.run_in_executor(self.pool, self._handle, spec, body, headers, as_json)
-            extra: tuple[tuple[bytes, bytes], ...] = ()
-        except _Refusal as refusal:
+            status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, as_json)
+        except _Refusal as refusal:  # refused before the export handler, which counts everything it answers
             self.metrics.requests.labels(signal, "http", refusal.outcome.label).inc()
             if refusal.outcome.code != _CODE.UNAUTHENTICATED and refusal.status != 503:
                 logger.warning("OTLP/HTTP %s %s refused with %d: %s", scope["method"], scope["path"][:100],
@@ -156,18 +155,17 @@ class _App:
         outcome = Outcome(_CODE.UNAVAILABLE, message, retry_after_s=self.retry_after_s)
         return _Refusal(503, outcome, ((b"retry-after", str(self.retry_after_s).encode()),))
 
-    def _handle(self, spec: SignalSpec, body: bytes, headers: dict[str, str], as_json: bool) -> tuple[int, bytes]:
-        """Decode, export, encode the answer (in a worker thread)."""
+    def _handle(self, spec: SignalSpec, body: bytes, as_json: bool) -> tuple[int, bytes, tuple]:
+        """Decode, export, encode the answer (in a worker thread): (status, body, extra headers)."""
         try:
             request = _decode(spec, body, as_json)
         except ValueError as exc:
             raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"cannot decode the {spec.name} request: {exc}")) from None
         outcome = self.export.export(spec, request, "http")
-        if outcome.code == _CODE.UNAVAILABLE:
-            raise _Refusal(503, outcome, ((b"retry-after", str(outcome.retry_after_s or self.retry_after_s).encode()),))
-        if not outcome.ok:
-            return http_status(outcome), _error_body(outcome, as_json)
-        return 200, _encode(build_response(spec, outcome), as_json)
+        if outcome.ok:
+            return 200, _encode(build_response(spec, outcome), as_json), ()
+        extra = ((b"retry-after", str(outcome.retry_after_s).encode()),) if outcome.retry_after_s else ()
+        return http_status(outcome), _error_body(outcome, as_json), extra
 
 
 def _decode(spec: SignalSpec, body: bytes, as_json: bool) -> Message:

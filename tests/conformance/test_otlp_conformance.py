@@ -342,12 +342,16 @@ def test_oversized_content_length_gets_413_before_the_body_is_read(plain):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_full_queue_is_unavailable_with_a_retry_delay(plain, transport):
     before = counter(plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport)
+    requests_before = counter(plain, "otad_export_requests_total", signal="logs", transport=transport,
+                              outcome="unavailable")
     answer = export(transport, plain, "logs", logs_request(1200, "overload"))  # queue_rows is 1000
     assert answer.code == grpc.StatusCode.UNAVAILABLE
     assert answer.retry_delay_s() == 5
     if transport == "http":
         assert answer.http_status == 503 and answer.headers["retry-after"] == "5"
     assert counter(plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport) > before
+    assert counter(plain, "otad_export_requests_total", signal="logs", transport=transport,
+                   outcome="unavailable") == requests_before + 1
     assert "overload-0" not in stored_uids(plain)
 
 
