@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, UnauthenticatedError, to_status
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 
@@ -87,10 +87,10 @@ class GrpcAuthInterceptor(grpc.ServerInterceptor):
         if reason is None:
             return continuation(handler_call_details)
         self.metrics.auth_failures.labels("grpc", reason).inc()
-        message = failure_message(reason)
+        status = to_status(UnauthenticatedError(failure_message(reason)))
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            context.abort_with_status(status)
 
         return grpc.unary_unary_rpc_method_handler(deny)
 

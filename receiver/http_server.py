@@ -24,7 +24,15 @@ from google.protobuf.message import DecodeError, Message
 
 from receiver import otlpjson
 from receiver.auth import BearerAuth, failure_message
-from receiver.errors import Outcome, http_status, status_proto
+from receiver.errors import (
+    Outcome,
+    TooLargeError,
+    UnauthenticatedError,
+    UnavailableError,
+    http_status,
+    outcome_of,
+    status_proto,
+)
 from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response
 from receiver.metrics import Metrics
 from receiver.tls import ServerTls
@@ -69,8 +77,9 @@ def gunzip_limited(data: bytes, limit: int) -> bytes:
 
 
 def _too_large(limit: int, where: str) -> _Refusal:
-    return _Refusal(413, Outcome(_CODE.RESOURCE_EXHAUSTED,
-                                 f"request body is larger than {limit // (1024 * 1024)} MiB {where} (OTAD_MAX_RECV_MIB)"))
+    where = f" {where}" if where else ""
+    message = f"request body is larger than {limit // (1024 * 1024)} MiB{where} (OTAD_MAX_RECV_MIB)"
+    return _Refusal(413, outcome_of(TooLargeError(message)))
 
 
 def _media_type(value: str) -> str:
@@ -85,6 +94,7 @@ class _App:
         self.export, self.metrics, self.limit, self.retry_after_s, self.auth = export, metrics, limit, retry_after_s, auth
         self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-http")
         self.in_flight = 0
+        self.max_in_flight = MAX_IN_FLIGHT
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -120,11 +130,11 @@ class _App:
             reason = self.auth.check(headers.get("authorization"))
             if reason is not None:
                 self.metrics.auth_failures.labels("http", reason).inc()
-                raise _Refusal(401, Outcome(_CODE.UNAUTHENTICATED, failure_message(reason)),
+                raise _Refusal(401, outcome_of(UnauthenticatedError(failure_message(reason))),
                                ((b"www-authenticate", b"Bearer"),))
-        if self.in_flight > MAX_IN_FLIGHT:
+        if self.in_flight > self.max_in_flight:
             self.metrics.refused.labels(spec.name, "too_many_requests", "http").inc()
-            raise self._overloaded(f"otad has {MAX_IN_FLIGHT} OTLP/HTTP requests in flight; retry later")
+            raise self._overloaded(f"otad has {self.max_in_flight} OTLP/HTTP requests in flight; retry later")
         media = _media_type(headers.get("content-type", ""))
         if media not in (PROTOBUF, JSON):
             raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content type {media[:60]!r}; "
@@ -152,7 +162,7 @@ class _App:
         return gunzip_limited(body, self.limit) if encoding == "gzip" else body
 
     def _overloaded(self, message: str) -> _Refusal:
-        outcome = Outcome(_CODE.UNAVAILABLE, message, retry_after_s=self.retry_after_s)
+        outcome = outcome_of(UnavailableError(message, self.retry_after_s))
         return _Refusal(503, outcome, ((b"retry-after", str(self.retry_after_s).encode()),))
 
     def _handle(self, spec: SignalSpec, body: bytes, as_json: bool) -> tuple[int, bytes, tuple]:

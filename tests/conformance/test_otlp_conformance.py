@@ -396,6 +396,19 @@ def test_wrong_content_type_method_and_path(plain):
                    outcome="not_found") >= 1
 
 
+def test_too_many_http_requests_in_flight_is_503_with_retry_after(plain):
+    before = counter(plain, "otad_refused_items_total", signal="logs", reason="too_many_requests", transport="http")
+    plain.http.app.max_in_flight = 0  # every request is then one too many
+    try:
+        answer = http_call(plain.http_port, "/v1/logs", logs_request(1, "crowded").SerializeToString())
+    finally:
+        plain.http.app.max_in_flight = 32
+    assert answer.http_status == 503 and answer.headers["retry-after"] == "5" and answer.retry_delay_s() == 5
+    assert counter(plain, "otad_refused_items_total", signal="logs", reason="too_many_requests",
+                   transport="http") == before + 1
+    assert "crowded-0" not in stored_uids(plain)
+
+
 def test_http_keep_alive_serves_many_requests_on_one_connection(plain):
     conn = http.client.HTTPConnection("localhost", plain.http_port, timeout=10)
     try:
