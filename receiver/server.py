@@ -65,7 +65,9 @@ class OtlpGrpcServer:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-grpc"),
             options=options.channel_args(max_recv_mib),
             interceptors=options.interceptors,
-            maximum_concurrent_rpcs=256,
+            # No maximum_concurrent_rpcs: past it grpcio answers a bare RESOURCE_EXHAUSTED, which OTLP clients
+            # drop. A queued unary RPC holds no more than its HTTP/2 flow-control window until a worker reads it;
+            # overload is answered by the ingest queue (UNAVAILABLE + RetryInfo). tests/conformance pins this.
         )
         export = export or ExportHandler(pipeline, RowMapper(), metrics, retry_after_s)
         for service_name, signal in zip(SERVICE_NAMES, ("logs", "traces", "metrics"), strict=True):

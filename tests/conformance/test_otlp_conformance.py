@@ -516,3 +516,25 @@ def test_mtls_refuses_a_client_without_certificate(mtls, pki, transport):
         with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
             http_call(mtls.http_port, "/v1/logs", payload, context=client_context(pki, client=False))
     assert "no-cert-0" not in stored_uids(mtls)
+
+
+def test_a_burst_of_concurrent_grpc_exports_is_never_refused_as_resource_exhausted(plain):
+    """A Collector runs ~10 export workers per exporter; many exporters at once must never see a bare
+    RESOURCE_EXHAUSTED (clients drop data on it). grpc.server's maximum_concurrent_rpcs would send exactly that."""
+    payload = logs_request(1, "burst").SerializeToString()
+    channels = [grpc.insecure_channel(f"localhost:{plain.grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(4)]
+    try:
+        calls = [ch.unary_unary(f"/{SERVICE['logs']}/Export") for ch in channels]
+        futures = [calls[i % 4].future(payload, timeout=30) for i in range(400)]
+        codes = []
+        for f in futures:
+            try:
+                f.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+    finally:
+        for ch in channels:
+            ch.close()
+    assert set(codes) == {grpc.StatusCode.OK}, {c: codes.count(c) for c in set(codes)}
