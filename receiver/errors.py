@@ -75,6 +75,7 @@ _HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNIMPLEMENTED: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 408,
 }
 
 

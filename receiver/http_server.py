@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 PATHS = {"/v1/logs": SIGNALS["logs"], "/v1/traces": SIGNALS["traces"], "/v1/metrics": SIGNALS["metrics"]}
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 MAX_IN_FLIGHT = 32  # requests being read or handled at once; beyond it: 503 + Retry-After (bounds memory)
+READ_TIMEOUT_S = 30.0  # a body that has not fully arrived by then gets 408 (a slow client cannot hold a slot)
 _CODE = grpc.StatusCode
 
 
@@ -95,6 +96,7 @@ class _App:
         self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-http")
         self.in_flight = 0
         self.max_in_flight = MAX_IN_FLIGHT
+        self.read_timeout_s = READ_TIMEOUT_S
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -105,7 +107,11 @@ class _App:
         signal = spec.name if spec else "unknown"
         self.in_flight += 1
         try:
-            body = await self._read_checked(scope, headers, spec, receive)
+            try:
+                body = await asyncio.wait_for(self._read_checked(scope, headers, spec, receive), self.read_timeout_s)
+            except TimeoutError:
+                raise _Refusal(408, Outcome(_CODE.DEADLINE_EXCEEDED, f"request body not received within "
+                                                                     f"{self.read_timeout_s:g} s")) from None
             loop = asyncio.get_running_loop()
             status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, as_json)
         except _Refusal as refusal:  # refused before the export handler, which counts everything it answers

@@ -409,6 +409,21 @@ def test_too_many_http_requests_in_flight_is_503_with_retry_after(plain):
     assert "crowded-0" not in stored_uids(plain)
 
 
+def test_slow_http_body_gets_408_and_frees_its_slot(plain):
+    plain.http.app.read_timeout_s = 0.5
+    try:
+        with socket.create_connection(("localhost", plain.http_port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                         b"Content-Length: 100\r\n\r\n0123456789")
+            start = time.monotonic()
+            head = sock.recv(4096)
+            waited = time.monotonic() - start
+    finally:
+        plain.http.app.read_timeout_s = 30.0
+    assert head.startswith(b"HTTP/1.1 408 ") and 0.3 < waited < 5
+    assert plain.http.app.in_flight == 0
+
+
 def test_http_keep_alive_serves_many_requests_on_one_connection(plain):
     conn = http.client.HTTPConnection("localhost", plain.http_port, timeout=10)
     try:
