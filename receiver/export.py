@@ -7,6 +7,7 @@ and only differ in how they spell the outcome: a gRPC status or an HTTP status c
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -19,9 +20,27 @@ from receiver.metrics import Metrics
 from receiver.pipeline import Pipeline
 from receiver.rows import MappedBatch, RowMapper
 
-__all__ = ["SIGNALS", "ExportHandler", "Outcome", "SignalSpec", "build_response"]
+__all__ = ["SIGNALS", "ExportHandler", "Outcome", "SignalSpec", "build_response", "warn_limited"]
 
 logger = logging.getLogger(__name__)
+
+_LOG_REPEAT_S = 10.0  # the same kind of refusal is logged at most once per this interval, with a count
+_last_logged: dict[str, tuple[float, int]] = {}
+_log_lock = threading.Lock()
+
+
+def warn_limited(log: logging.Logger, key: str, msg: str, *args: object) -> None:
+    """A warning, but the same `key` at most once per _LOG_REPEAT_S (a flood of bad requests must not flood logs)."""
+    now = time.monotonic()
+    with _log_lock:
+        last, suppressed = _last_logged.get(key, (float("-inf"), 0))
+        if now - last < _LOG_REPEAT_S:
+            _last_logged[key] = (last, suppressed + 1)
+            return
+        _last_logged[key] = (now, 0)
+    if suppressed:
+        msg += f" ({suppressed} similar messages suppressed)"
+    log.warning(msg, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +87,8 @@ class ExportHandler:
         try:
             outcome = self._export(spec, request, transport)
         except (InvalidInputError, UnavailableError) as exc:
-            logger.warning("%s export over %s refused: %s", signal, transport, exc)
+            warn_limited(logger, f"refused:{signal}:{transport}:{type(exc).__name__}",
+                         "%s export over %s refused: %s", signal, transport, exc)
             outcome = outcome_of(exc)
         except Exception as exc:
             logger.exception("%s export over %s failed", signal, transport)
@@ -107,4 +127,4 @@ class ExportHandler:
                 reasons[reason] = reasons.get(reason, 0) + 1
             for reason, n in reasons.items():
                 self.metrics.rejected.labels(signal, reason, transport).inc(n)
-            logger.warning("%s", batch.error_message(noun))
+            warn_limited(logger, f"rejected:{signal}", "%s", batch.error_message(noun))

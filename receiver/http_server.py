@@ -33,7 +33,7 @@ from receiver.errors import (
     outcome_of,
     status_proto,
 )
-from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response
+from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
 from receiver.metrics import Metrics
 from receiver.tls import ServerTls
 
@@ -117,8 +117,8 @@ class _App:
         except _Refusal as refusal:  # refused before the export handler, which counts everything it answers
             self.metrics.requests.labels(signal, "http", refusal.outcome.label).inc()
             if refusal.outcome.code != _CODE.UNAUTHENTICATED and refusal.status != 503:
-                logger.warning("OTLP/HTTP %s %s refused with %d: %s", scope["method"], scope["path"][:100],
-                               refusal.status, refusal.outcome.message)
+                warn_limited(logger, f"http:{refusal.status}", "OTLP/HTTP %s %s refused with %d: %s",
+                             scope["method"], scope["path"][:100], refusal.status, refusal.outcome.message)
             status, payload, extra = refusal.status, _error_body(refusal.outcome, as_json), refusal.headers
         finally:
             self.in_flight -= 1
