@@ -112,14 +112,20 @@ class _App:
             except TimeoutError:
                 raise _Refusal(408, Outcome(_CODE.DEADLINE_EXCEEDED, f"request body not received within "
                                                                      f"{self.read_timeout_s:g} s")) from None
-            loop = asyncio.get_running_loop()
-            status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, as_json)
+            gzipped = headers.get("content-encoding", "").strip().lower() == "gzip"
+            loop = asyncio.get_running_loop()  # inflating and decoding 64 MiB must not stall the event loop
+            status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, gzipped, as_json)
         except _Refusal as refusal:  # refused before the export handler, which counts everything it answers
             self.metrics.requests.labels(signal, "http", refusal.outcome.label).inc()
             if refusal.outcome.code != _CODE.UNAUTHENTICATED and refusal.status != 503:
                 warn_limited(logger, f"http:{refusal.status}", "OTLP/HTTP %s %s refused with %d: %s",
                              scope["method"], scope["path"][:100], refusal.status, refusal.outcome.message)
             status, payload, extra = refusal.status, _error_body(refusal.outcome, as_json), refusal.headers
+        except Exception as exc:  # a bug: answer 500 like gRPC's INTERNAL, never a traceback
+            logger.exception("OTLP/HTTP %s %s failed", scope["method"], scope["path"][:100])
+            outcome = outcome_of(exc)
+            self.metrics.requests.labels(signal, "http", outcome.label).inc()
+            status, payload, extra = http_status(outcome), _error_body(outcome, as_json), ()
         finally:
             self.in_flight -= 1
         await _respond(send, status, payload, as_json, extra)
@@ -164,15 +170,16 @@ class _App:
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
-        body = b"".join(chunks)
-        return gunzip_limited(body, self.limit) if encoding == "gzip" else body
+        return b"".join(chunks)
 
     def _overloaded(self, message: str) -> _Refusal:
         outcome = outcome_of(UnavailableError(message, self.retry_after_s))
         return _Refusal(503, outcome, ((b"retry-after", str(self.retry_after_s).encode()),))
 
-    def _handle(self, spec: SignalSpec, body: bytes, as_json: bool) -> tuple[int, bytes, tuple]:
-        """Decode, export, encode the answer (in a worker thread): (status, body, extra headers)."""
+    def _handle(self, spec: SignalSpec, body: bytes, gzipped: bool, as_json: bool) -> tuple[int, bytes, tuple]:
+        """Inflate, decode, export, encode the answer (in a worker thread): (status, body, extra headers)."""
+        if gzipped:
+            body = gunzip_limited(body, self.limit)
         try:
             request = _decode(spec, body, as_json)
         except ValueError as exc:
@@ -192,9 +199,11 @@ def _decode(spec: SignalSpec, body: bytes, as_json: bool) -> Message:
             raise ValueError(f"not a protobuf {spec.request_type.__name__} ({exc})") from None
     try:
         data = json.loads(body) if body.strip() else {}
+        return otlpjson.parse(data, spec.request_type)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON ({exc})") from None
-    return otlpjson.parse(data, spec.request_type)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _encode(message: Message, as_json: bool) -> bytes:

@@ -296,6 +296,13 @@ def test_request_with_only_bad_items_is_invalid_argument(plain, transport):
     assert "1/1 spans rejected" in answer.status.message
 
 
+def test_deeply_nested_json_is_a_400_not_a_crash(plain):
+    value = '{"kvlistValue":{"values":[{"key":"k","value":' * 5000 + '{}' + "}]}}" * 5000
+    body = ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":' + value + "}]}]}]}").encode()
+    answer = http_call(plain.http_port, "/v1/logs", body, content_type="application/json")
+    assert answer.http_status == 400 and "too deep" in answer.status.message.lower()
+
+
 def test_undecodable_json_gets_a_json_status(plain):
     answer = http_call(plain.http_port, "/v1/logs", b'{"resourceLogs": [', content_type="application/json")
     assert answer.http_status == 400 and answer.headers["content-type"] == "application/json"
