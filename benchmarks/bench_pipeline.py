@@ -11,7 +11,6 @@ cost per record (map, featurize+embed+score, store).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import random
@@ -138,7 +137,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="otad-bench-"))
     gport, mport = free_port(), free_port()
     env = dict(os.environ, OTAD_DATA_DIR=str(tmp), OTAD_GRPC_ENDPOINT=f"127.0.0.1:{gport}",
-               OTAD_METRICS_ENDPOINT=f"127.0.0.1:{mport}", OTAD_BOOTSTRAP_ROWS=str(args.bootstrap),
+               OTAD_METRICS_ENDPOINT=f"127.0.0.1:{mport}", OTAD_HTTP_ENDPOINT="127.0.0.1:0", OTAD_BOOTSTRAP_ROWS=str(args.bootstrap),
                OTAD_TRAIN_EPOCHS="8", OTAD_LOG_LEVEL="WARNING")
     otad = subprocess.Popen([sys.executable, "-m", "receiver.cli", "serve"], env=env,
                             cwd=Path(__file__).resolve().parents[1])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from receiver.errors import ConfigError
 from receiver.settings import Settings
 
 logger = logging.getLogger("otad")
@@ -69,40 +70,55 @@ class Service:
         from receiver.emit import AnomalyEmitter
         from receiver.metrics import HealthServer, Metrics
         from receiver.pipeline import Pipeline, load_model
-        from receiver.server import OtlpGrpcServer
+        from receiver.servers import build_servers, load_security
+        from receiver.tls import emitter_credentials
 
         self.settings = settings
+        security, export_credentials = load_security(settings), emitter_credentials(settings)  # before any start
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.lite = None
         self.store = open_store(settings, serve=True, owner=self)
         version = otad_version()
         self.emitter = AnomalyEmitter(settings.export_endpoint, version=version, insecure=settings.export_insecure,
+                                      credentials=export_credentials, headers=settings.export_header_map,
                                       timeout_s=settings.export_timeout_s,
                                       on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
-        model = load_model(settings)
-        self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
-        self.grpc = OtlpGrpcServer(settings.grpc_endpoint, self.pipeline, self.metrics,
-                                   max_recv_mib=settings.max_recv_mib, retry_after_s=settings.retry_after_s)
+        try:
+            model = load_model(settings)
+            self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
+            self.grpc, self.http = build_servers(settings, security, self.pipeline, self.metrics)
+        except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
+            self.store.close()
+            if self.lite is not None:
+                self.lite.stop()
+            raise
         self.health = HealthServer(settings.metrics_endpoint, self.metrics, self.pipeline.status)
 
     @property
     def grpc_port(self) -> int:
         return self.grpc.port
 
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
     def start(self) -> None:
         self.emitter.start()
         self.pipeline.start()
         self.grpc.start()
+        self.http.start()
         self.health.start()
         st = self.pipeline.status()
-        logger.info("otad %s serving OTLP/gRPC on port %d, metrics on %d; state=%s model=%s milvus=%s export=%s",
-                    otad_version(), self.grpc.port, self.health.port, st["state"], st["model_version"],
+        logger.info("otad %s serving OTLP/gRPC on port %d, OTLP/HTTP on %d (%s), metrics on %d; state=%s model=%s "
+                    "milvus=%s export=%s", otad_version(), self.grpc.port, self.http.port,
+                    "TLS" if self.http.tls else "plaintext", self.health.port, st["state"], st["model_version"],
                     self.settings.resolved_milvus_uri, self.settings.export_endpoint or "(stored only)")
         if st["state"] == "collecting":
             logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
 
     def stop(self, grace_s: float = 10.0) -> None:
+        self.http.stop(min(grace_s, 5.0))
         self.grpc.stop(min(grace_s, 5.0))
         self.pipeline.stop(grace_s)
         self.emitter.flush(min(grace_s, 5.0))
@@ -117,7 +133,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(data_dir=args.data_dir, grpc_endpoint=args.grpc_endpoint,
                              export_endpoint=args.export_endpoint, milvus_uri=args.milvus_uri)
     setup_logging(settings.log_level)
-    service = Service(settings)
+    try:
+        service = Service(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"otad: bad configuration: {exc}\n")
+        return 2
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -269,6 +269,7 @@ class AnomalyEmitter:
         *,
         version: str,
         insecure: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 10.0,
         max_buffer: int = 10_000,
@@ -280,6 +281,7 @@ class AnomalyEmitter:
         if batch_size < 1 or max_buffer < batch_size:
             raise ValueError(f"need 1 <= batch_size ({batch_size}) <= max_buffer ({max_buffer})")
         self.endpoint, self.version, self.insecure = endpoint, version, insecure
+        self._credentials = credentials  # TLS with these (e.g. a private CA) when not insecure; None: system CAs
         self.timeout_s, self.max_buffer, self.batch_size = timeout_s, max_buffer, batch_size
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         self._on_result = on_result
@@ -312,7 +314,8 @@ class AnomalyEmitter:
         if self.insecure:
             self._channel = grpc.insecure_channel(self.endpoint, options=options)
         else:
-            self._channel = grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials(), options=options)
+            credentials = self._credentials or grpc.ssl_channel_credentials()
+            self._channel = grpc.secure_channel(self.endpoint, credentials, options=options)
         self._stub = LogsServiceStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="otad-emitter", daemon=True)
         self._thread.start()

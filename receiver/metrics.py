@@ -19,9 +19,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.accepted = Counter("otad_accepted_items", "Items accepted", ["signal"], registry=r)
-        self.rejected = Counter("otad_rejected_items", "Items rejected (partial_success)", ["signal", "reason"], registry=r)
-        self.refused = Counter("otad_refused_items", "Items refused with UNAVAILABLE (client retries)", ["signal", "reason"], registry=r)
+        self.accepted = Counter("otad_accepted_items", "Items accepted", ["signal", "transport"], registry=r)
+        self.rejected = Counter("otad_rejected_items", "Items rejected (partial_success)", ["signal", "reason", "transport"], registry=r)
+        self.refused = Counter("otad_refused_items", "Items refused with UNAVAILABLE (client retries)", ["signal", "reason", "transport"], registry=r)
+        self.requests = Counter("otad_export_requests", "Export requests by outcome (ok, partial, or the status code)", ["signal", "transport", "outcome"], registry=r)
+        self.auth_failures = Counter("otad_auth_failures", "Requests refused for missing or wrong bearer tokens", ["transport", "reason"], registry=r)
         self.ignored = Counter("otad_ignored_items", "otad's own anomaly events and no-value points, skipped", ["signal"], registry=r)
         self.queue_rows = Gauge("otad_queue_rows", "Rows waiting in the ingest queue", registry=r)
         self.rows_processed = Counter("otad_rows_processed", "Rows through the pipeline", ["state"], registry=r)

@@ -75,8 +75,19 @@ def from_dict(data: dict) -> SignalRequest:
     kinds = [k for k in _TOP_KEYS if k in data]
     if len(kinds) != 1:
         raise OtlpJsonError("expected exactly one of resourceLogs, resourceSpans, resourceMetrics")
+    return parse(data, _TOP_KEYS[kinds[0]])
+
+
+def parse(data: dict, message_type: type[Message]) -> Message:
+    """Parse OTLP/JSON into `message_type` (the OTLP/HTTP path tells the type; `{}` is an empty request).
+
+    Raises:
+        OtlpJsonError: not an object, an id that is not hex, or a field of the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise OtlpJsonError("an OTLP/JSON request must be a JSON object")
     _walk_ids(data, _hex_to_b64)
-    message = _TOP_KEYS[kinds[0]]()
+    message = message_type()
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
     except (json_format.ParseError, binascii.Error) as exc:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as metrics_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
 
-from receiver.errors import InvalidInputError, UnavailableError, to_status
+from receiver.errors import Outcome, to_status
+from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response
+from receiver.grpc_options import GrpcServerOptions
 from receiver.metrics import Metrics
 from receiver.pipeline import Pipeline
-from receiver.rows import MappedBatch, RowMapper
+from receiver.rows import RowMapper
 
 logger = logging.getLogger(__name__)
 
@@ -29,112 +25,59 @@ SERVICE_NAMES = (
 )
 
 
-class _Export:
-    """The shared body of the three Export handlers: map, queue, answer."""
+class _Servicer:
+    """One Export handler per signal, reading the same: decode, hand to the shared ExportHandler, answer.
 
-    def __init__(self, pipeline: Pipeline, mapper: RowMapper, metrics: Metrics, retry_after_s: int):
-        self.pipeline, self.mapper, self.metrics, self.retry_after_s = pipeline, mapper, metrics, retry_after_s
+    The request arrives as bytes (no generated deserializer) so that an undecodable request gets
+    INVALID_ARGUMENT, as the OTLP spec asks, rather than grpcio's INTERNAL "Exception deserializing request!".
+    """
 
-    def handle(self, signal: str, noun: str, batch_fn, request, context: grpc.ServicerContext):
-        start = time.perf_counter()
+    def __init__(self, spec: SignalSpec, export: ExportHandler):
+        self.spec, self.export = spec, export
+
+    def Export(self, data: bytes, context: grpc.ServicerContext):  # noqa: N802 (the OTLP method name)
         try:
-            if self.pipeline.full:  # refuse before paying for the mapping
-                self.metrics.refused.labels(signal, "queue_full").inc()
-                raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
-                                       self.retry_after_s)
-            batch: MappedBatch = batch_fn(request, time.time_ns())
-            self._account(signal, noun, batch)
-            if batch.total and batch.rejections and not batch.rows and not batch.ignored:
-                raise InvalidInputError(batch.error_message(noun))
-            if not self.pipeline.offer(batch.rows):
-                self.metrics.refused.labels(signal, "queue_full").inc(len(batch.rows))
-                raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
-                                       self.retry_after_s)
-            self.metrics.accepted.labels(signal).inc(len(batch.rows))
-            return len(batch.rejections), batch.error_message(noun) if batch.rejections else ""
-        except (InvalidInputError, UnavailableError) as exc:
-            logger.warning("%s export refused: %s", signal, exc)
-            context.abort_with_status(to_status(exc))
-        except Exception as exc:
-            logger.exception("%s export failed", signal)
-            context.abort_with_status(to_status(exc))
-        finally:
-            self.metrics.export_seconds.labels(signal).observe(time.perf_counter() - start)
+            request = self.spec.request_type.FromString(data)
+        except DecodeError as exc:
+            self.export.metrics.requests.labels(self.spec.name, "grpc", "invalid_argument").inc()
+            context.abort_with_status(to_status(Outcome(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cannot decode the {self.spec.name} request: not a protobuf {self.spec.request_type.__name__} ({exc})")))
+        outcome = self.export.export(self.spec, request, "grpc")
+        if not outcome.ok:
+            context.abort_with_status(to_status(outcome))
+        return build_response(self.spec, outcome)
 
-    def _account(self, signal: str, noun: str, batch: MappedBatch) -> None:
-        if batch.ignored:
-            self.metrics.ignored.labels(signal).inc(batch.ignored)
-        if batch.rejections:
-            reasons: dict[str, int] = {}
-            for rej in batch.rejections:
-                reason = rej.reason.split(":")[0][:40]
-                reasons[reason] = reasons.get(reason, 0) + 1
-            for reason, n in reasons.items():
-                self.metrics.rejected.labels(signal, reason).inc(n)
-            logger.warning("%s", batch.error_message(noun))
-
-
-class LogsService(logs_grpc.LogsServiceServicer):
-    def __init__(self, export: _Export):
-        self.export = export
-
-    def Export(self, request, context):  # noqa: N802 (generated gRPC API)
-        rejected, message = self.export.handle("logs", "log records", self.export.mapper.map_logs, request, context)
-        response = logs_pb.ExportLogsServiceResponse()
-        if rejected or message:
-            response.partial_success.rejected_log_records = rejected
-            response.partial_success.error_message = message
-        return response
-
-
-class TraceService(trace_grpc.TraceServiceServicer):
-    def __init__(self, export: _Export):
-        self.export = export
-
-    def Export(self, request, context):  # noqa: N802
-        rejected, message = self.export.handle("traces", "spans", self.export.mapper.map_traces, request, context)
-        response = trace_pb.ExportTraceServiceResponse()
-        if rejected or message:
-            response.partial_success.rejected_spans = rejected
-            response.partial_success.error_message = message
-        return response
-
-
-class MetricsService(metrics_grpc.MetricsServiceServicer):
-    def __init__(self, export: _Export):
-        self.export = export
-
-    def Export(self, request, context):  # noqa: N802
-        rejected, message = self.export.handle("metrics", "data points", self.export.mapper.map_metrics, request, context)
-        response = metrics_pb.ExportMetricsServiceResponse()
-        if rejected or message:
-            response.partial_success.rejected_data_points = rejected
-            response.partial_success.error_message = message
-        return response
+    def handler(self, service_name: str) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(self.Export, request_deserializer=None,
+                                                     response_serializer=lambda m: m.SerializeToString())
+        return grpc.method_handlers_generic_handler(service_name, {"Export": method})
 
 
 class OtlpGrpcServer:
     """A grpc.server on `endpoint` (port 0 picks a free port; see `.port`)."""
 
     def __init__(self, endpoint: str, pipeline: Pipeline, metrics: Metrics, *, max_recv_mib: int = 64,
-                 retry_after_s: int = 5, workers: int = 8):
-        limit = max_recv_mib * 1024 * 1024
+                 retry_after_s: int = 5, workers: int = 8, options: GrpcServerOptions | None = None,
+                 export: ExportHandler | None = None):
+        options = options or GrpcServerOptions()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-grpc"),
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                ("grpc.max_concurrent_streams", 100),
-            ],
-            maximum_concurrent_rpcs=256,
+            options=options.channel_args(max_recv_mib),
+            interceptors=options.interceptors,
+            # No maximum_concurrent_rpcs: past it grpcio answers a bare RESOURCE_EXHAUSTED, which OTLP clients
+            # drop. A queued unary RPC holds no more than its HTTP/2 flow-control window until a worker reads it;
+            # overload is answered by the ingest queue (UNAVAILABLE + RetryInfo). tests/conformance pins this.
         )
-        export = _Export(pipeline, RowMapper(), metrics, retry_after_s)
-        logs_grpc.add_LogsServiceServicer_to_server(LogsService(export), self.server)
-        trace_grpc.add_TraceServiceServicer_to_server(TraceService(export), self.server)
-        metrics_grpc.add_MetricsServiceServicer_to_server(MetricsService(export), self.server)
+        export = export or ExportHandler(pipeline, RowMapper(), metrics, retry_after_s)
+        for service_name, signal in zip(SERVICE_NAMES, ("logs", "traces", "metrics"), strict=True):
+            self.server.add_generic_rpc_handlers((_Servicer(SIGNALS[signal], export).handler(service_name),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(endpoint)
+        if options.credentials is None:
+            self.port = self.server.add_insecure_port(endpoint)
+        else:
+            self.port = self.server.add_secure_port(endpoint, options.credentials)
         if not self.port:
             raise OSError(f"cannot listen on {endpoint} (OTAD_GRPC_ENDPOINT): address in use or not local")
 

@@ -15,12 +15,14 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./otad-data")  # models, Milvus Lite file, spool
     grpc_endpoint: str = "localhost:4317"  # OTLP/gRPC listen address
-    http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address (issue 3)
+    http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address
     query_endpoint: str = "localhost:4320"  # otad's own gRPC API (reserved)
     metrics_endpoint: str = "localhost:9464"  # Prometheus /metrics, /healthz, /readyz
     export_endpoint: str | None = None  # OTLP/gRPC target for anomaly events; unset = stored only
     export_insecure: bool = True  # plaintext export (development default)
     export_timeout_s: float = Field(10.0, gt=0)  # one deadline for all attempts of one export
+    export_ca_file: Path | None = None  # CA bundle to verify the export endpoint (TLS); None: system CAs
+    export_headers: SecretStr | None = None  # extra export headers, "authorization=Bearer x,tenant=a"
     milvus_uri: str | None = None  # None: Milvus Lite file <data_dir>/milvus.db; http://host:19530: a server
     milvus_token: SecretStr | None = None  # for a Milvus server with auth
     milvus_timeout_s: float = Field(30.0, gt=0)  # every Milvus call carries it
@@ -40,6 +42,17 @@ class Settings(BaseSettings):
     seed: int = 7  # training seed
     torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
     log_level: str = "INFO"
+    # OTLP servers: TLS, mTLS, bearer-token auth, gRPC transport limits. Defaults: plaintext, no auth.
+    tls_cert_file: Path | None = None  # PEM certificate (chain) of both OTLP servers; None: plaintext
+    tls_key_file: Path | None = None  # PEM private key of that certificate
+    tls_client_ca_file: Path | None = None  # PEM CA bundle; set: clients must present a certificate (mTLS)
+    auth_token_file: Path | None = None  # bearer tokens clients must send, one per line
+    auth_tokens: SecretStr | None = None  # bearer tokens, comma-separated (in addition to the file)
+    grpc_max_concurrent_streams: int = Field(100, ge=1)  # HTTP/2 streams per client connection
+    grpc_keepalive_time_s: int = Field(60, ge=1)  # server pings an idle connection after this many seconds
+    grpc_keepalive_timeout_s: int = Field(20, ge=1)  # and closes it when the ping is not answered in time
+    grpc_keepalive_min_time_s: int = Field(10, ge=1)  # clients pinging more often get GOAWAY too_many_pings
+    grpc_max_connection_age_s: int = Field(0, ge=0)  # close connections this old (rebalancing); 0: never
 
     @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
     @classmethod
@@ -63,7 +76,33 @@ class Settings(BaseSettings):
                 f"OTAD_BATCH_ROWS ({self.batch_rows}) must be <= OTAD_QUEUE_ROWS ({self.queue_rows}); "
                 "raise OTAD_QUEUE_ROWS or lower OTAD_BATCH_ROWS"
             )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (("OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE") if self.tls_key_file is None
+                              else ("OTAD_TLS_KEY_FILE", "OTAD_TLS_CERT_FILE"))
+            raise ValueError(f"{given} is set but {missing} is not; set both (or neither, for plaintext)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("OTAD_TLS_CLIENT_CA_FILE (mTLS) needs TLS: set OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE")
+        if self.export_ca_file is not None and self.export_insecure:
+            raise ValueError("OTAD_EXPORT_CA_FILE is set but OTAD_EXPORT_INSECURE is true (plaintext); "
+                             "set OTAD_EXPORT_INSECURE=false to export over TLS")
+        self.export_header_map  # noqa: B018 (validates the syntax at start-up)
         return self
+
+    @property
+    def export_header_map(self) -> dict[str, str]:
+        """OTAD_EXPORT_HEADERS as a dict with lower-case keys (gRPC metadata keys are lower case)."""
+        if self.export_headers is None:
+            return {}
+        headers: dict[str, str] = {}
+        for item in self.export_headers.get_secret_value().split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError("OTAD_EXPORT_HEADERS must be KEY=VALUE pairs separated by commas, "
+                                 "for example authorization=Bearer x,tenant=a")
+            headers[key.strip().lower()] = value.strip()
+        return headers
 
     @property
     def resolved_milvus_uri(self) -> str:

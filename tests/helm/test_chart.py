@@ -24,14 +24,20 @@ DOCKERFILE = REPO / "Dockerfile"
 K8S_VERSION = "1.31.0"
 SCENARIOS = ["defaults"] + sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 
-# Env vars the chart sets that are not yet `Settings` fields: the receiver's TLS and auth settings arrive with
-# issue 3. They are rendered only behind tls.enabled / auth.enabled (ci/tls-auth-values.yaml). When issue 3
-# adds them to Settings, remove them from here (test_pending_settings_are_still_pending says so).
-PENDING_SETTINGS = frozenset({"OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE", "OTAD_TLS_CLIENT_CA_FILE",
-                              "OTAD_AUTH_TOKEN_FILE"})
-# Settings the chart derives from other values instead of `config` (volume path, ports, Milvus blocks).
+# Env vars the chart sets that are not yet `Settings` fields (none since issue 3 landed TLS and auth); a name
+# here must not be a Settings field (test_pending_settings_are_still_pending says so).
+PENDING_SETTINGS: frozenset[str] = frozenset()
+# Rendered only behind tls.enabled / auth.enabled (ci/tls-auth-values.yaml).
+TLS_AUTH_SETTINGS = frozenset({"OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE", "OTAD_TLS_CLIENT_CA_FILE",
+                               "OTAD_AUTH_TOKEN_FILE"})
+# Settings the chart derives from other values instead of `config` (volume path, ports, Milvus blocks, the TLS
+# and token Secrets' mount paths).
 CHART_MANAGED = frozenset({"data_dir", "grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint",
-                           "milvus_uri", "milvus_token"})
+                           "milvus_uri", "milvus_token", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+                           "auth_token_file"})
+# Secrets the chart never puts in the ConfigMap: users set them through extraEnv from a Secret of their own
+# (docs/receiver.md). The chart covers the same needs with auth.tokenSecret.
+SECRET_SETTINGS = frozenset({"auth_tokens", "export_headers"})
 # Custom resources have no schema in kubernetes-validate; they are checked by shape in their own test.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
@@ -215,10 +221,11 @@ def test_every_env_var_the_chart_sets_is_a_setting(rendered, scenario):
                          "define; fix the name in helm/otad or add the setting")
 
 
-def test_pending_settings_render_only_with_tls_and_auth(rendered):
+def test_tls_and_auth_settings_render_only_with_tls_and_auth(rendered):
     for scenario, docs in rendered.items():
-        pending = otad_env_names(docs) & PENDING_SETTINGS
-        assert pending == (PENDING_SETTINGS if scenario == "tls-auth-values.yaml" else set()), scenario
+        present = otad_env_names(docs) & TLS_AUTH_SETTINGS
+        assert present == (TLS_AUTH_SETTINGS if scenario == "tls-auth-values.yaml" else set()), scenario
+    assert TLS_AUTH_SETTINGS <= settings_env_names()
 
 
 def test_pending_settings_are_still_pending():
@@ -228,7 +235,7 @@ def test_pending_settings_are_still_pending():
 
 def test_every_setting_is_reachable_from_values(rendered):
     rendered_names = set().union(*(otad_env_names(docs) for docs in rendered.values()))
-    missing = settings_env_names() - rendered_names
+    missing = settings_env_names() - rendered_names - {"OTAD_" + n.upper() for n in SECRET_SETTINGS}
     assert not missing, (f"{sorted(missing)} cannot be set through the chart: add them to `config` in "
                          "helm/otad/values.yaml and values.schema.json")
 
@@ -236,7 +243,7 @@ def test_every_setting_is_reachable_from_values(rendered):
 def test_config_defaults_equal_settings_defaults():
     config = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
     fields = Settings.model_fields
-    assert set(config) == set(fields) - CHART_MANAGED
+    assert set(config) == set(fields) - CHART_MANAGED - SECRET_SETTINGS
     for key, value in config.items():
         default = fields[key].default
         expected = "" if default is None else default

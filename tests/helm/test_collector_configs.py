@@ -70,7 +70,7 @@ def emitted(tmp_path_factory) -> dict:
     an OTLP sink. Returns {"attributes", "resource", "scope", "event_name", "body_paths"}."""
     with OtlpSink() as sink:
         settings = Settings(data_dir=tmp_path_factory.mktemp("otad") / "data", grpc_endpoint="localhost:0",
-                            metrics_endpoint="localhost:0", export_endpoint=sink.endpoint, bootstrap_rows=150,
+                            http_endpoint="localhost:0", metrics_endpoint="localhost:0", export_endpoint=sink.endpoint, bootstrap_rows=150,
                             train_epochs=2, batch_wait_ms=20, milvus_lite_process=False)
         service = Service(settings)
         service.start()

@@ -67,7 +67,7 @@ def sink():
 
 
 def make_service(tmp_path, sink, **overrides):
-    settings = Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+    settings = Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
                         export_endpoint=sink.endpoint, bootstrap_rows=600, train_epochs=4, batch_wait_ms=20,
                         **overrides)
     service = Service(settings)

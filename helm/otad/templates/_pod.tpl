@@ -87,7 +87,7 @@ spec:
               key: {{ .Values.externalMilvus.tokenSecret.key }}
         {{- end }}
         {{- if .Values.tls.enabled }}
-        # Read by the receiver once it supports TLS (issue 3).
+        # TLS (and mTLS with a client CA) on both OTLP servers.
         - name: OTAD_TLS_CERT_FILE
           value: /etc/otad/tls/tls.crt
         - name: OTAD_TLS_KEY_FILE
@@ -98,7 +98,7 @@ spec:
         {{- end }}
         {{- end }}
         {{- if .Values.auth.enabled }}
-        # Read by the receiver once it supports bearer-token auth (issue 3).
+        # Bearer tokens OTLP clients must send, one per line.
         - name: OTAD_AUTH_TOKEN_FILE
           value: /etc/otad/auth/{{ .Values.auth.tokenSecret.key }}
         {{- end }}

@@ -1,0 +1,43 @@
+"""Receive: the OTLP/gRPC server's transport settings (size limit, streams, keepalive, TLS, auth) as grpc options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+__all__ = ["GrpcServerOptions"]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GrpcServerOptions:
+    """Defaults equal the Settings defaults; `Service` builds this from Settings."""
+
+    max_concurrent_streams: int = 100
+    keepalive_time_s: int = 60
+    keepalive_timeout_s: int = 20
+    keepalive_min_time_s: int = 10
+    max_connection_age_s: int = 0  # 0: never
+    credentials: grpc.ServerCredentials | None = None  # None: plaintext
+    interceptors: tuple[grpc.ServerInterceptor, ...] = field(default_factory=tuple)
+
+    def channel_args(self, max_recv_mib: int) -> list[tuple[str, int]]:
+        # grpc core applies max_receive_message_length to the decompressed message too and answers
+        # RESOURCE_EXHAUSTED, as the OTLP spec requires (tests/conformance: the gzip bomb test pins it).
+        args = [
+            ("grpc.max_receive_message_length", max_recv_mib * _MIB),
+            ("grpc.max_send_message_length", 4 * _MIB),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", self.keepalive_time_s * 1000),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_s * 1000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", self.keepalive_min_time_s * 1000),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.keepalive_min_time_s * 1000),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+        if self.max_connection_age_s:
+            args += [("grpc.max_connection_age_ms", self.max_connection_age_s * 1000),
+                     ("grpc.max_connection_age_grace_ms", 30_000)]
+        return args

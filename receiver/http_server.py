@@ -1,0 +1,272 @@
+"""Receive: the OTLP/HTTP server (POST /v1/logs, /v1/traces, /v1/metrics; protobuf or JSON; gzip; 64 MiB).
+
+uvicorn (h11) serves HTTP/1.1 with keep-alive, TLS and bounded request reading; this module is a plain ASGI app,
+so no web framework sits between the socket and the OTLP rules (opentelemetry-proto docs/specification.md,
+"OTLP/HTTP"): the body is read with a limit, decompressed with a limit, decoded, and handed to the same
+`ExportHandler` as gRPC; errors.py turns the outcome into the status code and a `google.rpc.Status` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+import zlib
+from concurrent import futures
+
+import grpc
+import uvicorn
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from receiver import otlpjson
+from receiver.auth import BearerAuth, failure_message
+from receiver.errors import (
+    Outcome,
+    TooLargeError,
+    UnauthenticatedError,
+    UnavailableError,
+    http_status,
+    outcome_of,
+    status_proto,
+)
+from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
+from receiver.metrics import Metrics
+from receiver.tls import ServerTls
+
+__all__ = ["OtlpHttpServer", "gunzip_limited"]
+
+logger = logging.getLogger(__name__)
+
+PATHS = {"/v1/logs": SIGNALS["logs"], "/v1/traces": SIGNALS["traces"], "/v1/metrics": SIGNALS["metrics"]}
+PROTOBUF, JSON = "application/x-protobuf", "application/json"
+MAX_IN_FLIGHT = 32  # requests being read or handled at once; beyond it: 503 + Retry-After (bounds memory)
+READ_TIMEOUT_S = 30.0  # a body that has not fully arrived by then gets 408 (a slow client cannot hold a slot)
+_CODE = grpc.StatusCode
+
+
+class _Refusal(Exception):
+    """An HTTP-level answer decided before the export handler runs."""
+
+    def __init__(self, status: int, outcome: Outcome, headers: tuple[tuple[bytes, bytes], ...] = ()):
+        super().__init__(outcome.message)
+        self.status, self.outcome, self.headers = status, outcome, headers
+
+
+def gunzip_limited(data: bytes, limit: int) -> bytes:
+    """Decompress a gzip body (members may be concatenated), refusing to produce more than `limit` bytes.
+
+    Raises:
+        _Refusal: 413 past the limit, 400 for a body that is not gzip or is truncated.
+    """
+    out = bytearray()
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"body is not valid gzip: {exc}")) from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _too_large(limit, "after gzip decompression")
+        if not inflater.eof:
+            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, "gzip body is truncated"))
+        data = inflater.unused_data
+    return bytes(out)
+
+
+def _too_large(limit: int, where: str) -> _Refusal:
+    where = f" {where}" if where else ""
+    message = f"request body is larger than {limit // (1024 * 1024)} MiB{where} (OTAD_MAX_RECV_MIB)"
+    return _Refusal(413, outcome_of(TooLargeError(message)))
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+class _App:
+    """The ASGI application: routing, limits, auth, decoding; the export itself runs in a worker thread."""
+
+    def __init__(self, export: ExportHandler, metrics: Metrics, *, limit: int, retry_after_s: int,
+                 auth: BearerAuth | None, workers: int):
+        self.export, self.metrics, self.limit, self.retry_after_s, self.auth = export, metrics, limit, retry_after_s, auth
+        self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-http")
+        self.in_flight = 0
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.read_timeout_s = READ_TIMEOUT_S
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        as_json = _media_type(headers.get("content-type", "")) == JSON
+        spec = PATHS.get(scope["path"])
+        signal = spec.name if spec else "unknown"
+        self.in_flight += 1
+        try:
+            try:
+                body = await asyncio.wait_for(self._read_checked(scope, headers, spec, receive), self.read_timeout_s)
+            except TimeoutError:
+                raise _Refusal(408, Outcome(_CODE.DEADLINE_EXCEEDED, f"request body not received within "
+                                                                     f"{self.read_timeout_s:g} s")) from None
+            gzipped = headers.get("content-encoding", "").strip().lower() == "gzip"
+            loop = asyncio.get_running_loop()  # inflating and decoding 64 MiB must not stall the event loop
+            status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, gzipped, as_json)
+        except _Refusal as refusal:  # refused before the export handler, which counts everything it answers
+            self.metrics.requests.labels(signal, "http", refusal.outcome.label).inc()
+            if refusal.outcome.code != _CODE.UNAUTHENTICATED and refusal.status != 503:
+                warn_limited(logger, f"http:{refusal.status}", "OTLP/HTTP %s %s refused with %d: %s",
+                             scope["method"], scope["path"][:100], refusal.status, refusal.outcome.message)
+            status, payload, extra = refusal.status, _error_body(refusal.outcome, as_json), refusal.headers
+        except Exception as exc:  # a bug: answer 500 like gRPC's INTERNAL, never a traceback
+            logger.exception("OTLP/HTTP %s %s failed", scope["method"], scope["path"][:100])
+            outcome = outcome_of(exc)
+            self.metrics.requests.labels(signal, "http", outcome.label).inc()
+            status, payload, extra = http_status(outcome), _error_body(outcome, as_json), ()
+        finally:
+            self.in_flight -= 1
+        await _respond(send, status, payload, as_json, extra)
+
+    async def _read_checked(self, scope, headers: dict[str, str], spec: SignalSpec | None, receive) -> bytes:
+        """Everything refused before the export handler: path, method, auth, overload, type, encoding, size."""
+        if spec is None:
+            raise _Refusal(404, Outcome(_CODE.NOT_FOUND, f"unknown path {scope['path'][:100]!r}; "
+                                                         "OTLP/HTTP paths are /v1/logs, /v1/traces, /v1/metrics"))
+        if scope["method"] != "POST":
+            raise _Refusal(405, Outcome(_CODE.UNIMPLEMENTED, f"method {scope['method']} not allowed; use POST"),
+                           ((b"allow", b"POST"),))
+        if self.auth is not None:
+            reason = self.auth.check(headers.get("authorization"))
+            if reason is not None:
+                self.metrics.auth_failures.labels("http", reason).inc()
+                raise _Refusal(401, outcome_of(UnauthenticatedError(failure_message(reason))),
+                               ((b"www-authenticate", b"Bearer"),))
+        if self.in_flight > self.max_in_flight:
+            self.metrics.refused.labels(spec.name, "too_many_requests", "http").inc()
+            raise self._overloaded(f"otad has {self.max_in_flight} OTLP/HTTP requests in flight; retry later")
+        media = _media_type(headers.get("content-type", ""))
+        if media not in (PROTOBUF, JSON):
+            raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content type {media[:60]!r}; "
+                                                                f"use {PROTOBUF} or {JSON}"))
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", ""):
+            raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content encoding {encoding[:30]!r}; "
+                                                                "use gzip or none"))
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            raise _too_large(self.limit, "(Content-Length)")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, "client disconnected"))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise _too_large(self.limit, "")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
+    def _overloaded(self, message: str) -> _Refusal:
+        outcome = outcome_of(UnavailableError(message, self.retry_after_s))
+        return _Refusal(503, outcome, ((b"retry-after", str(self.retry_after_s).encode()),))
+
+    def _handle(self, spec: SignalSpec, body: bytes, gzipped: bool, as_json: bool) -> tuple[int, bytes, tuple]:
+        """Inflate, decode, export, encode the answer (in a worker thread): (status, body, extra headers)."""
+        if gzipped:
+            body = gunzip_limited(body, self.limit)
+        try:
+            request = _decode(spec, body, as_json)
+        except ValueError as exc:
+            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"cannot decode the {spec.name} request: {exc}")) from None
+        outcome = self.export.export(spec, request, "http")
+        if outcome.ok:
+            return 200, _encode(build_response(spec, outcome), as_json), ()
+        extra = ((b"retry-after", str(outcome.retry_after_s).encode()),) if outcome.retry_after_s else ()
+        return http_status(outcome), _error_body(outcome, as_json), extra
+
+
+def _decode(spec: SignalSpec, body: bytes, as_json: bool) -> Message:
+    if not as_json:
+        try:
+            return spec.request_type.FromString(body)
+        except DecodeError as exc:
+            raise ValueError(f"not a protobuf {spec.request_type.__name__} ({exc})") from None
+    try:
+        data = json.loads(body) if body.strip() else {}
+        return otlpjson.parse(data, spec.request_type)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _encode(message: Message, as_json: bool) -> bytes:
+    if as_json:
+        return json.dumps(otlpjson.to_dict(message), separators=(",", ":")).encode()
+    return message.SerializeToString()
+
+
+def _error_body(outcome: Outcome, as_json: bool) -> bytes:
+    status = status_proto(outcome)
+    if as_json:
+        return json.dumps(json_format.MessageToDict(status), separators=(",", ":")).encode()
+    return status.SerializeToString()
+
+
+async def _respond(send, status: int, payload: bytes, as_json: bool, extra: tuple[tuple[bytes, bytes], ...]) -> None:
+    headers = [(b"content-type", (JSON if as_json else PROTOBUF).encode()),
+               (b"content-length", str(len(payload)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class OtlpHttpServer:
+    """uvicorn on `endpoint` in a thread of its own (port 0 picks a free port; see `.port`)."""
+
+    def __init__(self, endpoint: str, export: ExportHandler, metrics: Metrics, *, max_recv_mib: int = 64,
+                 retry_after_s: int = 5, tls: ServerTls | None = None, auth: BearerAuth | None = None,
+                 workers: int = 4, keep_alive_s: int = 30):
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+            self._sock = socket.socket(family, kind, proto)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(address)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {endpoint} (OTAD_HTTP_ENDPOINT): {exc.strerror or exc}") from None
+        self.port = self._sock.getsockname()[1]
+        self.app = _App(export, metrics, limit=max_recv_mib * 1024 * 1024, retry_after_s=retry_after_s, auth=auth,
+                        workers=workers)
+        config = uvicorn.Config(
+            self.app, http="h11", ws="none", lifespan="off", loop="asyncio", interface="asgi3",
+            log_config=None, access_log=False, server_header=False, proxy_headers=False,
+            timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=5,
+            ssl_certfile=str(tls.cert_file) if tls else None, ssl_keyfile=str(tls.key_file) if tls else None,
+            ssl_context_factory=(lambda _config, _default: tls.ssl_context()) if tls else None,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="otad-http", daemon=True)
+        self.tls = tls is not None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the OTLP/HTTP server did not start on port {self.port}")
+            time.sleep(0.01)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(grace_s + 1)
+        self.app.pool.shutdown(wait=False, cancel_futures=True)
+        self._sock.close()

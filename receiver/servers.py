@@ -1,0 +1,52 @@
+"""Receive: builds both OTLP servers (gRPC and HTTP) from Settings, sharing one ExportHandler, TLS and auth."""
+
+from __future__ import annotations
+
+from receiver.auth import BearerAuth, GrpcAuthInterceptor
+from receiver.export import ExportHandler
+from receiver.grpc_options import GrpcServerOptions
+from receiver.http_server import OtlpHttpServer
+from receiver.metrics import Metrics
+from receiver.pipeline import Pipeline
+from receiver.rows import RowMapper
+from receiver.server import OtlpGrpcServer
+from receiver.settings import Settings
+from receiver.tls import ServerTls, load_server_tls
+
+__all__ = ["Security", "build_servers", "load_security"]
+
+Security = tuple[ServerTls | None, BearerAuth | None]
+
+
+def load_security(settings: Settings) -> Security:
+    """TLS material and bearer tokens, read once; call it before anything is started.
+
+    Raises:
+        ConfigError: unusable TLS files or token file (one sentence naming the variable and the fix).
+    """
+    return load_server_tls(settings), BearerAuth.from_settings(settings)
+
+
+def build_servers(settings: Settings, security: Security, pipeline: Pipeline,
+                  metrics: Metrics) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
+    """The OTLP/gRPC and OTLP/HTTP servers, bound but not started.
+
+    Raises:
+        OSError: an endpoint cannot be bound.
+    """
+    tls, auth = security
+    export = ExportHandler(pipeline, RowMapper(), metrics, settings.retry_after_s)
+    options = GrpcServerOptions(
+        max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        keepalive_time_s=settings.grpc_keepalive_time_s,
+        keepalive_timeout_s=settings.grpc_keepalive_timeout_s,
+        keepalive_min_time_s=settings.grpc_keepalive_min_time_s,
+        max_connection_age_s=settings.grpc_max_connection_age_s,
+        credentials=tls.grpc_credentials() if tls else None,
+        interceptors=(GrpcAuthInterceptor(auth, metrics),) if auth else (),
+    )
+    grpc_server = OtlpGrpcServer(settings.grpc_endpoint, pipeline, metrics, max_recv_mib=settings.max_recv_mib,
+                                 retry_after_s=settings.retry_after_s, options=options, export=export)
+    http_server = OtlpHttpServer(settings.http_endpoint, export, metrics, max_recv_mib=settings.max_recv_mib,
+                                 retry_after_s=settings.retry_after_s, tls=tls, auth=auth)
+    return grpc_server, http_server

@@ -1,0 +1,85 @@
+"""Receive and emit: TLS material for the OTLP servers (TLS, and mTLS with a client CA) and the emitter's channel.
+
+Files are read once at start-up; anything unusable stops start-up with a sentence naming the variable.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from receiver.errors import ConfigError
+from receiver.settings import Settings
+
+__all__ = ["ServerTls", "emitter_credentials", "load_server_tls"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Server certificate chain and key (PEM), and the client CA bundle when clients must present a cert."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.client_ca,
+                                           require_client_auth=self.client_ca is not None)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For the OTLP/HTTP server: TLS 1.2+, client certificates required when a client CA is set."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.load_verify_locations(cafile=str(self.client_ca_file))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def _read(path: Path, variable: str, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable} ({path}) cannot be read ({exc.strerror}); point it at a PEM {what}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{variable} ({path}) is not PEM; point it at a PEM {what}")
+    return data
+
+
+def load_server_tls(settings: Settings) -> ServerTls | None:
+    """The servers' TLS material, or None for plaintext (the default, on localhost).
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or the certificate and key do not belong together.
+    """
+    if settings.tls_cert_file is None:
+        return None
+    cert = _read(settings.tls_cert_file, "OTAD_TLS_CERT_FILE", "certificate (chain)")
+    key = _read(settings.tls_key_file, "OTAD_TLS_KEY_FILE", "private key")
+    ca = None
+    if settings.tls_client_ca_file is not None:
+        ca = _read(settings.tls_client_ca_file, "OTAD_TLS_CLIENT_CA_FILE", "CA bundle")
+    tls = ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, cert, key, ca)
+    try:
+        tls.ssl_context()
+    except ssl.SSLError as exc:
+        raise ConfigError(f"OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE do not form a usable pair ({exc.reason}); "
+                          "use the key that belongs to the certificate") from None
+    return tls
+
+
+def emitter_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the anomaly-event export; None means plaintext (OTAD_EXPORT_INSECURE=true)."""
+    if settings.export_insecure:
+        return None
+    ca = None
+    if settings.export_ca_file is not None:
+        ca = _read(settings.export_ca_file, "OTAD_EXPORT_CA_FILE", "CA bundle")
+    return grpc.ssl_channel_credentials(root_certificates=ca)
