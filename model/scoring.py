@@ -2,8 +2,9 @@
 
 Higher is always more anomalous. The reference set is de-duplicated (unique vectors with counts), so a row
 is never its own neighbour and a cluster of identical rows counts with its multiplicity. Calibration uses
-the leave-one-out distances of the reference set: an empirical tail below the 99th percentile and an
-exponential (peaks-over-threshold) tail above it, mapped to score = 100 * -log10(p) / 6 (p = 1e-6 -> 100).
+the leave-one-out distances of the reference set: an empirical tail below the 99th percentile (lower for small
+reference sets, so that the tail fit has ~50 points) and an exponential (peaks-over-threshold) tail above it,
+mapped to score = 100 * -log10(p) / 6 (p = 1e-6 -> 100).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 P_FLOOR = 1e-6  # the tail probability that maps to score 100
-TAIL_Q = 0.99
+TAIL_Q = 0.99  # the tail starts at this quantile of the reference distances (large reference sets)
+TAIL_Q_MIN = 0.9  # ... or lower, down to this, so that the tail fit has about TAIL_MIN points
+TAIL_MIN = 50
 
 
 def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
@@ -33,21 +36,25 @@ class Calibration:
     sorted_scores: np.ndarray
     tail_u: float
     tail_beta: float
+    tail_q: float = TAIL_Q
 
     @classmethod
     def fit(cls, scores: np.ndarray) -> Calibration:
         s = np.sort(np.asarray(scores, dtype=np.float64))
-        u = float(np.quantile(s, TAIL_Q)) if len(s) else 0.0
+        # At least ~TAIL_MIN exceedances for the tail fit: with a small reference set the 99th percentile
+        # leaves two or three points, and their spread alone would set the whole tail.
+        q = float(np.clip(1.0 - TAIL_MIN / max(len(s), 1), TAIL_Q_MIN, TAIL_Q))
+        u = float(np.quantile(s, q)) if len(s) else 0.0
         excess = s[s > u] - u
         beta = float(excess.mean()) if len(excess) else max(u * 0.1, 1e-6)
-        return cls(s, u, max(beta, 1e-9))
+        return cls(s, u, max(beta, 1e-9), q)
 
     def pvalue(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
         n = len(self.sorted_scores)
         above = n - np.searchsorted(self.sorted_scores, raw, side="left")
         p_emp = (above + 1) / (n + 1)
-        p_tail = (1 - TAIL_Q) * np.exp(-(raw - self.tail_u) / self.tail_beta)
+        p_tail = (1 - self.tail_q) * np.exp(-(raw - self.tail_u) / self.tail_beta)
         return np.where(raw > self.tail_u, np.minimum(p_emp, p_tail), p_emp)
 
     def score(self, raw: np.ndarray) -> np.ndarray:
@@ -55,9 +62,9 @@ class Calibration:
 
     def raw_at(self, p: float) -> float:
         """The raw distance whose tail probability is p (inverse of `pvalue`)."""
-        if p >= 1 - TAIL_Q:
+        if p >= 1 - self.tail_q:
             return float(np.quantile(self.sorted_scores, 1 - p)) if len(self.sorted_scores) else 0.0
-        return self.tail_u + self.tail_beta * math.log((1 - TAIL_Q) / p)
+        return self.tail_u + self.tail_beta * math.log((1 - self.tail_q) / p)
 
 
 class KnnDetector:
@@ -203,7 +210,7 @@ class KnnDetector:
         return {
             "vectors": self.vectors_, "counts": self.counts_, "uids": np.asarray(self.uids_, dtype=np.str_),
             "calibration": self.calibration_.sorted_scores,
-            "tail": np.asarray([self.calibration_.tail_u, self.calibration_.tail_beta]),
+            "tail": np.asarray([self.calibration_.tail_u, self.calibration_.tail_beta, self.calibration_.tail_q]),
         }
 
     @classmethod
@@ -213,7 +220,9 @@ class KnnDetector:
         uids = [str(u) for u in state["uids"]]
         det._set(vectors, counts, uids)
         det.row_to_unique_ = np.arange(len(vectors))
-        det.calibration_ = Calibration(state["calibration"].astype(np.float64), float(state["tail"][0]), float(state["tail"][1]))
+        tail = state["tail"]
+        det.calibration_ = Calibration(state["calibration"].astype(np.float64), float(tail[0]), float(tail[1]),
+                                       float(tail[2]) if len(tail) > 2 else TAIL_Q)
         det.reference_scores_ = det.calibration_.sorted_scores
         det.threshold_raw_ = det.calibration_.raw_at(det.alert_pvalue)
         det.threshold_ = float(pvalue_to_score(det.alert_pvalue))
