@@ -18,7 +18,7 @@ class GrpcServerOptions:
     max_concurrent_streams: int = 100
     keepalive_time_s: int = 60
     keepalive_timeout_s: int = 20
-    keepalive_min_time_s: int = 10
+    keepalive_min_time_s: int = 5
     max_connection_age_s: int = 0  # 0: never
     credentials: grpc.ServerCredentials | None = None  # None: plaintext
     interceptors: tuple[grpc.ServerInterceptor, ...] = field(default_factory=tuple)

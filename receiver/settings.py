@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     grpc_max_concurrent_streams: int = Field(100, ge=1)  # HTTP/2 streams per client connection
     grpc_keepalive_time_s: int = Field(60, ge=1)  # server pings an idle connection after this many seconds
     grpc_keepalive_timeout_s: int = Field(20, ge=1)  # and closes it when the ping is not answered in time
-    grpc_keepalive_min_time_s: int = Field(10, ge=1)  # clients pinging more often get GOAWAY too_many_pings
+    grpc_keepalive_min_time_s: int = Field(5, ge=1)  # clients pinging more often get GOAWAY too_many_pings
     grpc_max_connection_age_s: int = Field(0, ge=0)  # close connections this old (rebalancing); 0: never
 
     @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
