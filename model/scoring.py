@@ -22,6 +22,10 @@ P_FLOOR = 1e-6  # the tail probability that maps to score 100
 TAIL_Q = 0.99  # the tail starts at this quantile of the reference distances (large reference sets)
 TAIL_Q_MIN = 0.9  # ... or lower, down to this, so that the tail fit has about TAIL_MIN points
 TAIL_MIN = 50
+CLEAN_BLOCKS = 4  # time blocks for cross-block reference cleaning
+CLEAN_MIN_ROWS = 2_000  # below this, blocks are too small to stand for "the rest of history"
+RARE_SHARE = 0.01  # rows least like the other time blocks, always dropped
+BURST_RATIO = 0.5  # a row is bursty when its neighbours in its own block are this much closer than elsewhere
 
 
 def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
@@ -78,23 +82,54 @@ class KnnDetector:
 
     name = "knn-embedding"
 
-    def __init__(self, k: int = 10, alert_pvalue: float = 1e-3, hnsw_above: int = 4_096, max_rows: int = 100_000):
+    def __init__(self, k: int = 10, alert_pvalue: float = 1e-3, hnsw_above: int = 4_096, max_rows: int = 100_000,
+                 contamination: float = 0.05):
         if not 0 < alert_pvalue < 0.5:
             raise ValueError(f"alert_pvalue must be in (0, 0.5), got {alert_pvalue}")
+        if not 0 <= contamination < 0.5:
+            raise ValueError(f"contamination must be in [0, 0.5), got {contamination}")
+        self.contamination = contamination
         self.k = k
         self.alert_pvalue = alert_pvalue
         self.hnsw_above = hnsw_above
         self.max_rows = max_rows
 
     # ----- fitting -----
-    def fit(self, embeddings: np.ndarray, uids: list[str], clean: bool = True) -> KnnDetector:
-        """See class docs; `rep_rows_` maps each unique reference vector to its first row in `embeddings`."""
+    def fit(self, embeddings: np.ndarray, uids: list[str], clean: bool = True,
+            times: np.ndarray | None = None) -> KnnDetector:
+        """Fit on reference embeddings (n, d) float32, in time order when `times` is given.
+
+        Training data is not guaranteed clean: it may hold an incident. With `clean`, reference rows are
+        dropped once before calibration. With `times`, each time block is scored against the *other* blocks
+        (an incident's rows find each other inside their own block, not across blocks); the 1% least like
+        the other blocks are dropped, and so are rows among the `contamination` share least like the other
+        blocks that are much closer to their own block (an incident up to that size),
+        and the cross-block scores calibrate the detector (a new row is scored against history that does not
+        hold its own minutes, too). Without times, rows whose
+        leave-one-out score is beyond the threshold are dropped. `rep_rows_` maps each unique reference
+        vector to its first row in `embeddings`.
+        """
         orig = np.arange(len(embeddings))
-        """Fit on reference embeddings (n, d) float32. With `clean`, reference rows whose own leave-one-out
-        score is beyond the threshold are dropped once (training data is not guaranteed clean)."""
+        cross = None
+        if clean and times is not None and len(embeddings) >= CLEAN_MIN_ROWS:
+            cross = self._cross_block_scores(embeddings, np.asarray(times))
+            self._build(embeddings, uids, orig)
+            loo = self.decision_function(embeddings, exclude_self=True)[0]
+            # Dropped: the RARE_SHARE of rows least like the other blocks, and, up to `contamination`, bursty
+            # rows: far from the other blocks yet with close neighbours inside their own (an incident).
+            rare = cross > float(np.quantile(cross, 1.0 - RARE_SHARE))
+            bursty = (cross > float(np.quantile(cross, 1.0 - self.contamination))) & (loo < BURST_RATIO * cross)
+            keep = ~(rare | bursty)
+            calib = cross[~bursty]  # rare rows are the normal tail; bursty rows are not normal at all
+            logger.info("reference cleaning (%d time blocks): dropped %d of %d bursty rows unlike the rest of history",
+                        CLEAN_BLOCKS, int((~keep).sum()), len(keep))
+            embeddings = embeddings[keep]
+            uids = [u for u, k in zip(uids, keep, strict=True) if k]
+            orig = orig[keep]
+            clean = False
         self._build(embeddings, uids, orig)
         loo = self.decision_function(embeddings, exclude_self=True)[0]
-        self.calibration_ = Calibration.fit(loo)
+        self.calibration_ = Calibration.fit(loo if cross is None else calib)
         if clean and len(embeddings) > 100:
             keep = self.calibration_.pvalue(loo) >= self.alert_pvalue
             dropped = int((~keep).sum())
@@ -110,6 +145,25 @@ class KnnDetector:
         self.threshold_raw_ = self.calibration_.raw_at(self.alert_pvalue)
         self.threshold_ = float(pvalue_to_score(self.alert_pvalue))
         return self
+
+    def _cross_block_scores(self, embeddings: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Raw score of every row against a reference made of the other time blocks only.
+
+        Two partitions, the second shifted by half a block, and the larger score of the two: an incident
+        shorter than half a block lies wholly inside one block of at least one partition.
+        """
+        order = np.argsort(times, kind="stable")
+        size = -(-len(order) // CLEAN_BLOCKS)
+        out = np.zeros(len(embeddings), dtype=np.float64)
+        for shift in (0, size // 2):
+            rolled = np.roll(order, -shift)
+            blocks = [rolled[i:i + size] for i in range(0, len(rolled), size)]
+            for b, rows in enumerate(blocks):
+                others = np.concatenate([blk for j, blk in enumerate(blocks) if j != b])
+                probe = KnnDetector(k=self.k, alert_pvalue=self.alert_pvalue, hnsw_above=self.hnsw_above)
+                probe._build(embeddings[others], [""] * len(others), others)
+                out[rows] = np.maximum(out[rows], probe.decision_function(embeddings[rows])[0])
+        return out
 
     def _build(self, embeddings: np.ndarray, uids: list[str], orig: np.ndarray) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)

@@ -123,7 +123,8 @@ def fit_version(rows: list[Row], *, k: int = 10, alert_pvalue: float = 1e-3, emb
     emb = Embedder(result.model).embed(num, cat)
     uids = [r.uid for r in rows]
     vectors = detection_vectors(contract, emb, num, cat)
-    detector = KnnDetector(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows).fit(vectors, uids)
+    times = np.asarray([r.time_unix_nano for r in rows], dtype=np.int64)
+    detector = KnnDetector(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows).fit(vectors, uids, times=times)
     digest = hashlib.blake2b(emb.tobytes(), digest_size=3).hexdigest()
     version = time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + digest
     meta = {

@@ -69,3 +69,25 @@ def test_add_grows_history_and_state_round_trip():
 def test_bad_alert_pvalue():
     with pytest.raises(ValueError, match="alert_pvalue"):
         KnnDetector(alert_pvalue=0.9)
+
+
+def test_an_incident_inside_the_training_window_is_cleaned_out_of_the_reference():
+    """Training history holds an incident: 300 near-identical rows, all in one stretch of time. Scored
+    against the other time blocks they stand out, so they leave the reference, and a later row of the same
+    incident is still flagged. Without the times (leave-one-out cleaning) the incident hides itself."""
+    rng = np.random.default_rng(3)
+    centre, elsewhere = np.eye(8)[0], np.eye(8)[1]
+    normal = unit(centre + 0.3 * rng.normal(size=(6000, 8)))
+    incident = unit(elsewhere + 0.02 * rng.normal(size=(300, 8)))
+    vectors = np.concatenate([normal[:3000], incident, normal[3000:]])
+    times = np.arange(len(vectors))  # the incident sits inside the second time block
+    uids = [str(i) for i in range(len(vectors))]
+    later = unit(elsewhere + 0.02 * rng.normal(size=(1, 8)))
+    cleaned = KnnDetector(k=10).fit(vectors, uids, times=times)
+    assert not set(cleaned.uids_) & {str(i) for i in range(3000, 3300)}
+    assert cleaned.score(cleaned.decision_function(later)[0])[0] >= cleaned.threshold_
+    naive = KnnDetector(k=10).fit(vectors, uids)
+    assert naive.score(naive.decision_function(later)[0])[0] < naive.threshold_
+    # normal rows are not flagged by the cleaned detector
+    fresh = unit(centre + 0.3 * rng.normal(size=(2000, 8)))
+    assert (cleaned.score(cleaned.decision_function(fresh)[0]) >= cleaned.threshold_).mean() < 0.01
