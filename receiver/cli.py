@@ -82,8 +82,13 @@ class Service:
                                       on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
         model = load_model(settings)
         self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
+        self.ingest = None
+        if settings.spool_enabled:
+            from receiver.ingest import open_spooled_ingest
+            self.ingest = open_spooled_ingest(settings, self.pipeline, self.metrics)
         self.grpc = OtlpGrpcServer(settings.grpc_endpoint, self.pipeline, self.metrics,
-                                   max_recv_mib=settings.max_recv_mib, retry_after_s=settings.retry_after_s)
+                                   max_recv_mib=settings.max_recv_mib, retry_after_s=settings.retry_after_s,
+                                   ingest=self.ingest)
         self.health = HealthServer(settings.metrics_endpoint, self.metrics, self.pipeline.status)
 
     @property
@@ -93,6 +98,8 @@ class Service:
     def start(self) -> None:
         self.emitter.start()
         self.pipeline.start()
+        if self.ingest is not None:
+            self.ingest.start()
         self.grpc.start()
         self.health.start()
         st = self.pipeline.status()
@@ -103,8 +110,12 @@ class Service:
             logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
 
     def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting (health NOT_SERVING), finish in-flight batches within `grace_s`, checkpoint the spool."""
+        self.pipeline.draining = True
         self.grpc.stop(min(grace_s, 5.0))
         self.pipeline.stop(grace_s)
+        if self.ingest is not None:
+            self.ingest.stop()
         self.emitter.flush(min(grace_s, 5.0))
         self.emitter.shutdown(2.0)
         self.health.stop()
@@ -123,8 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: done.set())
     service.start()
     done.wait()
-    logger.info("shutting down: draining the queue")
-    service.stop()
+    logger.info("shutting down: no new data; finishing in-flight batches (up to %.0fs)", settings.shutdown_grace_s)
+    service.stop(settings.shutdown_grace_s)
+    logger.info("stopped")
     return 0
 
 

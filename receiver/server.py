@@ -32,8 +32,9 @@ SERVICE_NAMES = (
 class _Export:
     """The shared body of the three Export handlers: map, queue, answer."""
 
-    def __init__(self, pipeline: Pipeline, mapper: RowMapper, metrics: Metrics, retry_after_s: int):
+    def __init__(self, pipeline: Pipeline, mapper: RowMapper, metrics: Metrics, retry_after_s: int, ingest=None):
         self.pipeline, self.mapper, self.metrics, self.retry_after_s = pipeline, mapper, metrics, retry_after_s
+        self.ingest = ingest  # receiver.ingest.SpooledIngest when the spool is on
 
     def handle(self, signal: str, noun: str, batch_fn, request, context: grpc.ServicerContext):
         start = time.perf_counter()
@@ -42,11 +43,14 @@ class _Export:
                 self.metrics.refused.labels(signal, "queue_full").inc()
                 raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
                                        self.retry_after_s)
-            batch: MappedBatch = batch_fn(request, time.time_ns())
+            received = time.time_ns()
+            batch: MappedBatch = batch_fn(request, received)
             self._account(signal, noun, batch)
             if batch.total and batch.rejections and not batch.rows and not batch.ignored:
                 raise InvalidInputError(batch.error_message(noun))
-            if not self.pipeline.offer(batch.rows):
+            if self.ingest is not None:
+                self.ingest.accept(signal, request, received, batch.rows)  # durable before OK
+            elif not self.pipeline.offer(batch.rows):
                 self.metrics.refused.labels(signal, "queue_full").inc(len(batch.rows))
                 raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
                                        self.retry_after_s)
@@ -117,7 +121,7 @@ class OtlpGrpcServer:
     """A grpc.server on `endpoint` (port 0 picks a free port; see `.port`)."""
 
     def __init__(self, endpoint: str, pipeline: Pipeline, metrics: Metrics, *, max_recv_mib: int = 64,
-                 retry_after_s: int = 5, workers: int = 8):
+                 retry_after_s: int = 5, workers: int = 8, ingest=None):
         limit = max_recv_mib * 1024 * 1024
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-grpc"),
@@ -128,7 +132,7 @@ class OtlpGrpcServer:
             ],
             maximum_concurrent_rpcs=256,
         )
-        export = _Export(pipeline, RowMapper(), metrics, retry_after_s)
+        export = _Export(pipeline, RowMapper(), metrics, retry_after_s, ingest)
         logs_grpc.add_LogsServiceServicer_to_server(LogsService(export), self.server)
         trace_grpc.add_TraceServiceServicer_to_server(TraceService(export), self.server)
         metrics_grpc.add_MetricsServiceServicer_to_server(MetricsService(export), self.server)
