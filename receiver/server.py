@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
 
 from receiver.errors import InvalidInputError, UnavailableError, to_status
+from receiver.grpc_decode import Undecodable, add_export_servicer
 from receiver.metrics import Metrics
 from receiver.pipeline import Pipeline
 from receiver.rows import MappedBatch, RowMapper
@@ -39,6 +40,8 @@ class _Export:
     def handle(self, signal: str, noun: str, batch_fn, request, context: grpc.ServicerContext):
         start = time.perf_counter()
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidInputError(request.error)
             if self.pipeline.full:  # refuse before paying for the mapping
                 self.metrics.refused.labels(signal, "queue_full").inc()
                 raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
@@ -133,9 +136,13 @@ class OtlpGrpcServer:
             maximum_concurrent_rpcs=256,
         )
         export = _Export(pipeline, RowMapper(), metrics, retry_after_s, ingest)
-        logs_grpc.add_LogsServiceServicer_to_server(LogsService(export), self.server)
-        trace_grpc.add_TraceServiceServicer_to_server(TraceService(export), self.server)
-        metrics_grpc.add_MetricsServiceServicer_to_server(MetricsService(export), self.server)
+        # lenient deserializers: undecodable bytes get INVALID_ARGUMENT, not gRPC's INTERNAL
+        add_export_servicer(self.server, SERVICE_NAMES[0], LogsService(export), logs_pb.ExportLogsServiceRequest,
+                            logs_pb.ExportLogsServiceResponse)
+        add_export_servicer(self.server, SERVICE_NAMES[1], TraceService(export), trace_pb.ExportTraceServiceRequest,
+                            trace_pb.ExportTraceServiceResponse)
+        add_export_servicer(self.server, SERVICE_NAMES[2], MetricsService(export),
+                            metrics_pb.ExportMetricsServiceRequest, metrics_pb.ExportMetricsServiceResponse)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(endpoint)
