@@ -11,7 +11,6 @@ cost per record (map, featurize+embed+score, store).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import random

@@ -69,7 +69,7 @@ def test_kill9_three_times_mid_stream_loses_and_duplicates_nothing(tmp_path, mil
         store.close()
         assert otad.sigterm(60) == 0
         otad.close()
-    print(f"\nkill -9 x3 ({fsync}): {len(acked)} acknowledged, 0 lost, 0 duplicated; "  # noqa: T201
+    print(f"\nkill -9 x3 ({fsync}): {len(acked)} acknowledged, 0 lost, 0 duplicated; "
           f"client retries: {loader.errors}; spool replays at start: {len(replay_lines)}")
 
 
