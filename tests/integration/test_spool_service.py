@@ -149,3 +149,44 @@ def test_a_replayed_anomaly_is_neither_stored_nor_emitted_twice(tmp_path, sink):
         assert len(_events_for(sink, "slow-1")) == 1
     finally:
         svc.stop(5)
+
+
+def test_stop_goes_not_ready_finishes_in_flight_batches_and_checkpoints(tmp_path, sink):
+    import threading
+    import urllib.error
+
+    # A batch that takes 3 s to fill: stop() has an in-flight batch to finish.
+    from receiver.cli import Service
+    from receiver.settings import Settings
+
+    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+                           bootstrap_rows=100_000, batch_wait_ms=3000, batch_rows=100_000))
+    svc.start()
+    url = f"http://localhost:{svc.health.port}/readyz"
+    assert urllib.request.urlopen(url, timeout=5).status == 200
+    _, logs, _ = stubs(svc)
+    for part in range(5):
+        logs.Export(logs_request(normal_records(40, T0 + part * 10**12, seed=part)), timeout=5)
+    stopper = threading.Thread(target=svc.stop, args=(20,))
+    t0 = time.monotonic()
+    stopper.start()
+    codes = []
+    while stopper.is_alive() and len(codes) < 200:
+        try:
+            codes.append(urllib.request.urlopen(url, timeout=1).status)
+        except urllib.error.HTTPError as err:
+            codes.append(err.code)
+        except OSError:
+            break  # the health server itself stopped last
+        time.sleep(0.02)
+    stopper.join(30)
+    assert 503 in codes and 200 not in codes  # not ready from the first moment of the drain
+    assert time.monotonic() - t0 < 20
+    assert (tmp_path / "data" / "spool" / "checkpoint").read_text().strip() == "5"  # all 5 requests stored
+    from storage import MilvusStore
+
+    store = MilvusStore(str(tmp_path / "data" / "milvus.db"))
+    try:
+        assert store.count_backlog() == 200
+    finally:
+        store.close()

@@ -31,7 +31,7 @@ def _wait_all_stored(store: MilvusStore, uids: list[str], timeout_s: float) -> d
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("fsync", ["interval"])
+@pytest.mark.parametrize("fsync", ["interval", "never"])
 def test_kill9_three_times_mid_stream_loses_and_duplicates_nothing(tmp_path, milvus, fsync):
     _, uri = milvus
     otad = OtadProcess(tmp_path / "data", uri, OTAD_SPOOL_FSYNC=fsync, OTAD_SHUTDOWN_GRACE_S="10")

@@ -4,6 +4,7 @@ torn tails, the size bound and the three fsync policies."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -174,3 +175,26 @@ def test_a_committed_segment_left_behind_by_a_crash_is_deleted_not_replayed(tmp_
     assert list(sp.replay()) == [] and sp.next_seq == 20
     assert not first.exists()
     sp.close()
+
+
+def test_interval_policy_returns_only_after_the_covering_fsync(tmp_path):
+    seen: list[float] = []
+    sp = _open(tmp_path, fsync="interval", fsync_interval_ms=100)
+    sp.on_fsync = seen.append
+    t0 = time.perf_counter()
+    seq = sp.append("logs", 1, b"x")
+    waited = time.perf_counter() - t0
+    assert seen and sp._synced_seq > seq  # an fsync covering the record completed before append returned
+    assert 0.0 < waited < 1.0
+    sp.close()
+
+
+def test_never_policy_does_not_fsync(tmp_path):
+    seen: list[float] = []
+    sp = _open(tmp_path, fsync="never")
+    sp.on_fsync = seen.append
+    for i in range(20):
+        sp.append("logs", i, b"y" * 300)  # rolls segments too
+    sp.close()
+    assert seen == []
+    assert len(list(_open(tmp_path).replay())) == 20
