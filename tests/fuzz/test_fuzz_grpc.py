@@ -40,6 +40,7 @@ def service(tmp_path_factory):
     svc.fuzz_channel = channel
     svc.fuzz_reconnects = 0
     yield svc
+    print(f"\ngRPC fuzz: {svc.fuzz_reconnects} reconnects after a refused stream")
     svc.fuzz_channel.close()
     svc.stop(5)
 
