@@ -141,6 +141,7 @@ class Spool:
         self._done: set[int] = set()
         self._closed = False
         self.torn_bytes = 0  # bytes truncated at open (torn tails)
+        self.lost_records = 0  # records lost to corruption found at open
         self._recover()
         self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._synced_seq = self._next_seq  # everything below it is on disk
@@ -157,6 +158,7 @@ class Spool:
         self.committed = int(cp.read_text().strip() or 0) if cp.exists() else 0
         paths = sorted(self.dir.glob("*" + SUFFIX))
         next_seq = self.committed
+        present: list[tuple[int, int]] = []  # (first, last) seq of each kept segment's good records
         for path in paths:
             data = path.read_bytes()
             records, good = scan(data)
@@ -180,8 +182,22 @@ class Spool:
             self._segments.append(_Segment(first, path, good))
             if records:
                 next_seq = max(next_seq, records[-1][0] + 1)
+                present.append((records[0][0], records[-1][0]))
         self._next_seq = next_seq
         self.committed = min(self.committed, next_seq)
+        # Records lost to corruption inside a segment leave a gap of sequence numbers; they can never be
+        # replayed, so they count as done (or the checkpoint could never pass them and the spool would fill).
+        expected = self.committed
+        for first, last in sorted(present):
+            if first > expected:
+                logger.error("spool records %d..%d are unreadable (corrupt segment); they cannot be replayed",
+                             expected, first - 1)
+                self.lost_records += first - expected
+                self._done.update(range(expected, first))
+            expected = max(expected, last + 1)
+        while self.committed in self._done:
+            self._done.discard(self.committed)
+            self.committed += 1
         if not self._segments or self._segments[-1].size > 0 or self._segments[-1].first_seq != next_seq:
             self._new_segment_locked(next_seq)
         self._replay_range = (self.committed, next_seq)

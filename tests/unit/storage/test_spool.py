@@ -198,3 +198,22 @@ def test_never_policy_does_not_fsync(tmp_path):
     sp.close()
     assert seen == []
     assert len(list(_open(tmp_path).replay())) == 20
+
+
+def test_corruption_inside_an_older_segment_does_not_stall_the_checkpoint(tmp_path):
+    sp = _open(tmp_path, segment_bytes=1024)
+    for i in range(20):
+        sp.append("logs", i, b"c" * 200)  # 4 records a segment
+    sp.close()
+    first = sorted(tmp_path.glob("*.seg"))[0]
+    data = bytearray(first.read_bytes())
+    data[HEADER.size + 250] ^= 0xFF  # inside record 1: records 1..3 of this segment are unreadable
+    first.write_bytes(bytes(data))
+    sp = _open(tmp_path, segment_bytes=1024)
+    seqs = [r.seq for r in sp.replay()]
+    assert seqs[0] == 0 and 1 not in seqs and seqs[-1] == 19
+    assert sp.lost_records == len(range(1, seqs[1]))
+    for seq in seqs:
+        sp.commit(seq)
+    assert sp.committed == 20 and sp.uncommitted == 0  # the gap does not hold the checkpoint back
+    sp.close()
