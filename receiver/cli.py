@@ -84,10 +84,14 @@ class Service:
                                       credentials=export_credentials, headers=settings.export_header_map,
                                       timeout_s=settings.export_timeout_s,
                                       on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
+        self.ingest = None
         try:
             model = load_model(settings)
             self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
-            self.grpc, self.http = build_servers(settings, security, self.pipeline, self.metrics)
+            if settings.spool_enabled:
+                from receiver.ingest import open_spooled_ingest
+                self.ingest = open_spooled_ingest(settings, self.pipeline, self.metrics)
+            self.grpc, self.http = build_servers(settings, security, self.pipeline, self.metrics, self.ingest)
         except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
             self.store.close()
             if self.lite is not None:
@@ -106,6 +110,8 @@ class Service:
     def start(self) -> None:
         self.emitter.start()
         self.pipeline.start()
+        if self.ingest is not None:
+            self.ingest.start()
         self.grpc.start()
         self.http.start()
         self.health.start()
@@ -118,9 +124,13 @@ class Service:
             logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
 
     def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting (health NOT_SERVING), finish in-flight batches within `grace_s`, checkpoint the spool."""
+        self.pipeline.draining = True
         self.http.stop(min(grace_s, 5.0))
         self.grpc.stop(min(grace_s, 5.0))
         self.pipeline.stop(grace_s)
+        if self.ingest is not None:
+            self.ingest.stop()
         self.emitter.flush(min(grace_s, 5.0))
         self.emitter.shutdown(2.0)
         self.health.stop()
@@ -143,8 +153,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: done.set())
     service.start()
     done.wait()
-    logger.info("shutting down: draining the queue")
-    service.stop()
+    logger.info("shutting down: no new data; finishing in-flight batches (up to %.0fs)", settings.shutdown_grace_s)
+    service.stop(settings.shutdown_grace_s)
+    logger.info("stopped")
     return 0
 
 

@@ -77,8 +77,9 @@ def build_response(spec: SignalSpec, outcome: Outcome):
 class ExportHandler:
     """The shared body of every Export, whatever the transport: map, queue, answer."""
 
-    def __init__(self, pipeline: Pipeline, mapper: RowMapper, metrics: Metrics, retry_after_s: int):
+    def __init__(self, pipeline: Pipeline, mapper: RowMapper, metrics: Metrics, retry_after_s: int, ingest=None):
         self.pipeline, self.mapper, self.metrics, self.retry_after_s = pipeline, mapper, metrics, retry_after_s
+        self.ingest = ingest  # receiver.ingest.SpooledIngest when the spool is on: durable before OK
 
     def export(self, spec: SignalSpec, request, transport: str) -> Outcome:
         """Map `request` and offer its rows to the pipeline; never raises."""
@@ -103,11 +104,14 @@ class ExportHandler:
         if self.pipeline.full:  # refuse before paying for the mapping
             self.metrics.refused.labels(signal, "queue_full", transport).inc()
             raise self._queue_full()
-        batch: MappedBatch = getattr(self.mapper, spec.map_method)(request, time.time_ns())
+        received = time.time_ns()
+        batch: MappedBatch = getattr(self.mapper, spec.map_method)(request, received)
         self._account(signal, noun, batch, transport)
         if batch.total and batch.rejections and not batch.rows and not batch.ignored:
             raise InvalidInputError(batch.error_message(noun))
-        if not self.pipeline.offer(batch.rows):
+        if self.ingest is not None:
+            self.ingest.accept(signal, request, received, batch.rows, transport)  # spooled, then queued
+        elif not self.pipeline.offer(batch.rows):
             self.metrics.refused.labels(signal, "queue_full", transport).inc(len(batch.rows))
             raise self._queue_full()
         self.metrics.accepted.labels(signal, transport).inc(len(batch.rows))

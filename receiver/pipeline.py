@@ -10,18 +10,29 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from model.schema import Anomaly, Row, row_to_dict
 from model.train import TrainConfig
 from model.version import ModelVersion, Scorer, fit_version
-from receiver.emit import AnomalyEmitter, finding
+from receiver.emit import AnomalyEmitter, finding, finding_uid
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 from storage import MilvusStore, StorageError
 
 logger = logging.getLogger(__name__)
+
+OnStored = Callable[[], None]  # called once every row of an offered part is stored (the spool commits)
+
+
+def _notify(callbacks: Sequence[OnStored]) -> None:
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:
+            logger.exception("an on_stored callback failed")
 
 
 class Pipeline:
@@ -32,10 +43,11 @@ class Pipeline:
         self.emitter = emitter
         self.metrics = metrics
         self.otad_version = version
-        self._queue: deque[list[Row]] = deque()
+        self._queue: deque[tuple[list[Row], tuple[OnStored, ...]]] = deque()
         self._queued = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self.draining = False  # stop() was called: not ready for new data
         self._worker = threading.Thread(target=self._run, name="otad-pipeline", daemon=True)
         self._backlog: list[Row] = []  # rows awaiting the first model (also stored in Milvus)
         self._trainer: threading.Thread | None = None
@@ -52,14 +64,19 @@ class Pipeline:
         self._in_flight: deque[Future] = deque()
 
     # ----- ingest side (called from gRPC threads; must be fast) -----
-    def offer(self, rows: list[Row]) -> bool:
-        """Queue rows for processing. False when the bounded queue has no room (caller answers UNAVAILABLE)."""
+    def offer(self, rows: list[Row], on_stored: OnStored | None = None) -> bool:
+        """Queue rows for processing. False when the bounded queue has no room (caller answers UNAVAILABLE).
+
+        `on_stored` is called (from a pipeline thread) once every one of these rows is stored in Milvus.
+        """
         if not rows:
+            if on_stored is not None:
+                on_stored()
             return True
         with self._cond:
             if self._queued + len(rows) > self.settings.queue_rows:
                 return False
-            self._queue.append(rows)
+            self._queue.append((rows, (on_stored,) if on_stored else ()))
             self._queued += len(rows)
             self.metrics.queue_rows.set(self._queued)
             self._cond.notify()
@@ -75,7 +92,7 @@ class Pipeline:
 
     def status(self) -> dict:
         return {
-            "state": self.state, "ready": not self._stop.is_set(),
+            "state": self.state, "ready": not self._stop.is_set() and not self.draining,
             "model_version": self._scorer.mv.version if self._scorer else None,
             "queued_rows": self._queued, "backlog_rows": len(self._backlog),
             "bootstrap_rows": self.settings.bootstrap_rows, "processed_rows": self.processed,
@@ -87,9 +104,13 @@ class Pipeline:
         self._worker.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Drain what is queued (within the timeout), then stop."""
+        """Drain what is queued (within the timeout), then stop after the batch in hand.
+
+        Rows still queued at the deadline are not processed (with the spool on, they are replayed at the next start).
+        """
+        self.draining = True
         deadline = time.monotonic() + timeout_s
-        while self._queued and time.monotonic() < deadline:
+        while (self._queued or self._busy) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
         with self._cond:
@@ -110,15 +131,17 @@ class Pipeline:
 
     _busy = False
 
-    def _take(self) -> list[Row]:
+    def _take(self) -> tuple[list[Row], list[OnStored]]:
         batch: list[Row] = []
+        callbacks: list[OnStored] = []
         wait_until = None
         with self._cond:
             while not self._stop.is_set():
                 while self._queue and len(batch) < self.settings.batch_rows:
-                    part = self._queue.popleft()
+                    part, cbs = self._queue.popleft()
                     self._queued -= len(part)
                     batch.extend(part)
+                    callbacks.extend(cbs)
                     self._busy = True
                 if len(batch) >= self.settings.batch_rows:
                     break
@@ -132,22 +155,26 @@ class Pipeline:
                     self._cond.wait(0.5)
             self._busy = bool(batch)
             self.metrics.queue_rows.set(self._queued)
-        return batch
+        return batch, callbacks
+
+    def _requeue(self, rows: list[Row], callbacks: Sequence[OnStored], front: bool) -> None:
+        with self._cond:
+            (self._queue.appendleft if front else self._queue.append)((rows, tuple(callbacks)))
+            self._queued += len(rows)
+            self._cond.notify()
 
     def _run(self) -> None:
-        while not self._stop.is_set() or self._queued:
-            batch = self._take()
+        while not self._stop.is_set():
+            batch, callbacks = self._take()
             if not batch:
                 continue
             try:
-                self.process(batch)
+                self.process(batch, callbacks)
             except StorageError as exc:
                 self.metrics.errors.labels("storage").inc()
                 logger.error("batch of %d rows failed in storage: %s; re-queued", len(batch), exc)
-                with self._cond:
-                    self._queue.appendleft(batch)
-                    self._queued += len(batch)
-                time.sleep(1.0)
+                self._requeue(batch, callbacks, front=True)
+                self._stop.wait(1.0)
             except Exception:
                 self.metrics.errors.labels("pipeline").inc()
                 logger.exception("batch of %d rows failed in the pipeline", len(batch))
@@ -157,10 +184,11 @@ class Pipeline:
         self._store_exec.shutdown(wait=True)
 
     # ----- processing -----
-    def process(self, rows: list[Row]) -> None:
+    def process(self, rows: list[Row], on_stored: Sequence[OnStored] = ()) -> None:
         scorer = self._scorer
         if scorer is None:
             self._collect(rows)
+            _notify(on_stored)
             return
         t0 = time.perf_counter()
         scored = scorer.score(rows)
@@ -175,9 +203,11 @@ class Pipeline:
         ]
         while len(self._in_flight) >= 2:
             self._in_flight.popleft().result()
-        self._in_flight.append(self._store_exec.submit(self._store, version, rows, records, scored.anomalies))
+        self._in_flight.append(
+            self._store_exec.submit(self._store, version, rows, records, scored.anomalies, on_stored))
 
-    def _store(self, version: str, rows: list[Row], records: list[dict], anomalies: list[Anomaly]) -> None:
+    def _store(self, version: str, rows: list[Row], records: list[dict], anomalies: list[Anomaly],
+               on_stored: Sequence[OnStored] = ()) -> None:
         t1 = time.perf_counter()
         try:
             self.store.upsert_rows(version, records)
@@ -187,13 +217,12 @@ class Pipeline:
         except StorageError as exc:
             self.metrics.errors.labels("storage").inc()
             logger.error("storing %d scored rows failed: %s; re-queued", len(rows), exc)
-            time.sleep(1.0)
-            with self._cond:  # re-scored later; uids make the retry idempotent
-                self._queue.append(rows)
-                self._queued += len(rows)
+            self._stop.wait(1.0)
+            self._requeue(rows, on_stored, front=False)  # re-scored later; uids make the retry idempotent
             return
         self.metrics.rows_processed.labels("scoring").inc(len(rows))
         self.processed += len(rows)
+        _notify(on_stored)
 
     def _drain_stores(self) -> None:
         while self._in_flight:
@@ -203,6 +232,13 @@ class Pipeline:
                 logger.exception("a store batch failed")
 
     def _record_anomalies(self, anomalies: list[Anomaly]) -> None:
+        # A replay (or a client's retry) re-scores rows already scored: an event already stored was already
+        # handed to the emitter, so it is neither stored again nor re-sent.
+        uids = [finding_uid(a) for a in anomalies]
+        seen = self.store.existing_anomaly_uids(uids)
+        anomalies = [a for a, uid in zip(anomalies, uids, strict=True) if uid not in seen]
+        if not anomalies:
+            return
         events = []
         for a in anomalies:
             body = finding(a, self.otad_version)

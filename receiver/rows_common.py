@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -56,7 +57,8 @@ def column_value(value: object) -> Value | None:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int | float):
-        return value
+        # NaN/±inf would poison numeric features; kept as a category ("nan", "inf", "-inf") instead
+        return value if isinstance(value, int) or math.isfinite(value) else str(value)
     if value is None:
         return None
     return compact_json(value)

@@ -258,6 +258,9 @@ def map_point(point, info: MetricInfo, ctx: ResourceContext, scope_name: str, st
         if column is not None:
             fields["unmapped." + key] = column
     _BY_KIND[info.kind](point, info, fields, state, (ctx.key, scope_name, info.name, series))
+    for column, value in fields.items():  # finite inputs can still overflow (1e308 bounds, deltas, means)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RejectError(f"{column} overflows to a non-finite value")
     time_unix_nano = point.time_unix_nano
     return Row(
         uid=metric_point_uid(ctx.service, info.name, identity, time_unix_nano), signal="metrics",

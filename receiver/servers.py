@@ -28,14 +28,14 @@ def load_security(settings: Settings) -> Security:
 
 
 def build_servers(settings: Settings, security: Security, pipeline: Pipeline,
-                  metrics: Metrics) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
+                  metrics: Metrics, ingest=None) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
     """The OTLP/gRPC and OTLP/HTTP servers, bound but not started.
 
     Raises:
         OSError: an endpoint cannot be bound.
     """
     tls, auth = security
-    export = ExportHandler(pipeline, RowMapper(), metrics, settings.retry_after_s)
+    export = ExportHandler(pipeline, RowMapper(), metrics, settings.retry_after_s, ingest)
     options = GrpcServerOptions(
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         keepalive_time_s=settings.grpc_keepalive_time_s,

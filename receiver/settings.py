@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
     grpc_keepalive_timeout_s: int = Field(20, ge=1)  # and closes it when the ping is not answered in time
     grpc_keepalive_min_time_s: int = Field(5, ge=1)  # clients pinging more often get GOAWAY too_many_pings
     grpc_max_connection_age_s: int = Field(0, ge=0)  # close connections this old (rebalancing); 0: never
+    # Durable ingest spool (docs/reliability.md): accepted requests are on disk before the client gets OK.
+    spool_enabled: bool = True  # false: accepted data lives only in memory until stored (lost on a crash)
+    spool_fsync: Literal["always", "interval", "never"] = "interval"  # when an append counts as durable
+    spool_fsync_interval_ms: int = Field(10, ge=1, le=1000)  # group-commit period of `interval`
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20)  # full spool: UNAVAILABLE + RetryInfo
+    spool_segment_bytes: int = Field(64 << 20, ge=1 << 16)  # segment files roll at this size
+    shutdown_grace_s: float = Field(20.0, ge=0)  # SIGTERM: time to finish in-flight batches
 
     @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
     @classmethod
@@ -86,6 +94,11 @@ class Settings(BaseSettings):
             raise ValueError("OTAD_EXPORT_CA_FILE is set but OTAD_EXPORT_INSECURE is true (plaintext); "
                              "set OTAD_EXPORT_INSECURE=false to export over TLS")
         self.export_header_map  # noqa: B018 (validates the syntax at start-up)
+        if self.spool_segment_bytes > self.spool_max_bytes:
+            raise ValueError(
+                f"OTAD_SPOOL_SEGMENT_BYTES ({self.spool_segment_bytes}) must be <= OTAD_SPOOL_MAX_BYTES "
+                f"({self.spool_max_bytes}); raise OTAD_SPOOL_MAX_BYTES or lower OTAD_SPOOL_SEGMENT_BYTES"
+            )
         return self
 
     @property

@@ -38,9 +38,10 @@ class LiteServerProcess:
         self.proc: subprocess.Popen | None = None
         self.uri = ""
 
-    def start(self, timeout_s: float = 60.0) -> str:
+    def start(self, timeout_s: float = 60.0, port: int | None = None) -> str:
+        """Start the server (on `port`, default a free one) and wait until it listens; returns its URI."""
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = port or _free_port()
         log_path = self.db_path.parent / "milvus-lite.log"
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(

@@ -393,6 +393,25 @@ class MilvusStore:
         data = [{**event, "embedding": col.PLACEHOLDER_VECTOR} for event in events]
         return self._upsert(col.ANOMALIES_COLLECTION, data)
 
+    def existing_anomaly_uids(self, uids: list[str]) -> set[str]:
+        """Which of these finding uids are already stored (a replay must not emit them again)."""
+        found: set[str] = set()
+        for start in range(0, len(uids), 1000):
+            part = uids[start : start + 1000]
+            res = self._call(
+                f"query {col.ANOMALIES_COLLECTION}",
+                lambda c, p=part: c.query(
+                    col.ANOMALIES_COLLECTION,
+                    output_fields=["uid"],
+                    limit=len(p),
+                    timeout=self._timeout,
+                    consistency_level=col.STRONG,
+                    **self._filter("uid in {uids}", {"uids": p}),
+                ),
+            )
+            found.update(str(row["uid"]) for row in res)
+        return found
+
     def count_anomalies(self) -> int:
         return self._count(col.ANOMALIES_COLLECTION)
 
