@@ -70,9 +70,10 @@ class _Windows:
 
 
 class _Series:
-    __slots__ = ("mean", "var", "last", "n")
+    __slots__ = ("mean", "var", "last", "n", "integral")
 
     def __init__(self) -> None:
+        self.integral = True  # every value so far a whole number: a count
         self.mean = 0.0
         self.var = 0.0
         self.last = NAN
@@ -206,7 +207,7 @@ class ContextTracker:
         if s.n < self.warmup:
             feats = dict.fromkeys(SERIES, NAN)
         else:
-            sd = math.sqrt(s.var) + 1e-9 + 1e-3 * abs(s.mean)
+            sd = _series_sd(s, x)
             z = (x - s.mean) / sd
             feats = {
                 "ctx.series_z": max(-50.0, min(50.0, z)),
@@ -217,7 +218,7 @@ class ContextTracker:
         if s.n == 0:
             s.mean = x
         else:
-            z_abs = abs(x - s.mean) / (math.sqrt(s.var) + 1e-9 + 1e-3 * abs(s.mean))
+            z_abs = abs(x - s.mean) / _series_sd(s, x)
             a = self.alpha if (s.n < self.warmup or z_abs < 4) else self.alpha / 10
             if s.n < self.warmup:
                 a = 1.0 / (s.n + 1)
@@ -225,8 +226,18 @@ class ContextTracker:
             s.mean += a * d
             s.var = (1 - a) * (s.var + a * d * d)
         s.last = x
+        s.integral = s.integral and x == int(x)
         s.n += 1
         return feats
+
+
+def _series_sd(s: _Series, x: float) -> float:
+    """The spread a new point is measured against. Counts (integral values) get at least Poisson noise:
+    a series that counts 0-3 errors an interval jumping to 4 is not a 6-sigma event."""
+    var = s.var
+    if s.integral and x == int(x) and s.mean >= 0:
+        var += s.mean + 1.0
+    return math.sqrt(var) + 1e-9 + 1e-3 * abs(s.mean)
 
 
 def _peek(windows: _Windows, key: object, t_ms: int) -> int:

@@ -175,3 +175,13 @@ def test_template_mining_does_not_explode_on_access_logs():
     assert matcher.match("10.1.1.1 - zed \"GET /wishlist HTTP/1.1\" 200 10 1.0ms") >= 0
     assert matcher.match("search 'tent' returned 3 products") >= 0
     assert matcher.match("kernel: one-off message") == -1
+
+
+def test_a_sparse_count_series_is_not_flagged_for_poisson_noise():
+    tracker = ContextTracker()
+    rng = np.random.default_rng(4)
+    for i, x in enumerate(rng.poisson(0.3, 200)):
+        tracker.update({"service": "fe", "series": "errors{code=500}", "series_value": float(x)}, i * 10_000)
+    noise = tracker.update({"service": "fe", "series": "errors{code=500}", "series_value": 3.0}, 2_000_000)
+    burst = tracker.update({"service": "fe", "series": "errors{code=500}", "series_value": 40.0}, 2_010_000)
+    assert noise["ctx.series_z"] < 4 < burst["ctx.series_z"]
