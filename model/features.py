@@ -64,6 +64,31 @@ def message_duration_ms(message: str) -> float | None:
     return float(m.group(1)) * _UNIT_MS[m.group(2).lower()]
 
 
+_LATENCY_NAME = re.compile(r"(duration|latency|elapsed|response_?time|took)", re.I)
+_SECONDS_NAME = re.compile(r"(\.duration$|_s$|_sec$|_secs$|seconds$)", re.I)
+_MILLIS_NAME = re.compile(r"(ms$|millis\w*$)", re.I)
+_MICROS_NAME = re.compile(r"(_us$|micros\w*$)", re.I)
+
+
+def attribute_latency_ms(fields: dict) -> float | None:
+    """A latency carried as a numeric attribute (`duration_ms`, `http.server.request.duration` in seconds,
+    `latency`), in ms by its name's unit (unknown units are taken as they are); None without one."""
+    for key, value in fields.items():
+        if not key.startswith("unmapped.") or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        name = key[len("unmapped."):]
+        if not _LATENCY_NAME.search(name):
+            continue
+        if _MILLIS_NAME.search(name):
+            return float(value)
+        if _MICROS_NAME.search(name):
+            return float(value) / 1e3
+        if _SECONDS_NAME.search(name):
+            return float(value) * 1e3
+        return float(value)
+    return None
+
+
 def url_template(path: str) -> str:
     """`/api/users/123/orders` -> `/api/users/{id}/orders` (ids must not become one class each)."""
     path = path.split("?", 1)[0]
@@ -118,6 +143,10 @@ def derive(row: Row, matcher: TemplateMatcher | None) -> dict[str, object]:
         v["latency_ms"] = float(duration)
     elif took is not None:
         v["latency_ms"] = took
+    else:
+        attr = attribute_latency_ms(f)
+        if attr is not None:
+            v["latency_ms"] = attr
     if "latency_ms" in v:  # the operation whose own latency baseline this row is measured against
         v["operation_key"] = (v.get("template") or f.get("trace.span.operation") or f.get("api.operation")
                               or v.get("url_template") or row.class_uid)

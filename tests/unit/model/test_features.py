@@ -185,3 +185,16 @@ def test_a_sparse_count_series_is_not_flagged_for_poisson_noise():
     noise = tracker.update({"service": "fe", "series": "errors{code=500}", "series_value": 3.0}, 2_000_000)
     burst = tracker.update({"service": "fe", "series": "errors{code=500}", "series_value": 40.0}, 2_010_000)
     assert noise["ctx.series_z"] < 4 < burst["ctx.series_z"]
+
+
+@pytest.mark.parametrize(("fields", "ms"), [
+    ({"unmapped.duration_ms": 12.5}, 12.5),
+    ({"unmapped.http.server.request.duration": 0.25}, 250.0),
+    ({"unmapped.latency_us": 1500}, 1.5),
+    ({"unmapped.response_time": 40}, 40.0),
+    ({"unmapped.retries": 3}, None),
+    ({"unmapped.duration_ms": True}, None),
+])
+def test_attribute_latency(fields, ms):
+    from model.features import attribute_latency_ms
+    assert attribute_latency_ms(fields) == ms
