@@ -299,25 +299,33 @@ class FeatureContract:
         return derived
 
     def encode(self, derived: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        """Derived values -> (numeric (n, n_numeric) float32, categorical (n, n_categorical) int64)."""
+        """Derived values -> (numeric (n, n_numeric) float32, categorical (n, n_categorical) int64).
+
+        Column by column (one pass of Python per column, the arithmetic in numpy): this is the hot path.
+        """
         n = len(derived)
         num = np.zeros((n, self.n_numeric), dtype=np.float32)
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
-        index = [{v: i + 2 for i, v in enumerate(self.vocab[c])} for c in self.categorical]
-        flags = [k for k, s in enumerate(self.numeric) if s.missing_flag]
-        flag_col = {k: len(self.numeric) + j for j, k in enumerate(flags)}
-        for r, d in enumerate(derived):
-            for j, name in enumerate(self.categorical):
-                value = d.get(name)
-                cat[r, j] = MISSING if value is None or value == "" else index[j].get(str(value), OOV)
-            for k, spec in enumerate(self.numeric):
-                value = d.get(spec.name)
-                if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-                    if spec.missing_flag:
-                        num[r, flag_col[k]] = 1.0
-                    continue
-                x = math.log1p(value) if spec.log and value >= 0 else (-math.log1p(-value) if spec.log else value)
-                num[r, k] = max(-CLIP, min(CLIP, (x - spec.center) / spec.scale))
+        for j, name in enumerate(self.categorical):
+            index = {v: i + 2 for i, v in enumerate(self.vocab[name])}
+            values = [d.get(name) for d in derived]
+            cat[:, j] = [MISSING if v is None or v == "" else index.get(v if isinstance(v, str) else str(v), OOV)
+                         for v in values]
+        flag = len(self.numeric)
+        for k, spec in enumerate(self.numeric):
+            values = [d.get(spec.name) for d in derived]
+            x = np.array([v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values],
+                         dtype=np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                missing = ~np.isfinite(x)
+                if spec.log:
+                    x = np.sign(x) * np.log1p(np.abs(x))
+                col = np.clip((x - spec.center) / spec.scale, -CLIP, CLIP)
+            col[missing] = 0.0
+            num[:, k] = col
+            if spec.missing_flag:
+                num[:, flag] = missing
+                flag += 1
         return num, cat
 
     def rarity_matrix(self, cat: np.ndarray) -> np.ndarray:
