@@ -40,6 +40,7 @@ def load_settings(**overrides) -> Settings:
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
 
 
 # ----------------------------------------------------------------------------------------------- storage
