@@ -14,9 +14,9 @@ ENV_TOKEN = "env-token-b0d2"
 
 
 def start_service(data_dir, **overrides) -> Service:
+    options = {"bootstrap_rows": 1_000_000, "queue_rows": 1000, "batch_rows": 1000, "batch_wait_ms": 20, **overrides}
     settings = Settings(data_dir=data_dir, grpc_endpoint="localhost:0", http_endpoint="localhost:0",
-                        metrics_endpoint="localhost:0", milvus_lite_process=False, bootstrap_rows=1_000_000,
-                        queue_rows=1000, batch_rows=1000, batch_wait_ms=20, **overrides)
+                        metrics_endpoint="localhost:0", milvus_lite_process=False, **options)
     service = Service(settings)
     service.start()
     return service
