@@ -185,29 +185,6 @@ def test_rotel_without_the_token_is_refused(rotel_runs, tls_auth, tmp_path):
     assert not rows_of(tls_auth, "via-rotel-no-token", 1, timeout_s=0)
 
 
-def _log_request(records: list[tuple[int, str, dict, int]]):
-    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-    def kv(key, value):
-        if isinstance(value, str):
-            return KeyValue(key=key, value=AnyValue(string_value=value))
-        if isinstance(value, float):
-            return KeyValue(key=key, value=AnyValue(double_value=value))
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-
-    request = logs_pb.ExportLogsServiceRequest()
-    resource_logs = request.resource_logs.add()
-    resource_logs.resource.attributes.append(kv("service.name", "rotel-shop"))
-    scope_logs = resource_logs.scope_logs.add()
-    for t, body, attributes, severity in records:
-        record = scope_logs.log_records.add(time_unix_nano=t, severity_number=severity,
-                                            trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)))
-        record.body.string_value = body
-        record.attributes.extend(kv(k, v) for k, v in attributes.items())
-    return request
-
-
 def test_rotel_to_otad_to_sink_records_are_scored_and_anomaly_events_arrive(rotel_runs, tmp_path):
     """The whole path with a real collector in front: rotel -> otad (cold start, training, scoring) -> anomaly
     events at an OTLP sink, naming the records that were sent through rotel."""
@@ -216,22 +193,13 @@ def test_rotel_to_otad_to_sink_records_are_scored_and_anomaly_events_arrive(rote
 
     import grpc
     from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
+    from otlp_requests import log_request, normal_logs, slow_failures
     from otlp_sink import OtlpSink
 
     from tests.conformance.conftest import start_service
 
     rng = random.Random(5)
     t0 = time.time_ns() - 600 * 10**9
-
-    def normal(n: int, start: int, tag: str):
-        out = []
-        for i in range(n):
-            ms = rng.lognormvariate(3.0, 0.3)
-            path = f"/cart/{rng.randint(1, 500)}"
-            out.append((start + i * 20_000_000, f"GET {path} served in {ms:.1f} ms",
-                        {"http.request.method": "GET", "url.path": path, "http.response.status_code": 200,
-                         "log.record.uid": f"{tag}-{i}"}, 9))
-        return out
 
     with OtlpSink() as sink:
         service = start_service(tmp_path / "data", export_endpoint=sink.endpoint, bootstrap_rows=150,
@@ -240,16 +208,14 @@ def test_rotel_to_otad_to_sink_records_are_scored_and_anomaly_events_arrive(rote
                                                   "--otlp-exporter-protocol", "grpc"])
         try:
             stub = logs_grpc.LogsServiceStub(grpc.insecure_channel(f"127.0.0.1:{rotel_port}"))
-            stub.Export(_log_request(normal(200, t0, "warm")), timeout=10)
+            stub.Export(log_request(normal_logs(200, t0, rng, "warm"), "rotel-shop"), timeout=10)
             deadline = time.monotonic() + 90
             while service.pipeline.state != "scoring" and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert service.pipeline.state == "scoring", service.pipeline.status()
             start = t0 + 210 * 20_000_000
-            outliers = [(start + i, "GET /cart/77 failed after 30123.0 ms",
-                         {"http.request.method": "GET", "url.path": "/cart/77", "http.response.status_code": 500,
-                          "log.record.uid": f"slow-{i}"}, 17) for i in range(3)]
-            stub.Export(_log_request(normal(20, start, "later") + outliers), timeout=10)
+            stub.Export(log_request(normal_logs(20, start, rng, "later") + slow_failures(3, start), "rotel-shop"),
+                        timeout=10)
             assert sink.wait_for(lambda: len(sink.log_records()) >= 3, timeout=30), "no anomaly events at the sink"
             processed = service.pipeline.status()["processed_rows"]
         finally:

@@ -12,9 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from otlp_requests import log_request, normal_logs, slow_failures
 from otlp_sink import OtlpSink
 from tools import REPO
 
@@ -31,39 +30,6 @@ T0 = 1_762_041_600_000_000_000
 
 
 # ------------------------------------------------------------------------------------ a real anomaly event
-def _kv(key: str, value) -> KeyValue:
-    if isinstance(value, str):
-        return KeyValue(key=key, value=AnyValue(string_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(int_value=value))
-
-
-def _request(records: list[tuple[int, str, dict, int]]) -> logs_pb.ExportLogsServiceRequest:
-    request = logs_pb.ExportLogsServiceRequest()
-    resource_logs = request.resource_logs.add()
-    resource_logs.resource.attributes.append(_kv("service.name", "checkout"))
-    scope_logs = resource_logs.scope_logs.add()
-    for t, body, attributes, severity in records:
-        record = scope_logs.log_records.add(time_unix_nano=t, severity_number=severity,
-                                            trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)))
-        record.body.string_value = body
-        record.attributes.extend(_kv(k, v) for k, v in attributes.items())
-    return request
-
-
-def _normal(n: int, start: int, seed: int) -> list[tuple[int, str, dict, int]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        ms = rng.lognormvariate(3.0, 0.3)
-        path = f"/cart/{rng.randint(1, 500)}"
-        out.append((start + i * 20_000_000, f"GET {path} served in {ms:.1f} ms",
-                    {"http.request.method": "GET", "url.path": path, "http.response.status_code": 200,
-                     "duration_ms": ms, "log.record.uid": f"n{seed}-{i}"}, 9))
-    return out
-
-
 @pytest.fixture(scope="module")
 def emitted(tmp_path_factory) -> dict:
     """Fields of real anomaly events: the service trains on normal logs, scores outliers and exports events to
@@ -77,16 +43,14 @@ def emitted(tmp_path_factory) -> dict:
         try:
             channel = grpc.insecure_channel(f"localhost:{service.grpc_port}")
             logs = logs_grpc.LogsServiceStub(channel)
-            logs.Export(_request(_normal(200, T0, seed=0)), timeout=5)
+            logs.Export(log_request(normal_logs(200, T0, random.Random(0), "n0", duration_attr=True)), timeout=5)
             deadline = time.monotonic() + 60
             while service.pipeline.state != "scoring" and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert service.pipeline.state == "scoring", service.pipeline.status()
             start = T0 + 210 * 20_000_000
-            outliers = [(start + i, "GET /cart/77 failed after 30123.0 ms",
-                         {"http.request.method": "GET", "url.path": "/cart/77", "http.response.status_code": 500,
-                          "duration_ms": 30123.0, "log.record.uid": f"slow-{i}"}, 17) for i in range(3)]
-            logs.Export(_request(_normal(20, start, seed=9) + outliers), timeout=5)
+            logs.Export(log_request(normal_logs(20, start, random.Random(9), "n9", duration_attr=True)
+                                    + slow_failures(3, start, duration_attr=True)), timeout=5)
             assert sink.wait_for(lambda: len(sink.log_records()) > 0, timeout=30), "no anomaly event exported"
             channel.close()
         finally:
