@@ -148,8 +148,10 @@ def derive(row: Row, matcher: TemplateMatcher | None) -> dict[str, object]:
         if attr is not None:
             v["latency_ms"] = attr
     if "latency_ms" in v:  # the operation whose own latency baseline this row is measured against
-        v["operation_key"] = (v.get("template") or f.get("trace.span.operation") or f.get("api.operation")
-                              or v.get("url_template") or row.class_uid)
+        # What the code did (message template, span name or RPC method) and, when the row names one, the HTTP
+        # route it did it for: one access-log template covers every route, and `/` and `/cart` differ tenfold.
+        what = v.get("template") or f.get("trace.span.operation") or f.get("api.operation") or row.class_uid
+        v["operation_key"] = (what, v.get("url_template"), f.get("http_request.http_method"))
     code = f.get("http_response.code")
     if isinstance(code, int | float) and not isinstance(code, bool):
         v["http_response.code_class"] = float(int(code) // 100)

@@ -5,6 +5,11 @@ is never its own neighbour and a cluster of identical rows counts with its multi
 the leave-one-out distances of the reference set: an empirical tail below the 99th percentile (lower for small
 reference sets, so that the tail fit has ~50 points) and an exponential (peaks-over-threshold) tail above it,
 mapped to score = 100 * -log10(p) / 6 (p = 1e-6 -> 100).
+
+Each group of rows (a signal: logs, spans, metric points) gets its own calibration when the reference holds
+enough of it: distances of metric points and of log records live on different scales, and one shared tail
+would put the threshold too high for the tighter group and too low for the noisier one (measured: metric
+points had 13x the nominal false-positive rate under a shared tail, spans a tenth of it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ TAIL_MIN = 50
 CLEAN_BLOCKS = 4  # time blocks for cross-block reference cleaning
 CLEAN_MIN_ROWS = 2_000  # below this, blocks are too small to stand for "the rest of history"
 RARE_SHARE = 0.01  # rows least like the other time blocks, always dropped
+GROUP_MIN_ROWS = 1_000  # a group with fewer calibration rows is scored with the calibration of all rows
 BURST_RATIO = 0.5  # a row is bursty when its neighbours in its own block are this much closer than elsewhere
 
 
@@ -96,7 +102,7 @@ class KnnDetector:
 
     # ----- fitting -----
     def fit(self, embeddings: np.ndarray, uids: list[str], clean: bool = True,
-            times: np.ndarray | None = None) -> KnnDetector:
+            times: np.ndarray | None = None, groups: np.ndarray | None = None) -> KnnDetector:
         """Fit on reference embeddings (n, d) float32, in time order when `times` is given.
 
         Training data is not guaranteed clean: it may hold an incident. With `clean`, reference rows are
@@ -107,9 +113,11 @@ class KnnDetector:
         and the cross-block scores calibrate the detector (a new row is scored against history that does not
         hold its own minutes, too). Without times, rows whose
         leave-one-out score is beyond the threshold are dropped. `rep_rows_` maps each unique reference
-        vector to its first row in `embeddings`.
+        vector to its first row in `embeddings`. With `groups` (one label per row, e.g. the signal), each
+        group with at least GROUP_MIN_ROWS calibration rows gets its own calibration.
         """
         orig = np.arange(len(embeddings))
+        grp = np.asarray(groups if groups is not None else [""] * len(embeddings), dtype=np.str_)
         cross = None
         if clean and times is not None and len(embeddings) >= CLEAN_MIN_ROWS:
             cross = self._cross_block_scores(embeddings, np.asarray(times))
@@ -121,30 +129,44 @@ class KnnDetector:
             bursty = (cross > float(np.quantile(cross, 1.0 - self.contamination))) & (loo < BURST_RATIO * cross)
             keep = ~(rare | bursty)
             calib = cross[~bursty]  # rare rows are the normal tail; bursty rows are not normal at all
+            calib_groups = grp[~bursty]
             logger.info("reference cleaning (%d time blocks): dropped %d of %d bursty rows unlike the rest of history",
                         CLEAN_BLOCKS, int((~keep).sum()), len(keep))
             embeddings = embeddings[keep]
             uids = [u for u, k in zip(uids, keep, strict=True) if k]
             orig = orig[keep]
+            grp = grp[keep]
             clean = False
         self._build(embeddings, uids, orig)
         loo = self.decision_function(embeddings, exclude_self=True)[0]
-        self.calibration_ = Calibration.fit(loo if cross is None else calib)
+        self._calibrate(loo, grp) if cross is None else self._calibrate(calib, calib_groups)
         if clean and len(embeddings) > 100:
-            keep = self.calibration_.pvalue(loo) >= self.alert_pvalue
+            keep = self.pvalue(loo, grp) >= self.alert_pvalue
             dropped = int((~keep).sum())
             if dropped:
                 logger.info("reference cleaning dropped %d of %d rows beyond the threshold", dropped, len(keep))
                 embeddings = embeddings[keep]
                 uids = [u for u, k in zip(uids, keep, strict=True) if k]
                 orig = orig[keep]
+                grp = grp[keep]
                 self._build(embeddings, uids, orig)
                 loo = self.decision_function(embeddings, exclude_self=True)[0]
-                self.calibration_ = Calibration.fit(loo)
+                self._calibrate(loo, grp)
         self.reference_scores_ = loo
         self.threshold_raw_ = self.calibration_.raw_at(self.alert_pvalue)
         self.threshold_ = float(pvalue_to_score(self.alert_pvalue))
         return self
+
+    def _calibrate(self, scores: np.ndarray, groups: np.ndarray) -> None:
+        self.calibration_ = Calibration.fit(scores)
+        self.group_calibrations_: dict[str, Calibration] = {}
+        for name in np.unique(groups):
+            mine = scores[groups == name]
+            if name and len(mine) >= GROUP_MIN_ROWS:
+                self.group_calibrations_[str(name)] = Calibration.fit(mine)
+
+    def calibration_for(self, group: str | None) -> Calibration:
+        return self.group_calibrations_.get(group, self.calibration_) if group is not None else self.calibration_
 
     def _cross_block_scores(self, embeddings: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Raw score of every row against a reference made of the other time blocks only.
@@ -253,8 +275,26 @@ class KnnDetector:
         total += remaining * dist[:, -1]
         return total / self.k, idx
 
-    def score(self, raw: np.ndarray) -> np.ndarray:
-        return self.calibration_.score(raw)
+    def pvalue(self, raw: np.ndarray, groups: list[str] | np.ndarray | None = None) -> np.ndarray:
+        """Tail probabilities; each row by its group's calibration when `groups` is given and it has one."""
+        raw = np.asarray(raw, dtype=np.float64)
+        if groups is None or not self.group_calibrations_:
+            return self.calibration_.pvalue(raw)
+        groups = np.asarray(groups, dtype=np.str_)
+        out = np.empty(len(raw), dtype=np.float64)
+        own = np.zeros(len(raw), dtype=bool)
+        for name, cal in self.group_calibrations_.items():
+            mine = groups == name
+            if mine.any():
+                out[mine] = cal.pvalue(raw[mine])
+                own |= mine
+        if not own.all():
+            out[~own] = self.calibration_.pvalue(raw[~own])
+        return out
+
+    def score(self, raw: np.ndarray, groups: list[str] | np.ndarray | None = None) -> np.ndarray:
+        """0-100 scores (see `pvalue`)."""
+        return pvalue_to_score(self.pvalue(raw, groups))
 
     def neighbor_uids(self, idx_row: np.ndarray, limit: int = 5) -> list[str]:
         return [self.uids_[i] for i in idx_row[:limit] if i >= 0]
@@ -265,6 +305,10 @@ class KnnDetector:
             "vectors": self.vectors_, "counts": self.counts_, "uids": np.asarray(self.uids_, dtype=np.str_),
             "calibration": self.calibration_.sorted_scores,
             "tail": np.asarray([self.calibration_.tail_u, self.calibration_.tail_beta, self.calibration_.tail_q]),
+            "groups": np.asarray(list(self.group_calibrations_), dtype=np.str_),
+            **{f"calibration_{i}": c.sorted_scores for i, c in enumerate(self.group_calibrations_.values())},
+            **{f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q])
+               for i, c in enumerate(self.group_calibrations_.values())},
         }
 
     @classmethod
@@ -275,9 +319,15 @@ class KnnDetector:
         det._set(vectors, counts, uids)
         det.row_to_unique_ = np.arange(len(vectors))
         tail = state["tail"]
-        det.calibration_ = Calibration(state["calibration"].astype(np.float64), float(tail[0]), float(tail[1]),
-                                       float(tail[2]) if len(tail) > 2 else TAIL_Q)
+        det.calibration_ = _calibration(state["calibration"], tail)
+        det.group_calibrations_ = {str(name): _calibration(state[f"calibration_{i}"], state[f"tail_{i}"])
+                                   for i, name in enumerate(state.get("groups", ()))}
         det.reference_scores_ = det.calibration_.sorted_scores
         det.threshold_raw_ = det.calibration_.raw_at(det.alert_pvalue)
         det.threshold_ = float(pvalue_to_score(det.alert_pvalue))
         return det
+
+
+def _calibration(sorted_scores: np.ndarray, tail: np.ndarray) -> Calibration:
+    return Calibration(sorted_scores.astype(np.float64), float(tail[0]), float(tail[1]),
+                       float(tail[2]) if len(tail) > 2 else TAIL_Q)

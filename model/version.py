@@ -124,7 +124,9 @@ def fit_version(rows: list[Row], *, k: int = 10, alert_pvalue: float = 1e-3, emb
     uids = [r.uid for r in rows]
     vectors = detection_vectors(contract, emb, num, cat)
     times = np.asarray([r.time_unix_nano for r in rows], dtype=np.int64)
-    detector = KnnDetector(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows).fit(vectors, uids, times=times)
+    signals = np.asarray([r.signal for r in rows], dtype=np.str_)
+    detector = KnnDetector(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows).fit(vectors, uids, times=times,
+                                                                                  groups=signals)
     digest = hashlib.blake2b(emb.tobytes(), digest_size=3).hexdigest()
     version = time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + digest
     meta = {
@@ -175,7 +177,7 @@ class Scorer:
         vectors = detection_vectors(self.mv.contract, emb, num, cat)
         det = self.mv.detector
         raw, idx = det.decision_function(vectors)
-        scores = det.score(raw)
+        scores = det.score(raw, [r.signal for r in rows])
         flagged = scores >= det.threshold_
         now = now_unix_nano or time.time_ns()
         anomalies = [self._anomaly(rows[i], derived[i], num[i], cat[i], raw[i], scores[i], idx[i], now)

@@ -91,3 +91,34 @@ def test_an_incident_inside_the_training_window_is_cleaned_out_of_the_reference(
     # normal rows are not flagged by the cleaned detector
     fresh = unit(centre + 0.3 * rng.normal(size=(2000, 8)))
     assert (cleaned.score(cleaned.decision_function(fresh)[0]) >= cleaned.threshold_).mean() < 0.01
+
+
+def test_each_signal_gets_its_own_calibration():
+    """Two groups with distance scales 10x apart: one shared tail lets the noisy group alert far above the
+    nominal rate and silences the tight one; per-group calibration brings both near nominal, and a row 5x
+    further out than its group's usual spread alerts even in the tight group."""
+    rng = np.random.default_rng(7)
+    tight = 0.02 * rng.normal(size=(4000, 6))
+    noisy = 0.2 * rng.normal(size=(4000, 6)) + 3.0
+    ref = np.concatenate([tight, noisy]).astype(np.float32)
+    groups = np.asarray(["logs"] * 4000 + ["metrics"] * 4000)
+    uids = [f"r{i}" for i in range(8000)]
+    shared = KnnDetector(k=5, alert_pvalue=1e-2).fit(ref, uids, clean=False)
+    per = KnnDetector(k=5, alert_pvalue=1e-2).fit(ref, uids, clean=False, groups=groups)
+    assert set(per.group_calibrations_) == {"logs", "metrics"}
+    new_tight = (0.02 * rng.normal(size=(4000, 6))).astype(np.float32)
+    new_noisy = (0.2 * rng.normal(size=(4000, 6)) + 3.0).astype(np.float32)
+    out_tight = (0.02 * rng.normal(size=(50, 6)) + 0.1 * np.eye(6)[0]).astype(np.float32)
+    raw = {name: shared.decision_function(x)[0] for name, x in
+           (("tight", new_tight), ("noisy", new_noisy), ("out", out_tight))}
+
+    def rate(det, name, group):
+        return float((det.score(raw[name], [group] * len(raw[name])) >= det.threshold_).mean())
+
+    assert rate(shared, "noisy", "metrics") > 0.015 and rate(shared, "out", "logs") < 0.2
+    assert rate(per, "noisy", "metrics") < 0.03 and rate(per, "tight", "logs") < 0.03
+    assert rate(per, "out", "logs") > 0.9
+    clone = KnnDetector.from_state(per.state(), k=5, alert_pvalue=1e-2)
+    assert np.allclose(clone.score(raw["out"], ["logs"] * 50), per.score(raw["out"], ["logs"] * 50))
+    # A group the reference never saw is scored with the calibration of all rows.
+    assert np.allclose(per.score(raw["out"], ["traces"] * 50), per.calibration_.score(raw["out"]))
