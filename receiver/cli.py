@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import logging
 import signal
@@ -164,42 +162,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- files
 def read_rows(paths: list[Path]):
-    """Map every record of OTLP/JSON files to rows (sorted by time). Rejections are reported, not hidden.
+    """Map every record of OTLP/JSON files to rows (sorted by time). Rejections are reported, not hidden."""
+    from receiver.jsonfiles import read_rows as read_json_rows
 
-    Requests are decoded as light messages (receiver/otlpjson_fast.py: the same rows as through protobuf's
-    json_format, ~5-10x faster), with the cyclic garbage collector paused: the millions of small objects read
-    here hold no cycles, and its full passes over them took about half the time.
-    """
-    from receiver.otlpjson import read_file_light
-    from receiver.rows import RowMapper
-
-    mapper = RowMapper()
-    map_request = {"logs": mapper.map_logs, "traces": mapper.map_traces, "metrics": mapper.map_metrics}
-    rows, rejected, ignored = [], 0, 0
-    with gc_paused():
-        for path in paths:
-            for lineno, signal, request in read_file_light(path):
-                batch = map_request[signal](request)
-                rows.extend(batch.rows)
-                ignored += batch.ignored
-                if batch.rejections:
-                    rejected += len(batch.rejections)
-                    logger.warning("%s:%d: %s", path, lineno, batch.error_message("items"))
-        rows.sort(key=lambda r: r.time_unix_nano)
-    logger.info("read %d rows from %d file(s) (%d rejected, %d ignored)", len(rows), len(paths), rejected, ignored)
-    return rows
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause the cyclic garbage collector (reference counting still frees everything acyclic)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    return read_json_rows(paths)
 
 
 def _progress(record: dict) -> None:

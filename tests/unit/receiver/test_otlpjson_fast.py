@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from rows_helpers import T0, logs_request, metrics_request, traces_request
 
-from receiver import otlpjson, simulate
+from receiver import jsonfiles, otlpjson, simulate
 from receiver.cli import read_rows
 from receiver.otlpjson import OtlpJsonError, read_file, read_file_light, to_json_line
 from receiver.otlpjson_fast import LightMessage, light_class
@@ -268,3 +270,24 @@ def test_light_messages_read_like_protobuf_defaults():
     assert value.WhichOneof("value") is None and value.string_value == "" and value.int_value == 0
     point = light_class("opentelemetry.proto.metrics.v1.HistogramDataPoint")()
     assert not point.HasField("sum") and point.sum == 0.0
+
+
+def test_parallel_read_gives_the_same_rows_warnings_and_errors(simulated, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(jsonfiles, "CHUNK_BYTES", 50_000)  # many chunks, metric lines spread over them
+    caplog.set_level(logging.WARNING, logger="receiver.jsonfiles")
+    start = time.time_ns()
+    one = jsonfiles.read_rows([simulated, simulated], workers=0)
+    warnings = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    many = jsonfiles.read_rows([simulated, simulated], workers=2)
+    assert [r.getMessage() for r in caplog.records] == warnings and len(warnings) > 2
+    # rows without a time take the time they were read, so compare those by everything else
+    received = {id(r) for r in one + many if r.time_unix_nano >= start}
+    assert len(one) == len(many) > 2000
+    assert repr([r for r in one if id(r) not in received]) == repr([r for r in many if id(r) not in received])
+
+    lines = simulated.read_text(encoding="utf-8").splitlines()
+    at = len(lines) * 2 // 3
+    bad = write(tmp_path / "bad.jsonl", lines[:at] + ["{not json"] + lines[at:])
+    with pytest.raises(OtlpJsonError, match=f"^{bad}:{at + 1}: "):
+        jsonfiles.read_rows([bad], workers=2)
