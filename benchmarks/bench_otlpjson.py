@@ -3,9 +3,8 @@
 Both turn a Collector file-exporter file into sorted rows (file -> JSON -> requests -> RowMapper -> rows):
 
 - old: `otlpjson.read_file` (protobuf's json_format.ParseDict into protobuf requests), the previous `read_rows`
-- new: `receiver.cli.read_rows` (light messages, receiver/otlpjson_fast.py, cyclic GC paused; worker processes,
-  one per core, for inputs of 32 MB or more)
-- new-1: the same in one process (`receiver.jsonfiles.read_rows(paths, workers=0)`)
+- new: `receiver.cli.read_rows` (light messages, receiver/otlpjson_fast.py, cyclic GC paused, one process)
+- new-2: the same with two worker processes (`receiver.jsonfiles.read_rows(paths, workers=2)`)
 
 Each reader runs in a fresh interpreter (no shared heap or warm caches), `--repeat` times; the best run counts.
 Printed: records/s for each, the speed-up, and whether both gave identical rows (a digest of every row's repr).
@@ -59,8 +58,8 @@ def measure(reader: str, path: Path) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     if reader == "old":
         rows = old_read_rows(path)
-    elif reader == "new-1":
-        rows = read_rows_workers([path], workers=0)
+    elif reader == "new-2":
+        rows = read_rows_workers([path], workers=2)
     else:
         rows = read_rows([path])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -89,7 +88,7 @@ def main() -> int:
     parser.add_argument("--input", type=Path, help="an OTLP/JSON file (default: simulate one)")
     parser.add_argument("--duration", type=int, default=1800, help="simulated seconds when no --input")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--child", choices=["old", "new-1", "new"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["old", "new", "new-2"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.input)))
@@ -100,15 +99,15 @@ def main() -> int:
           f"Python {platform.python_version()}")
     best: dict[str, dict] = {}
     for i in range(args.repeat):
-        for reader in ("new", "new-1", "old"):
+        for reader in ("new", "new-2", "old"):
             result = run(reader, path)
             print(f"  run {i + 1} {reader}: {result['rows']:,} rows in {result['wall']:.2f} s wall "
                   f"({result['cpu']:.2f} s CPU)", flush=True)
             if reader not in best or result["wall"] < best[reader]["wall"]:
                 best[reader] = result
     old = best["old"]
-    for reader, label in (("old", "old (json_format -> protobuf -> rows)"), ("new-1", "new, one process"),
-                          ("new", "new (otad train/score --input)")):
+    for reader, label in (("old", "old (json_format -> protobuf -> rows)"), ("new", "new (otad train/score --input)"),
+                          ("new-2", "new, 2 worker processes")):
         result = best[reader]
         print(f"{label:<38} {result['rows'] / result['wall']:>9,.0f} records/s ({result['wall']:.2f} s, "
               f"{size / result['wall']:.1f} MB/s, {old['wall'] / result['wall']:.1f}x)")

@@ -1,11 +1,13 @@
-"""OTLP/JSON files -> rows (`otad train/score --input`), on every core for large files.
+"""OTLP/JSON files -> rows (`otad train/score --input`), optionally on several processes.
 
 Lines are decoded as light messages (receiver/otlpjson_fast.py) and mapped by the one row mapper
-(receiver/rows.py). A large input is cut into chunks of lines that worker processes decode and map; logs and spans
+(receiver/rows.py). With `workers`, the input is cut into chunks of lines that worker processes decode and map; logs and spans
 map the same anywhere, so the workers map them and send the rows back, while metric lines come back unmapped and
 are mapped here, in file order, because cumulative series turn into deltas against the series' previous point.
 Rows, warnings and the first error (naming file and line) are the same, and in the same order, as reading the files
-line by line in one process.
+line by line in one process. Workers are off by default: on the 2-core CI machine class, shared with other
+jobs, two workers plus this process (unpickling rows, mapping metrics) were slower than one process (42 s vs 26 s
+for 335k records, benchmarks/bench_otlpjson.py); they may pay off with more free cores.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from receiver.rows import MappedBatch, RowMapper
 
 logger = logging.getLogger(__name__)
 
-PARALLEL_MIN_BYTES = 32 << 20  # below this, starting the workers costs more than they save
 CHUNK_BYTES = 4 << 20
 
 # One chunk's result per line: (lineno, "metrics", line) for a metric line, else
@@ -146,19 +147,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def read_rows(paths: list[Path], workers: int | None = None) -> list[Row]:
+def read_rows(paths: list[Path], workers: int = 0) -> list[Row]:
     """Every record of OTLP/JSON files (Collector file-exporter format) as rows, sorted by time.
 
-    `workers`: processes decoding and mapping in parallel; None picks one per core for inputs of at least
-    PARALLEL_MIN_BYTES, 0 reads in this process. Rejected items are logged per line and counted, never hidden.
+    `workers`: processes decoding and mapping in parallel (e.g. `usable_cores()`); 0 reads in this process.
+    Rejected items are logged per line and counted, never hidden.
 
     Raises:
         OtlpJsonError: the first line (in file order) that is not an OTLP/JSON request, naming file and line.
     """
     paths = [Path(p) for p in paths]
-    if workers is None:
-        large = sum(p.stat().st_size for p in paths) >= PARALLEL_MIN_BYTES
-        workers = usable_cores() if large and usable_cores() > 1 else 0
     if "fork" not in multiprocessing.get_all_start_methods():
         workers = 0
     reader = _Reader()
