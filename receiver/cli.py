@@ -163,30 +163,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- files
 def read_rows(paths: list[Path]):
     """Map every record of OTLP/JSON files to rows (sorted by time). Rejections are reported, not hidden."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from receiver.jsonfiles import read_rows as read_json_rows
 
-    from receiver.otlpjson import read_file
-    from receiver.rows import RowMapper
-
-    mapper = RowMapper()
-    rows, rejected, ignored = [], 0, 0
-    for path in paths:
-        for lineno, request in read_file(path):
-            if isinstance(request, ExportLogsServiceRequest):
-                batch = mapper.map_logs(request)
-            elif isinstance(request, ExportTraceServiceRequest):
-                batch = mapper.map_traces(request)
-            else:
-                batch = mapper.map_metrics(request)
-            rows.extend(batch.rows)
-            ignored += batch.ignored
-            if batch.rejections:
-                rejected += len(batch.rejections)
-                logger.warning("%s:%d: %s", path, lineno, batch.error_message("items"))
-    rows.sort(key=lambda r: r.time_unix_nano)
-    logger.info("read %d rows from %d file(s) (%d rejected, %d ignored)", len(rows), len(paths), rejected, ignored)
-    return rows
+    return read_json_rows(paths)
 
 
 def _progress(record: dict) -> None:

@@ -12,6 +12,7 @@ import binascii
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -28,6 +29,8 @@ _TOP_KEYS = {
     "resourceSpans": ExportTraceServiceRequest,
     "resourceMetrics": ExportMetricsServiceRequest,
 }
+_SIGNALS = {"resourceLogs": "logs", "resourceSpans": "traces", "resourceMetrics": "metrics"}
+Signal = Literal["logs", "traces", "metrics"]
 
 
 class OtlpJsonError(ValueError):
@@ -68,14 +71,34 @@ def to_json_line(request: Message) -> str:
     return json.dumps(to_dict(request), separators=(",", ":"))
 
 
-def from_dict(data: dict) -> SignalRequest:
-    """Parse one OTLP/JSON request; the signal is told by its top-level key."""
+def _top_key(data: object) -> str:
     if not isinstance(data, dict):
         raise OtlpJsonError("an OTLP/JSON request must be a JSON object")
     kinds = [k for k in _TOP_KEYS if k in data]
     if len(kinds) != 1:
         raise OtlpJsonError("expected exactly one of resourceLogs, resourceSpans, resourceMetrics")
-    return parse(data, _TOP_KEYS[kinds[0]])
+    return kinds[0]
+
+
+def from_dict(data: dict) -> SignalRequest:
+    """Parse one OTLP/JSON request; the signal is told by its top-level key."""
+    return parse(data, _TOP_KEYS[_top_key(data)])
+
+
+def from_dict_light(data: dict) -> tuple[Signal, object]:
+    """(signal, request) of one OTLP/JSON request, the request as a light message when it can be one.
+
+    A light message (receiver/otlpjson_fast.py) reads like the protobuf request `from_dict` returns and maps to the
+    same rows, ~50x cheaper to build; input the light path cannot decode exactly goes through `from_dict` (which
+    also raises the same errors).
+    """
+    from receiver.otlpjson_fast import Fallback, decode_request
+
+    key = _top_key(data)
+    try:
+        return _SIGNALS[key], decode_request(data, key)
+    except (Fallback, RecursionError):
+        return _SIGNALS[key], parse(data, _TOP_KEYS[key])
 
 
 def parse(data: dict, message_type: type[Message]) -> Message:
@@ -107,5 +130,20 @@ def read_file(path: str | Path) -> Iterator[tuple[int, SignalRequest]]:
                 continue
             try:
                 yield lineno, from_dict(json.loads(line))
+            except (json.JSONDecodeError, OtlpJsonError) as exc:
+                raise OtlpJsonError(f"{path}:{lineno}: {exc}") from exc
+
+
+def read_file_light(path: str | Path) -> Iterator[tuple[int, Signal, object]]:
+    """Like `read_file`, yielding (line number, signal, request) with light requests (see `from_dict_light`).
+
+    Same lines, same errors as `read_file`; the requests map (receiver/rows.py) to the same rows, ~10x faster.
+    """
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, *from_dict_light(json.loads(line))
             except (json.JSONDecodeError, OtlpJsonError) as exc:
                 raise OtlpJsonError(f"{path}:{lineno}: {exc}") from exc

@@ -1,0 +1,176 @@
+"""OTLP/JSON files -> rows (`otad train/score --input`), optionally on several processes.
+
+Lines are decoded as light messages (receiver/otlpjson_fast.py) and mapped by the one row mapper
+(receiver/rows.py). With `workers`, the input is cut into chunks of lines that worker processes decode and map; logs and spans
+map the same anywhere, so the workers map them and send the rows back, while metric lines come back unmapped and
+are mapped here, in file order, because cumulative series turn into deltas against the series' previous point.
+Rows, warnings and the first error (naming file and line) are the same, and in the same order, as reading the files
+line by line in one process. Workers are off by default: on the 2-core CI machine class, shared with other
+jobs, two workers plus this process (unpickling rows, mapping metrics) were slower than one process (42 s vs 26 s
+for 335k records, benchmarks/bench_otlpjson.py); they may pay off with more free cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from model.schema import Row
+from receiver import otlpjson_fast  # noqa: F401 - imported before the workers fork
+from receiver.otlpjson import OtlpJsonError, from_dict_light
+from receiver.rows import MappedBatch, RowMapper
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20
+
+# One chunk's result per line: (lineno, "metrics", line) for a metric line, else
+# (lineno, signal, row tuples, ignored, rejections, error message).
+_Entry = tuple
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (reference counting still frees everything acyclic).
+
+    Reading creates millions of small objects and no cycles; the collector's repeated passes over them (and over
+    the growing list of rows) took about half the time.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _decode(path: str, lineno: int, line: str) -> tuple[str, object]:
+    try:
+        return from_dict_light(json.loads(line))
+    except (json.JSONDecodeError, OtlpJsonError) as exc:
+        raise OtlpJsonError(f"{path}:{lineno}: {exc}") from exc
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if line.strip():
+                yield lineno, line
+
+
+def _chunks(path: Path) -> Iterator[tuple[str, list[tuple[int, str]]]]:
+    chunk, size = [], 0
+    for lineno, line in _lines(path):
+        chunk.append((lineno, line))
+        size += len(line)
+        if size >= CHUNK_BYTES:
+            yield str(path), chunk
+            chunk, size = [], 0
+    if chunk:
+        yield str(path), chunk
+
+
+_worker_mapper: RowMapper | None = None
+
+
+def _as_tuple(row: Row) -> tuple:
+    return (row.uid, row.signal, row.time_unix_nano, row.service, row.class_uid, row.activity_id, row.severity_id,
+            row.status_id, row.fields, row.trace_id, row.span_id, row.resource)
+
+
+def _map_chunk(job: tuple[str, list[tuple[int, str]]]) -> list[_Entry]:
+    """In a worker: decode every line of a chunk; map logs and spans (rows as tuples: cheaper to pickle)."""
+    global _worker_mapper
+    if _worker_mapper is None:
+        _worker_mapper = RowMapper()
+    path, lines = job
+    out: list[_Entry] = []
+    with gc_paused():
+        for lineno, line in lines:
+            signal, request = _decode(path, lineno, line)
+            if signal == "metrics":
+                out.append((lineno, signal, line))
+                continue
+            batch = (_worker_mapper.map_logs if signal == "logs" else _worker_mapper.map_traces)(request)
+            out.append((lineno, signal, [_as_tuple(r) for r in batch.rows], batch.ignored, len(batch.rejections),
+                        batch.error_message("items")))
+    return out
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self.mapper = RowMapper()
+        self.rows: list[Row] = []
+        self.rejected = self.ignored = 0
+
+    def add(self, path, lineno: int, batch: MappedBatch) -> None:
+        self.rows.extend(batch.rows)
+        self.ignored += batch.ignored
+        if batch.rejections:
+            self.rejected += len(batch.rejections)
+            logger.warning("%s:%d: %s", path, lineno, batch.error_message("items"))
+
+    def map(self, path, lineno: int, signal: str, request) -> None:
+        method = {"logs": self.mapper.map_logs, "traces": self.mapper.map_traces, "metrics": self.mapper.map_metrics}
+        self.add(path, lineno, method[signal](request))
+
+    def read(self, path: Path) -> None:
+        for lineno, line in _lines(path):
+            self.map(path, lineno, *_decode(str(path), lineno, line))
+
+    def read_parallel(self, path: Path, pool) -> None:
+        for entries in pool.imap(_map_chunk, _chunks(path)):
+            for entry in entries:
+                lineno, signal = entry[0], entry[1]
+                if signal == "metrics":
+                    self.map(path, lineno, *_decode(str(path), lineno, entry[2]))
+                    continue
+                _, _, rows, ignored, rejected, message = entry
+                self.rows.extend(Row(*r) for r in rows)
+                self.ignored += ignored
+                if rejected:
+                    self.rejected += rejected
+                    logger.warning("%s:%d: %s", path, lineno, message)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def read_rows(paths: list[Path], workers: int = 0) -> list[Row]:
+    """Every record of OTLP/JSON files (Collector file-exporter format) as rows, sorted by time.
+
+    `workers`: processes decoding and mapping in parallel (e.g. `usable_cores()`); 0 reads in this process.
+    Rejected items are logged per line and counted, never hidden.
+
+    Raises:
+        OtlpJsonError: the first line (in file order) that is not an OTLP/JSON request, naming file and line.
+    """
+    paths = [Path(p) for p in paths]
+    if "fork" not in multiprocessing.get_all_start_methods():
+        workers = 0
+    reader = _Reader()
+    with gc_paused():
+        if workers:
+            # fork: the workers start at once with the decoder and mapper imported (spawn would import them again,
+            # and re-run an unguarded __main__). They run only this module's pure-Python code, never torch or faiss.
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for path in paths:
+                    reader.read_parallel(path, pool)
+        else:
+            for path in paths:
+                reader.read(path)
+        reader.rows.sort(key=lambda r: r.time_unix_nano)
+    logger.info("read %d rows from %d file(s) (%d rejected, %d ignored)", len(reader.rows), len(paths),
+                reader.rejected, reader.ignored)
+    return reader.rows
