@@ -28,7 +28,7 @@ def _attrs(record) -> dict:
 
 def test_simulated_traffic_produces_matching_anomaly_events(tmp_path):
     with OtlpSink() as sink:
-        settings = Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+        settings = Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
                             export_endpoint=sink.endpoint, bootstrap_rows=8000, train_epochs=6, batch_wait_ms=50)
         service = Service(settings)
         service.start()

@@ -32,7 +32,7 @@ METHOD = {"logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    svc = Service(Settings(data_dir=data, grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+    svc = Service(Settings(data_dir=data, grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
                            bootstrap_rows=10_000_000, batch_wait_ms=5))
     svc.start()
     channel = grpc.insecure_channel(f"localhost:{svc.grpc_port}",

@@ -159,7 +159,7 @@ def test_stop_goes_not_ready_finishes_in_flight_batches_and_checkpoints(tmp_path
     from receiver.cli import Service
     from receiver.settings import Settings
 
-    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
                            bootstrap_rows=100_000, batch_wait_ms=3000, batch_rows=100_000))
     svc.start()
     url = f"http://localhost:{svc.health.port}/readyz"

@@ -33,7 +33,7 @@ def test_milvus_down_keeps_accepting_into_the_spool_then_catches_up(tmp_path):
     lite = LiteServerProcess(tmp_path / "milvus" / "milvus.db")
     uri = lite.start()
     port = urlsplit(uri).port
-    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
                            milvus_uri=uri, milvus_timeout_s=2, bootstrap_rows=10_000_000, batch_wait_ms=20))
     svc.start()
     try:
@@ -106,7 +106,7 @@ def _slow(uid, t):
 
 def test_export_endpoint_down_events_are_retried_and_kept(tmp_path):
     port = free_port()  # nothing listens here yet: the export endpoint is down
-    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", metrics_endpoint="localhost:0",
+    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
                            export_endpoint=f"localhost:{port}", export_timeout_s=3, bootstrap_rows=600,
                            train_epochs=4, batch_wait_ms=20))
     svc.start()
