@@ -97,3 +97,36 @@ def test_a_model_the_child_cannot_load_is_an_error(saved, tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(ScoringProcessError, match="could not load model"):
         start(mv, tmp_path)
+
+
+def test_service_scores_in_the_child_and_stop_drains_then_closes_it(saved, tmp_path):
+    """SIGTERM path (Service.stop): the batch in hand is scored and stored, the spool committed, the child gone."""
+    from test_service import T0 as T_LOGS
+    from test_service import logs_request, normal_records, stubs
+
+    from receiver.cli import Service
+    from receiver.settings import Settings
+    from storage import MilvusStore
+
+    mv, _ = saved
+    data = tmp_path / "data"
+    mv.save(data / "models")
+    svc = Service(Settings(data_dir=data, grpc_endpoint="localhost:0", http_endpoint="localhost:0",
+                           metrics_endpoint="localhost:0", knn_k=5, batch_wait_ms=3000, batch_rows=100_000))
+    svc.start()
+    child = svc.pipeline._scorer
+    try:
+        assert isinstance(child, ScoringProcess) and child.alive and svc.pipeline.state == "scoring"
+        _, logs, _ = stubs(svc)
+        for part in range(5):
+            logs.Export(logs_request(normal_records(40, T_LOGS + part * 10**12, seed=part)), timeout=5)
+    finally:
+        svc.stop(20)  # the 200 rows wait for their batch to fill (3 s): stop must finish it
+    assert not child.alive and child._proc.exitcode == 0
+    assert svc.pipeline.processed == 200
+    assert (data / "spool" / "checkpoint").read_text().strip() == "5"
+    store = MilvusStore(str(data / "milvus.db"))
+    try:
+        assert store.count_rows(mv.version) == 200  # every scored row stored once
+    finally:
+        store.close()
