@@ -54,6 +54,17 @@ def make_request(rng: random.Random, n: int, t0: int, seq: list[int]) -> logs_pb
     return req
 
 
+def renumber(req: logs_pb.ExportLogsServiceRequest, client: int, sent: int, t_base: int) -> int:
+    """Give every record of a prebuilt request a new uid and time (about 1 us a record, in place)."""
+    for rl in req.resource_logs:
+        for sl in rl.scope_logs:
+            for lr in sl.log_records:
+                sent += 1
+                lr.time_unix_nano = t_base + 10**12 * (client + 1) + sent * 200_000
+                lr.attributes[3].value.string_value = f"c{client:03d}{sent:028x}"  # log.record.uid
+    return sent
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as sock:
@@ -78,6 +89,28 @@ def stage_sums(port: int) -> dict[str, float]:
     return out
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(otad_pid: int) -> dict[str, float]:
+    """CPU seconds so far of otad serve, its children (scoring process, Milvus Lite server) and this process."""
+    out = {"otad serve (receiver, mapper, spool, store)": _cpu_s(otad_pid), "load clients (this process)": sum(os.times()[:2])}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != otad_pid:
+                continue
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            name = ("Milvus Lite server" if "milvus_lite" in cmd else "scoring process" if "spawn_main" in cmd
+                    and "resource_tracker" not in cmd else "other")
+            out[name] = out.get(name, 0.0) + _cpu_s(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def load(stub, clients: int, batch: int, seconds: float, rate: float | None, t_base: int) -> dict:
     """N client threads; with `rate` (records/s in total) requests are paced, else they flood."""
     latencies: list[float] = []
@@ -89,6 +122,7 @@ def load(stub, clients: int, batch: int, seconds: float, rate: float | None, t_b
     def client(seed: int) -> None:
         crng = random.Random(seed)
         reqs = [make_request(crng, batch, t_base + 10**12 * (seed + 1), seq) for _ in range(8)]
+        sent = 0
         interval = batch * clients / rate if rate else 0.0
         next_at = time.monotonic() + crng.random() * interval
         i = 0
@@ -98,9 +132,11 @@ def load(stub, clients: int, batch: int, seconds: float, rate: float | None, t_b
                 if delay > 0:
                     time.sleep(delay)
                 next_at += interval
+            req = reqs[i % len(reqs)]
+            sent = renumber(req, seed, sent, t_base)  # every record new, as in real traffic (not an overwrite)
             start = time.perf_counter()
             try:
-                stub.Export(reqs[i % len(reqs)], timeout=10)
+                stub.Export(req, timeout=10)
                 with lock:
                     latencies.append(time.perf_counter() - start)
                     accepted[0] += batch
@@ -175,11 +211,11 @@ def main() -> int:
 
         if os.environ.get("OTAD_BENCH_PROFILE"):
             subprocess.Popen(["py-spy", "record", "-o", os.environ["OTAD_BENCH_PROFILE"], "-d", "15", "-f", "raw",
-                              "-p", str(otad.pid), "--threads", "--idle"], stdout=subprocess.DEVNULL,
+                              "-p", str(otad.pid), "--threads", "--idle", "--subprocesses"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         results = {}
         for name, rate in (("flood", None), ("paced", args.rate)):
-            before, stages0 = status(mport)["processed_rows"], stage_sums(mport)
+            before, stages0, cpu0 = status(mport)["processed_rows"], stage_sums(mport), cpu_by_process(otad.pid)
             begin = time.monotonic()
             results[name] = load(stub, args.clients, args.batch, args.seconds, rate, t0 + (2 if rate else 1) * 10**15)
             while status(mport)["queued_rows"]:
@@ -188,6 +224,9 @@ def main() -> int:
             results[name]["elapsed"] = time.monotonic() - begin
             results[name]["processed"] = status(mport)["processed_rows"] - before
             stages1 = stage_sums(mport)
+            cpu1 = cpu_by_process(otad.pid)
+            results[name]["cpu"] = {k: (cpu1[k] - cpu0.get(k, 0.0)) / max(results[name]["processed"], 1) * 1e6
+                                    for k in cpu1}
             results[name]["stages"] = {k: (stages1[k] - stages0.get(k, 0)) / max(results[name]["processed"], 1) * 1e6
                                        for k in stages1}
     finally:
@@ -213,6 +252,10 @@ def main() -> int:
     ]
     for name, value in table:
         print(f"{name:<52}{value:>16}")
+    print(f"{'flood: CPU per stored record, by process (us)':<52}")
+    for name, us in sorted(flood["cpu"].items(), key=lambda kv: -kv[1]):
+        print(f"{'  ' + name:<52}{us:>16.0f}")
+    print(f"{'  total (2 cores = 400 us/record at 5,000/s)':<52}{sum(flood['cpu'].values()):>16.0f}")
     return 0
 
 

@@ -77,14 +77,20 @@ def metric_point_uid(service: str, metric_name: str, attributes: dict[str, Value
     return content_uid("metrics", service, metric_name, sorted(attributes.items()), int(time_unix_nano))
 
 
-def row_to_dict(row: Row) -> dict:
-    """A JSON-ready dict of a row (stored with it, so models can be retrained from storage)."""
-    return {
+def row_to_dict(row: Row, *, resource: bool = True) -> dict:
+    """A JSON-ready dict of a row (stored with it, so models can be retrained from storage).
+
+    With `resource=False` the resource attributes are left out: features never read them, and a scored row
+    stored per model version need not repeat its resource (often the largest part) on every record.
+    """
+    out = {
         "uid": row.uid, "signal": row.signal, "time_unix_nano": row.time_unix_nano, "service": row.service,
         "class_uid": row.class_uid, "activity_id": row.activity_id, "severity_id": row.severity_id,
         "status_id": row.status_id, "fields": row.fields, "trace_id": row.trace_id, "span_id": row.span_id,
-        "resource": row.resource,
     }
+    if resource:
+        out["resource"] = row.resource
+    return out
 
 
 def row_from_dict(data: dict) -> Row:

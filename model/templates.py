@@ -35,6 +35,8 @@ _HEXISH = re.compile(r"^(0x)?[0-9a-fA-F]{8,}$")
 
 
 def _mask_token(token: str) -> str:
+    if len(token) < 8 and token.isalpha():  # the common case: a short word (the patterns below need 8+ chars)
+        return token
     if any(c.isdigit() for c in token):
         return WILDCARD
     if "=" in token:  # key=value: the key is structure, the value is data

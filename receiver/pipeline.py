@@ -14,11 +14,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from model.schema import Anomaly, Row, row_to_dict
 from model.train import TrainConfig
 from model.version import ModelVersion, Scorer, fit_version
 from receiver.emit import AnomalyEmitter, finding, finding_uid
 from receiver.metrics import Metrics
+from receiver.score_process import ScoringProcess, ScoringProcessError
 from receiver.settings import Settings
 from storage import MilvusStore, StorageError
 
@@ -51,7 +54,8 @@ class Pipeline:
         self._worker = threading.Thread(target=self._run, name="otad-pipeline", daemon=True)
         self._backlog: list[Row] = []  # rows awaiting the first model (also stored in Milvus)
         self._trainer: threading.Thread | None = None
-        self._scorer: Scorer | None = None
+        self._scorer: Scorer | ScoringProcess | None = None
+        self._process_failures = 0  # consecutive batches the scoring process died on
         self.state = "collecting"
         self.train_error: str | None = None
         self.processed = 0
@@ -170,6 +174,18 @@ class Pipeline:
                 continue
             try:
                 self.process(batch, callbacks)
+                self._process_failures = 0
+            except ScoringProcessError as exc:
+                self.metrics.errors.labels("pipeline").inc()
+                self._process_failures += 1
+                if self._process_failures >= 3:  # a batch that kills the scorer every time: not forever
+                    logger.error("the scoring process failed on the same batch of %d rows %d times (%s); "
+                                 "batch dropped", len(batch), self._process_failures, exc)
+                    self._process_failures = 0
+                else:
+                    logger.error("batch of %d rows: %s; restarting it, batch re-queued", len(batch), exc)
+                    self._requeue(batch, callbacks, front=True)
+                self._restart_scorer()
             except StorageError as exc:
                 self.metrics.errors.labels("storage").inc()
                 logger.error("batch of %d rows failed in storage: %s; re-queued", len(batch), exc)
@@ -182,6 +198,7 @@ class Pipeline:
                 self._busy = False
         self._drain_stores()
         self._store_exec.shutdown(wait=True)
+        self._close_scorer(self._scorer)
 
     # ----- processing -----
     def process(self, rows: list[Row], on_stored: Sequence[OnStored] = ()) -> None:
@@ -195,22 +212,17 @@ class Pipeline:
         t1 = time.perf_counter()
         self.metrics.stage_seconds.labels("featurize_embed_score").observe(t1 - t0)
         version = scorer.mv.version
-        records = [
-            {"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
-             "time_ms": r.time_ms, "trace_id": r.trace_id, "model_version": version, "score": float(s),
-             "is_anomaly": bool(a), "is_reference": False, "row": row_to_dict(r), "embedding": e}
-            for r, s, a, e in zip(rows, scored.scores, scored.is_anomaly, scored.embeddings, strict=True)
-        ]
+        columns = scored_columns(rows, scored.scores, scored.is_anomaly, reference=False)
         while len(self._in_flight) >= 2:
             self._in_flight.popleft().result()
-        self._in_flight.append(
-            self._store_exec.submit(self._store, version, rows, records, scored.anomalies, on_stored))
+        self._in_flight.append(self._store_exec.submit(self._store, version, rows, columns, scored.embeddings,
+                                                       scored.anomalies, on_stored))
 
-    def _store(self, version: str, rows: list[Row], records: list[dict], anomalies: list[Anomaly],
-               on_stored: Sequence[OnStored] = ()) -> None:
+    def _store(self, version: str, rows: list[Row], columns: dict[str, list], embeddings: np.ndarray,
+               anomalies: list[Anomaly], on_stored: Sequence[OnStored] = ()) -> None:
         t1 = time.perf_counter()
         try:
-            self.store.upsert_rows(version, records)
+            self.store.upsert_row_columns(version, columns, embeddings)
             self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t1)
             if anomalies:
                 self._record_anomalies(anomalies)
@@ -307,19 +319,58 @@ class Pipeline:
             part = rows[start:start + 4096]
             _, num, cat = scorer.featurize(part)
             emb = scorer.embedder.embed(num, cat)
-            self.store.upsert_rows(mv.version, [
-                {"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
-                 "time_ms": r.time_ms, "trace_id": r.trace_id, "model_version": mv.version, "score": 0.0,
-                 "is_anomaly": False, "is_reference": True, "row": row_to_dict(r), "embedding": e}
-                for r, e in zip(part, emb, strict=True)
-            ])
+            zeros = np.zeros(len(part))
+            self.store.upsert_row_columns(mv.version, scored_columns(part, zeros, zeros, reference=True), emb)
 
     def _activate(self, mv: ModelVersion) -> None:
         self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
-        self._scorer = Scorer(mv, threads=self.settings.torch_threads)
+        old, self._scorer = self._scorer, self._new_scorer(mv)
+        self._close_scorer(old)
         self.state = "scoring"
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(mv.version, "scoring").set(1)
+
+
+    def _new_scorer(self, mv: ModelVersion) -> Scorer | ScoringProcess:
+        """A scoring child for a saved model version (OTAD_SCORE_PROCESS), else an in-process Scorer."""
+        s = self.settings
+        path = Path(s.models_dir) / mv.version
+        if s.score_process and (path / "model.json").exists():
+            try:
+                return ScoringProcess(mv, path, k=s.knn_k, alert_pvalue=s.alert_pvalue, max_rows=s.reference_max_rows,
+                                      threads=s.torch_threads)
+            except ScoringProcessError as exc:
+                logger.error("%s; scoring in the service process instead", exc)
+        elif s.score_process:
+            logger.warning("model %s is not saved under %s; scoring in the service process", mv.version, path.parent)
+        return Scorer(mv, threads=s.torch_threads)
+
+    def _restart_scorer(self) -> None:
+        old = self._scorer
+        if isinstance(old, ScoringProcess):
+            self._close_scorer(old)
+            self._scorer = self._new_scorer(old.mv)
+
+    @staticmethod
+    def _close_scorer(scorer: Scorer | ScoringProcess | None) -> None:
+        if isinstance(scorer, ScoringProcess):
+            scorer.close()
+
+
+def scored_columns(rows: Sequence[Row], scores: np.ndarray, is_anomaly: np.ndarray, *, reference: bool,
+                   ) -> dict[str, list]:
+    """The fields of a model version's rows collection, column by column (see MilvusStore.upsert_row_columns).
+
+    The stored row leaves out the resource attributes: features never read them, the backlog keeps whole
+    rows for training, and anomaly events carry the resource of their source row.
+    """
+    return {
+        "uid": [r.uid for r in rows], "signal": [r.signal for r in rows],
+        "service": [r.service[:128] for r in rows], "class_uid": [r.class_uid for r in rows],
+        "time_ms": [r.time_unix_nano // 1_000_000 for r in rows], "trace_id": [r.trace_id for r in rows],
+        "score": np.asarray(scores, dtype=np.float64).tolist(), "is_anomaly": np.asarray(is_anomaly, dtype=bool).tolist(),
+        "is_reference": [reference] * len(rows), "row": [row_to_dict(r, resource=False) for r in rows],
+    }
 
 
 def load_model(settings: Settings) -> ModelVersion | None:

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     embed_dim: int = Field(32, ge=4)  # embedding dimension
     seed: int = 7  # training seed
     torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
+    score_process: bool = True  # score in a child process (own core; the receiver keeps the GIL to itself)
     log_level: str = "INFO"
     # OTLP servers: TLS, mTLS, bearer-token auth, gRPC transport limits. Defaults: plaintext, no auth.
     tls_cert_file: Path | None = None  # PEM certificate (chain) of both OTLP servers; None: plaintext

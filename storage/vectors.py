@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-UPSERT_BATCH = 2000  # rows per upsert call: well under Milvus's 64 MiB message limit at ~1 KiB a row
+UPSERT_BATCH = 4096  # rows per upsert call ...
+UPSERT_MAX_BYTES = 16 << 20  # ... and at most this many bytes of row JSON (Milvus caps a message at 64 MiB)
 SEARCH_BATCH = 1024  # query vectors per search call
 _MAX_QUERY_WINDOW = 16384  # Milvus caps limit (and offset + limit) of one query at 16384
 _BACKLOG_FIELDS = ["uid", "signal", "service", "class_uid", "time_ms", "trace_id", "row"]
@@ -84,6 +85,7 @@ class MilvusStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lite_path = str(path)
         self._dims: dict[str, int] = {}  # rows collections known to exist, with their dim
+        self._schemas: dict[str, dict[str, Any]] = {}  # describe_collection of collections written columnwise
         try:
             if self._lite_path:
                 with _lite_lock:
@@ -188,6 +190,51 @@ class MilvusStore:
             total += int(res["upsert_count"])
         return total
 
+    def _describe(self, name: str) -> dict[str, Any]:
+        desc = self._schemas.get(name)
+        if desc is None:
+            desc = self._call(
+                f"describe {name}",
+                lambda c: c._get_connection().describe_collection(name, timeout=self._timeout),
+            )
+            self._schemas[name] = desc
+        return desc
+
+    def _upsert_columns(self, name: str, columns: Mapping[str, list[Any]], n: int) -> int:
+        """Upsert ``n`` rows given column by column (one list per schema field, vectors as lists of floats).
+
+        pymilvus's row path (``MilvusClient.upsert``) type-checks and converts every value of every row in
+        Python, which cost more than featurize + embed + score together; the column path hands each field's
+        list to protobuf at once. It goes through the client's own connection handler (same channel, same
+        retry and timeout handling) and checks VARCHAR lengths as the row path does.
+        """
+        desc = self._describe(name)
+        fields = desc["fields"]
+        missing = [f["name"] for f in fields if f["name"] not in columns]
+        if missing:
+            raise StorageError(f"upsert into {name}: no values for field(s) {', '.join(missing)}")
+        sizes = [len(v) for v in columns.get("row", ())]
+        total, start = 0, 0
+        while start < n:
+            end, size = min(n, start + UPSERT_BATCH), 0
+            if sizes:
+                for i in range(start, end):
+                    size += sizes[i]
+                    if size > UPSERT_MAX_BYTES and i > start:
+                        end = i
+                        break
+            entities = [{"name": f["name"], "type": f["type"], "values": columns[f["name"]][start:end]}
+                        for f in fields]
+            res = self._call(
+                f"upsert into {name}",
+                lambda c, e=entities: c._get_connection().upsert(
+                    name, e, timeout=self._timeout, schema=desc
+                ),
+            )
+            total += int(res.upsert_count)
+            start = end
+        return total
+
     def _count(self, name: str, template: str = "", params: Mapping[str, Any] | None = None) -> int:
         res = self._call(
             f"count {name}",
@@ -228,8 +275,10 @@ class MilvusStore:
         """Upsert raw rows (keys: uid, signal, service, class_uid, time_ms, trace_id, row) keyed by uid."""
         if not rows:
             return 0
-        data = [{**row, "row": _encode_row(row["row"]), "embedding": col.PLACEHOLDER_VECTOR} for row in rows]
-        return self._upsert(col.BACKLOG_COLLECTION, data)
+        columns = {f: [row[f] for row in rows] for f in ("uid", "signal", "service", "class_uid", "time_ms", "trace_id")}
+        columns["row"] = [_encode_row(row["row"]) for row in rows]
+        columns["embedding"] = [col.PLACEHOLDER_VECTOR] * len(rows)
+        return self._upsert_columns(col.BACKLOG_COLLECTION, columns, len(rows))
 
     def count_backlog(self) -> int:
         return self._count(col.BACKLOG_COLLECTION)
@@ -262,6 +311,7 @@ class MilvusStore:
         existing = self._open_rows(name)
         if existing != dim:
             self._dims.pop(name, None)
+            self._schemas.pop(name, None)
             raise StorageError(
                 f"{name} holds {existing}-d embeddings for model {model_version!r}, not {dim}-d"
             )
@@ -281,6 +331,7 @@ class MilvusStore:
         return name
 
     def _open_rows(self, name: str) -> int:
+        self._schemas.pop(name, None)
         desc = self._call(f"describe {name}", lambda c: c.describe_collection(name, timeout=self._timeout))
         dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "embedding")
         self._dims[name] = dim
@@ -290,16 +341,40 @@ class MilvusStore:
         """Upsert embedded rows of ``model_version`` keyed by uid; ``embedding`` may be a list or ndarray row."""
         if not rows:
             return 0
-        name = self._rows_name(model_version)
-        data = []
         for row in rows:
             if row.get("model_version", model_version) != model_version:
                 raise StorageError(
                     f"row {row.get('uid')!r} is of model {row['model_version']!r}, not {model_version!r}"
                 )
-            vector = np.asarray(row["embedding"], dtype=np.float32).tolist()
-            data.append({**row, "model_version": model_version, "embedding": vector, "row": _encode_row(row["row"])})
-        return self._upsert(name, data)
+        columns = {f: [row[f] for row in rows] for f in _ROW_FIELDS if f not in ("row", "model_version")}
+        columns["row"] = [row["row"] for row in rows]
+        embeddings = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+        return self.upsert_row_columns(model_version, columns, embeddings)
+
+    def upsert_row_columns(
+        self, model_version: str, columns: Mapping[str, list[Any]], embeddings: np.ndarray
+    ) -> int:
+        """The column form of ``upsert_rows`` (the pipeline's hot path): one list per field, in row order.
+
+        Args:
+            columns: ``uid``, ``signal``, ``service``, ``class_uid``, ``time_ms``, ``trace_id``, ``score``,
+                ``is_anomaly``, ``is_reference`` and ``row`` (dicts, or JSON strings already encoded);
+                ``model_version`` is filled in.
+            embeddings: (n, dim) float array, one row per uid.
+        """
+        n = len(columns["uid"])
+        if not n:
+            return 0
+        name = self._rows_name(model_version)
+        vectors = np.asarray(embeddings, dtype=np.float32).reshape(n, -1)  # a wrong dim: Milvus refuses it
+        data = dict(columns)
+        data["model_version"] = [model_version] * n
+        data["row"] = [r if isinstance(r, str) else _encode_row(r) for r in columns["row"]]
+        data["score"] = [float(x) for x in columns["score"]]
+        data["is_anomaly"] = [bool(x) for x in columns["is_anomaly"]]
+        data["is_reference"] = [bool(x) for x in columns["is_reference"]]
+        data["embedding"] = vectors.tolist()
+        return self._upsert_columns(name, data, n)
 
     def search(
         self,
@@ -382,6 +457,7 @@ class MilvusStore:
         """Drop the rows collection of ``model_version`` (no error when it does not exist)."""
         name = col.rows_collection_name(model_version)
         self._dims.pop(name, None)
+        self._schemas.pop(name, None)
         self._call(f"drop {name}", lambda c: c.drop_collection(name, timeout=self._timeout))
 
     # --- anomaly events -----------------------------------------------------------------------------

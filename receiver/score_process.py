@@ -1,0 +1,176 @@
+"""Score in a child process: featurize > embed > k-NN score > explain run outside the service's interpreter.
+
+On the service's interpreter the gRPC handlers, the OTLP mapper, the spool and the Milvus writes share one
+GIL with scoring, which is ~100 µs of Python per record: Export calls then wait for the GIL, and the
+pipeline cannot use a second core. `ScoringProcess` runs a `Scorer` for one model version in a child
+(`multiprocessing` spawn; the model is loaded from its saved files, never pickled) and has the same
+`score(rows)` as the in-process `Scorer`. The child holds the online state (context tracker, the reference
+rows it learns), as the in-process scorer did; a restarted child starts from the saved model, as a
+restarted service does.
+
+Lifecycle: the child ignores SIGINT/SIGTERM (the service handles them and drains first); it exits when told
+to (`close`), or when the service's end of the pipe closes (the service died).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from model.schema import Anomaly, Row
+from model.version import ModelVersion, ScoredBatch
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 180.0  # loading torch + faiss + a 100k-row reference on a busy 2-core machine
+
+
+class ScoringProcessError(RuntimeError):
+    """The scoring child could not start, died, or failed on a batch."""
+
+
+def _pack(row: Row) -> tuple:
+    # Tuples of plain values pickle several times faster than slotted dataclasses; the resource attributes
+    # are never features, so they stay here (the anomaly event takes them from this process's row).
+    return (row.uid, row.signal, row.time_unix_nano, row.service, row.class_uid, row.activity_id,
+            row.severity_id, row.status_id, row.fields, row.trace_id, row.span_id)
+
+
+class ScoringProcess:
+    """A `Scorer` for the model version saved at `path`, running in a child process.
+
+    Args:
+        mv: the model version, as this process knows it (`mv.version` names the rows collection; the
+            child loads its own copy from `path`).
+        path: the saved model version directory (`ModelVersion.save`).
+        k, alert_pvalue, max_rows: as for `ModelVersion.load`.
+        threads: torch intra-op threads in the child.
+
+    Raises:
+        ScoringProcessError: the child did not load the model (its error is in the message).
+    """
+
+    def __init__(self, mv: ModelVersion, path: Path, *, k: int, alert_pvalue: float, max_rows: int,
+                 threads: int = 1, start_timeout_s: float = START_TIMEOUT_S):
+        self.mv = mv
+        self._lock = threading.Lock()  # one batch at a time on the pipe; close waits for the batch in hand
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, name=f"otad-score-{mv.version}", daemon=True,
+                                 args=(child, str(path), k, alert_pvalue, max_rows, threads))
+        self._proc.start()
+        child.close()
+        try:
+            reply = self._recv(start_timeout_s)
+        except ScoringProcessError:
+            self.close(0)
+            raise
+        if reply[0] != "ready":
+            self.close(0)
+            raise ScoringProcessError(f"the scoring process could not load model {mv.version}: {reply[1]}")
+        if reply[1] != mv.version:
+            self.close(0)
+            raise ScoringProcessError(f"the scoring process loaded model {reply[1]}, not {mv.version}")
+        logger.info("scoring model %s in process %d", mv.version, self._proc.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    @property
+    def threshold(self) -> float:
+        return self.mv.detector.threshold_
+
+    def score(self, rows: list[Row], now_unix_nano: int | None = None) -> ScoredBatch:
+        """As `Scorer.score`; the anomalies carry these very `rows`.
+
+        Raises:
+            ScoringProcessError: the child died or failed on this batch.
+        """
+        packed = [_pack(r) for r in rows]
+        with self._lock:
+            try:
+                self._conn.send(("score", packed, now_unix_nano))
+            except (OSError, ValueError) as exc:
+                raise ScoringProcessError(f"the scoring process is gone: {exc}") from None
+            reply = self._recv(None)
+        if reply[0] != "ok":
+            raise ScoringProcessError(f"scoring failed in the scoring process: {reply[1]}")
+        _, emb, raw, scores, flagged, found = reply
+        anomalies = [Anomaly(rows[i], *fields) for i, *fields in found]
+        return ScoredBatch(rows, emb, raw, scores, flagged, anomalies)
+
+    def _recv(self, timeout_s: float | None) -> tuple:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._conn.poll(0.5):
+            if not self._proc.is_alive():
+                break  # poll once more below: the reply may have arrived just before it exited
+            if deadline is not None and time.monotonic() > deadline:
+                raise ScoringProcessError(f"the scoring process did not answer within {timeout_s:.0f}s")
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self._proc.exitcode
+            raise ScoringProcessError(f"the scoring process exited (code {code}): {exc or 'pipe closed'}") from None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the child (after the batch it is on); kill it if it does not exit in time. Safe to call twice."""
+        with self._lock:
+            if self._proc.is_alive():
+                try:
+                    self._conn.send(("stop",))
+                except (OSError, ValueError):
+                    pass
+                self._proc.join(timeout_s)
+                if self._proc.is_alive():
+                    logger.warning("scoring process %d did not stop in %.0fs; killing it", self._proc.pid, timeout_s)
+                    self._proc.kill()
+                    self._proc.join(5)
+            self._conn.close()
+
+
+def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: int, threads: int) -> None:
+    """The child's loop: load the model, then answer `("score", rows, now)` until `("stop",)` or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent drains
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from model.version import Scorer
+
+    try:
+        mv = ModelVersion.load(Path(path), k=k, alert_pvalue=alert_pvalue, max_rows=max_rows)
+        scorer = Scorer(mv, threads=threads)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", mv.version))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the service is gone
+        if msg[0] == "stop":
+            return
+        _, packed, now = msg
+        try:
+            scored = scorer.score([Row(*p) for p in packed], now)
+            found = [(int(i), a.score, a.raw_score, a.threshold, a.detector, a.model_version, a.explanation,
+                      a.neighbors, a.evidence, a.detected_unix_nano)
+                     for i, a in zip(np.flatnonzero(scored.is_anomaly), scored.anomalies, strict=True)]
+            reply = ("ok", scored.embeddings, scored.raw, scored.scores, scored.is_anomaly, found)
+        except Exception:
+            reply = ("failed", traceback.format_exc(limit=8))
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
