@@ -33,7 +33,13 @@ SLOW_RATIO = ("ctx.slow_ratio_60s", 60_000)
 SLOW_Z = 3.0
 
 LATENCY_WARMUP = 20  # observations of an operation before its latency z is trusted
-LATENCY_ALPHA = 0.02  # EWMA weight of one observation (outliers learn 20x slower, so a spike stays visible)
+LATENCY_ALPHA = 0.02  # EWMA weight of one observation at most (outliers learn 20x slower, so a spike stays visible)
+# Baselines forget by time, not by count: with a per-observation weight alone, an operation called ten times a
+# second re-learns its level within seconds and a ten-minute latency incident becomes its own baseline (measured:
+# the busiest operations' z fell from ~11 to ~1 inside an incident). The weight of one observation is
+# 1 - exp(-dt / tau), capped at the per-observation weight, so rare operations behave as before.
+LATENCY_TAU_MS = 15 * 60_000
+SERIES_TAU_MS = 30 * 60_000
 
 # Pair counts saturate: "seen often" is one state, so the feature does not drift as history grows.
 PAIR_SATURATION = 20
@@ -70,9 +76,10 @@ class _Windows:
 
 
 class _Series:
-    __slots__ = ("mean", "var", "last", "n", "integral")
+    __slots__ = ("mean", "var", "last", "n", "integral", "t_ms")
 
     def __init__(self) -> None:
+        self.t_ms: int | None = None  # time of the last update
         self.integral = True  # every value so far a whole number: a count
         self.mean = 0.0
         self.var = 0.0
@@ -155,7 +162,7 @@ class ContextTracker:
             out[name] = math.log1p(min(count, PAIR_SATURATION))
             if learn_pairs:
                 self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
-        z = out[LATENCY_Z] = self._latency(values)
+        z = out[LATENCY_Z] = self._latency(values, t_ms)
         if z >= SLOW_Z:  # NaN compares False
             out[SLOW_RATIO[0]] = (self.slow.add_and_count(service, t_ms) + 1) / (rows + 1)
         else:
@@ -165,10 +172,10 @@ class ContextTracker:
             for name in SERIES:
                 out[name] = NAN
         else:
-            out.update(self._series(str(series_key), float(value)))
+            out.update(self._series(str(series_key), float(value), t_ms))
         return out
 
-    def _latency(self, values: dict[str, object]) -> float:
+    def _latency(self, values: dict[str, object], t_ms: int) -> float:
         """z of log(duration) against the (service, operation) baseline; NaN without a duration or history."""
         duration = values.get("latency_ms")
         op = values.get("operation_key")
@@ -186,7 +193,12 @@ class ContextTracker:
         # sd floor 0.1 (about 10% of the duration): a perfectly steady operation does not make noise huge.
         sd = max(math.sqrt(s.var), 0.1)
         z = max(-50.0, min(50.0, (x - s.mean) / sd)) if s.n >= LATENCY_WARMUP else NAN
-        a = 1.0 / (s.n + 1) if s.n < LATENCY_WARMUP else (LATENCY_ALPHA if abs(z) < 4 else LATENCY_ALPHA / 20)
+        if s.n < LATENCY_WARMUP:
+            a = 1.0 / (s.n + 1)
+        else:
+            a = _time_weight(LATENCY_ALPHA, s.t_ms, t_ms, LATENCY_TAU_MS)
+            a = a if abs(z) < 4 else a / 20
+        s.t_ms = t_ms if s.t_ms is None else max(s.t_ms, t_ms)
         d = x - s.mean
         s.mean += a * d
         if s.n == 0:
@@ -196,7 +208,7 @@ class ContextTracker:
         s.n += 1
         return z
 
-    def _series(self, key: str, x: float) -> dict[str, float]:
+    def _series(self, key: str, x: float, t_ms: int) -> dict[str, float]:
         s = self.series.get(key)
         if s is None:
             s = self.series[key] = _Series()
@@ -219,16 +231,26 @@ class ContextTracker:
             s.mean = x
         else:
             z_abs = abs(x - s.mean) / _series_sd(s, x)
-            a = self.alpha if (s.n < self.warmup or z_abs < 4) else self.alpha / 10
             if s.n < self.warmup:
                 a = 1.0 / (s.n + 1)
+            else:
+                a = _time_weight(self.alpha, s.t_ms, t_ms, SERIES_TAU_MS)
+                a = a if z_abs < 4 else a / 10
             d = x - s.mean
             s.mean += a * d
             s.var = (1 - a) * (s.var + a * d * d)
         s.last = x
+        s.t_ms = t_ms if s.t_ms is None else max(s.t_ms, t_ms)
         s.integral = s.integral and x == int(x)
         s.n += 1
         return feats
+
+
+def _time_weight(cap: float, last_ms: int | None, t_ms: int, tau_ms: int) -> float:
+    """EWMA weight of an observation dt after the previous one: 1 - exp(-dt/tau), at most `cap`."""
+    if last_ms is None:
+        return cap
+    return min(cap, -math.expm1(-max(t_ms - last_ms, 0) / tau_ms))
 
 
 def _series_sd(s: _Series, x: float) -> float:

@@ -148,6 +148,28 @@ def test_latency_z_against_the_operations_own_baseline():
     assert slow["ctx.slow_ratio_60s"] > 0.05
 
 
+def test_a_busy_operations_latency_incident_does_not_become_its_baseline():
+    """Ten calls a second for an hour, then a ten-minute incident at 10x (a 3x-10x level, as an overloaded
+    dependency gives): baselines forget by time, so the incident's last minute is still far out, and an
+    operation that is called once an hour still learns from each call."""
+    tracker = ContextTracker()
+    rng = random.Random(2)
+    row = {"service": "inv", "operation_key": "GetProduct"}
+    t = 0
+    for _ in range(36_000):
+        tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(5), 0.3)}, t)
+        t += 100
+    zs = []
+    for _ in range(6_000):
+        zs.append(tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(50), 0.3)}, t)["ctx.latency_z"])
+        t += 100
+    assert min(zs[-600:]) > 4 and sum(zs[-600:]) / 600 > 6
+    rare = {"service": "inv", "operation_key": "Rebuild"}
+    for i in range(30):
+        tracker.update({**rare, "latency_ms": 1000.0 + 10 * (i % 3)}, i * 3_600_000)
+    assert tracker.update({**rare, "latency_ms": 1010.0}, 31 * 3_600_000)["ctx.latency_z"] < 3
+
+
 @pytest.mark.parametrize(("message", "ms"), [
     ('10.0.0.1 - bob "GET /cart HTTP/1.1" 200 512 5.0ms', 5.0),
     ("charge call timed out after 3000 ms, retrying", 3000.0),
