@@ -34,6 +34,8 @@ class Metrics:
         self.export_seconds = Histogram("otad_export_request_seconds", "Export RPC handling time", ["signal"], registry=r,
                                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
         self.model_info = Gauge("otad_model_info", "Current model version (value 1)", ["version", "state"], registry=r)
+        self.rows_unscored = Counter("otad_rows_unscored", "Rows stored unscored in the backlog because scoring "
+                                     "failed on their batch every time", registry=r)
         self.errors = Counter("otad_pipeline_errors", "Batches that failed in the pipeline", ["stage"], registry=r)
 
 

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 OnStored = Callable[[], None]  # called once every row of an offered part is stored (the spool commits)
 
 
+def _backlog_records(rows: Sequence[Row]) -> list[dict]:
+    return [{"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
+             "time_ms": r.time_ms, "trace_id": r.trace_id, "row": row_to_dict(r)} for r in rows]
+
+
 def _notify(callbacks: Sequence[OnStored]) -> None:
     for cb in callbacks:
         try:
@@ -179,9 +184,7 @@ class Pipeline:
                 self.metrics.errors.labels("pipeline").inc()
                 self._process_failures += 1
                 if self._process_failures >= 3:  # a batch that kills the scorer every time: not forever
-                    logger.error("the scoring process failed on the same batch of %d rows %d times (%s); "
-                                 "batch dropped", len(batch), self._process_failures, exc)
-                    self._process_failures = 0
+                    self._keep_unscored(batch, callbacks, exc)
                 else:
                     logger.error("batch of %d rows: %s; restarting it, batch re-queued", len(batch), exc)
                     self._requeue(batch, callbacks, front=True)
@@ -191,9 +194,10 @@ class Pipeline:
                 logger.error("batch of %d rows failed in storage: %s; re-queued", len(batch), exc)
                 self._requeue(batch, callbacks, front=True)
                 self._stop.wait(1.0)
-            except Exception:
+            except Exception as exc:  # a bug: keep the rows rather than lose them
                 self.metrics.errors.labels("pipeline").inc()
                 logger.exception("batch of %d rows failed in the pipeline", len(batch))
+                self._keep_unscored(batch, callbacks, exc)
             finally:
                 self._busy = False
         self._drain_stores()
@@ -267,11 +271,23 @@ class Pipeline:
         self.emitter.emit(anomalies)
         self.anomaly_count += len(anomalies)
 
+    def _keep_unscored(self, rows: list[Row], callbacks: Sequence[OnStored], exc: Exception) -> None:
+        """A batch the scorer fails on every time is kept, not lost: its rows go to the backlog collection
+        unscored (where `otad train` and a later model see them) and the spool moves past it."""
+        logger.error("scoring failed on a batch of %d rows (%s, %d attempt(s)); storing it unscored in the backlog",
+                     len(rows), exc, max(self._process_failures, 1))
+        self._process_failures = 0
+        try:
+            self.store.upsert_backlog(_backlog_records(rows))
+        except StorageError as err:
+            logger.error("could not store the unscored batch (%s); re-queued", err)
+            self._requeue(rows, callbacks, front=False)
+            return
+        self.metrics.rows_unscored.inc(len(rows))
+        _notify(callbacks)
+
     def _collect(self, rows: list[Row]) -> None:
-        self.store.upsert_backlog([
-            {"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
-             "time_ms": r.time_ms, "trace_id": r.trace_id, "row": row_to_dict(r)} for r in rows
-        ])
+        self.store.upsert_backlog(_backlog_records(rows))
         self._backlog.extend(rows)
         self.metrics.rows_processed.labels(self.state).inc(len(rows))
         self.processed += len(rows)
