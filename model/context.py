@@ -51,6 +51,19 @@ FEATURES = (
 )
 
 
+# Fixed units (centre, scale) for the features above, used instead of scales fitted to training data: these are
+# engineered, bounded quantities with a meaning of their own (z-scores, shares, log counts), and most rows carry
+# 0 in them, so a robust scale fitted to a training window collapses towards 0 and a routine value explodes to the
+# clip (measured: the slow share's fitted scale went from 0.077 to 0.003 between two training windows).
+UNITS: dict[str, tuple[float, float]] = {
+    TEMPLATE_RATE[0]: (0.0, 0.25), SERVICE_FAIL[0]: (0.0, 1.0), "ctx.service_failure_ratio_60s": (0.0, 0.1),
+    SOURCE_FAIL[0]: (0.0, 1.0),
+    **{p[0]: (math.log1p(PAIR_SATURATION), 1.0) for p in PAIRS},  # seen often = 0, first seen = -3
+    "ctx.series_z": (0.0, 1.0), "ctx.series_log_ratio": (0.0, 0.25), "ctx.series_change": (0.0, 0.5),
+    LATENCY_Z: (0.0, 1.0), SLOW_RATIO[0]: (0.0, 0.1),
+}
+
+
 class _Windows:
     """Event timestamps per key inside a sliding window; bounded number of keys (oldest evicted)."""
 

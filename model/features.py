@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from model.context import FEATURES as CONTEXT_FEATURES
+from model.context import UNITS as CONTEXT_UNITS
 from model.context import ContextTracker
 from model.schema import Row
 from model.templates import TemplateMatcher, mine
@@ -254,16 +255,20 @@ class FeatureContract:
             values = [float(x) for x in candidates.get(name, ()) if isinstance(x, int | float) and math.isfinite(float(x))]
             if len(values) < max(5, n // 1000):
                 continue
+            if name in CONTEXT_UNITS:
+                center, scale = CONTEXT_UNITS[name]
+                self.numeric.append(NumericSpec(name, False, center, scale, len(values) < n))
+                continue
             arr = np.asarray(values, dtype=np.float64)
             log = bool(arr.min() >= 0 and np.quantile(arr, 0.99) > 10 * (np.quantile(arr, 0.5) + 1e-9) and arr.max() > 10)
             if log:
                 arr = np.log1p(arr)
             q05, q25, q50, q75, q95 = np.quantile(arr, [0.05, 0.25, 0.5, 0.75, 0.95])
             scale = (q75 - q25) / 1.349
+            if scale <= 1e-9:  # mostly one value: the spread of the rest, so a routine other value is not extreme
+                scale = max((q95 - q05) / 3.29, float(arr.std()))
             if scale <= 1e-9:
-                scale = (q95 - q05) / 3.29
-            if scale <= 1e-9:
-                scale = float(arr.std()) or 1.0
+                scale = 1.0
             self.numeric.append(NumericSpec(name, log, float(q50), float(scale), len(values) < n))
 
     # ----- transforming -----

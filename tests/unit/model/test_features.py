@@ -220,3 +220,20 @@ def test_a_sparse_count_series_is_not_flagged_for_poisson_noise():
 def test_attribute_latency(fields, ms):
     from model.features import attribute_latency_ms
     assert attribute_latency_ms(fields) == ms
+
+
+def test_context_features_keep_fixed_units_and_sparse_columns_get_a_sane_scale():
+    """Fitted robust scales collapse on mostly-zero columns; context features use fixed units instead, and a
+    sparse generic column is scaled by the spread of its values, so a routine non-zero value stays moderate."""
+    n = 2_000
+    derived = [{"ctx.slow_ratio_60s": 0.3 if i % 400 == 0 else 0.0, "unmapped.retries": 2 if i % 50 == 0 else 0,
+                "signal": "logs", "service": "a"} for i in range(n)]
+    contract = FeatureContract()
+    contract._fit_columns(derived, n, min_count=2, max_vocab=256)
+    specs = {s.name: s for s in contract.numeric}
+    assert (specs["ctx.slow_ratio_60s"].center, specs["ctx.slow_ratio_60s"].scale) == (0.0, 0.1)
+    assert specs["unmapped.retries"].scale > 0.2
+    num, _ = contract.encode([{"ctx.slow_ratio_60s": 0.3, "unmapped.retries": 2}])
+    names = contract.numeric_names()
+    assert num[0, names.index("ctx.slow_ratio_60s")] == pytest.approx(3.0)
+    assert num[0, names.index("unmapped.retries")] < 10
