@@ -56,11 +56,11 @@ FEATURES = (
 # 0 in them, so a robust scale fitted to a training window collapses towards 0 and a routine value explodes to the
 # clip (measured: the slow share's fitted scale went from 0.077 to 0.003 between two training windows).
 UNITS: dict[str, tuple[float, float]] = {
-    TEMPLATE_RATE[0]: (0.0, 0.25), SERVICE_FAIL[0]: (0.0, 1.0), "ctx.service_failure_ratio_60s": (0.0, 0.1),
-    SOURCE_FAIL[0]: (0.0, 1.0),
-    **{p[0]: (math.log1p(PAIR_SATURATION), 1.0) for p in PAIRS},  # seen often = 0, first seen = -3
-    "ctx.series_z": (0.0, 1.0), "ctx.series_log_ratio": (0.0, 0.25), "ctx.series_change": (0.0, 0.5),
-    LATENCY_Z: (0.0, 1.0), SLOW_RATIO[0]: (0.0, 0.1),
+    TEMPLATE_RATE[0]: (0.0, 0.1), SERVICE_FAIL[0]: (0.0, 0.5), "ctx.service_failure_ratio_60s": (0.0, 0.05),
+    SOURCE_FAIL[0]: (0.0, 0.5),
+    **{p[0]: (math.log1p(PAIR_SATURATION), 0.5) for p in PAIRS},  # seen often = 0, first seen = -6
+    "ctx.series_z": (0.0, 0.5), "ctx.series_log_ratio": (0.0, 0.05), "ctx.series_change": (0.0, 0.1),
+    LATENCY_Z: (0.0, 1.0), SLOW_RATIO[0]: (0.0, 0.05),
 }
 
 

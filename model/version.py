@@ -36,7 +36,10 @@ RARITY_WEIGHT = 0.1
 # Deviation features already measure "how far from this entity's own baseline" (a z-score of an operation's
 # latency, of a metric series): they are evidence in themselves, so they weigh more.
 DEVIATION_WEIGHT = 0.5
-DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s")
+# A first-seen pair (a user from a new country, with a new agent, from a new network) is the same kind of
+# evidence: a deviation from the entity's own history.
+DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s", "ctx.seen_user_country",
+                      "ctx.seen_user_agent", "ctx.seen_user_route", "ctx.seen_user_source")
 
 
 def numeric_weights(contract: FeatureContract) -> np.ndarray:

@@ -231,9 +231,9 @@ def test_context_features_keep_fixed_units_and_sparse_columns_get_a_sane_scale()
     contract = FeatureContract()
     contract._fit_columns(derived, n, min_count=2, max_vocab=256)
     specs = {s.name: s for s in contract.numeric}
-    assert (specs["ctx.slow_ratio_60s"].center, specs["ctx.slow_ratio_60s"].scale) == (0.0, 0.1)
+    assert (specs["ctx.slow_ratio_60s"].center, specs["ctx.slow_ratio_60s"].scale) == (0.0, 0.05)
     assert specs["unmapped.retries"].scale > 0.2
     num, _ = contract.encode([{"ctx.slow_ratio_60s": 0.3, "unmapped.retries": 2}])
     names = contract.numeric_names()
-    assert num[0, names.index("ctx.slow_ratio_60s")] == pytest.approx(3.0)
+    assert num[0, names.index("ctx.slow_ratio_60s")] == pytest.approx(6.0)
     assert num[0, names.index("unmapped.retries")] < 10
