@@ -22,6 +22,7 @@ import numpy as np
 from pymilvus import MilvusClient, MilvusException
 
 from storage import collection as col
+from storage import lite_patch
 from storage.errors import StorageError
 
 __all__ = ["MilvusStore"]
@@ -91,6 +92,7 @@ class MilvusStore:
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lite_path = str(path)
+            lite_patch.apply()  # embedded Lite runs in this process: give it the faster flush
         self._dims: dict[str, int] = {}  # rows collections known to exist, with their dim
         self._schemas: dict[str, dict[str, Any]] = {}  # describe_collection of collections written columnwise
         try:
