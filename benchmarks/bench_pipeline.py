@@ -103,7 +103,7 @@ def cpu_by_process(otad_pid: int) -> dict[str, float]:
             if ppid != otad_pid:
                 continue
             cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            name = ("Milvus Lite server" if "milvus_lite" in cmd else "scoring process" if "spawn_main" in cmd
+            name = ("Milvus Lite server" if "milvus_lite" in cmd or "lite_server" in cmd else "scoring process" if "spawn_main" in cmd
                     and "resource_tracker" not in cmd else "other")
             out[name] = out.get(name, 0.0) + _cpu_s(int(stat.parent.name))
         except (OSError, ValueError, IndexError):

@@ -60,7 +60,7 @@ def open_store(settings: Settings, *, serve: bool = False, owner=None):
         elif serve and settings.milvus_lite_process:
             owner.lite = LiteServerProcess(uri)
             uri = owner.lite.start()
-    return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s)
+    return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index)
 
 
 # ----------------------------------------------------------------------------------------------- serve

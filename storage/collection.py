@@ -29,6 +29,7 @@ __all__ = [
     "ANOMALIES_COLLECTION",
     "BACKLOG_COLLECTION",
     "PLACEHOLDER_VECTOR",
+    "ROWS_INDEX_TYPES",
     "anomalies_schema",
     "backlog_schema",
     "index_params",
@@ -137,15 +138,25 @@ def anomalies_schema() -> Any:
     return schema
 
 
-def index_params(client: MilvusClient, *, placeholder: bool, time_field: str = "time_ms") -> IndexParams:
+ROWS_INDEX_TYPES = {"flat": "FLAT", "autoindex": "AUTOINDEX"}
+
+
+def index_params(
+    client: MilvusClient, *, placeholder: bool, time_field: str = "time_ms", rows_index: str = "autoindex"
+) -> IndexParams:
     """Index params: COSINE on ``embedding`` plus inverted indexes on the fields filters use.
 
-    A real embedding gets ``AUTOINDEX`` (HNSW in Milvus Lite when faiss-cpu is present, brute force
-    otherwise; the server's own choice on Milvus). The placeholder gets ``FLAT``: it is never searched
-    for meaning and a graph over identical vectors is wasted work.
+    A real embedding gets ``rows_index``: ``autoindex`` (HNSW in Milvus Lite when faiss-cpu is present,
+    brute force otherwise; the server's own choice on Milvus) or ``flat`` (exact brute-force search, no
+    index to build). The placeholder always gets ``FLAT``: it is never searched for meaning and a graph
+    over identical vectors is wasted work.
     """
+    if rows_index not in ROWS_INDEX_TYPES:
+        raise StorageError(f"rows index must be one of {', '.join(ROWS_INDEX_TYPES)}, got {rows_index!r}")
     params = client.prepare_index_params()
-    params.add_index("embedding", index_type="FLAT" if placeholder else "AUTOINDEX", metric_type="COSINE")
+    params.add_index(
+        "embedding", index_type="FLAT" if placeholder else ROWS_INDEX_TYPES[rows_index], metric_type="COSINE"
+    )
     # INVERTED is the scalar index both Milvus and Milvus Lite implement.
     params.add_index("service", index_type="INVERTED")
     params.add_index(time_field, index_type="INVERTED")

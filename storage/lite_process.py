@@ -1,4 +1,5 @@
-"""Milvus Lite in a child process (`python -m milvus_lite server`) on loopback.
+"""Milvus Lite in a child process (`python -m storage.lite_server server`, milvus_lite's server with
+storage.lite_patch applied) on loopback.
 
 Embedded Milvus Lite runs inside the caller's interpreter, so its inserts and searches compete with the
 pipeline for the GIL on a 2-core machine. Run as a child it uses the other core, and the data stays a
@@ -45,7 +46,7 @@ class LiteServerProcess:
         log_path = self.db_path.parent / "milvus-lite.log"
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.db_path), "--host", "127.0.0.1",
+            [sys.executable, "-m", "storage.lite_server", "server", "--data-dir", str(self.db_path), "--host", "127.0.0.1",
              "--port", str(port), "--max-workers", str(self.max_workers)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

@@ -22,6 +22,7 @@ import numpy as np
 from pymilvus import MilvusClient, MilvusException
 
 from storage import collection as col
+from storage import lite_patch
 from storage.errors import StorageError
 
 __all__ = ["MilvusStore"]
@@ -65,14 +66,21 @@ class MilvusStore:
             ``http(s)://host:port`` (a Milvus server).
         token: Milvus token (``user:password`` or an API key); never logged.
         timeout_s: deadline of every Milvus call, in seconds.
+        rows_index: embedding index of rows collections this store creates, ``flat`` or ``autoindex``
+            (see ``collection.index_params``); an existing collection keeps the index it was made with.
 
     Raises:
         StorageError: the URI is unusable or Milvus does not answer.
     """
 
-    def __init__(self, uri: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, uri: str, *, token: str | None = None, timeout_s: float = 30.0, rows_index: str = "autoindex"
+    ) -> None:
         if timeout_s <= 0:
             raise StorageError(f"timeout_s must be > 0, got {timeout_s}")
+        if rows_index not in col.ROWS_INDEX_TYPES:
+            raise StorageError(f"rows_index must be one of {', '.join(col.ROWS_INDEX_TYPES)}, got {rows_index!r}")
+        self._rows_index = rows_index
         self._timeout = timeout_s
         self._uri = uri
         self._lite_path: str | None = None
@@ -84,6 +92,7 @@ class MilvusStore:
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
             self._lite_path = str(path)
+            lite_patch.apply()  # embedded Lite runs in this process: give it the faster flush
         self._dims: dict[str, int] = {}  # rows collections known to exist, with their dim
         self._schemas: dict[str, dict[str, Any]] = {}  # describe_collection of collections written columnwise
         try:
@@ -171,7 +180,9 @@ class MilvusStore:
                 c.create_collection(name, schema=schema, consistency_level=consistency, timeout=self._timeout)
                 # sync=False: pymilvus would otherwise poll each index with a 0.5 s sleep (1.5 s a
                 # collection); an empty collection's index is ready at once and load_collection waits.
-                params = col.index_params(c, placeholder=placeholder, time_field=time_field)
+                params = col.index_params(
+                    c, placeholder=placeholder, time_field=time_field, rows_index=self._rows_index
+                )
                 c.create_index(name, params, timeout=self._timeout, sync=False)
                 logger.info("created Milvus collection %s", name)
             # Load after create, and again for a collection an earlier run left released.
