@@ -37,7 +37,9 @@ LATENCY_ALPHA = 0.02  # EWMA weight of one observation at most (outliers learn 2
 # Baselines forget by time, not by count: with a per-observation weight alone, an operation called ten times a
 # second re-learns its level within seconds and a ten-minute latency incident becomes its own baseline (measured:
 # the busiest operations' z fell from ~11 to ~1 inside an incident). The weight of one observation is
-# 1 - exp(-dt / tau), capped at the per-observation weight, so rare operations behave as before.
+# 1 - exp(-dt / tau), capped at the per-observation weight, so rare operations behave as before, and never below
+# 1/(n+1): a young baseline (minutes of dense data) is the plain mean of everything seen so far, not its first
+# few observations frozen.
 LATENCY_TAU_MS = 15 * 60_000
 SERIES_TAU_MS = 30 * 60_000
 
@@ -56,7 +58,7 @@ FEATURES = (
 # 0 in them, so a robust scale fitted to a training window collapses towards 0 and a routine value explodes to the
 # clip (measured: the slow share's fitted scale went from 0.077 to 0.003 between two training windows).
 UNITS: dict[str, tuple[float, float]] = {
-    TEMPLATE_RATE[0]: (0.0, 0.1), SERVICE_FAIL[0]: (0.0, 0.5), "ctx.service_failure_ratio_60s": (0.0, 0.05),
+    TEMPLATE_RATE[0]: (0.0, 0.25), SERVICE_FAIL[0]: (0.0, 0.5), "ctx.service_failure_ratio_60s": (0.0, 0.05),
     SOURCE_FAIL[0]: (0.0, 0.5),
     **{p[0]: (math.log1p(PAIR_SATURATION), 0.5) for p in PAIRS},  # seen often = 0, first seen = -6
     "ctx.series_z": (0.0, 0.5), "ctx.series_log_ratio": (0.0, 0.05), "ctx.series_change": (0.0, 0.1),
@@ -209,7 +211,7 @@ class ContextTracker:
         if s.n < LATENCY_WARMUP:
             a = 1.0 / (s.n + 1)
         else:
-            a = _time_weight(LATENCY_ALPHA, s.t_ms, t_ms, LATENCY_TAU_MS)
+            a = max(_time_weight(LATENCY_ALPHA, s.t_ms, t_ms, LATENCY_TAU_MS), 1.0 / (s.n + 1))
             a = a if abs(z) < 4 else a / 20
         s.t_ms = t_ms if s.t_ms is None else max(s.t_ms, t_ms)
         d = x - s.mean
@@ -247,7 +249,7 @@ class ContextTracker:
             if s.n < self.warmup:
                 a = 1.0 / (s.n + 1)
             else:
-                a = _time_weight(self.alpha, s.t_ms, t_ms, SERIES_TAU_MS)
+                a = max(_time_weight(self.alpha, s.t_ms, t_ms, SERIES_TAU_MS), 1.0 / (s.n + 1))
                 a = a if z_abs < 4 else a / 10
             d = x - s.mean
             s.mean += a * d
