@@ -75,13 +75,7 @@ class _Windows:
         self.events: OrderedDict[object, deque[int]] = OrderedDict()
 
     def add_and_count(self, key: object, t_ms: int) -> int:
-        q = self.events.get(key)
-        if q is None:
-            q = self.events[key] = deque()
-            if len(self.events) > self.max_keys:
-                self.events.popitem(last=False)
-        else:
-            self.events.move_to_end(key)
+        q = _lru_entry(self.events, key, deque, self.max_keys)
         horizon = t_ms - self.window_ms
         while q and q[0] < horizon:
             q.popleft()
@@ -197,13 +191,7 @@ class ContextTracker:
         if not isinstance(duration, int | float) or not math.isfinite(duration) or duration < 0 or op is None:
             return NAN
         key = (values.get("service"), op)
-        s = self.latency.get(key)
-        if s is None:
-            s = self.latency[key] = _Series()
-            if len(self.latency) > self.max_keys:
-                self.latency.popitem(last=False)
-        else:
-            self.latency.move_to_end(key)
+        s = _lru_entry(self.latency, key, _Series, self.max_keys)
         x = math.log1p(float(duration))
         # sd floor 0.1 (about 10% of the duration): a perfectly steady operation does not make noise huge.
         sd = max(math.sqrt(s.var), 0.1)
@@ -224,13 +212,7 @@ class ContextTracker:
         return z
 
     def _series(self, key: str, x: float, t_ms: int) -> dict[str, float]:
-        s = self.series.get(key)
-        if s is None:
-            s = self.series[key] = _Series()
-            if len(self.series) > self.max_keys:
-                self.series.popitem(last=False)
-        else:
-            self.series.move_to_end(key)
+        s = _lru_entry(self.series, key, _Series, self.max_keys)
         if s.n < self.warmup:
             feats = dict.fromkeys(SERIES, NAN)
         else:
@@ -259,6 +241,18 @@ class ContextTracker:
         s.integral = s.integral and x == int(x)
         s.n += 1
         return feats
+
+
+def _lru_entry(table: OrderedDict, key: object, factory, max_keys: int):
+    """The entry for key (created by factory when new), marked most recent; the oldest key goes past max_keys."""
+    entry = table.get(key)
+    if entry is None:
+        entry = table[key] = factory()
+        if len(table) > max_keys:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return entry
 
 
 def _time_weight(cap: float, last_ms: int | None, t_ms: int, tau_ms: int) -> float:
