@@ -31,6 +31,11 @@ LATENCY_Z = "ctx.latency_z"
 # A latency burst: the share of the service's recent rows that were slow (z >= SLOW_Z), set on slow rows only.
 SLOW_RATIO = ("ctx.slow_ratio_60s", 60_000)
 SLOW_Z = 3.0
+# A failure burst against the service's own failure rate: how many more failures the last 60 s held than the
+# service's baseline share predicts, in Poisson units (set on failed rows only). An absolute share cannot tell a
+# login service that fails 6% of the time from a checkout that suddenly fails 6%; this can.
+FAILURE_EXCESS = "ctx.failure_excess_60s"
+FAILURE_TAU_MS = 30 * 60_000
 
 LATENCY_WARMUP = 20  # observations of an operation before its latency z is trusted
 LATENCY_ALPHA = 0.02  # EWMA weight of one observation at most (outliers learn 20x slower, so a spike stays visible)
@@ -48,7 +53,7 @@ PAIR_SATURATION = 20
 
 # Volume-free on purpose (shares and ratios), so a daily traffic rhythm is not an anomaly.
 FEATURES = (
-    TEMPLATE_RATE[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", SOURCE_FAIL[0],
+    TEMPLATE_RATE[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", FAILURE_EXCESS, SOURCE_FAIL[0],
     *(p[0] for p in PAIRS), *SERIES, LATENCY_Z, SLOW_RATIO[0],
 )
 
@@ -59,7 +64,7 @@ FEATURES = (
 # clip (measured: the slow share's fitted scale went from 0.077 to 0.003 between two training windows).
 UNITS: dict[str, tuple[float, float]] = {
     TEMPLATE_RATE[0]: (0.0, 0.25), SERVICE_FAIL[0]: (0.0, 0.5), "ctx.service_failure_ratio_60s": (0.0, 0.05),
-    SOURCE_FAIL[0]: (0.0, 0.5),
+    FAILURE_EXCESS: (0.0, 1.0), SOURCE_FAIL[0]: (0.0, 0.5),
     **{p[0]: (math.log1p(PAIR_SATURATION), 0.5) for p in PAIRS},  # seen often = 0, first seen = -6
     "ctx.series_z": (0.0, 0.5), "ctx.series_log_ratio": (0.0, 0.05), "ctx.series_change": (0.0, 0.1),
     LATENCY_Z: (0.0, 1.0), SLOW_RATIO[0]: (0.0, 0.05),
@@ -109,6 +114,7 @@ class ContextTracker:
         self.pair_counts: dict[str, int] = dict(pair_counts or {})
         self.series: OrderedDict[str, _Series] = OrderedDict()
         self.latency: OrderedDict[object, _Series] = OrderedDict()
+        self.fail_rate: OrderedDict[object, _Series] = OrderedDict()
         self.max_keys = max_keys
         self.alpha = series_alpha
         self.warmup = warmup
@@ -153,6 +159,7 @@ class ContextTracker:
         else:
             out[SERVICE_FAIL[0]] = 0.0
             out["ctx.service_failure_ratio_60s"] = 0.0
+        out[FAILURE_EXCESS] = self._failure_excess(service, failed, rows, t_ms)
         source = values.get("src_endpoint.ip")
         if source:
             if failed:
@@ -210,6 +217,26 @@ class ContextTracker:
             s.var = (1 - a) * (s.var + a * d * d)
         s.n += 1
         return z
+
+    def _failure_excess(self, service: object, failed: bool, rows: int, t_ms: int) -> float:
+        """Failures in the service's window beyond its baseline rate, in Poisson units; 0 on rows that succeeded.
+
+        The baseline is the service's failure share, forgetting by time (tau 30 min); while the window is in
+        excess it learns 10x slower, so a ten-minute burst does not become the norm.
+        """
+        s = _lru_entry(self.fail_rate, service, _Series, self.max_keys)
+        fails = _peek(self.service_fail, service, t_ms)  # includes this row when it failed
+        expected = s.mean * (rows + 1)
+        z = (fails - expected) / math.sqrt(expected + 1.0)
+        a = max(_time_weight(LATENCY_ALPHA, s.t_ms, t_ms, FAILURE_TAU_MS), 1.0 / (s.n + 1))
+        if z >= 4 and s.n >= LATENCY_WARMUP:
+            a /= 10
+        s.mean += a * ((1.0 if failed else 0.0) - s.mean)
+        s.t_ms = t_ms if s.t_ms is None else max(s.t_ms, t_ms)
+        s.n += 1
+        if not failed or s.n <= LATENCY_WARMUP:
+            return 0.0
+        return max(-50.0, min(50.0, z))
 
     def _series(self, key: str, x: float, t_ms: int) -> dict[str, float]:
         s = _lru_entry(self.series, key, _Series, self.max_keys)

@@ -21,7 +21,11 @@ from model.context import ContextTracker
 from model.schema import Row
 from model.templates import TemplateMatcher, mine
 
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
+
+
+class ContractVersionError(ValueError):
+    """A saved model's feature contract was written by another release: its features cannot be computed."""
 MISSING, OOV = 0, 1
 CLIP = 20.0
 
@@ -366,7 +370,8 @@ class FeatureContract:
     @classmethod
     def from_json(cls, data: dict) -> FeatureContract:
         if data.get("version") != CONTRACT_VERSION:
-            raise ValueError(f"feature contract version {data.get('version')} is not {CONTRACT_VERSION}; retrain the model")
+            raise ContractVersionError(f"feature contract version {data.get('version')} is not {CONTRACT_VERSION} "
+                                       "(the model was trained by another otad release); retrain the model")
         return cls(
             categorical=list(data["categorical"]), vocab={k: list(v) for k, v in data["vocab"].items()},
             numeric=[NumericSpec(**s) for s in data["numeric"]], templates=list(data["templates"]),

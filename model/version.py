@@ -38,7 +38,8 @@ RARITY_WEIGHT = 0.1
 DEVIATION_WEIGHT = 0.5
 # A first-seen pair (a user from a new country, with a new agent, from a new network) is the same kind of
 # evidence: a deviation from the entity's own history.
-DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s", "ctx.seen_user_country",
+DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s", "ctx.failure_excess_60s",
+                      "ctx.source_failures_300s", "ctx.seen_user_country",
                       "ctx.seen_user_agent", "ctx.seen_user_route", "ctx.seen_user_source")
 
 

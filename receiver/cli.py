@@ -58,7 +58,7 @@ def open_store(settings: Settings, *, serve: bool = False, owner=None):
         if running:
             uri = running
         elif serve and settings.milvus_lite_process:
-            owner.lite = LiteServerProcess(uri)
+            owner.lite = LiteServerProcess(uri, nice=settings.background_nice)
             uri = owner.lite.start()
     return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index)
 
@@ -87,7 +87,7 @@ class Service:
                                       on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
         self.ingest = None
         try:
-            model = load_model(settings)
+            model = load_model(settings, incompatible_ok=True)
             self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
             if settings.spool_enabled:
                 from receiver.ingest import open_spooled_ingest

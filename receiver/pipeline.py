@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.features import ContractVersionError
 from model.schema import Anomaly, Row, row_to_dict
 from model.train import TrainConfig
 from model.version import ModelVersion, Scorer, fit_version
@@ -354,7 +355,7 @@ class Pipeline:
         if s.score_process and (path / "model.json").exists():
             try:
                 return ScoringProcess(mv, path, k=s.knn_k, alert_pvalue=s.alert_pvalue, max_rows=s.reference_max_rows,
-                                      threads=s.torch_threads)
+                                      threads=s.torch_threads, nice=s.background_nice)
             except ScoringProcessError as exc:
                 logger.error("%s; scoring in the service process instead", exc)
         elif s.score_process:
@@ -389,6 +390,15 @@ def scored_columns(rows: Sequence[Row], scores: np.ndarray, is_anomaly: np.ndarr
     }
 
 
-def load_model(settings: Settings) -> ModelVersion | None:
-    return ModelVersion.load_current(Path(settings.models_dir), k=settings.knn_k, alert_pvalue=settings.alert_pvalue,
-                                     max_rows=settings.reference_max_rows)
+def load_model(settings: Settings, *, incompatible_ok: bool = False) -> ModelVersion | None:
+    """The current model version, or None when there is none (or, with incompatible_ok, when it was trained by
+    a release whose feature contract this one cannot compute: the service then starts over from a cold start)."""
+    try:
+        return ModelVersion.load_current(Path(settings.models_dir), k=settings.knn_k,
+                                         alert_pvalue=settings.alert_pvalue, max_rows=settings.reference_max_rows)
+    except ContractVersionError as exc:
+        if not incompatible_ok:
+            raise
+        logger.warning("the current model cannot be used: %s; starting from a cold start (a new model is trained "
+                       "once %d rows have arrived)", exc, settings.bootstrap_rows)
+        return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -59,13 +60,13 @@ class ScoringProcess:
     """
 
     def __init__(self, mv: ModelVersion, path: Path, *, k: int, alert_pvalue: float, max_rows: int,
-                 threads: int = 1, start_timeout_s: float = START_TIMEOUT_S):
+                 threads: int = 1, nice: int = 0, start_timeout_s: float = START_TIMEOUT_S):
         self.mv = mv
         self._lock = threading.Lock()  # one batch at a time on the pipe; close waits for the batch in hand
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, name=f"otad-score-{mv.version}", daemon=True,
-                                 args=(child, str(path), k, alert_pvalue, max_rows, threads))
+                                 args=(child, str(path), k, alert_pvalue, max_rows, threads, nice))
         self._proc.start()
         child.close()
         try:
@@ -141,10 +142,13 @@ class ScoringProcess:
             self._conn.close()
 
 
-def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: int, threads: int) -> None:
+def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: int, threads: int,
+           nice: int = 0) -> None:
     """The child's loop: load the model, then answer `("score", rows, now)` until `("stop",)` or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent drains
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)  # behind the queue: the receiver's Export calls get the CPU first
     from model.version import Scorer
 
     try:

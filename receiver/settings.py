@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     seed: int = 7  # training seed
     torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
     score_process: bool = True  # score in a child process (own core; the receiver keeps the GIL to itself)
+    # Niceness added to the scoring and Milvus Lite children: when the cores are busy, the receiver (whose
+    # Export latency clients wait on) gets the CPU first and the batch work behind the queue absorbs the wait.
+    background_nice: int = Field(10, ge=0, le=19)
     log_level: str = "INFO"
     # OTLP servers: TLS, mTLS, bearer-token auth, gRPC transport limits. Defaults: plaintext, no auth.
     tls_cert_file: Path | None = None  # PEM certificate (chain) of both OTLP servers; None: plaintext

@@ -9,6 +9,7 @@ local Milvus Lite directory (`<data dir>/milvus.db`, the same layout the embedde
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 from storage.errors import StorageError
+
+NICE_ENV = "OTAD_LITE_NICE"  # niceness the server child adds to itself (storage/lite_server.py)
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +34,12 @@ def _free_port() -> int:
 class LiteServerProcess:
     """Start/stop a Milvus Lite server for one data directory; `uri` is what MilvusStore connects to."""
 
-    def __init__(self, db_path: str | Path, *, max_workers: int = 8):
+    def __init__(self, db_path: str | Path, *, max_workers: int = 8, nice: int = 0):
         self.db_path = Path(db_path).expanduser().resolve()
         if self.db_path.suffix != ".db":
             raise StorageError(f"Milvus Lite path must end in .db (got {str(db_path)!r})")
         self.max_workers = max_workers
+        self.nice = nice  # added to the child's niceness: the receiver gets the CPU first when cores are busy
         self.proc: subprocess.Popen | None = None
         self.uri = ""
 
@@ -49,6 +53,7 @@ class LiteServerProcess:
             [sys.executable, "-m", "storage.lite_server", "server", "--data-dir", str(self.db_path), "--host", "127.0.0.1",
              "--port", str(port), "--max-workers", str(self.max_workers)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, NICE_ENV: str(self.nice)},
         )
         log.close()
         deadline = time.monotonic() + timeout_s

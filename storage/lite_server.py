@@ -6,10 +6,15 @@ faster MemTable flush; arguments and behaviour are otherwise milvus_lite's.
 
 from __future__ import annotations
 
+import os
+
 from milvus_lite.cmdline import main
 
 from storage import lite_patch
+from storage.lite_process import NICE_ENV
 
 if __name__ == "__main__":
+    if int(os.environ.get(NICE_ENV) or 0):
+        os.nice(int(os.environ[NICE_ENV]))
     lite_patch.apply()
     raise SystemExit(main())

@@ -130,3 +130,15 @@ def test_service_scores_in_the_child_and_stop_drains_then_closes_it(saved, tmp_p
         assert store.count_rows(mv.version) == 200  # every scored row stored once
     finally:
         store.close()
+
+
+def test_child_runs_at_the_niceness_it_was_given(saved):
+    """Batch work yields the CPU to the receiver: the child adds `nice` to the niceness it inherited."""
+    mv, path = saved
+    child = start(mv, path, nice=5)
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, child._proc.pid) == min(own + 5, 19)
+        assert len(child.score(make_rows(50, seed=3, start=T0 + 10**12), T0 + 2 * 10**12).scores) == 50
+    finally:
+        child.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip  # noqa: F401  (gzip is exercised through grpc.Compression.Gzip)
 import json
+import os
 import time
 import urllib.request
 
@@ -94,6 +95,8 @@ def test_health_and_empty_request(service):
     response = logs.Export(logs_pb.ExportLogsServiceRequest(), timeout=5)
     assert not response.HasField("partial_success")
     url = f"http://localhost:{service.health.port}"
+    own = os.getpriority(os.PRIO_PROCESS, 0)  # the Milvus Lite child yields the CPU to the receiver
+    assert os.getpriority(os.PRIO_PROCESS, service.lite.proc.pid) == min(own + service.settings.background_nice, 19)
     status = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
     assert status["state"] == "collecting" and status["bootstrap_rows"] == 600
     assert b"otad_accepted_items" in urllib.request.urlopen(url + "/metrics", timeout=5).read()
@@ -174,3 +177,30 @@ def test_cold_start_trains_then_emits_anomaly_events(service, sink):
     assert service.pipeline.wait_idle(10)
     stored = service.store.latest_anomalies(10)
     assert any(a["source_uid"] == "slow-1" for a in stored)
+
+
+def test_model_of_another_contract_version_means_a_cold_start_not_a_crash(tmp_path, sink):
+    """An upgrade that changes the feature contract: the old model cannot be scored with, so the service says so
+    and collects rows for a new one instead of failing to start (and `otad score` still refuses it clearly)."""
+    from unit.model.test_features import make_rows
+
+    from model.features import ContractVersionError
+    from model.train import TrainConfig
+    from model.version import ModelVersion, fit_version
+
+    models = tmp_path / "data" / "models"
+    path = fit_version(make_rows(300), k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128)).save(models)
+    doc = json.loads((path / "model.json").read_text())
+    doc["contract"]["version"] -= 1
+    (path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ContractVersionError, match="retrain"):
+        ModelVersion.load_current(models)
+    svc = make_service(tmp_path, sink)
+    try:
+        assert svc.pipeline.state == "collecting"
+        _, logs, _ = stubs(svc)
+        logs.Export(logs_request(normal_records(50, T0)), timeout=5)
+        assert svc.pipeline.wait_idle(10)
+        assert svc.pipeline.status()["backlog_rows"] >= 50
+    finally:
+        svc.stop(5)

@@ -132,6 +132,21 @@ def test_failure_burst_context_is_set_on_failures_only():
     assert ok["ctx.service_failure_ratio_60s"] == 0.0 and ok["ctx.service_failures_60s"] == 0.0
 
 
+def test_failure_excess_is_measured_against_the_services_own_failure_rate():
+    """A login service that always fails ~1 in 10 is normal; a checkout that suddenly fails half its requests is
+    not, although the absolute share alone cannot tell the two apart once both run hot."""
+    tracker, rng = ContextTracker(), random.Random(1)
+    steady = [tracker.update({"service": "auth", "failed": rng.random() < 0.1}, i * 50) for i in range(40_000)]
+    steady_fails = [f["ctx.failure_excess_60s"] for f in steady[10_000:] if f["ctx.service_failures_60s"] > 0]
+    assert float(np.percentile(steady_fails, 99)) < 4  # Poisson noise around its own rate
+    for i in range(5_000):  # checkout: 1 % failures for a while, then a burst of 50 %
+        tracker.update({"service": "checkout", "failed": rng.random() < 0.01}, i * 50)
+    burst = [tracker.update({"service": "checkout", "failed": rng.random() < 0.5}, 250_000 + i * 50) for i in range(1_200)]
+    burst_fails = [f["ctx.failure_excess_60s"] for f in burst[600:] if f["ctx.service_failures_60s"] > 0]
+    assert min(burst_fails) > 10  # still far above the baseline a minute into the burst: it learns slowly
+    assert all(f["ctx.failure_excess_60s"] == 0.0 for f in burst if f["ctx.service_failures_60s"] == 0)
+
+
 def test_latency_z_against_the_operations_own_baseline():
     tracker = ContextTracker()
     rng = random.Random(1)
