@@ -122,3 +122,23 @@ def test_each_signal_gets_its_own_calibration():
     assert np.allclose(clone.score(raw["out"], ["logs"] * 50), per.score(raw["out"], ["logs"] * 50))
     # A group the reference never saw is scored with the calibration of all rows.
     assert np.allclose(per.score(raw["out"], ["traces"] * 50), per.calibration_.score(raw["out"]))
+
+
+def test_calibration_over_time_blocks_ignores_an_incident_in_history():
+    """History with one incident: pooled, its distances fill the tail and a repeat of it scores as normal; over
+    time blocks, the repeat stays beyond the threshold while ordinary rows keep the nominal alert rate."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    times = np.arange(n)
+    history = rng.gamma(4.0, 0.25, n)
+    history[20_000:20_600] = rng.uniform(4.0, 6.0, 600)  # a 1.5 % incident, inside one time block
+    pooled, blocks = Calibration.fit(history), Calibration.fit(history, times)
+    repeat = rng.uniform(4.0, 6.0, 500)
+    assert (pooled.pvalue(repeat) < 1e-3).mean() < 0.2
+    assert (blocks.pvalue(repeat) < 1e-3).mean() > 0.9
+    normal = rng.gamma(4.0, 0.25, 200_000)
+    assert 2e-4 < (blocks.pvalue(normal) < 1e-3).mean() < 3e-3  # near the nominal 1e-3
+    clean = rng.gamma(4.0, 0.25, n)  # without an incident the two agree, blocks a little more conservative
+    a, b = Calibration.fit(clean), Calibration.fit(clean, times)
+    assert a.raw_at(1e-3) <= b.raw_at(1e-3) < 1.15 * a.raw_at(1e-3)
+    assert Calibration.fit(history[:5_000], times[:5_000]).sorted_scores.size == 5_000  # too few rows: pooled
