@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from receiver.errors import ConfigError
+from receiver.heap import settle_heap
 from receiver.settings import Settings
 
 logger = logging.getLogger("otad")
@@ -113,6 +115,7 @@ class Service:
         self.pipeline.start()
         if self.ingest is not None:
             self.ingest.start()
+        settle_heap(collect=True)  # before the first request: it walks the whole heap once
         self.grpc.start()
         self.http.start()
         self.health.start()
@@ -134,6 +137,7 @@ class Service:
             self.ingest.stop()
         self.emitter.flush(min(grace_s, 5.0))
         self.emitter.shutdown(2.0)
+        gc.unfreeze()  # what was frozen at start can be collected again (matters when a process runs several)
         self.health.stop()
         self.store.close()
         if self.lite is not None:

@@ -21,6 +21,7 @@ from model.schema import Anomaly, Row, row_to_dict
 from model.train import TrainConfig
 from model.version import ModelVersion, Scorer, fit_version
 from receiver.emit import AnomalyEmitter, finding, finding_uid
+from receiver.heap import settle_heap
 from receiver.metrics import Metrics
 from receiver.score_process import ScoringProcess, ScoringProcessError
 from receiver.settings import Settings
@@ -344,6 +345,7 @@ class Pipeline:
         old, self._scorer = self._scorer, self._new_scorer(mv)
         self._close_scorer(old)
         self.state = "scoring"
+        settle_heap()  # the model and its state are long-lived now
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(mv.version, "scoring").set(1)
 

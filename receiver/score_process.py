@@ -28,6 +28,7 @@ import numpy as np
 
 from model.schema import Anomaly, Row
 from model.version import ModelVersion, ScoredBatch
+from receiver.heap import settle_heap
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: i
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
+    settle_heap(collect=True)
     conn.send(("ready", mv.version))
     while True:
         try:
