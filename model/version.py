@@ -38,8 +38,10 @@ RARITY_WEIGHT = 0.1
 DEVIATION_WEIGHT = 0.5
 # A first-seen pair (a user from a new country, with a new agent, from a new network) is the same kind of
 # evidence: a deviation from the entity's own history.
+# Failures from one source stay at the ordinary weight: weighed as a deviation they cost more than they gained
+# (measured, same model: average precision 0.848 -> 0.794, recall at the threshold 0.66 -> 0.53).
 DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s", "ctx.failure_excess_60s",
-                      "ctx.source_failures_300s", "ctx.seen_user_country",
+                      "ctx.seen_user_country",
                       "ctx.seen_user_agent", "ctx.seen_user_route", "ctx.seen_user_source")
 
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     alert_pvalue: float = Field(1e-3, gt=0, lt=0.5)  # tail probability at the threshold
     reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index
     train_epochs: int = Field(30, ge=1)  # upper bound; early stopping usually ends sooner
-    train_max_rows: int = Field(50_000, ge=100)  # newest rows used for training
+    train_max_rows: int = Field(200_000, ge=100)  # newest rows used for training (otad train on 165k rows peaked at 1.8 GB)
     embed_dim: int = Field(32, ge=4)  # embedding dimension
     seed: int = 7  # training seed
     torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
