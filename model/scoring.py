@@ -133,7 +133,8 @@ class KnnDetector:
 
     # ----- fitting -----
     def fit(self, embeddings: np.ndarray, uids: list[str], clean: bool = True,
-            times: np.ndarray | None = None, groups: np.ndarray | None = None) -> KnnDetector:
+            times: np.ndarray | None = None, groups: np.ndarray | None = None,
+            deviant: np.ndarray | None = None) -> KnnDetector:
         """Fit on reference embeddings (n, d) float32, in time order when `times` is given.
 
         Training data is not guaranteed clean: it may hold an incident. With `clean`, reference rows are
@@ -142,7 +143,9 @@ class KnnDetector:
         the other blocks are dropped, and so are rows among the `contamination` share least like the other
         blocks that are much closer to their own block (an incident up to that size),
         and the cross-block scores calibrate the detector (a new row is scored against history that does not
-        hold its own minutes, too). Without times, rows whose
+        hold its own minutes, too). Rows marked `deviant` (far from their own entity's baseline: an operation's
+        latency, a series' level) never become reference rows: a repeat of that incident must not find them
+        as its normal neighbours. Without times, rows whose
         leave-one-out score is beyond the threshold are dropped. `rep_rows_` maps each unique reference
         vector to its first row in `embeddings`. With `groups` (one label per row, e.g. the signal), each
         group with at least GROUP_MIN_ROWS calibration rows gets its own calibration.
@@ -159,6 +162,8 @@ class KnnDetector:
             rare = cross > float(np.quantile(cross, 1.0 - RARE_SHARE))
             bursty = (cross > float(np.quantile(cross, 1.0 - self.contamination))) & (loo < BURST_RATIO * cross)
             keep = ~(rare | bursty)
+            if deviant is not None:  # never reference rows, but their distances stay in the calibration
+                keep &= ~deviant
             calib = cross[~bursty]  # rare rows are the normal tail; bursty rows are not normal at all
             calib_groups = grp[~bursty]
             calib_times = np.asarray(times)[~bursty]

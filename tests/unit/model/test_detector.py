@@ -142,3 +142,25 @@ def test_calibration_over_time_blocks_ignores_an_incident_in_history():
     a, b = Calibration.fit(clean), Calibration.fit(clean, times)
     assert a.raw_at(1e-3) <= b.raw_at(1e-3) < 1.15 * a.raw_at(1e-3)
     assert Calibration.fit(history[:5_000], times[:5_000]).sorted_scores.size == 5_000  # too few rows: pooled
+
+
+def test_deviant_rows_never_become_reference_rows():
+    """An incident spread thinly over the whole training window is not bursty, so cleaning keeps it, and a repeat
+    finds it as its normal neighbours. Rows marked deviant (far from their own baseline) stay out of the
+    reference, so the repeat is flagged; their distances still calibrate, so normal rows keep their rate."""
+    rng = np.random.default_rng(5)
+    centre, elsewhere = np.eye(8)[0], np.eye(8)[1]
+    vectors = unit(centre + 0.3 * rng.normal(size=(6000, 8)))
+    spread = np.arange(0, 6000, 100)  # 60 incident rows, one every 100 rows: in every time block
+    vectors[spread] = unit(elsewhere + 0.05 * rng.normal(size=(len(spread), 8)))
+    deviant = np.zeros(len(vectors), dtype=bool)
+    deviant[spread] = True
+    times, uids = np.arange(len(vectors)), [str(i) for i in range(len(vectors))]
+    repeat = unit(elsewhere + 0.05 * rng.normal(size=(20, 8)))
+    kept = KnnDetector(k=10).fit(vectors, uids, times=times)
+    assert (kept.score(kept.decision_function(repeat)[0]) < kept.threshold_).all()  # the incident looks normal
+    marked = KnnDetector(k=10).fit(vectors, uids, times=times, deviant=deviant)
+    assert not set(marked.uids_) & {str(i) for i in spread}
+    assert (marked.score(marked.decision_function(repeat)[0]) >= marked.threshold_).all()
+    fresh = unit(centre + 0.3 * rng.normal(size=(3000, 8)))
+    assert (marked.score(marked.decision_function(fresh)[0]) >= marked.threshold_).mean() < 0.01

@@ -52,3 +52,20 @@ def test_fit_save_load_score_and_explain(tmp_path):
     assert features & {"duration", "severity_id", "status_id", "src_endpoint.location.country"}
     assert anomaly.explanation.startswith("Unusual log record from a") and anomaly.neighbors
     assert (a.is_anomaly[:-1]).mean() < 0.05
+
+
+def test_deviant_rows_are_those_far_from_their_own_baseline():
+    from model.features import FeatureContract
+    from model.version import DEVIANT_UNITS, deviant_rows
+
+    contract, derived = FeatureContract.fit(make_rows(400))
+    num, _ = contract.encode(derived)
+    names = contract.numeric_names()
+    cols = [names.index(n) for n in ("ctx.latency_z", "ctx.failure_excess_60s") if n in names]
+    assert cols, names
+    num = np.zeros_like(num)
+    num[3, cols[0]] = DEVIANT_UNITS  # ten units away: deviant
+    num[4, cols[0]] = -DEVIANT_UNITS  # either direction
+    num[5, cols[0]] = DEVIANT_UNITS - 0.5
+    num[6, names.index("duration") if "duration" in names else 0] = 50.0  # not a deviation feature
+    assert np.flatnonzero(deviant_rows(contract, num)).tolist() == [3, 4]
