@@ -45,12 +45,13 @@ DEVIATION_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.slow_ratio_60s", "ct
                       "ctx.seen_user_agent", "ctx.seen_user_route", "ctx.seen_user_source")
 
 
-def deviant_rows(contract: FeatureContract, num: np.ndarray) -> np.ndarray | None:
-    """Rows far from their own entity's baseline (|deviation| >= DEVIANT_UNITS): never reference rows."""
+def deviant_rows(contract: FeatureContract, num: np.ndarray) -> np.ndarray:
+    """Rows far from their own entity's baseline (|deviation| >= DEVIANT_UNITS): never reference rows, neither
+    at training nor by online learning."""
     names = contract.numeric_names()
     cols = [j for j, n in enumerate(names) if n in DEVIANT_FEATURES]
     if not cols:
-        return None
+        return np.zeros(len(num), dtype=bool)
     return (np.abs(num[:, cols]) >= DEVIANT_UNITS).any(axis=1)
 
 
@@ -206,7 +207,7 @@ class Scorer:
         anomalies = [self._anomaly(rows[i], derived[i], num[i], cat[i], raw[i], scores[i], idx[i], now)
                      for i in np.flatnonzero(flagged)]
         if self.learn:
-            calm = np.flatnonzero(scores < LEARN_BELOW_SCORE)
+            calm = np.flatnonzero((scores < LEARN_BELOW_SCORE) & ~deviant_rows(self.mv.contract, num))
             if len(calm) > LEARN_PER_BATCH:  # an even sample over the batch, deterministic
                 calm = calm[np.linspace(0, len(calm) - 1, LEARN_PER_BATCH).astype(np.int64)]
             if len(calm):
