@@ -164,6 +164,12 @@ class Pipeline:
                     self._cond.wait(left)
                 else:
                     self._cond.wait(0.5)
+            if self._stop.is_set() and batch:
+                # Stopping while a batch was still gathering: it is not "in hand" yet, so it goes back to the
+                # queue (spooled rows replay at the next start) instead of starting work past the deadline.
+                self._queue.appendleft((batch, tuple(callbacks)))
+                self._queued += len(batch)
+                batch, callbacks = [], []
             self._busy = bool(batch)
             self.metrics.queue_rows.set(self._queued)
         return batch, callbacks
