@@ -62,7 +62,7 @@ class Calibration:
 
     @classmethod
     def fit(cls, scores: np.ndarray, times: np.ndarray | None = None) -> Calibration:
-        """Fit on reference distances; with their `times`, on the median time block (robust to incidents)."""
+        """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
         scores = np.asarray(scores, dtype=np.float64)
         n_blocks = min(CAL_BLOCKS_MAX, len(scores) // CAL_BLOCK_ROWS)
         if times is not None and n_blocks >= CAL_BLOCKS_MIN:
