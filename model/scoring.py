@@ -2,9 +2,11 @@
 
 Higher is always more anomalous. The reference set is de-duplicated (unique vectors with counts), so a row
 is never its own neighbour and a cluster of identical rows counts with its multiplicity. Calibration uses
-the leave-one-out distances of the reference set: an empirical tail below the 99th percentile (lower for small
-reference sets, so that the tail fit has ~50 points) and an exponential (peaks-over-threshold) tail above it,
-mapped to score = 100 * -log10(p) / 6 (p = 1e-6 -> 100).
+the reference rows' distances to the other time blocks of history (leave-one-out distances without times): an
+empirical tail below the 99th percentile (lower for small reference sets, so that the tail fit has ~50 points)
+and an exponential (peaks-over-threshold) tail above it, mapped to score = 100 * -log10(p) / 6 (p = 1e-6 ->
+100). With enough rows both are taken per time block and the 90th percentile across blocks is used, so that
+incidents inside the training window do not set the tail (see CAL_BLOCK_Q).
 
 Each group of rows (a signal: logs, spans, metric points) gets its own calibration when the reference holds
 enough of it: distances of metric points and of log records live on different scales, and one shared tail
