@@ -90,7 +90,8 @@ class ModelVersion:
     meta: dict
 
     # ----- persistence -----
-    def save(self, models_dir: Path) -> Path:
+    def save(self, models_dir: Path, *, promote: bool = True) -> Path:
+        """Write the version's files under `models_dir`; with `promote`, also make it the current version."""
         path = Path(models_dir) / self.version
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path / "weights.safetensors"))
@@ -100,9 +101,8 @@ class ModelVersion:
                "detector": {"name": self.detector.name, "k": self.detector.k, "alert_pvalue": self.detector.alert_pvalue},
                "meta": self.meta}
         (path / "model.json").write_text(json.dumps(doc, indent=1))
-        tmp = Path(models_dir) / (CURRENT + ".tmp")
-        tmp.write_text(self.version)
-        tmp.replace(Path(models_dir) / CURRENT)  # atomic promotion
+        if promote:
+            promote_version(models_dir, self.version)
         return path
 
     @classmethod
@@ -127,6 +127,13 @@ class ModelVersion:
         if not pointer.exists():
             return None
         return ModelVersion.load(Path(models_dir) / pointer.read_text().strip(), **kwargs)
+
+
+def promote_version(models_dir: Path, version: str) -> None:
+    """Make a saved version the current one (an atomic rename: a crash leaves the old or the new pointer)."""
+    tmp = Path(models_dir) / (CURRENT + ".tmp")
+    tmp.write_text(version)
+    tmp.replace(Path(models_dir) / CURRENT)
 
 
 def fit_version(rows: list[Row], *, k: int = 10, alert_pvalue: float = 1e-3, embed_dim: int = 32,

@@ -7,7 +7,6 @@ and only differ in how they spell the outcome: a gRPC status or an HTTP status c
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -18,30 +17,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from receiver.errors import InvalidInputError, Outcome, UnavailableError, outcome_of
 from receiver.metrics import Metrics
 from receiver.pipeline import Pipeline
+from receiver.ratelog import warn_limited
 from receiver.rows import MappedBatch, RowMapper
 
 __all__ = ["SIGNALS", "ExportHandler", "Outcome", "SignalSpec", "build_response", "warn_limited"]
 
 logger = logging.getLogger(__name__)
-
-_LOG_REPEAT_S = 10.0  # the same kind of refusal is logged at most once per this interval, with a count
-_last_logged: dict[str, tuple[float, int]] = {}
-_log_lock = threading.Lock()
-
-
-def warn_limited(log: logging.Logger, key: str, msg: str, *args: object) -> None:
-    """A warning, but the same `key` at most once per _LOG_REPEAT_S (a flood of bad requests must not flood logs)."""
-    now = time.monotonic()
-    with _log_lock:
-        last, suppressed = _last_logged.get(key, (float("-inf"), 0))
-        if now - last < _LOG_REPEAT_S:
-            _last_logged[key] = (last, suppressed + 1)
-            return
-        _last_logged[key] = (now, 0)
-    if suppressed:
-        msg += f" ({suppressed} similar messages suppressed)"
-    log.warning(msg, *args)
-
 
 @dataclass(frozen=True, slots=True)
 class SignalSpec:

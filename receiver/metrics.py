@@ -37,6 +37,14 @@ class Metrics:
         self.rows_unscored = Counter("otad_rows_unscored", "Rows stored unscored in the backlog because scoring "
                                      "failed on their batch every time", registry=r)
         self.errors = Counter("otad_pipeline_errors", "Batches that failed in the pipeline", ["stage"], registry=r)
+        # Bad input that is kept, cut or set aside rather than silently lost (docs/reliability.md).
+        self.bounded = Counter("otad_bounded_items", "Items stored with a field bounded at entry (hashed uid, "
+                               "cut string, dropped attributes)", ["signal", "field"], registry=r)
+        self.dead_lettered = Counter("otad_dead_lettered_rows", "Rows storage refused, written to the dead-letter "
+                                     "file instead", ["stage", "cause"], registry=r)
+        self.transport_refusals = Counter("otad_transport_refused_requests", "Requests refused before their items "
+                                          "were read (undecodable, over the size limit, bad encoding)",
+                                          ["signal", "transport", "reason"], registry=r)
 
 
 class HealthServer:

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)  # full spool: UNAVAILABLE + RetryInfo
     spool_segment_bytes: int = Field(64 << 20, ge=1 << 16)  # segment files roll at this size
     shutdown_grace_s: float = Field(20.0, ge=0)  # SIGTERM: time to finish in-flight batches
+    # Rows Milvus refuses as data go to <data dir>/dead-letter/rows.jsonl, capped at this size.
+    dead_letter_max_bytes: int = Field(256 << 20, ge=1 << 20)
+    pipeline_stall_s: float = Field(60.0, gt=0)  # rows waiting and none stored this long: /readyz says not ready
 
     @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
     @classmethod

@@ -20,6 +20,12 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 from pymilvus import MilvusClient, MilvusException
+from pymilvus.exceptions import (
+    DataNotMatchException,
+    DataTypeNotMatchException,
+    ParamError,
+    PrimaryKeyException,
+)
 
 from storage import collection as col
 from storage import lite_patch
@@ -52,6 +58,9 @@ _ANOMALY_FIELDS = [
     "event",
 ]
 _WRAPPED = (MilvusException, grpc.RpcError, OSError)
+# Refusals of the data itself (pymilvus's client-side checks): retrying the same rows cannot succeed.
+_DATA_ERRORS = (ParamError, DataTypeNotMatchException, DataNotMatchException, PrimaryKeyException)
+_INVALID_PARAMETER = 1100  # Milvus server error code for an invalid input value
 
 # Milvus Lite runs in-process, one embedded server per .db path; several stores on one path share it.
 _lite_lock = threading.Lock()
@@ -165,7 +174,7 @@ class MilvusStore:
                 return fn(self._client)
             except _WRAPPED as exc:
                 detail = getattr(exc, "message", None) or str(exc)
-                raise StorageError(f"{what} failed on {self._where}: {detail}") from exc
+                raise StorageError(f"{what} failed on {self._where}: {detail}", retryable=not _about_data(exc)) from exc
 
     def _filter(self, template: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
         if self._lite_engine or not params:
@@ -293,6 +302,15 @@ class MilvusStore:
 
     def count_backlog(self) -> int:
         return self._count(col.BACKLOG_COLLECTION)
+
+    def delete_backlog(self, uids: list[str]) -> None:
+        """Remove rows from the backlog by uid (they have been stored in a model version's rows collection)."""
+        for start in range(0, len(uids), UPSERT_BATCH):
+            part = uids[start : start + UPSERT_BATCH]
+            self._call(
+                f"delete from {col.BACKLOG_COLLECTION}",
+                lambda c, p=part: c.delete(col.BACKLOG_COLLECTION, ids=p, timeout=self._timeout),
+            )
 
     def iter_backlog(self, batch: int = 4096, *, after_time_ms: int | None = None) -> Iterator[list[dict]]:
         """Yield backlog rows in pages of up to ``batch`` (in no particular order), newer than ``after_time_ms``."""
@@ -482,13 +500,20 @@ class MilvusStore:
 
     def existing_anomaly_uids(self, uids: list[str]) -> set[str]:
         """Which of these finding uids are already stored (a replay must not emit them again)."""
+        return self._existing(col.ANOMALIES_COLLECTION, uids)
+
+    def existing_row_uids(self, model_version: str, uids: list[str]) -> set[str]:
+        """Which of these row uids are already stored in the rows collection of ``model_version``."""
+        return self._existing(self._rows_name(model_version), uids)
+
+    def _existing(self, name: str, uids: list[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(uids), 1000):
             part = uids[start : start + 1000]
             res = self._call(
-                f"query {col.ANOMALIES_COLLECTION}",
+                f"query {name}",
                 lambda c, p=part: c.query(
-                    col.ANOMALIES_COLLECTION,
+                    name,
                     output_fields=["uid"],
                     limit=len(p),
                     timeout=self._timeout,
@@ -589,6 +614,13 @@ class MilvusStore:
         return lo
 
 
+def _about_data(exc: BaseException) -> bool:
+    """Whether Milvus refused the data of the call (not an outage): the same rows would fail again."""
+    if isinstance(exc, _DATA_ERRORS):
+        return True
+    return isinstance(exc, MilvusException) and getattr(exc, "code", None) == _INVALID_PARAMETER
+
+
 def _hit(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
     entity = hit.get("entity") or {}
     out = {"uid": hit["uid"], "distance": 1.0 - float(hit["distance"])}
@@ -597,16 +629,15 @@ def _hit(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
 
 
 def _encode_row(row: Any) -> str:
-    """A row dict as compact JSON, cut to fit the VARCHAR (long strings shortened, never invalid JSON)."""
+    """A row dict as compact JSON. The receiver bounds every row where it enters (receiver/rows_bounds.py), so
+    a row that still does not fit is refused as data (the pipeline sets it aside), never cut silently."""
     text = json.dumps(row, separators=(",", ":"), default=str)
-    if len(text.encode()) <= col.ROW_MAX:
-        return text
-    slim = dict(row)
-    slim["fields"] = {k: (v[:256] if isinstance(v, str) else v) for k, v in (row.get("fields") or {}).items()}
-    slim["resource"] = {}
-    slim["truncated"] = True
-    text = json.dumps(slim, separators=(",", ":"), default=str)
-    return text if len(text.encode()) <= col.ROW_MAX else json.dumps({"uid": row.get("uid"), "truncated": True})
+    size = len(text.encode())
+    if size > col.ROW_MAX:
+        uid = row.get("uid") if isinstance(row, dict) else None
+        raise StorageError(f"row {uid!r} is {size} bytes of JSON, over the {col.ROW_MAX}-byte row field",
+                           retryable=False)
+    return text
 
 
 def _decode_row(item: dict[str, Any]) -> dict[str, Any]:
