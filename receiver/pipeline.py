@@ -455,7 +455,9 @@ class Pipeline:
         self.metrics.rows_processed.labels(self.state).inc(len(rows))
         self.processed += len(rows)
         if self._trainer is None and self._backlog_rows >= self._train_at:
-            self._start_training()
+            self._backlog_rows = self._count_backlog()  # the running count is high after a spool replay
+            if self._backlog_rows >= self._train_at:
+                self._start_training()
 
     def _start_training(self) -> None:
         self.state = "training"
@@ -553,6 +555,7 @@ class Pipeline:
         except StorageError as exc:
             logger.error("draining the backlog stopped (%s); it resumes at the next start", exc)
             return
+        self._backlog_rows = self._count_backlog()  # rows still in flight leave it as they are stored
         if moved:
             logger.info("backlog: %d staged rows handed to model %s", moved, version)
 

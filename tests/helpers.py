@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 from model.schema import Row
+from storage import MilvusStore
+from storage import collection as col
 
 T0 = 1_762_041_600_000_000_000
 
@@ -24,3 +26,20 @@ def make_rows(n: int, seed: int = 0, start: int = T0) -> list[Row]:
                     "unmapped.is_anomaly": rng.random() < 0.5, "unmapped.anomaly_type": "x",
                     "unmapped.cache.hit": rng.randint(0, 1), "unmapped.region": rng.choice(["eu", "us"])}))
     return rows
+
+
+def uid_counts(store: MilvusStore, uids: list[str]) -> dict[str, int]:
+    """Entities per uid across the backlog and every rows collection (0 = lost, > 1 = stored twice)."""
+    names = [n for n in store._call("list", lambda c: c.list_collections())
+             if n == col.BACKLOG_COLLECTION or n.startswith(col.ROWS_PREFIX)]
+    counts = dict.fromkeys(uids, 0)
+    for name in names:
+        store._call("load", lambda c, n=name: c.load_collection(n))  # a new client finds them released
+        for start in range(0, len(uids), 1000):
+            part = uids[start:start + 1000]
+            found = store._call("query", lambda c, p=part, n=name: c.query(
+                n, output_fields=["uid"], limit=len(p), consistency_level=col.STRONG,
+                **store._filter("uid in {uids}", {"uids": p})))
+            for row in found:
+                counts[str(row["uid"])] += 1
+    return counts

@@ -18,8 +18,7 @@ from receiver.metrics import Metrics
 from receiver.pipeline import Pipeline, _backlog_records
 from receiver.settings import Settings
 from storage import MilvusStore
-from storage import collection as col
-from tests.helpers import T0, make_rows
+from tests.helpers import T0, make_rows, uid_counts
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +36,6 @@ def _wait(cond, timeout_s: float) -> bool:
             return True
         time.sleep(0.05)
     return cond()
-
-
-def _uid_counts(store: MilvusStore, uids: list[str]) -> dict[str, int]:
-    """Entities per uid across the backlog and every rows collection (0 = lost, > 1 = stored twice)."""
-    names = [n for n in store._call("list", lambda c: c.list_collections())
-             if n == col.BACKLOG_COLLECTION or n.startswith(col.ROWS_PREFIX)]
-    counts = dict.fromkeys(uids, 0)
-    for name in names:
-        for start in range(0, len(uids), 1000):
-            part = uids[start:start + 1000]
-            found = store._call("q", lambda c, p=part, n=name: c.query(
-                n, output_fields=["uid"], limit=len(p), consistency_level=col.STRONG,
-                **store._filter("uid in {uids}", {"uids": p})))
-            for row in found:
-                counts[str(row["uid"])] += 1
-    return counts
 
 
 @pytest.fixture
@@ -138,7 +121,7 @@ def test_rows_staged_during_training_are_scored_and_each_row_is_stored_once(tmp_
         assert pipe.wait_idle(30)
     finally:
         pipe.stop(10)
-    counts = _uid_counts(store, [r.uid for r in first + second])
+    counts = uid_counts(store, [r.uid for r in first + second])
     assert sorted(set(counts.values())) == [1], {c: sum(1 for v in counts.values() if v == c) for c in counts.values()}
     version = pipe._scorer.mv.version
     refs = store.query_rows(version, "is_reference == {r}", {"r": True}, output_fields=["uid"], limit=1000)
@@ -165,5 +148,5 @@ def test_training_starts_from_rows_an_earlier_run_staged_and_drops_an_unpromoted
         assert _wait(lambda: store.count_backlog() == 0, 60)
     finally:
         pipe.stop(10)
-    counts = _uid_counts(store, [r.uid for r in rows])
+    counts = uid_counts(store, [r.uid for r in rows])
     assert set(counts.values()) == {1}
