@@ -27,6 +27,10 @@ class UnavailableError(OtadError):
         self.retry_after_s = retry_after_s
 
 
+class BadEncodingError(InvalidInputError):
+    """The request's compression is unsupported, corrupt or truncated."""
+
+
 class TooLargeError(OtadError):
     """The request is over the size limit (after decompression); never retried."""
 

@@ -24,9 +24,12 @@ class GrpcServerOptions:
     interceptors: tuple[grpc.ServerInterceptor, ...] = field(default_factory=tuple)
 
     def channel_args(self, max_recv_mib: int) -> list[tuple[str, int]]:
-        # grpc core applies max_receive_message_length to the decompressed message too and answers
-        # RESOURCE_EXHAUSTED, as the OTLP spec requires (tests/conformance: the gzip bomb test pins it).
+        # grpc core does not inflate messages: server.py does, with an output cap of max_recv_mib, and so sees and
+        # counts a gzip bomb. Core's max_receive_message_length then caps the message as sent (a message over the
+        # limit compressed is over it inflated too); server.py counts what core refuses (docs/receiver.md).
+        # With decompression off, a compressed grpc.health.v1 Check would not decode; health probes don't compress.
         args = [
+            ("grpc.per_message_decompression", 0),
             ("grpc.max_receive_message_length", max_recv_mib * _MIB),
             ("grpc.max_send_message_length", 4 * _MIB),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),

@@ -9,6 +9,7 @@ so no web framework sits between the socket and the OTLP rules (opentelemetry-pr
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import socket
@@ -25,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from receiver import otlpjson
 from receiver.auth import BearerAuth, failure_message
 from receiver.errors import (
+    BadEncodingError,
     Outcome,
     TooLargeError,
     UnauthenticatedError,
@@ -37,7 +39,7 @@ from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response, 
 from receiver.metrics import Metrics
 from receiver.tls import ServerTls
 
-__all__ = ["OtlpHttpServer", "gunzip_limited"]
+__all__ = ["GZIP_WBITS", "OtlpHttpServer", "gunzip_limited", "inflate_limited", "trim_heap_soon"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +48,100 @@ PROTOBUF, JSON = "application/x-protobuf", "application/json"
 MAX_IN_FLIGHT = 32  # requests being read or handled at once; beyond it: 503 + Retry-After (bounds memory)
 READ_TIMEOUT_S = 30.0  # a body that has not fully arrived by then gets 408 (a slow client cannot hold a slot)
 _CODE = grpc.StatusCode
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+_PIECE = 1024 * 1024  # inflated output taken this much at a time: a bomb costs the limit plus one piece (zlib's
+_FEED = 256 * 1024  # own growing buffer would cost up to twice the limit); input fed this much at a time
 
 
 class _Refusal(Exception):
-    """An HTTP-level answer decided before the export handler runs."""
+    """An HTTP-level answer decided before the export handler runs; with a `reason`, a counted transport refusal."""
 
-    def __init__(self, status: int, outcome: Outcome, headers: tuple[tuple[bytes, bytes], ...] = ()):
+    def __init__(self, status: int, outcome: Outcome, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 reason: str | None = None):
         super().__init__(outcome.message)
-        self.status, self.outcome, self.headers = status, outcome, headers
+        self.status, self.outcome, self.headers, self.reason = status, outcome, headers, reason
+
+
+def inflate_limited(data: bytes, limit: int, wbits: int = GZIP_WBITS, what: str = "gzip") -> bytes:
+    """Inflate gzip (`wbits` GZIP_WBITS; members may be concatenated) or zlib data, producing at most `limit` bytes.
+
+    Shared by both transports (server.py inflates gRPC messages itself). Input is fed in _FEED slices (zlib copies
+    what it leaves unconsumed) and output comes in _PIECE pieces, dropped as soon as the limit is passed; the
+    caller then calls trim_heap_soon() to give the freed pages back.
+
+    Raises:
+        TooLargeError: the data inflates to more than `limit` bytes.
+        BadEncodingError: the data is not `what`, is truncated, or has trailing bytes.
+    """
+    view, fed, pending = memoryview(data), 0, b""
+    pieces: list[bytes] = []
+    size = 0
+    inflater = zlib.decompressobj(wbits)
+    while True:
+        if not pending and fed < len(view):
+            pending, fed = view[fed:fed + _FEED], min(fed + _FEED, len(view))
+        try:
+            piece = inflater.decompress(pending, _PIECE)
+        except zlib.error as exc:
+            raise BadEncodingError(f"request is not valid {what}: {exc}") from None
+        size += len(piece)
+        if size > limit:
+            pieces.clear()  # freed now, not when the traceback that holds this frame goes
+            raise TooLargeError(f"request is larger than {limit // (1024 * 1024)} MiB after {what} decompression "
+                                "(OTAD_MAX_RECV_MIB)")
+        if piece:
+            pieces.append(piece)
+        pending = inflater.unconsumed_tail
+        if inflater.eof:
+            fed -= len(inflater.unused_data) + len(pending)  # where this stream ended
+            if fed == len(view):
+                return b"".join(pieces)
+            if wbits != GZIP_WBITS:
+                raise BadEncodingError(f"request has {len(view) - fed} bytes after its {what} data")
+            inflater, pending = zlib.decompressobj(wbits), b""  # the next gzip member
+        elif not piece and not pending and fed == len(view):
+            raise BadEncodingError(f"{what} data is truncated")
+
+
+class _HeapTrimmer:
+    """glibc's malloc_trim(0), at most once per TRIM_INTERVAL_S, in a timer thread (~4 ms with 64 MiB free).
+
+    A refused over-limit request leaves up to the limit freed in glibc's arenas (in pieces under its mmap
+    threshold), which RSS keeps counting until glibc reuses it; malloc_trim gives the free pages back. A refusal
+    inside the interval is covered by the one trim scheduled at its end. Without glibc (musl) this does nothing.
+    """
+
+    TRIM_INTERVAL_S = 1.0
+
+    def __init__(self) -> None:
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._scheduled = False
+
+    def soon(self) -> None:
+        if self._trim is None:
+            return
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+            delay = max(0.0, self._last + self.TRIM_INTERVAL_S - time.monotonic())
+        timer = threading.Timer(delay, self._run)
+        timer.daemon = True
+        timer.name = "otad-malloc-trim"
+        timer.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._scheduled, self._last = False, time.monotonic()
+        self._trim(0)
+
+
+trim_heap_soon = _HeapTrimmer().soon
 
 
 def gunzip_limited(data: bytes, limit: int) -> bytes:
@@ -62,25 +150,18 @@ def gunzip_limited(data: bytes, limit: int) -> bytes:
     Raises:
         _Refusal: 413 past the limit, 400 for a body that is not gzip or is truncated.
     """
-    out = bytearray()
-    while data:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out += inflater.decompress(data, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"body is not valid gzip: {exc}")) from None
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise _too_large(limit, "after gzip decompression")
-        if not inflater.eof:
-            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, "gzip body is truncated"))
-        data = inflater.unused_data
-    return bytes(out)
+    try:
+        return inflate_limited(data, limit)
+    except TooLargeError as exc:
+        raise _Refusal(413, outcome_of(exc), reason="too_large") from None
+    except BadEncodingError as exc:
+        raise _Refusal(400, outcome_of(exc), reason="bad_encoding") from None
 
 
 def _too_large(limit: int, where: str) -> _Refusal:
     where = f" {where}" if where else ""
     message = f"request body is larger than {limit // (1024 * 1024)} MiB{where} (OTAD_MAX_RECV_MIB)"
-    return _Refusal(413, outcome_of(TooLargeError(message)))
+    return _Refusal(413, outcome_of(TooLargeError(message)), reason="too_large")
 
 
 def _media_type(value: str) -> str:
@@ -111,14 +192,19 @@ class _App:
                 body = await asyncio.wait_for(self._read_checked(scope, headers, spec, receive), self.read_timeout_s)
             except TimeoutError:
                 raise _Refusal(408, Outcome(_CODE.DEADLINE_EXCEEDED, f"request body not received within "
-                                                                     f"{self.read_timeout_s:g} s")) from None
+                                                                     f"{self.read_timeout_s:g} s"),
+                               reason="read_timeout") from None
             gzipped = headers.get("content-encoding", "").strip().lower() == "gzip"
             loop = asyncio.get_running_loop()  # inflating and decoding 64 MiB must not stall the event loop
             status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, gzipped, as_json)
         except _Refusal as refusal:  # refused before the export handler, which counts everything it answers
             self.metrics.requests.labels(signal, "http", refusal.outcome.label).inc()
+            if refusal.reason:
+                self.metrics.transport_refusals.labels(signal, "http", refusal.reason).inc()
+            if refusal.reason == "too_large":
+                trim_heap_soon()  # up to the limit was read or inflated, then freed
             if refusal.outcome.code != _CODE.UNAUTHENTICATED and refusal.status != 503:
-                warn_limited(logger, f"http:{refusal.status}", "OTLP/HTTP %s %s refused with %d: %s",
+                warn_limited(logger, f"http:{refusal.reason or refusal.status}", "OTLP/HTTP %s %s refused with %d: %s",
                              scope["method"], scope["path"][:100], refusal.status, refusal.outcome.message)
             status, payload, extra = refusal.status, _error_body(refusal.outcome, as_json), refusal.headers
         except Exception as exc:  # a bug: answer 500 like gRPC's INTERNAL, never a traceback
@@ -150,11 +236,12 @@ class _App:
         media = _media_type(headers.get("content-type", ""))
         if media not in (PROTOBUF, JSON):
             raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content type {media[:60]!r}; "
-                                                                f"use {PROTOBUF} or {JSON}"))
+                                                                f"use {PROTOBUF} or {JSON}"),
+                           reason="unsupported_media_type")
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", ""):
             raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content encoding {encoding[:30]!r}; "
-                                                                "use gzip or none"))
+                                                                "use gzip or none"), reason="bad_encoding")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             raise _too_large(self.limit, "(Content-Length)")
@@ -166,6 +253,7 @@ class _App:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
+                chunks.clear()
                 raise _too_large(self.limit, "")
             chunks.append(chunk)
             if not message.get("more_body"):
@@ -183,7 +271,8 @@ class _App:
         try:
             request = _decode(spec, body, as_json)
         except ValueError as exc:
-            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"cannot decode the {spec.name} request: {exc}")) from None
+            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"cannot decode the {spec.name} request: {exc}"),
+                           reason="undecodable") from None
         outcome = self.export.export(spec, request, "http")
         if outcome.ok:
             return 200, _encode(build_response(spec, outcome), as_json), ()
