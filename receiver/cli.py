@@ -48,20 +48,23 @@ def setup_logging(level: str) -> None:
 # ----------------------------------------------------------------------------------------------- storage
 def open_store(settings: Settings, *, serve: bool = False, owner=None):
     """The MilvusStore for these settings. `otad serve` runs Milvus Lite as a child process (unless
-    OTAD_MILVUS_LITE_PROCESS=false); CLI commands reuse a running server's Lite process when there is one."""
+    OTAD_MILVUS_LITE_PROCESS=false) and never shares its data dir: it stops a Lite server whose `otad serve`
+    is gone and exits with one line when that `otad serve` is alive. CLI commands reuse the Lite process of a
+    running `otad serve` when there is one."""
     from storage import MilvusStore
-    from storage.lite_process import LiteServerProcess, running_endpoint
+    from storage.lite_process import LiteServerProcess, reclaim, running_endpoint
 
     uri = settings.resolved_milvus_uri
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
     is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
     if is_lite:
-        running = running_endpoint(uri)
-        if running:
-            uri = running
-        elif serve and settings.milvus_lite_process:
-            owner.lite = LiteServerProcess(uri, nice=settings.background_nice)
+        if serve and settings.milvus_lite_process:
+            owner.lite = LiteServerProcess(uri, nice=settings.background_nice, role="otad serve")
             uri = owner.lite.start()
+        elif serve:
+            reclaim(uri)  # embedded: the data dir must be free all the same
+        else:
+            uri = running_endpoint(uri) or uri
     return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index)
 
 
@@ -148,11 +151,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(data_dir=args.data_dir, grpc_endpoint=args.grpc_endpoint,
                              export_endpoint=args.export_endpoint, milvus_uri=args.milvus_uri)
     setup_logging(settings.log_level)
+    from storage.lite_process import DataDirInUseError
+
     try:
         service = Service(settings)
     except ConfigError as exc:
         sys.stderr.write(f"otad: bad configuration: {exc}\n")
         return 2
+    except DataDirInUseError as exc:
+        sys.stderr.write(f"otad: {exc}\n")
+        return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -9,7 +9,8 @@ rows it learns), as the in-process scorer did; a restarted child starts from the
 restarted service does.
 
 Lifecycle: the child ignores SIGINT/SIGTERM (the service handles them and drains first); it exits when told
-to (`close`), or when the service's end of the pipe closes (the service died).
+to (`close`), when the service's end of the pipe closes, or within half a second of the service dying by
+any signal, idle or mid-batch (`_exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from receiver.heap import settle_heap
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 180.0  # loading torch + faiss + a 100k-row reference on a busy 2-core machine
+PARENT_POLL_S = 0.5
 
 
 class ScoringProcessError(RuntimeError):
@@ -67,7 +69,7 @@ class ScoringProcess:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, name=f"otad-score-{mv.version}", daemon=True,
-                                 args=(child, str(path), k, alert_pvalue, max_rows, threads, nice))
+                                 args=(child, str(path), k, alert_pvalue, max_rows, threads, nice, os.getpid()))
         self._proc.start()
         child.close()
         try:
@@ -144,8 +146,11 @@ class ScoringProcess:
 
 
 def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: int, threads: int,
-           nice: int = 0) -> None:
-    """The child's loop: load the model, then answer `("score", rows, now)` until `("stop",)` or EOF."""
+           nice: int = 0, parent_pid: int | None = None) -> None:
+    """The child's loop: load the model, then answer `("score", rows, now)` until `("stop",)` or EOF.
+    It exits at once when `parent_pid` stops being its parent."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent drains
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if nice:
@@ -180,3 +185,24 @@ def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: i
             conn.send(reply)
         except (OSError, ValueError):
             return
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End the child (`os._exit(1)`) within PARENT_POLL_S of `parent_pid` no longer being its parent.
+
+    A polling thread, not PR_SET_PDEATHSIG: that fires when the parent *thread* that started the child
+    exits, and the training thread that starts a scoring child ends right after. The thread runs while the
+    main one waits on the pipe or scores (torch and numpy release the GIL; Python code yields it every 5 ms).
+    Storage's Lite server child does the same (storage.lite_process.exit_with_parent; not imported here,
+    which would load pymilvus into this child).
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        try:
+            os.write(2, f"otad: parent process {parent_pid} is gone; scoring process {os.getpid()} exits\n".encode())
+        except OSError:
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="otad-exit-with-parent", daemon=True).start()

@@ -54,7 +54,8 @@ class OtadProcess:
     def __init__(self, data_dir: Path, milvus_uri: str | None = None, **env: str) -> None:
         self.grpc_port, self.metrics_port = free_port(), free_port()
         self.env = {**os.environ, "OTAD_DATA_DIR": str(data_dir), "OTAD_GRPC_ENDPOINT": f"localhost:{self.grpc_port}",
-                    "OTAD_METRICS_ENDPOINT": f"localhost:{self.metrics_port}", "OTAD_BOOTSTRAP_ROWS": "10000000",
+                    "OTAD_METRICS_ENDPOINT": f"localhost:{self.metrics_port}",
+                    "OTAD_HTTP_ENDPOINT": f"localhost:{free_port()}", "OTAD_BOOTSTRAP_ROWS": "10000000",
                     "OTAD_BATCH_WAIT_MS": "20", "OTAD_LOG_LEVEL": "INFO", **env}
         if milvus_uri:
             self.env["OTAD_MILVUS_URI"] = milvus_uri
@@ -85,6 +86,11 @@ class OtadProcess:
             channel.close()
         raise RuntimeError(f"otad did not become SERVING within {timeout_s}s: {self.log.read_text()[-2000:]}")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -99,6 +105,59 @@ class OtadProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its new parent to reap it does not)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of `pid`, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(int(entry.name)):
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait until none of `pids` is alive; returns those still alive at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def readyz(metrics_port: int) -> dict:
+    """`/readyz` of otad's metrics endpoint (its JSON body, whatever the status code)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://localhost:{metrics_port}/readyz", timeout=2) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return json.loads(err.read())
 
 
 class Loader:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from harness import Loader, OtadProcess, request
+from harness import Loader, OtadProcess, alive, cmdline, readyz, request
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -24,12 +23,7 @@ pytestmark = pytest.mark.reliability
 
 
 def _status(otad: OtadProcess) -> dict:
-    url = f"http://localhost:{otad.metrics_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as err:  # 503: not ready, same body
-        return json.loads(err.read())
+    return readyz(otad.metrics_port)
 
 
 def _wait(cond, timeout_s: float, step_s: float = 0.25) -> bool:
@@ -44,18 +38,8 @@ def _wait(cond, timeout_s: float, step_s: float = 0.25) -> bool:
 def _lite_servers(data_dir: Path) -> list[int]:
     """Pids of live Milvus Lite servers of this data dir (found by their command line)."""
     needle = str((data_dir / "milvus.db").resolve())
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().split(") ", 1)[1][:1]
-        except OSError:
-            continue
-        if "storage.lite_server" in cmd and needle in cmd and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [pid for pid in pids if alive(pid) and "storage.lite_server" in (cmd := cmdline(pid)) and needle in cmd]
 
 
 @pytest.fixture
