@@ -105,6 +105,10 @@ class ExportHandler:
     def _account(self, signal: str, noun: str, batch: MappedBatch, transport: str) -> None:
         if batch.ignored:
             self.metrics.ignored.labels(signal).inc(batch.ignored)
+        if batch.bounded:  # stored, but with a field cut to what storage holds (docs/receiver.md)
+            for name, n in batch.bounded.items():
+                self.metrics.bounded.labels(signal, name).inc(n)
+            warn_limited(logger, f"bounded:{signal}", "%s", batch.bounded_message(noun))
         if batch.rejections:
             reasons: dict[str, int] = {}
             for rej in batch.rejections:

@@ -1,7 +1,9 @@
 """Map to rows: OTLP export requests -> MappedBatch(rows, rejections), one OCSF-style Row per item.
 
 The column names, class rules and id tables are documented in docs/mapping.md. Every item of a request
-ends up exactly once as a row, a rejection or ignored; mapping one item never fails the others.
+ends up exactly once as a row, a rejection or ignored; mapping one item never fails the others. Every row is
+bounded to what storage holds on the way out (receiver/rows_bounds.py, "Bounds on stored fields" in
+docs/receiver.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from model.schema import Row
+from receiver.rows_bounds import bound_resource, bound_row
 from receiver.rows_common import RejectError, ResourceContext, resource_context
 from receiver.rows_logs import map_log_record
 from receiver.rows_metrics import SeriesState, map_point, metric_info
@@ -42,6 +45,20 @@ class MappedBatch:
     rejections: list[Rejection] = field(default_factory=list)
     ignored: int = 0  # otad's own anomaly events and points flagged NO_RECORDED_VALUE
     total: int = 0  # items in the request (log records / spans / data points)
+    bounded: dict[str, int] = field(default_factory=dict)  # field -> rows stored with it bounded
+    bounded_rows: int = 0  # rows with any field bounded
+    bounded_notes: dict[str, str] = field(default_factory=dict)  # field -> what was done (first row's words)
+
+    def note_bounded(self, found: list[tuple[str, str]]) -> None:
+        self.bounded_rows += 1
+        for name, note in found:
+            self.bounded[name] = self.bounded.get(name, 0) + 1
+            self.bounded_notes.setdefault(name, note)
+
+    def bounded_message(self, noun: str) -> str:
+        """e.g. "3 log records stored with bounded fields: uid (2, over 64 bytes, replaced by a hash), ..."."""
+        parts = ", ".join(f"{name} ({n}, {self.bounded_notes[name]})" for name, n in self.bounded.items())
+        return f"{self.bounded_rows} {noun} stored with bounded fields: {parts}"
 
     def error_message(self, noun: str) -> str:
         """The partial_success message, e.g. "3/120 log records rejected: <reason> (first at <index>)"."""
@@ -122,7 +139,8 @@ class RowMapper:
         rows, rejections = batch.rows, batch.rejections
         for ri, resource in enumerate(resources):
             try:
-                ctx: ResourceContext | None = resource_context(resource.resource)
+                ctx: ResourceContext | None
+                ctx, bounds = bound_resource(resource_context(resource.resource))
                 broken = ""
             except Exception as exc:  # one bad resource must not fail the request
                 ctx, broken = None, _reason(exc)
@@ -141,6 +159,7 @@ class RowMapper:
                         if ctx is None:
                             raise RejectError(broken)
                         row = map_one(item, ctx, scope)
+                        found = bound_row(row, bounds) if row is not None else None
                     except Exception as exc:  # an item that cannot be mapped becomes a rejection
                         where = where or f"{noun} {i}"
                         rejections.append(Rejection(f"resource {ri}, scope {si}, {where}", _reason(exc)))
@@ -149,4 +168,6 @@ class RowMapper:
                         batch.ignored += 1
                     else:
                         rows.append(row)
+                        if found:
+                            batch.note_bounded(found)
         return batch

@@ -17,6 +17,7 @@ _SCALAR_KINDS = frozenset({"string_value", "int_value", "double_value", "bool_va
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 MAX_DEPTH = 8  # nesting kept as dot paths; deeper parts become compact JSON strings
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # integer columns stay int64 (what storage and features hold)
 
 # Class-selection hints found in attribute keys (first dot segment).
 HTTP, RPC, AUTH, ERROR = 1, 2, 4, 8
@@ -56,9 +57,11 @@ def column_value(value: object) -> Value | None:
         return value
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int | float):
+    if isinstance(value, int):  # JSON bodies can hold any integer; beyond int64 it is kept as text
+        return value if INT_MIN <= value <= INT_MAX else str(value)
+    if isinstance(value, float):
         # NaN/±inf would poison numeric features; kept as a category ("nan", "inf", "-inf") instead
-        return value if isinstance(value, int) or math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else str(value)
     if value is None:
         return None
     return compact_json(value)
@@ -111,14 +114,15 @@ def _str(value: object) -> str | None:
 
 
 def to_int(value: object) -> int | None:
+    """An int64 from an int, a whole float or a decimal string; None otherwise (and when out of int64 range)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        value = int(value)
+    elif isinstance(value, str) and (text := value.strip()).isdecimal() and len(text) <= 19:
+        value = int(text)
+    if isinstance(value, int):
+        return value if INT_MIN <= value <= INT_MAX else None
     return None
 
 

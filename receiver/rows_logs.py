@@ -17,6 +17,7 @@ from model.schema import (
     Value,
     content_uid,
 )
+from receiver.rows_bounds import MARKER
 from receiver.rows_common import (
     AUTH,
     ERROR,
@@ -40,6 +41,7 @@ ANOMALY_EVENT = "otad.anomaly"
 JSON_BODY_LIMIT = 64 * 1024  # larger string bodies stay plain text
 _TEXT_SCAN = 2048  # only the start of a message is scanned for auth words
 _BODY_RANK = 100  # body keys lose to record attributes of the same meaning
+_OCSF_TIME_MAX = (1 << 64) // 1_000_000  # an OCSF `time` (ms) past this is no uint64 time_unix_nano
 
 _AUTH_WORDS = re.compile(
     r"\b(?:log(?:ged)?[ _-]?(?:in|on|out|off)s?(?![a-z])|sign(?:ed)?[ _-]?(?:in|on|out|off)(?![a-z])"
@@ -91,7 +93,7 @@ def _apply_ocsf(obj: dict, fields: dict[str, Value]) -> dict[str, int | str | No
     rest = {k: v for k, v in obj.items() if k not in _OCSF_TAKEN}
     for path, value in flatten(rest).items():
         column = column_value(value)
-        if column is not None and path not in fields:
+        if column is not None and path not in fields and path != MARKER:
             fields[path] = float(column) if path == "duration" and isinstance(column, int) else column
     return taken
 
@@ -218,7 +220,7 @@ def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, rec
         activity_id = ocsf["activity_id"] if ocsf["activity_id"] is not None else activity_id
         severity_id = ocsf["severity_id"] if ocsf["severity_id"] is not None else severity_id
         status_id = ocsf["status_id"] if ocsf["status_id"] is not None else status_id
-        if not time_unix_nano and ocsf["time"]:
+        if not time_unix_nano and ocsf["time"] and 0 < ocsf["time"] < _OCSF_TIME_MAX:
             time_unix_nano = ocsf["time"] * 1_000_000
     time_unix_nano = time_unix_nano or record.observed_time_unix_nano or received_unix_nano
 
