@@ -207,10 +207,12 @@ class Pipeline:
             logger.warning("stopped with %d rows still queued (not acknowledged as processed)", self._queued)
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Test/CLI helper: wait until the queue is empty and the current batch finished."""
+        """Test/CLI helper: wait until the queue is empty, the current batch finished and the backlog drained."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self._queued and not self._busy and not any(not f.done() for f in list(self._in_flight)):
+            draining = (self._drainer is not None and self._drainer.is_alive()) or self._trained is not None
+            if not draining and not self._queued and not self._busy \
+                    and not any(not f.done() for f in list(self._in_flight)):
                 return True
             time.sleep(0.02)
         return False
@@ -464,22 +466,24 @@ class Pipeline:
         self.metrics.model_info.labels("none", "training").set(1)
         logger.info("bootstrap: %d rows stored; training the first model in the background (ingest continues)",
                     self._backlog_rows)
-        self._trainer = threading.Thread(target=self._train, name="otad-train", daemon=True)
+        self._trainer = threading.Thread(target=self._train, args=(self._backlog_rows,), name="otad-train",
+                                         daemon=True)
         self._trainer.start()
 
-    def _read_backlog(self) -> list[Row]:
-        """The newest OTAD_TRAIN_MAX_ROWS staged rows, oldest first."""
+    def _read_backlog(self, n: int) -> list[Row]:
+        """The first `n` staged rows by time (those collected when training was triggered; rows staged since are
+        scored by the new model), at most the newest OTAD_TRAIN_MAX_ROWS of them, oldest first."""
         rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
         rows.sort(key=lambda r: r.time_unix_nano)
-        return rows[-self.settings.train_max_rows:]
+        return rows[:n][-self.settings.train_max_rows:]
 
-    def _train(self) -> None:
+    def _train(self, n: int) -> None:
         """Train from the stored backlog, store the training rows as the version's reference rows, then promote
         the version. A crash anywhere before the promotion leaves the backlog as it was: the next start trains
         again from it."""
         s = self.settings
         try:
-            rows = self._read_backlog()
+            rows = self._read_backlog(n)
             logger.info("training the first model on %d stored rows", len(rows))
             mv = fit_version(rows, k=s.knn_k, alert_pvalue=s.alert_pvalue, embed_dim=s.embed_dim,
                              max_rows=s.reference_max_rows,
@@ -532,32 +536,32 @@ class Pipeline:
         self._drainer.start()
 
     def _drain_backlog(self) -> None:
-        """Score what is staged in the backlog and remove each row once it is stored in the rows collection.
-        Rows already there (a crash came between storing and removing) are only removed."""
+        """Score what is staged in the backlog, in time order (context features follow time), and remove each row
+        once it is stored in the rows collection. Rows already there (a crash came between storing and removing)
+        are only removed."""
         scorer = self._scorer
         if scorer is None:
             return
-        version, offered, moved = scorer.mv.version, set(), 0
+        version = scorer.mv.version
         try:
-            for page in self.store.iter_backlog():
-                rows = [row_from_dict(d["row"]) for d in page if d["uid"] not in offered]
-                uids = [r.uid for r in rows]
-                offered.update(uids)
-                done = self.store.existing_row_uids(version, uids)
+            rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
+            rows.sort(key=lambda r: r.time_unix_nano)
+            for start in range(0, len(rows), 4096):
+                part = rows[start:start + 4096]
+                done = self.store.existing_row_uids(version, [r.uid for r in part])
                 if done:
                     self._delete_staged(sorted(done))
-                todo = [r for r in rows if r.uid not in done]
+                todo = [r for r in part if r.uid not in done]
                 on_stored = partial(self._delete_staged, [r.uid for r in todo])
                 while todo and not self.offer(todo, on_stored):
                     if self._stop.wait(0.2):
                         return
-                moved += len(rows)
         except StorageError as exc:
             logger.error("draining the backlog stopped (%s); it resumes at the next start", exc)
             return
         self._backlog_rows = self._count_backlog()  # rows still in flight leave it as they are stored
-        if moved:
-            logger.info("backlog: %d staged rows handed to model %s", moved, version)
+        if rows:
+            logger.info("backlog: %d staged rows handed to model %s", len(rows), version)
 
     def _delete_staged(self, uids: list[str]) -> None:
         try:
