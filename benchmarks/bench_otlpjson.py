@@ -3,7 +3,7 @@
 Both turn a Collector file-exporter file into sorted rows (file -> JSON -> requests -> RowMapper -> rows):
 
 - old: `otlpjson.read_file` (protobuf's json_format.ParseDict into protobuf requests), the previous `read_rows`
-- new: `receiver.cli.read_rows` (light messages, receiver/otlpjson_fast.py, cyclic GC paused, one process)
+- new: `receiver.cli.read_rows` (light messages, receiver/otlp/otlpjson_fast.py, cyclic GC paused, one process)
 - new-2: the same with two worker processes (`receiver.jsonfiles.read_rows(paths, workers=2)`)
 
 Each reader runs in a fresh interpreter (no shared heap or warm caches), `--repeat` times; the best run counts.
@@ -34,8 +34,8 @@ def old_read_rows(path: Path) -> list:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from receiver.otlpjson import read_file
-    from receiver.rows import RowMapper
+    from receiver.otlp.otlpjson import read_file
+    from receiver.rows.mapper import RowMapper
 
     mapper, rows = RowMapper(), []
     for _, request in read_file(path):

@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from receiver.rows import RowMapper  # noqa: E402
+from receiver.rows.mapper import RowMapper  # noqa: E402
 
 SERVICES = ["frontend", "auth", "payments", "inventory"]
 PATHS = ["/products/{}", "/cart", "/api/search", "/checkout", "/login"]

@@ -1,6 +1,6 @@
 """RSS of an otad receiver after it refuses over-limit requests: is the memory given back? (issue 10, item 6)
 
-A child process serves OTLP/gRPC and OTLP/HTTP (receiver.server, receiver.http_server; no pipeline: refused
+A child process serves OTLP/gRPC and OTLP/HTTP (receiver.otlp.grpc_server, receiver.otlp.http_server; no pipeline: refused
 requests never reach it) with the default 64 MiB limit. The parent warms it up with small refused requests, reads
 its RSS (/proc/<pid>/status VmRSS), sends `--repeat` over-limit requests of one kind, waits `--settle` seconds and
 reads the RSS again; then the next kind. Kinds:
@@ -40,11 +40,11 @@ KINDS = ("grpc-gzip", "grpc-plain", "http-gzip", "http-chunked")
 def serve() -> None:
     """The child: both servers on free ports; prints them; serves until stdin closes."""
     sys.path.insert(0, str(ROOT))
-    from receiver.export import ExportHandler
-    from receiver.http_server import OtlpHttpServer
     from receiver.metrics import Metrics
-    from receiver.rows import RowMapper
-    from receiver.server import OtlpGrpcServer
+    from receiver.otlp.grpc_server import OtlpGrpcServer
+    from receiver.otlp.handler import ExportHandler
+    from receiver.otlp.http_server import OtlpHttpServer
+    from receiver.rows.mapper import RowMapper
 
     logging.basicConfig(level=logging.ERROR)
     metrics = Metrics()

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.detector import KnnDetector
 from model.encoder import Embedder, EncoderConfig, TabularResNet
 from model.features import OOV, FeatureContract
 from model.schema import Anomaly, Row
-from model.scoring import KnnDetector
 from model.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from receiver.errors import ConfigError
-from receiver.heap import settle_heap
-from receiver.settings import Settings
+from model.heap import settle_heap
+from receiver.settings import ConfigError, Settings
 
 logger = logging.getLogger("otad")
 
@@ -75,9 +74,9 @@ class Service:
     def __init__(self, settings: Settings):
         from receiver.emit import AnomalyEmitter
         from receiver.metrics import HealthServer, Metrics
+        from receiver.otlp.servers import build_servers, load_security
+        from receiver.otlp.tls import emitter_credentials
         from receiver.pipeline import Pipeline, load_model
-        from receiver.servers import build_servers, load_security
-        from receiver.tls import emitter_credentials
 
         self.settings = settings
         security, export_credentials = load_security(settings), emitter_credentials(settings)  # before any start
@@ -306,7 +305,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from receiver import simulate
+    from sim import simulate
 
     setup_logging("INFO")
     return simulate.run(args)
@@ -362,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_anomalies)
 
     try:
-        from receiver import simulate
+        from sim import simulate
         p = sub.add_parser("simulate", help="labelled multi-service workload generator")
         simulate.add_arguments(p)
         p.set_defaults(func=cmd_simulate)

@@ -17,10 +17,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client import Counter, Gauge, Histogram
 
 from model.schema import Row
-from receiver.errors import UnavailableError
 from receiver.metrics import Metrics
+from receiver.otlp.errors import UnavailableError
 from receiver.pipeline import Pipeline
-from receiver.rows import RowMapper
+from receiver.rows.mapper import RowMapper
 from storage.errors import StorageError
 from storage.spool import Spool, SpoolFullError
 

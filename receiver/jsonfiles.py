@@ -1,7 +1,7 @@
 """OTLP/JSON files -> rows (`otad train/score --input`), optionally on several processes.
 
-Lines are decoded as light messages (receiver/otlpjson_fast.py) and mapped by the one row mapper
-(receiver/rows.py). With `workers`, the input is cut into chunks of lines that worker processes decode and map; logs and spans
+Lines are decoded as light messages (receiver/otlp/otlpjson_fast.py) and mapped by the one row mapper
+(receiver/rows/mapper.py). With `workers`, the input is cut into chunks of lines that worker processes decode and map; logs and spans
 map the same anywhere, so the workers map them and send the rows back, while metric lines come back unmapped and
 are mapped here, in file order, because cumulative series turn into deltas against the series' previous point.
 Rows, warnings and the first error (naming file and line) are the same, and in the same order, as reading the files
@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from model.schema import Row
-from receiver import otlpjson_fast  # noqa: F401 - imported before the workers fork
-from receiver.otlpjson import OtlpJsonError, from_dict_light
-from receiver.rows import MappedBatch, RowMapper
+from receiver.otlp import otlpjson_fast  # noqa: F401 - imported before the workers fork
+from receiver.otlp.otlpjson import OtlpJsonError, from_dict_light
+from receiver.rows.mapper import MappedBatch, RowMapper
 
 logger = logging.getLogger(__name__)
 

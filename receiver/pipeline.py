@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 from model.features import ContractVersionError
+from model.heap import settle_heap
 from model.schema import Anomaly, Row, row_from_dict, row_to_dict
 from model.train import TrainConfig
 from model.version import CURRENT, ModelVersion, Scorer, fit_version, promote_version
+from model.worker import ScoringProcess, ScoringProcessError
 from receiver.emit import AnomalyEmitter, finding, finding_uid
-from receiver.heap import settle_heap
 from receiver.metrics import Metrics
 from receiver.ratelog import warn_limited
-from receiver.score_process import ScoringProcess, ScoringProcessError
 from receiver.settings import Settings
 from storage import MilvusStore, StorageError
 from storage.deadletter import DeadLetterFile

@@ -9,6 +9,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ConfigError(Exception):
+    """Bad configuration found at start-up; the message is one sentence naming the variable and the fix."""
+
+
 class Settings(BaseSettings):
     """otad's configuration. Tests build it directly; `otad` reads it from the environment."""
 

@@ -629,7 +629,7 @@ def _hit(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
 
 
 def _encode_row(row: Any) -> str:
-    """A row dict as compact JSON. The receiver bounds every row where it enters (receiver/rows_bounds.py), so
+    """A row dict as compact JSON. The receiver bounds every row where it enters (receiver/rows/bounds.py), so
     a row that still does not fit is refused as data (the pipeline sets it aside), never cut silently."""
     text = json.dumps(row, separators=(",", ":"), default=str)
     size = len(text.encode())

@@ -7,8 +7,8 @@ import pytest
 
 from model.schema import Anomaly, Row
 from receiver.emit import AnomalyEmitter
+from receiver.otlp.tls import emitter_credentials
 from receiver.settings import Settings
-from receiver.tls import emitter_credentials
 
 pytestmark = pytest.mark.integration
 

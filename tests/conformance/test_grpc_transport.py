@@ -9,9 +9,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from receiver.grpc_options import GrpcServerOptions
 from receiver.metrics import Metrics
-from receiver.server import OtlpGrpcServer
+from receiver.otlp.grpc_options import GrpcServerOptions
+from receiver.otlp.grpc_server import OtlpGrpcServer
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 
-from receiver.export import warn_limited
+from receiver.otlp.handler import warn_limited
 
 pytestmark = pytest.mark.integration
 

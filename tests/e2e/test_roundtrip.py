@@ -11,9 +11,9 @@ import time
 import pytest
 from otlp_sink import OtlpSink
 
-from receiver import simulate
 from receiver.cli import Service
 from receiver.settings import Settings
+from sim import simulate
 
 pytestmark = pytest.mark.e2e
 

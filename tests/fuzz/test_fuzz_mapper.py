@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from strategies import count_items, logs_requests, metrics_requests, traces_requests
 
 from model.schema import row_from_dict, row_to_dict
-from receiver.rows import RowMapper
+from receiver.rows.mapper import RowMapper
 
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))  # e.g. 20 for a long local run; CI keeps 1 (< 60 s)
 FUZZ = settings(max_examples=int(60 * SCALE), deadline=2000, suppress_health_check=[HealthCheck.too_slow,

@@ -9,8 +9,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from strategies import logs_requests, metrics_requests, traces_requests
 
-from receiver.otlpjson import OtlpJsonError, from_dict, from_dict_light, to_json_line
-from receiver.rows import RowMapper
+from receiver.otlp.otlpjson import OtlpJsonError, from_dict, from_dict_light, to_json_line
+from receiver.rows.mapper import RowMapper
 
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))
 FUZZ = settings(max_examples=int(60 * SCALE), deadline=None, suppress_health_check=[HealthCheck.too_slow,

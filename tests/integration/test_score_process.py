@@ -17,7 +17,7 @@ from test_features import T0, make_rows  # noqa: E402
 from model.schema import Row  # noqa: E402
 from model.train import TrainConfig  # noqa: E402
 from model.version import ModelVersion, Scorer, fit_version  # noqa: E402
-from receiver.score_process import ScoringProcess, ScoringProcessError  # noqa: E402
+from model.worker import ScoringProcess, ScoringProcessError  # noqa: E402
 
 ODD = Row(uid="odd", signal="logs", time_unix_nano=T0 + 10**12 + 5, service="a", class_uid=4002, activity_id=3,
           severity_id=4, status_id=2, resource={"service.name": "a", "k8s.pod.name": "a-1"},

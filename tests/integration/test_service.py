@@ -97,7 +97,7 @@ def test_health_and_empty_request(service):
     assert not response.HasField("partial_success")
     url = f"http://localhost:{service.health.port}"
     # The heap alive at start is out of the cyclic collector's view: full collections walked ~600k objects and
-    # stalled every Export call for 250 ms (receiver/heap.py).
+    # stalled every Export call for 250 ms (model/heap.py).
     assert gc.get_freeze_count() > 10_000 and gc.get_threshold()[0] == 20_000
     own = os.getpriority(os.PRIO_PROCESS, 0)  # the Milvus Lite child yields the CPU to the receiver
     assert os.getpriority(os.PRIO_PROCESS, service.lite.proc.pid) == min(own + service.settings.background_nice, 19)

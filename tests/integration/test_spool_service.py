@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from test_service import T0, logs_request, make_service, normal_records, stubs
 
-from receiver.rows import RowMapper
+from receiver.rows.mapper import RowMapper
 from storage.spool import Spool
 
 pytestmark = pytest.mark.integration

@@ -84,7 +84,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from test_features import T0, make_rows
 from model.version import ModelVersion
-from receiver.score_process import ScoringProcess
+from model.worker import ScoringProcess
 path = Path(sys.argv[1])
 mv = ModelVersion.load(path, k=5)
 child = ScoringProcess(mv, path, k=5, alert_pvalue=mv.detector.alert_pvalue, max_rows=100_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.scoring import Calibration, KnnDetector, pvalue_to_score
+from model.detector import Calibration, KnnDetector, pvalue_to_score
 
 
 def unit(x: np.ndarray) -> np.ndarray:

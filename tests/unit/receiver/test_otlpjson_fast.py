@@ -17,11 +17,13 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from rows_helpers import T0, logs_request, metrics_request, traces_request
 
-from receiver import jsonfiles, otlpjson, simulate
+from receiver import jsonfiles
 from receiver.cli import read_rows
-from receiver.otlpjson import OtlpJsonError, read_file, read_file_light, to_json_line
-from receiver.otlpjson_fast import LightMessage, light_class
-from receiver.rows import RowMapper
+from receiver.otlp import otlpjson
+from receiver.otlp.otlpjson import OtlpJsonError, read_file, read_file_light, to_json_line
+from receiver.otlp.otlpjson_fast import LightMessage, light_class
+from receiver.rows.mapper import RowMapper
+from sim import simulate
 
 RECEIVED = 1_800_000_000_000_000_000
 SIGNAL = {ExportLogsServiceRequest: "logs", ExportTraceServiceRequest: "traces", ExportMetricsServiceRequest: "metrics"}

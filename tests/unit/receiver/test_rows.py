@@ -15,7 +15,7 @@ from model.schema import (
     HTTP_ACTIVITY,
     content_uid,
 )
-from receiver.rows import MappedBatch, Rejection, RowMapper
+from receiver.rows.mapper import MappedBatch, Rejection, RowMapper
 
 
 def one_row(**record):
@@ -240,7 +240,7 @@ def test_bad_ids_are_rejected_with_their_index_and_the_rest_survive():
 
 
 def test_an_exception_while_mapping_one_item_becomes_a_rejection(monkeypatch):
-    import receiver.rows_logs as rows_logs
+    import receiver.rows.logs as rows_logs
 
     real = rows_logs.parse_body
 
@@ -250,7 +250,7 @@ def test_an_exception_while_mapping_one_item_becomes_a_rejection(monkeypatch):
         return real(record)
 
     monkeypatch.setattr(rows_logs, "parse_body", flaky)
-    monkeypatch.setattr("receiver.rows.map_log_record", rows_logs.map_log_record)
+    monkeypatch.setattr("receiver.rows.mapper.map_log_record", rows_logs.map_log_record)
     batch = RowMapper().map_logs(logs_request({"body": "a"}, {"body": "boom"}, {"body": "c"}))
     assert len(batch.rows) == 2 and batch.total == 3
     assert batch.rejections[0].index == "resource 0, scope 0, record 1"

@@ -14,14 +14,14 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from rows_helpers import RESOURCE, T0, kvs, logs_request, metrics_request, traces_request
 
 from model.schema import content_uid, row_to_dict
-from receiver import export as export_module
-from receiver import rows_bounds as rb
-from receiver.export import SIGNALS, ExportHandler
 from receiver.metrics import Metrics
-from receiver.rows import RowMapper
-from receiver.rows_common import ATTRIBUTE_COLUMNS, resource_context
-from receiver.rows_logs import map_log_record
-from receiver.server import OtlpGrpcServer
+from receiver.otlp import handler as export_module
+from receiver.otlp.grpc_server import OtlpGrpcServer
+from receiver.otlp.handler import SIGNALS, ExportHandler
+from receiver.rows import bounds as rb
+from receiver.rows.common import ATTRIBUTE_COLUMNS, resource_context
+from receiver.rows.logs import map_log_record
+from receiver.rows.mapper import RowMapper
 from storage import collection
 
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ import math
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from rows_helpers import T0, logs_request, metrics_request
 
-from receiver.rows import RowMapper
+from receiver.rows.mapper import RowMapper
 
 
 def test_non_finite_double_attributes_become_categories_not_numbers():

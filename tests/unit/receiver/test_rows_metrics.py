@@ -9,7 +9,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 from rows_helpers import T0, kvs, metrics_request
 
 from model.schema import METRIC_OBSERVATION, metric_point_uid
-from receiver.rows import Rejection, RowMapper
+from receiver.rows.mapper import Rejection, RowMapper
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA

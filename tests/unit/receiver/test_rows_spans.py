@@ -7,7 +7,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from rows_helpers import SPAN, T0, TRACE, traces_request
 
 from model.schema import API_ACTIVITY, HTTP_ACTIVITY
-from receiver.rows import Rejection, RowMapper
+from receiver.rows.mapper import Rejection, RowMapper
 
 PARENT = bytes.fromhex("00f067aa0ba902b7")
 

@@ -14,9 +14,8 @@ from certs import make_pki
 from google.rpc import error_details_pb2
 from pydantic import ValidationError
 
-from receiver.auth import BearerAuth
-from receiver.errors import (
-    ConfigError,
+from receiver.otlp.auth import BearerAuth
+from receiver.otlp.errors import (
     InvalidInputError,
     Outcome,
     TooLargeError,
@@ -26,10 +25,10 @@ from receiver.errors import (
     outcome_of,
     status_proto,
 )
-from receiver.http_server import _Refusal, gunzip_limited
-from receiver.servers import load_security
-from receiver.settings import Settings
-from receiver.tls import emitter_credentials
+from receiver.otlp.http_server import _Refusal, gunzip_limited
+from receiver.otlp.servers import load_security
+from receiver.otlp.tls import emitter_credentials
+from receiver.settings import ConfigError, Settings
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -12,9 +12,9 @@ import pytest
 from otlp_sink import OtlpSink
 
 from model.schema import metric_point_uid
-from receiver import simulate
-from receiver.otlpjson import from_dict
-from receiver.sim_world import KINDS
+from receiver.otlp.otlpjson import from_dict
+from sim import simulate
+from sim.world import KINDS
 
 # 20 simulated minutes at a modest rate with a high anomaly rate: all nine kinds fit (one episode each).
 FLAGS = ["--duration", "1200", "--rate", "2", "--anomaly-rate", "0.3", "--seed", "7",

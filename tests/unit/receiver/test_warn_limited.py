@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from receiver import export
+from receiver import ratelog as export
 
 
 def test_repeats_are_suppressed_and_counted(caplog, monkeypatch):

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model.heap import settle_heap
 from model.schema import Anomaly, Row
 from model.version import ModelVersion, ScoredBatch
-from receiver.heap import settle_heap
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 __all__ = ["Fallback", "LightMessage", "decode_request"]
 
-_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})  # hex in OTLP/JSON (see receiver/otlpjson.py)
+_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})  # hex in OTLP/JSON (see receiver/otlp/otlpjson.py)
 _SURROGATE = json_format._UNPAIRED_SURROGATE_PATTERN  # json_format rejects strings that match it
 _MAX_DEPTH = 64  # json_format allows 100 nested messages; deeper input takes the reflective path
 _CASE = "_oneof_"  # attribute prefix: the set member of a oneof (None when unset)

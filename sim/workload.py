@@ -1,6 +1,6 @@
 """Simulated shop workload for `otad simulate`: users, request flows, metrics and the injected episodes.
 
-Pure Python and seeded: it produces plain span/log/point records; `receiver.simulate` turns them into OTel SDK
+Pure Python and seeded: it produces plain span/log/point records; `sim.simulate` turns them into OTel SDK
 data and exports them. Anomaly labels live only on these records (`label`), never in their attributes.
 """
 
@@ -10,10 +10,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from receiver import sim_flows as flows
-from receiver import sim_world as world
-from receiver.sim_flows import DURATION_BOUNDS, INFO
-from receiver.sim_world import MS, SEC, Episode, LogRec, PointRec, Req, SpanRec, User, Visitor
+from sim import flows, world
+from sim.flows import DURATION_BOUNDS, INFO
+from sim.world import MS, SEC, Episode, LogRec, PointRec, Req, SpanRec, User, Visitor
 
 __all__ = ["Workload"]
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from receiver.sim_world import MS, LogRec, Req, SpanRec
+from sim.world import MS, LogRec, Req, SpanRec, World
 
-if TYPE_CHECKING:
-    from receiver.sim_workload import Workload
+Workload = World  # what a flow needs of the workload (sim.workload.Workload implements it)
 
 INFO, WARN, ERROR, FATAL = 9, 13, 17, 21
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -2,7 +2,7 @@
 
 The column names, class rules and id tables are documented in docs/mapping.md. Every item of a request
 ends up exactly once as a row, a rejection or ignored; mapping one item never fails the others. Every row is
-bounded to what storage holds on the way out (receiver/rows_bounds.py, "Bounds on stored fields" in
+bounded to what storage holds on the way out (receiver/rows/bounds.py, "Bounds on stored fields" in
 docs/receiver.md).
 """
 
@@ -17,11 +17,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from model.schema import Row
-from receiver.rows_bounds import bound_resource, bound_row
-from receiver.rows_common import RejectError, ResourceContext, resource_context
-from receiver.rows_logs import map_log_record
-from receiver.rows_metrics import SeriesState, map_point, metric_info
-from receiver.rows_spans import map_span
+from receiver.rows.bounds import bound_resource, bound_row
+from receiver.rows.common import RejectError, ResourceContext, resource_context
+from receiver.rows.logs import map_log_record
+from receiver.rows.metrics import SeriesState, map_point, metric_info
+from receiver.rows.spans import map_span
 
 __all__ = ["MappedBatch", "Rejection", "RowMapper"]
 

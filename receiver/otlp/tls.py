@@ -11,8 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from receiver.errors import ConfigError
-from receiver.settings import Settings
+from receiver.settings import ConfigError, Settings
 
 __all__ = ["ServerTls", "emitter_credentials", "load_server_tls"]
 

@@ -13,13 +13,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from receiver.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, to_status
-from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
-from receiver.grpc_options import GrpcServerOptions
-from receiver.http_server import GZIP_WBITS, inflate_limited, trim_heap_soon
 from receiver.metrics import Metrics
+from receiver.otlp.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, to_status
+from receiver.otlp.grpc_options import GrpcServerOptions
+from receiver.otlp.handler import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
+from receiver.otlp.http_server import GZIP_WBITS, inflate_limited, trim_heap_soon
 from receiver.pipeline import Pipeline
-from receiver.rows import RowMapper
+from receiver.rows.mapper import RowMapper
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from model.schema import API_ACTIVITY, HTTP_ACTIVITY, Row, Value
-from receiver.rows_common import (
+from receiver.rows.common import (
     HTTP,
     RejectError,
     ResourceContext,

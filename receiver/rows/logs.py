@@ -17,8 +17,8 @@ from model.schema import (
     Value,
     content_uid,
 )
-from receiver.rows_bounds import MARKER
-from receiver.rows_common import (
+from receiver.rows.bounds import MARKER
+from receiver.rows.common import (
     AUTH,
     ERROR,
     HTTP,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from receiver.auth import BearerAuth, GrpcAuthInterceptor
-from receiver.export import ExportHandler
-from receiver.grpc_options import GrpcServerOptions
-from receiver.http_server import OtlpHttpServer
 from receiver.metrics import Metrics
+from receiver.otlp.auth import BearerAuth, GrpcAuthInterceptor
+from receiver.otlp.grpc_options import GrpcServerOptions
+from receiver.otlp.grpc_server import OtlpGrpcServer
+from receiver.otlp.handler import ExportHandler
+from receiver.otlp.http_server import OtlpHttpServer
+from receiver.otlp.tls import ServerTls, load_server_tls
 from receiver.pipeline import Pipeline
-from receiver.rows import RowMapper
-from receiver.server import OtlpGrpcServer
+from receiver.rows.mapper import RowMapper
 from receiver.settings import Settings
-from receiver.tls import ServerTls, load_server_tls
 
 __all__ = ["Security", "build_servers", "load_security"]
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from receiver.errors import ConfigError, UnauthenticatedError, to_status
 from receiver.metrics import Metrics
-from receiver.settings import Settings
+from receiver.otlp.errors import UnauthenticatedError, to_status
+from receiver.settings import ConfigError, Settings
 
 __all__ = ["BearerAuth", "GrpcAuthInterceptor", "failure_message"]
 

@@ -14,11 +14,11 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-from receiver.errors import InvalidInputError, Outcome, UnavailableError, outcome_of
 from receiver.metrics import Metrics
+from receiver.otlp.errors import InvalidInputError, Outcome, UnavailableError, outcome_of
 from receiver.pipeline import Pipeline
 from receiver.ratelog import warn_limited
-from receiver.rows import MappedBatch, RowMapper
+from receiver.rows.mapper import MappedBatch, RowMapper
 
 __all__ = ["SIGNALS", "ExportHandler", "Outcome", "SignalSpec", "build_response", "warn_limited"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from model.schema import METRIC_OBSERVATION, Row, Value, content_uid, metric_point_uid
-from receiver.rows_common import RejectError, ResourceContext, any_value, column_value, resource_value
+from receiver.rows.common import RejectError, ResourceContext, any_value, column_value, resource_value
 
 NO_RECORDED_VALUE = 1  # DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 QUANTILES = (("metric.p50", 0.5), ("metric.p95", 0.95), ("metric.p99", 0.99))

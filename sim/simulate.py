@@ -1,6 +1,6 @@
 """`otad simulate`: a labelled multi-service workload, exported through the OTel Python SDK.
 
-The shop (`receiver.sim_workload`) yields plain records per simulated 10 s slice; this module replays them
+The shop (`sim.workload`) yields plain records per simulated 10 s slice; this module replays them
 through real SDK TracerProviders/LoggerProviders (one per service, seeded ids, explicit timestamps), builds
 MetricsData, and hands each slice to the sinks: OTLP/gRPC exporters (`--target`) and/or a Collector
 file-exporter file (`--output-dir`). Labels go to a CSV side file only, never into the telemetry.
@@ -48,10 +48,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode, TraceFlags
 
 from model.schema import metric_point_uid
-from receiver.otlpjson import to_json_line
-from receiver.sim_flows import DURATION_BOUNDS
-from receiver.sim_workload import Workload
-from receiver.sim_world import KINDS, SEC, SERVICES, LogRec, PointRec, SpanRec
+from receiver.otlp.otlpjson import to_json_line
+from sim.flows import DURATION_BOUNDS
+from sim.workload import Workload
+from sim.world import KINDS, SEC, SERVICES, LogRec, PointRec, SpanRec
 
 __all__ = ["SimulateConfig", "Summary", "add_arguments", "run", "simulate"]
 

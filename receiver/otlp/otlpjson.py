@@ -88,11 +88,11 @@ def from_dict(data: dict) -> SignalRequest:
 def from_dict_light(data: dict) -> tuple[Signal, object]:
     """(signal, request) of one OTLP/JSON request, the request as a light message when it can be one.
 
-    A light message (receiver/otlpjson_fast.py) reads like the protobuf request `from_dict` returns and maps to the
+    A light message (receiver/otlp/otlpjson_fast.py) reads like the protobuf request `from_dict` returns and maps to the
     same rows, ~50x cheaper to build; input the light path cannot decode exactly goes through `from_dict` (which
     also raises the same errors).
     """
-    from receiver.otlpjson_fast import Fallback, decode_request
+    from receiver.otlp.otlpjson_fast import Fallback, decode_request
 
     key = _top_key(data)
     try:
@@ -137,7 +137,7 @@ def read_file(path: str | Path) -> Iterator[tuple[int, SignalRequest]]:
 def read_file_light(path: str | Path) -> Iterator[tuple[int, Signal, object]]:
     """Like `read_file`, yielding (line number, signal, request) with light requests (see `from_dict_light`).
 
-    Same lines, same errors as `read_file`; the requests map (receiver/rows.py) to the same rows, ~10x faster.
+    Same lines, same errors as `read_file`; the requests map (receiver/rows/mapper.py) to the same rows, ~10x faster.
     """
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):

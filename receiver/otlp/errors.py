@@ -107,8 +107,3 @@ def to_status(exc_or_outcome: Exception | Outcome) -> grpc.Status:
     """The gRPC status a client must see for an error or a failed outcome."""
     outcome = exc_or_outcome if isinstance(exc_or_outcome, Outcome) else outcome_of(exc_or_outcome)
     return rpc_status.to_status(status_proto(outcome))
-
-
-
-class ConfigError(OtadError):
-    """Bad configuration found at start-up; the message is one sentence naming the variable and the fix."""

@@ -23,9 +23,10 @@ import uvicorn
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from receiver import otlpjson
-from receiver.auth import BearerAuth, failure_message
-from receiver.errors import (
+from receiver.metrics import Metrics
+from receiver.otlp import otlpjson
+from receiver.otlp.auth import BearerAuth, failure_message
+from receiver.otlp.errors import (
     BadEncodingError,
     Outcome,
     TooLargeError,
@@ -35,9 +36,8 @@ from receiver.errors import (
     outcome_of,
     status_proto,
 )
-from receiver.export import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
-from receiver.metrics import Metrics
-from receiver.tls import ServerTls
+from receiver.otlp.handler import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
+from receiver.otlp.tls import ServerTls
 
 __all__ = ["GZIP_WBITS", "OtlpHttpServer", "gunzip_limited", "inflate_limited", "trim_heap_soon"]
 

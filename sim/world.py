@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Protocol
 
 SEC = 1_000_000_000
 MS = 1_000_000
@@ -291,3 +292,20 @@ def crash_logs(rng: random.Random, ep: Episode, t0: int, t1: int) -> list[LogRec
             out.append(LogRec(restart, ep.service, 9, f"starting {ep.service} service v{spec.version} (pid {pid})",
                               {"service.version": spec.version}, ep.kind))
     return out
+
+
+class World(Protocol):
+    """What the request flows (sim/flows.py) use of the running workload; sim.workload.Workload implements it."""
+
+    rng: random.Random
+    users: list[User]
+
+    def lat(self, req: Req, span: SpanRec, median_ms: float, sigma: float = 0.45) -> int: ...
+
+    def next_order_id(self) -> int: ...
+
+    def product(self) -> int: ...
+
+    def down(self, service: str, t: int) -> bool: ...
+
+    def emit(self, log: LogRec) -> None: ...

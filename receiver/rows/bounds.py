@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from json.encoder import encode_basestring_ascii
 
 from model.schema import Row, Value, content_uid, row_to_dict
-from receiver.rows_common import ATTRIBUTE_COLUMNS, RejectError, ResourceContext
+from receiver.rows.common import ATTRIBUTE_COLUMNS, RejectError, ResourceContext
 
 __all__ = ["MARKER", "ResourceBounds", "bound_resource", "bound_row"]
 

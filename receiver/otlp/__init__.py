@@ -1,0 +1,1 @@
+"""Receive: the OTLP transports (gRPC and HTTP), their handler, status mapping, TLS and auth."""

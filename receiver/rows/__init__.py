@@ -1,0 +1,1 @@
+"""Map to rows: OTLP export requests -> OCSF-style rows (docs/mapping.md)."""

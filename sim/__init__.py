@@ -1,0 +1,1 @@
+"""The labelled workload simulator: a multi-service application emitting OTLP logs, spans and metrics."""
