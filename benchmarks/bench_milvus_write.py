@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from storage import MilvusStore  # noqa: E402
 from storage.lite_process import LiteServerProcess  # noqa: E402
-from storage.vectors import MilvusStore  # noqa: E402
 
 SERVICES = ["frontend", "auth", "payments", "inventory"]
 _TICK = os.sysconf("SC_CLK_TCK")

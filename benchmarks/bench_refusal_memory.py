@@ -49,7 +49,7 @@ def serve() -> None:
     logging.basicConfig(level=logging.ERROR)
     metrics = Metrics()
     export = ExportHandler(None, RowMapper(), metrics, 5)
-    grpc_server = OtlpGrpcServer("localhost:0", None, metrics, export=export)
+    grpc_server = OtlpGrpcServer("localhost:0", export)
     http_server = OtlpHttpServer("localhost:0", export, metrics)
     grpc_server.start()
     http_server.start()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 NAN = float("nan")
+_V = TypeVar("_V")
 
 # Windowed counters: (feature name, window in ms).
 TEMPLATE_RATE = ("ctx.template_share_60s", 60_000)
@@ -39,12 +42,9 @@ FAILURE_TAU_MS = 30 * 60_000
 
 LATENCY_WARMUP = 20  # observations of an operation before its latency z is trusted
 LATENCY_ALPHA = 0.02  # EWMA weight of one observation at most (outliers learn 20x slower, so a spike stays visible)
-# Baselines forget by time, not by count: with a per-observation weight alone, an operation called ten times a
-# second re-learns its level within seconds and a ten-minute latency incident becomes its own baseline (measured:
-# the busiest operations' z fell from ~11 to ~1 inside an incident). The weight of one observation is
-# 1 - exp(-dt / tau), capped at the per-observation weight, so rare operations behave as before, and never below
-# 1/(n+1): a young baseline (minutes of dense data) is the plain mean of everything seen so far, not its first
-# few observations frozen.
+# Baselines forget by time, not by count, so a busy operation's ten-minute incident does not become its own
+# baseline: one observation weighs 1 - exp(-dt / tau), at most the per-observation weight and at least 1/(n+1)
+# (a young baseline is the plain mean of everything seen so far).
 LATENCY_TAU_MS = 15 * 60_000
 SERIES_TAU_MS = 30 * 60_000
 
@@ -58,10 +58,8 @@ FEATURES = (
 )
 
 
-# Fixed units (centre, scale) for the features above, used instead of scales fitted to training data: these are
-# engineered, bounded quantities with a meaning of their own (z-scores, shares, log counts), and most rows carry
-# 0 in them, so a robust scale fitted to a training window collapses towards 0 and a routine value explodes to the
-# clip (measured: the slow share's fitted scale went from 0.077 to 0.003 between two training windows).
+# Fixed units (centre, scale) for the features above, not scales fitted to training data: most rows carry 0 in
+# them, and a robust scale fitted to mostly-zero data collapses towards 0 and sends a routine value to the clip.
 UNITS: dict[str, tuple[float, float]] = {
     TEMPLATE_RATE[0]: (0.0, 0.25), SERVICE_FAIL[0]: (0.0, 0.5), "ctx.service_failure_ratio_60s": (0.0, 0.05),
     FAILURE_EXCESS: (0.0, 1.0), SOURCE_FAIL[0]: (0.0, 0.5),
@@ -184,7 +182,7 @@ class ContextTracker:
         else:
             out[SLOW_RATIO[0]] = 0.0
         series_key, value = values.get("series"), values.get("series_value")
-        if series_key is None or value is None or not math.isfinite(value):
+        if series_key is None or not isinstance(value, int | float) or not math.isfinite(value):
             for name in SERIES:
                 out[name] = NAN
         else:
@@ -270,7 +268,7 @@ class ContextTracker:
         return feats
 
 
-def _lru_entry(table: OrderedDict, key: object, factory, max_keys: int):
+def _lru_entry(table: OrderedDict[Any, _V], key: object, factory: Callable[[], _V], max_keys: int) -> _V:
     """The entry for key (created by factory when new), marked most recent; the oldest key goes past max_keys."""
     entry = table.get(key)
     if entry is None:

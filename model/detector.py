@@ -1,17 +1,10 @@
 """Score: duplicate-aware k-NN distance to normal history, calibrated into 0-100 with a threshold.
 
-Higher is always more anomalous. The reference set is de-duplicated (unique vectors with counts), so a row
-is never its own neighbour and a cluster of identical rows counts with its multiplicity. Calibration uses
-the reference rows' distances to the other time blocks of history (leave-one-out distances without times): an
-empirical tail below the 99th percentile (lower for small reference sets, so that the tail fit has ~50 points)
-and an exponential (peaks-over-threshold) tail above it, mapped to score = 100 * -log10(p) / 6 (p = 1e-6 ->
-100). With enough rows both are taken per time block and the 90th percentile across blocks is used, so that
-incidents inside the training window do not set the tail (see CAL_BLOCK_Q).
-
-Each group of rows (a signal: logs, spans, metric points) gets its own calibration when the reference holds
-enough of it: distances of metric points and of log records live on different scales, and one shared tail
-would put the threshold too high for the tighter group and too low for the noisier one (measured: metric
-points had 13x the nominal false-positive rate under a shared tail, spans a tenth of it).
+Higher is always more anomalous. The reference set holds unique vectors with counts, so a row is never its own
+neighbour and a cluster of identical rows weighs with its multiplicity. A calibration maps a raw distance to a
+tail probability (empirical up to a high quantile, exponential beyond) and p to score = 100 * -log10(p) / 6.
+It is fitted over time blocks, because training history holds incidents, and per signal, because the
+distances of log records, spans and metric points live on different scales (docs/detection.md §3 and §6).
 """
 
 from __future__ import annotations
@@ -34,14 +27,10 @@ CLEAN_MIN_ROWS = 2_000  # below this, blocks are too small to stand for "the res
 RARE_SHARE = 0.01  # rows least like the other time blocks, always dropped
 GROUP_MIN_ROWS = 1_000  # a group with fewer calibration rows is scored with the calibration of all rows
 BURST_RATIO = 0.5  # a row is bursty when its neighbours in its own block are this much closer than elsewhere
-# Calibration on history that holds incidents: pooled distances have their top percent filled by an incident or
-# two, which pushed the threshold into the incidents' own range (measured on the simulator's evaluation: spans
-# alerted at 1e-5 of normal rows instead of the nominal 1e-3, and latency spikes went unflagged). So, per time
-# block, each quantile and the tail's start and mean excess are computed, and the calibration takes the
-# CAL_BLOCK_Q-th of them across blocks: incidents that touch fewer than 10% of the blocks drop out, while the
-# ordinary variation between blocks stays in (the median block instead ran normal rows at 12x the nominal rate:
-# rare normal events cluster in time too). Blocks of at least CAL_BLOCK_ROWS rows, CAL_BLOCKS_MIN..MAX of them.
-CAL_BLOCK_ROWS = 1_000
+# Calibration over time blocks: every quantile, the tail's start and its mean excess are taken per block, then
+# the CAL_BLOCK_Q-th of each across blocks, so an incident in under 10% of the blocks does not set the tail
+# while the ordinary variation between blocks (rare normal events cluster in time too) stays in.
+CAL_BLOCK_ROWS = 1_000  # rows per block at least; CAL_BLOCKS_MIN..MAX blocks
 CAL_BLOCKS_MIN = 8
 CAL_BLOCKS_MAX = 64
 CAL_GRID = 20_000  # points of the synthesized typical distribution
@@ -49,6 +38,7 @@ CAL_BLOCK_Q = 0.9
 
 
 def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
+    """0-100: 100 * -log10(p) / 6, so p = 1e-3 scores 50 and p <= P_FLOOR scores 100."""
     p = np.clip(np.asarray(p, dtype=np.float64), P_FLOOR, 1.0)
     return 100.0 * (-np.log10(p)) / (-math.log10(P_FLOOR))
 
@@ -139,58 +129,35 @@ class KnnDetector:
             deviant: np.ndarray | None = None) -> KnnDetector:
         """Fit on reference embeddings (n, d) float32, in time order when `times` is given.
 
-        Training data is not guaranteed clean: it may hold an incident. With `clean`, reference rows are
-        dropped once before calibration. With `times`, each time block is scored against the *other* blocks
-        (an incident's rows find each other inside their own block, not across blocks); the 1% least like
-        the other blocks are dropped, and so are rows among the `contamination` share least like the other
-        blocks that are much closer to their own block (an incident up to that size),
-        and the cross-block scores calibrate the detector (a new row is scored against history that does not
-        hold its own minutes, too). Rows marked `deviant` (far from their own entity's baseline: an operation's
-        latency, a series' level) never become reference rows: a repeat of that incident must not find them
-        as its normal neighbours. Without times, rows whose
-        leave-one-out score is beyond the threshold are dropped. `rep_rows_` maps each unique reference
-        vector to its first row in `embeddings`. With `groups` (one label per row, e.g. the signal), each
-        group with at least GROUP_MIN_ROWS calibration rows gets its own calibration.
+        Training data is not guaranteed clean: it may hold an incident. With `clean` and `times` (and at least
+        CLEAN_MIN_ROWS rows), reference rows are cleaned once by time blocks (`_clean_by_blocks`) and the
+        cross-block scores calibrate the detector; with `clean` but no times, rows whose leave-one-out score is
+        beyond the threshold are dropped. Rows marked `deviant` (far from their own entity's baseline) never
+        become reference rows. With `groups` (one label per row, e.g. the signal), each group with at least
+        GROUP_MIN_ROWS calibration rows gets its own calibration. `rep_rows_` maps each unique reference vector
+        to its first row in `embeddings`.
         """
         orig = np.arange(len(embeddings))
         grp = np.asarray(groups if groups is not None else [""] * len(embeddings), dtype=np.str_)
-        cross = None
+        calibration_rows = None
         if clean and times is not None and len(embeddings) >= CLEAN_MIN_ROWS:
-            cross = self._cross_block_scores(embeddings, np.asarray(times))
-            self._build(embeddings, uids, orig)
-            loo = self.decision_function(embeddings, exclude_self=True)[0]
-            # Dropped: the RARE_SHARE of rows least like the other blocks, and, up to `contamination`, bursty
-            # rows: far from the other blocks yet with close neighbours inside their own (an incident).
-            rare = cross > float(np.quantile(cross, 1.0 - RARE_SHARE))
-            bursty = (cross > float(np.quantile(cross, 1.0 - self.contamination))) & (loo < BURST_RATIO * cross)
-            keep = ~(rare | bursty)
-            if deviant is not None:  # never reference rows, but their distances stay in the calibration
-                keep &= ~deviant
-            calib = cross[~bursty]  # rare rows are the normal tail; bursty rows are not normal at all
-            calib_groups = grp[~bursty]
-            calib_times = np.asarray(times)[~bursty]
-            logger.info("reference cleaning (%d time blocks): dropped %d of %d bursty rows unlike the rest of history",
-                        CLEAN_BLOCKS, int((~keep).sum()), len(keep))
-            embeddings = embeddings[keep]
+            keep, calibration_rows = self._clean_by_blocks(embeddings, uids, np.asarray(times), grp, deviant)
+            embeddings, orig, grp = embeddings[keep], orig[keep], grp[keep]
             uids = [u for u, k in zip(uids, keep, strict=True) if k]
-            orig = orig[keep]
-            grp = grp[keep]
             clean = False
         self._build(embeddings, uids, orig)
         loo = self.decision_function(embeddings, exclude_self=True)[0]
-        if cross is None:
+        if calibration_rows is None:
             self._calibrate(loo, grp)
         else:
-            self._calibrate(calib, calib_groups, calib_times)
+            self._calibrate(*calibration_rows)
         if clean and len(embeddings) > 100:
             keep = self.pvalue(loo, grp) >= self.alert_pvalue
             dropped = int((~keep).sum())
             if dropped:
                 logger.info("reference cleaning dropped %d of %d rows beyond the threshold", dropped, len(keep))
-                embeddings = embeddings[keep]
+                embeddings, orig, grp = embeddings[keep], orig[keep], grp[keep]
                 uids = [u for u, k in zip(uids, keep, strict=True) if k]
-                orig = orig[keep]
-                grp = grp[keep]
                 self._build(embeddings, uids, orig)
                 loo = self.decision_function(embeddings, exclude_self=True)[0]
                 self._calibrate(loo, grp)
@@ -199,6 +166,30 @@ class KnnDetector:
         self.threshold_ = float(pvalue_to_score(self.alert_pvalue))
         return self
 
+    def _clean_by_blocks(
+        self, embeddings: np.ndarray, uids: list[str], times: np.ndarray, groups: np.ndarray,
+        deviant: np.ndarray | None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Which rows stay in the reference, and the (scores, groups, times) to calibrate on.
+
+        Each row is scored against the *other* time blocks: an incident's rows find each other inside their
+        own block, not across blocks. Dropped: the RARE_SHARE of rows least like the other blocks, and, up to
+        `contamination`, bursty rows (far from the other blocks yet close to rows of their own: an incident),
+        and `deviant` rows. Calibration keeps every row but the bursty ones (rare rows are the normal tail),
+        so a new row, too, is scored against history that does not hold its own minutes.
+        """
+        cross = self._cross_block_scores(embeddings, times)
+        self._build(embeddings, uids, np.arange(len(embeddings)))
+        loo = self.decision_function(embeddings, exclude_self=True)[0]
+        rare = cross > float(np.quantile(cross, 1.0 - RARE_SHARE))
+        bursty = (cross > float(np.quantile(cross, 1.0 - self.contamination))) & (loo < BURST_RATIO * cross)
+        keep = ~(rare | bursty)
+        if deviant is not None:  # never reference rows, but their distances stay in the calibration
+            keep &= ~deviant
+        logger.info("reference cleaning (%d time blocks): dropped %d of %d bursty rows unlike the rest of history",
+                    CLEAN_BLOCKS, int((~keep).sum()), len(keep))
+        return keep, (cross[~bursty], groups[~bursty], times[~bursty])
+
     def _calibrate(self, scores: np.ndarray, groups: np.ndarray, times: np.ndarray | None = None) -> None:
         self.calibration_ = Calibration.fit(scores, times)
         self.group_calibrations_: dict[str, Calibration] = {}
@@ -206,9 +197,6 @@ class KnnDetector:
             mine = groups == name
             if name and mine.sum() >= GROUP_MIN_ROWS:
                 self.group_calibrations_[str(name)] = Calibration.fit(scores[mine], None if times is None else times[mine])
-
-    def calibration_for(self, group: str | None) -> Calibration:
-        return self.group_calibrations_.get(group, self.calibration_) if group is not None else self.calibration_
 
     def _cross_block_scores(self, embeddings: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Raw score of every row against a reference made of the other time blocks only.
@@ -243,10 +231,12 @@ class KnnDetector:
         self.counts_ = counts
         self.uids_ = uids
         self._keys = {key.tobytes(): j for j, key in enumerate(np.round(self.vectors_, 4))}
+        index: faiss.Index
         if len(self.vectors_) > self.hnsw_above:
-            index = faiss.IndexHNSWFlat(self.dim_, 32, faiss.METRIC_L2)
-            index.hnsw.efConstruction = 80
-            index.hnsw.efSearch = 64
+            hnsw = faiss.IndexHNSWFlat(self.dim_, 32, faiss.METRIC_L2)
+            hnsw.hnsw.efConstruction = 80
+            hnsw.hnsw.efSearch = 64
+            index = hnsw
         else:
             index = faiss.IndexFlatL2(self.dim_)
         index.add(self.vectors_)
@@ -262,7 +252,11 @@ class KnnDetector:
         room = self.max_rows - len(self.vectors_)
         if room <= 0:
             return []
-        new_vecs, new_uids, new_rows, new_counts, added = [], [], [], [], 0
+        new_vecs: list[np.ndarray] = []
+        new_uids: list[str] = []
+        new_rows: list[int] = []
+        new_counts: list[int] = []
+        added = 0
         base = len(self.vectors_)
         keys = np.round(embeddings, 4)
         for pos, (vec, key, uid) in enumerate(zip(embeddings, keys, uids, strict=True)):
@@ -354,8 +348,10 @@ class KnnDetector:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray], **kwargs) -> KnnDetector:
-        det = cls(**kwargs)
+    def from_state(cls, state: dict[str, np.ndarray], *, k: int = 10, alert_pvalue: float = 1e-3,
+                   max_rows: int = 100_000) -> KnnDetector:
+        """The detector saved by `state()` (its reference vectors and calibrations, as fitted)."""
+        det = cls(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows)
         vectors, counts = state["vectors"].astype(np.float32), state["counts"].astype(np.int64)
         uids = [str(u) for u in state["uids"]]
         det._set(vectors, counts, uids)

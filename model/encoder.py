@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +19,11 @@ class EncoderConfig:
     embed_dim: int = 32
     dropout: float = 0.1
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> EncoderConfig:
+    def from_json(cls, data: dict[str, Any]) -> EncoderConfig:
         data = dict(data)
         data["cardinalities"] = tuple(data["cardinalities"])
         return cls(**data)
@@ -91,7 +91,3 @@ class Embedder:
                 z = self.model(torch.from_numpy(num[start:end]), torch.from_numpy(cat[start:end]))
                 out[start:end] = z.numpy()
         return out
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

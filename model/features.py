@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from model.schema import Row
 from model.templates import TemplateMatcher, mine
 
 CONTRACT_VERSION = 3
+Derived = dict[str, object]  # a row's derived values by column name (str, number, None), context features included
 
 
 class ContractVersionError(ValueError):
@@ -75,7 +78,7 @@ _MILLIS_NAME = re.compile(r"(ms$|millis\w*$)", re.I)
 _MICROS_NAME = re.compile(r"(_us$|micros\w*$)", re.I)
 
 
-def attribute_latency_ms(fields: dict) -> float | None:
+def attribute_latency_ms(fields: Mapping[str, object]) -> float | None:
     """A latency carried as a numeric attribute (`duration_ms`, `http.server.request.duration` in seconds,
     `latency`), in ms by its name's unit (unknown units are taken as they are); None without one."""
     for key, value in fields.items():
@@ -112,7 +115,7 @@ def subnet(ip: str) -> str:
     return ".".join(parts[:3]) + ".0/24" if len(parts) == 4 else "invalid"
 
 
-def derive(row: Row, matcher: TemplateMatcher | None) -> dict[str, object]:
+def derive(row: Row, matcher: TemplateMatcher | None) -> Derived:
     """The raw value of every candidate column for one row (strings, numbers or None)."""
     f = row.fields
     v: dict[str, object] = {
@@ -197,7 +200,7 @@ class FeatureContract:
 
     # ----- fitting -----
     @classmethod
-    def fit(cls, rows: list[Row], *, min_count: int = 2, max_vocab: int = 256) -> tuple[FeatureContract, list[dict]]:
+    def fit(cls, rows: list[Row], *, min_count: int = 2, max_vocab: int = 256) -> tuple[FeatureContract, list[Derived]]:
         """Fit on training rows (time-ordered). Returns the contract and the rows' derived values."""
         rows = sorted(rows, key=lambda r: r.time_unix_nano)
         messages = [str(r.fields.get("message", "")) for r in rows if r.signal == "logs"]
@@ -209,7 +212,7 @@ class FeatureContract:
         rarity = [-math.log((counts.get(str(i), 0) + 1) / (total + 1)) for i in range(len(templates))]
         for d in derived:
             t = d.get("template")
-            d["template_rarity"] = rarity[int(t)] if t is not None and t.isdigit() else -math.log(1 / (total + 1))
+            d["template_rarity"] = rarity[int(t)] if isinstance(t, str) and t.isdigit() else -math.log(1 / (total + 1))
         span_h = (rows[-1].time_unix_nano - rows[0].time_unix_nano) / 3.6e12 if rows else 0
         contract = cls(templates=templates, template_rarity=rarity, time_features=span_h >= 20)
         tracker = ContextTracker()
@@ -223,8 +226,8 @@ class FeatureContract:
         contract._fit_columns(derived, len(rows), min_count, max_vocab)
         return contract, derived
 
-    def _fit_columns(self, derived: list[dict], n: int, min_count: int, max_vocab: int) -> None:
-        candidates: dict[str, list] = {}
+    def _fit_columns(self, derived: list[Derived], n: int, min_count: int, max_vocab: int) -> None:
+        candidates: dict[str, list[object]] = {}
         for d in derived:
             for key, value in d.items():
                 if value is None or key.startswith("_") or LABEL_LIKE.search(key):
@@ -242,16 +245,16 @@ class FeatureContract:
             elif len(set(map(str, values))) <= 64:
                 categorical_names.append(key)
         for name in categorical_names:
-            values = candidates.get(name)
-            if not values:
+            seen = candidates.get(name)
+            if not seen:
                 continue
-            common = [v for v, c in Counter(map(str, values)).most_common(max_vocab) if c >= min_count]
+            common = [v for v, c in Counter(map(str, seen)).most_common(max_vocab) if c >= min_count]
             if not common:
                 continue
             self.categorical.append(name)
             self.vocab[name] = common
-            freq = Counter(map(str, values))
-            n_missing, n_oov = n - len(values), sum(c for v, c in freq.items() if v not in set(common))
+            freq = Counter(map(str, seen))
+            n_missing, n_oov = n - len(seen), sum(c for v, c in freq.items() if v not in set(common))
             counts = [n_missing, n_oov] + [freq[v] for v in common]
             self.rarity[name] = [round(-math.log((c + 1) / (n + 1)), 4) for c in counts]
             self.rarity[name][1] = round(-math.log(1 / (n + 1)), 4)  # out of vocabulary = never seen
@@ -293,23 +296,23 @@ class FeatureContract:
     def matcher(self) -> TemplateMatcher:
         return TemplateMatcher(self.templates)
 
-    def derive_online(self, rows: list[Row], tracker: ContextTracker, matcher: TemplateMatcher) -> list[dict]:
+    def derive_online(self, rows: list[Row], tracker: ContextTracker, matcher: TemplateMatcher) -> list[Derived]:
         """Derived values for rows arriving after training, updating the context state in time order."""
         order = sorted(range(len(rows)), key=lambda i: rows[i].time_unix_nano)
-        derived: list[dict] = [{}] * len(rows)
+        derived: list[Derived] = [{}] * len(rows)
         default_rarity = max(self.template_rarity, default=10.0) + 1.0
         for i in order:
             r = rows[i]
             d = derive(r, matcher)
             t = d.get("template")
-            d["template_rarity"] = self.template_rarity[int(t)] if t is not None and t.isdigit() else default_rarity
+            d["template_rarity"] = self.template_rarity[int(t)] if isinstance(t, str) and t.isdigit() else default_rarity
             d.update(tracker.update(d, r.time_ms))
             if self.time_features:
                 d.update(time_features(r.time_ms))
             derived[i] = d
         return derived
 
-    def encode(self, derived: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, derived: list[Derived]) -> tuple[np.ndarray, np.ndarray]:
         """Derived values -> (numeric (n, n_numeric) float32, categorical (n, n_categorical) int64).
 
         Column by column (one pass of Python per column, the arithmetic in numpy): this is the hot path.
@@ -347,19 +350,19 @@ class FeatureContract:
             out[:, j] = table[cat[:, j]]
         return out
 
-    def display(self, derived: dict, name: str) -> str:
+    def display(self, derived: Derived, name: str) -> str:
         """A human value for an explanation."""
         value = derived.get(name[:-len(".missing")] if name.endswith(".missing") else name)
         if value is None:
             return "missing"
-        if name == "template" and str(value).isdigit() and int(value) < len(self.templates):
-            return repr(self.templates[int(value)][:60])
+        if name == "template" and str(value).isdigit() and int(str(value)) < len(self.templates):
+            return repr(self.templates[int(str(value))][:60])
         if isinstance(value, float):
             return f"{value:.4g}"
         return str(value)[:60]
 
     # ----- persistence (JSON only; nothing is unpickled) -----
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version, "categorical": self.categorical, "vocab": self.vocab,
             "numeric": [s.__dict__ for s in self.numeric], "templates": self.templates,
@@ -368,7 +371,7 @@ class FeatureContract:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> FeatureContract:
+    def from_json(cls, data: dict[str, Any]) -> FeatureContract:
         if data.get("version") != CONTRACT_VERSION:
             raise ContractVersionError(f"feature contract version {data.get('version')} is not {CONTRACT_VERSION} "
                                        "(the model was trained by another otad release); retrain the model")

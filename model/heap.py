@@ -1,16 +1,10 @@
 """Keep the cyclic garbage collector's pauses off the request path.
 
-A serving process holds ~600k long-lived objects (torch, grpc, pymilvus, numpy modules; the model; the mapper's
-state). CPython's full (generation 2) collection walks all of them and found nothing to free, taking 250-280 ms
-each time while every Export call waited for the GIL (measured on the paced benchmark: those pauses were the
-Export p99). `gc.freeze()` moves the objects alive at that point out of the collector's view: they are still
-freed by reference counting, only cycles among them would stay, and full collections then walk only what was
-allocated since.
-
-The youngest generation is collected every GEN0_THRESHOLD allocations instead of CPython's 700: at 700, rows
-still in flight (alive for a batch, ~200 ms) survive young collections and are promoted into the old
-generation, which the full collections then walk (`make bench`, paced 5,000/s, Export p99 over two runs each:
-33.8 / 47.7 ms at 700, 32.5 / 36.5 ms at 20,000; a young collection of 20k containers takes 0.4 ms).
+A serving process holds hundreds of thousands of long-lived objects (modules, the model, the mapper's state)
+that CPython's full collections walk and never free, holding the GIL while Export calls wait. `gc.freeze()`
+moves the objects alive now out of the collector's view (reference counting still frees them), and a larger
+young-generation threshold keeps rows in flight from being promoted into the old generation. The docs'
+section "Heap settling (GC)" has the measurements.
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ import time
 
 logger = logging.getLogger(__name__)
 
-GEN0_THRESHOLD = 20_000
+GEN0_THRESHOLD = 20_000  # CPython's default is 700; a young collection of 20k containers takes ~0.4 ms
 
 
 def settle_heap(collect: bool = False) -> int:

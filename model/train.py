@@ -45,7 +45,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: TabularResNet
-    history: list[dict]
+    history: list[dict[str, float]]  # one record per epoch: epoch, losses, seconds
     best_epoch: int
     seconds: float
 
@@ -89,7 +89,7 @@ def augment(num: torch.Tensor, cat: torch.Tensor, free_cols: torch.Tensor, cfg: 
 
 
 def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encoder_config: EncoderConfig,
-          cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> TrainResult:
+          cfg: TrainConfig, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train on time-ordered rows; the newest `val_fraction` is the validation split for early stopping."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -115,7 +115,7 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
         recon = 0.5 * (decoder.loss(z1, bn, bc) + decoder.loss(z2, bn, bc))
         return contrastive + cfg.recon_weight * recon, float(contrastive.detach()), float(recon.detach())
 
-    history: list[dict] = []
+    history: list[dict[str, float]] = []
     best, best_epoch, best_state, bad = math.inf, 0, None, 0
     start = time.monotonic()
     for epoch in range(1, cfg.epochs + 1):
@@ -160,7 +160,9 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
     return TrainResult(model, history, best_epoch, time.monotonic() - start)
 
 
-def _validate(step_loss, num: torch.Tensor, cat: torch.Tensor, batch: int) -> float:
+def _validate(step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float, float]],
+              num: torch.Tensor, cat: torch.Tensor, batch: int) -> float:
+    """Mean loss over the validation rows, in batches (batches of one row are skipped)."""
     total, count = 0.0, 0
     for s in range(0, len(num), batch):
         bn, bc = num[s:s + batch], cat[s:s + batch]

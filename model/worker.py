@@ -8,6 +8,9 @@ pipeline cannot use a second core. `ScoringProcess` runs a `Scorer` for one mode
 rows it learns), as the in-process scorer did; a restarted child starts from the saved model, as a
 restarted service does.
 
+Rows go to the child and anomalies come back as named columns (`model.schema.rows_to_columns`,
+`anomalies_to_columns`), and the two ends compare `BOUNDARY_VERSION` at the handshake.
+
 Lifecycle: the child ignores SIGINT/SIGTERM (the service handles them and drains first); it exits when told
 to (`close`), when the service's end of the pipe closes, or within half a second of the service dying by
 any signal, idle or mid-batch (`_exit_with_parent`).
@@ -24,12 +27,23 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from model.heap import settle_heap
-from model.schema import Anomaly, Row
-from model.version import ModelVersion, ScoredBatch
+from model.schema import (
+    BOUNDARY_VERSION,
+    BoundaryError,
+    Row,
+    anomalies_from_columns,
+    anomalies_to_columns,
+    check_boundary_version,
+    rows_from_columns,
+    rows_to_columns,
+)
+from model.scorer import ScoredBatch
+from model.version import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +53,6 @@ PARENT_POLL_S = 0.5
 
 class ScoringProcessError(RuntimeError):
     """The scoring child could not start, died, or failed on a batch."""
-
-
-def _pack(row: Row) -> tuple:
-    # Tuples of plain values pickle several times faster than slotted dataclasses; the resource attributes
-    # are never features, so they stay here (the anomaly event takes them from this process's row).
-    return (row.uid, row.signal, row.time_unix_nano, row.service, row.class_uid, row.activity_id,
-            row.severity_id, row.status_id, row.fields, row.trace_id, row.span_id)
 
 
 class ScoringProcess:
@@ -59,7 +66,8 @@ class ScoringProcess:
         threads: torch intra-op threads in the child.
 
     Raises:
-        ScoringProcessError: the child did not load the model (its error is in the message).
+        ScoringProcessError: the child did not load the model, or speaks another BOUNDARY_VERSION (the
+            child's error is in the message).
     """
 
     def __init__(self, mv: ModelVersion, path: Path, *, k: int, alert_pvalue: float, max_rows: int,
@@ -69,7 +77,8 @@ class ScoringProcess:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, name=f"otad-score-{mv.version}", daemon=True,
-                                 args=(child, str(path), k, alert_pvalue, max_rows, threads, nice, os.getpid()))
+                                 args=(child, str(path), k, alert_pvalue, max_rows, threads, nice, os.getpid(),
+                                       BOUNDARY_VERSION))
         self._proc.start()
         child.close()
         try:
@@ -77,13 +86,25 @@ class ScoringProcess:
         except ScoringProcessError:
             self.close(0)
             raise
-        if reply[0] != "ready":
+        try:
+            self._check_ready(reply)
+        except ScoringProcessError:
             self.close(0)
-            raise ScoringProcessError(f"the scoring process could not load model {mv.version}: {reply[1]}")
-        if reply[1] != mv.version:
-            self.close(0)
-            raise ScoringProcessError(f"the scoring process loaded model {reply[1]}, not {mv.version}")
+            raise
         logger.info("scoring model %s in process %d", mv.version, self._proc.pid)
+
+    def _check_ready(self, reply: tuple[Any, ...]) -> None:
+        """The handshake: ("ready", model version, boundary version), or the child's reason for not starting."""
+        if reply[0] == "mismatch":
+            raise ScoringProcessError(f"the scoring process cannot serve this process: {reply[1]}")
+        if reply[0] != "ready":
+            raise ScoringProcessError(f"the scoring process could not load model {self.mv.version}: {reply[1]}")
+        try:
+            check_boundary_version(reply[2] if len(reply) > 2 else None)
+        except BoundaryError as exc:
+            raise ScoringProcessError(f"the scoring process cannot serve this process: {exc}") from None
+        if reply[1] != self.mv.version:
+            raise ScoringProcessError(f"the scoring process loaded model {reply[1]}, not {self.mv.version}")
 
     @property
     def pid(self) -> int | None:
@@ -103,20 +124,19 @@ class ScoringProcess:
         Raises:
             ScoringProcessError: the child died or failed on this batch.
         """
-        packed = [_pack(r) for r in rows]
+        columns = rows_to_columns(rows)
         with self._lock:
             try:
-                self._conn.send(("score", packed, now_unix_nano))
+                self._conn.send(("score", columns, now_unix_nano))
             except (OSError, ValueError) as exc:
                 raise ScoringProcessError(f"the scoring process is gone: {exc}") from None
             reply = self._recv(None)
         if reply[0] != "ok":
             raise ScoringProcessError(f"scoring failed in the scoring process: {reply[1]}")
         _, emb, raw, scores, flagged, found = reply
-        anomalies = [Anomaly(rows[i], *fields) for i, *fields in found]
-        return ScoredBatch(rows, emb, raw, scores, flagged, anomalies)
+        return ScoredBatch(rows, emb, raw, scores, flagged, anomalies_from_columns(found, rows))
 
-    def _recv(self, timeout_s: float | None) -> tuple:
+    def _recv(self, timeout_s: float | None) -> tuple[Any, ...]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._conn.poll(0.5):
             if not self._proc.is_alive():
@@ -146,16 +166,22 @@ class ScoringProcess:
 
 
 def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: int, threads: int,
-           nice: int = 0, parent_pid: int | None = None) -> None:
-    """The child's loop: load the model, then answer `("score", rows, now)` until `("stop",)` or EOF.
-    It exits at once when `parent_pid` stops being its parent."""
+           nice: int = 0, parent_pid: int | None = None, boundary_version: int = BOUNDARY_VERSION) -> None:
+    """The child's loop: check the parent's `boundary_version`, load the model, then answer
+    `("score", row columns, now)` until `("stop",)` or EOF. It exits at once when `parent_pid` stops being its
+    parent."""
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent drains
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if nice:
         os.nice(nice)  # behind the queue: the receiver's Export calls get the CPU first
-    from model.version import Scorer
+    try:
+        check_boundary_version(boundary_version)
+    except BoundaryError as exc:
+        conn.send(("mismatch", str(exc)))
+        return
+    from model.scorer import Scorer
 
     try:
         mv = ModelVersion.load(Path(path), k=k, alert_pvalue=alert_pvalue, max_rows=max_rows)
@@ -164,7 +190,7 @@ def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: i
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     settle_heap(collect=True)
-    conn.send(("ready", mv.version))
+    conn.send(("ready", mv.version, BOUNDARY_VERSION))
     while True:
         try:
             msg = conn.recv()
@@ -172,12 +198,11 @@ def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: i
             return  # the service is gone
         if msg[0] == "stop":
             return
-        _, packed, now = msg
+        _, columns, now = msg
+        reply: tuple[Any, ...]
         try:
-            scored = scorer.score([Row(*p) for p in packed], now)
-            found = [(int(i), a.score, a.raw_score, a.threshold, a.detector, a.model_version, a.explanation,
-                      a.neighbors, a.evidence, a.detected_unix_nano)
-                     for i, a in zip(np.flatnonzero(scored.is_anomaly), scored.anomalies, strict=True)]
+            scored = scorer.score(rows_from_columns(columns), now)
+            found = anomalies_to_columns(scored.anomalies, np.flatnonzero(scored.is_anomaly).tolist())
             reply = ("ok", scored.embeddings, scored.raw, scored.scores, scored.is_anomaly, found)
         except Exception:
             reply = ("failed", traceback.format_exc(limit=8))

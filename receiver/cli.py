@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from model.heap import settle_heap
+from receiver import otad_version
 from receiver.settings import ConfigError, Settings
 
 logger = logging.getLogger("otad")
-
-
-def otad_version() -> str:
-    try:
-        return pkg_version("otad")
-    except PackageNotFoundError:
-        return "0.0.0+local"
 
 
 def load_settings(**overrides) -> Settings:
@@ -44,108 +34,6 @@ def setup_logging(level: str) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
 
 
-# ----------------------------------------------------------------------------------------------- storage
-def open_store(settings: Settings, *, serve: bool = False, owner=None):
-    """The MilvusStore for these settings. `otad serve` runs Milvus Lite as a child process (unless
-    OTAD_MILVUS_LITE_PROCESS=false) and never shares its data dir: it stops a Lite server whose `otad serve`
-    is gone and exits with one line when that `otad serve` is alive. CLI commands reuse the Lite process of a
-    running `otad serve` when there is one."""
-    from storage import MilvusStore
-    from storage.lite_process import LiteServerProcess, reclaim, running_endpoint
-
-    uri = settings.resolved_milvus_uri
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
-    is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
-    if is_lite:
-        if serve and settings.milvus_lite_process:
-            owner.lite = LiteServerProcess(uri, nice=settings.background_nice, role="otad serve")
-            uri = owner.lite.start()
-        elif serve:
-            reclaim(uri)  # embedded: the data dir must be free all the same
-        else:
-            uri = running_endpoint(uri) or uri
-    return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index)
-
-
-# ----------------------------------------------------------------------------------------------- serve
-class Service:
-    """Everything `otad serve` runs; tests start it in-process on port 0."""
-
-    def __init__(self, settings: Settings):
-        from receiver.emit import AnomalyEmitter
-        from receiver.metrics import HealthServer, Metrics
-        from receiver.otlp.servers import build_servers, load_security
-        from receiver.otlp.tls import emitter_credentials
-        from receiver.pipeline import Pipeline, load_model
-
-        self.settings = settings
-        security, export_credentials = load_security(settings), emitter_credentials(settings)  # before any start
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = Metrics()
-        self.lite = None
-        self.store = open_store(settings, serve=True, owner=self)
-        version = otad_version()
-        self.emitter = AnomalyEmitter(settings.export_endpoint, version=version, insecure=settings.export_insecure,
-                                      credentials=export_credentials, headers=settings.export_header_map,
-                                      timeout_s=settings.export_timeout_s,
-                                      on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
-        self.ingest = None
-        try:
-            model = load_model(settings, incompatible_ok=True)
-            self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
-            if settings.spool_enabled:
-                from receiver.ingest import open_spooled_ingest
-                self.ingest = open_spooled_ingest(settings, self.pipeline, self.metrics)
-            self.grpc, self.http = build_servers(settings, security, self.pipeline, self.metrics, self.ingest)
-        except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
-            self.store.close()
-            if self.lite is not None:
-                self.lite.stop()
-            raise
-        self.health = HealthServer(settings.metrics_endpoint, self.metrics, self.pipeline.status)
-
-    @property
-    def grpc_port(self) -> int:
-        return self.grpc.port
-
-    @property
-    def http_port(self) -> int:
-        return self.http.port
-
-    def start(self) -> None:
-        self.emitter.start()
-        self.pipeline.start()
-        if self.ingest is not None:
-            self.ingest.start()
-        settle_heap(collect=True)  # before the first request: it walks the whole heap once
-        self.grpc.start()
-        self.http.start()
-        self.health.start()
-        st = self.pipeline.status()
-        logger.info("otad %s serving OTLP/gRPC on port %d, OTLP/HTTP on %d (%s), metrics on %d; state=%s model=%s "
-                    "milvus=%s export=%s", otad_version(), self.grpc.port, self.http.port,
-                    "TLS" if self.http.tls else "plaintext", self.health.port, st["state"], st["model_version"],
-                    self.settings.resolved_milvus_uri, self.settings.export_endpoint or "(stored only)")
-        if st["state"] == "collecting":
-            logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting (health NOT_SERVING), finish in-flight batches within `grace_s`, checkpoint the spool."""
-        self.pipeline.draining = True
-        self.http.stop(min(grace_s, 5.0))
-        self.grpc.stop(min(grace_s, 5.0))
-        self.pipeline.stop(grace_s)
-        if self.ingest is not None:
-            self.ingest.stop()
-        self.emitter.flush(min(grace_s, 5.0))
-        self.emitter.shutdown(2.0)
-        gc.unfreeze()  # what was frozen at start can be collected again (matters when a process runs several)
-        self.health.stop()
-        self.store.close()
-        if self.lite is not None:
-            self.lite.stop()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(data_dir=args.data_dir, grpc_endpoint=args.grpc_endpoint,
                              export_endpoint=args.export_endpoint, milvus_uri=args.milvus_uri)
@@ -153,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from storage.lite_process import DataDirInUseError
 
     try:
+        from receiver.service import Service
+
         service = Service(settings)
     except ConfigError as exc:
         sys.stderr.write(f"otad: bad configuration: {exc}\n")
@@ -191,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.version import fit_version
 
     settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
+    from receiver.service import open_store
+
     setup_logging(settings.log_level)
     if args.input:
         rows = read_rows(args.input)
@@ -221,8 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from model.evaluate import write_score_file
-    from model.version import Scorer
-    from receiver.pipeline import load_model
+    from model.scorer import Scorer
+    from receiver.service import load_model
 
     settings = load_settings(data_dir=args.data_dir)
     setup_logging(settings.log_level)
@@ -271,7 +163,7 @@ def _write_baseline(rows, path: Path, since_ns: int) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from receiver.evaluate_cmd import run
-    from receiver.pipeline import load_model
+    from receiver.service import load_model
 
     if args.since is None and not args.all_rows:
         settings = load_settings(data_dir=args.data_dir)
@@ -284,6 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_anomalies(args: argparse.Namespace) -> int:
     settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
+    from receiver.service import open_store
+
     store = open_store(settings)
     try:
         items = store.latest_anomalies(args.limit, service=args.service, min_score=args.min_score)
@@ -365,8 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("simulate", help="labelled multi-service workload generator")
         simulate.add_arguments(p)
         p.set_defaults(func=cmd_simulate)
-    except ImportError:  # pragma: no cover - the simulator ships with otad
-        pass
+    except ImportError as exc:  # the simulator's OpenTelemetry SDK is the optional `sim` extra
+        hint = f"otad simulate needs the `sim` extra ({exc}): pip install 'otad[sim]'\n"
+
+        class _NeedsSimExtra(argparse.Action):
+            """Ends any `otad simulate ...` with the hint; it runs even with no arguments (REMAINDER)."""
+
+            def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                         option_string: str | None = None) -> None:
+                parser.exit(2, hint)
+
+        p = sub.add_parser("simulate", help="labelled multi-service workload generator (pip install 'otad[sim]')",
+                           add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER, action=_NeedsSimExtra, help=argparse.SUPPRESS)
     return parser
 
 

@@ -1,6 +1,6 @@
-"""Emit stage: anomalies as OTLP log events (an OCSF Detection Finding in the body), pushed over OTLP/gRPC.
+"""Emit stage: anomaly events (receiver/events.py) pushed over OTLP/gRPC to the user's Collector or backend.
 
-The event is fixed by DESIGN.md §2 "The anomaly event"; the export follows the OTLP client rules
+The export follows the OTLP client rules
 (opentelemetry-proto docs/specification.md, "Failures" and "Partial Success"; the Collector's
 exporter/otlpexporter/otlp.go `shouldRetry`): retryable codes only, jittered exponential backoff under
 one deadline per batch, honour `google.rpc.RetryInfo`, and never retry a partial success.
@@ -9,7 +9,6 @@ Events that cannot be exported are not lost: the caller has already stored every
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -22,23 +21,11 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from model.schema import DETECTION_FINDING, Anomaly, Value, content_uid
+from receiver.events import AnomalyEvent, _clip, build_request
+from receiver.ratelog import warn_limited
 
 logger = logging.getLogger(__name__)
-
-OTAD_SCOPE = "otad"
-EVENT_NAME = "otad.anomaly"
-ERROR_SCORE = 90.0  # scores at or above this are the top band: severity ERROR, OCSF High, pattern UNSEEN
-OCSF_VERSION = "1.8.0"
-MAX_BODY_BYTES = 16 * 1024
-_MAX_EVIDENCE = 16
-_MAX_NEIGHBORS = 100
-_SUMMARY_FIELDS = ("message", "api.operation", "metric.name", "name")  # first one present goes in the title
-_SIGNAL_NOUN = {"logs": "log record", "traces": "span", "metrics": "metric data point"}
 
 # OTLP/gRPC retryable codes; RESOURCE_EXHAUSTED only when the server sent RetryInfo.
 RETRYABLE_CODES = frozenset(
@@ -53,184 +40,6 @@ RETRYABLE_CODES = frozenset(
 )
 _BACKOFF_INITIAL_S, _BACKOFF_MAX_S, _JITTER = 0.5, 5.0, 0.2
 _LOG_REPEAT_S = 60.0  # identical warning lines are logged at most once per this interval
-
-
-# ---------------------------------------------------------------- the event
-
-
-def _clip(text: str, limit: int) -> str:
-    """One line, at most `limit` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _any_value(value: Value) -> AnyValue:
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    return AnyValue(string_value=str(value))
-
-
-def _resource(anomaly: Anomaly) -> Resource:
-    attributes = dict(anomaly.row.resource)
-    attributes.setdefault("service.name", anomaly.row.service)
-    return Resource(attributes=[KeyValue(key=k, value=_any_value(v)) for k, v in attributes.items()])
-
-
-def _id_bytes(hex_id: str, size: int) -> bytes:
-    """The id as bytes, or b"" (absent) when it is empty or malformed."""
-    try:
-        raw = bytes.fromhex(hex_id)
-    except ValueError:
-        return b""
-    return raw if len(raw) == size and any(raw) else b""
-
-
-def _is_top_band(anomaly: Anomaly) -> bool:
-    return anomaly.score >= ERROR_SCORE
-
-
-def _score_int(anomaly: Anomaly) -> int:
-    """The score as the integer shown to people (truncated, so 89.9 is not shown as the top band's 90)."""
-    return int(max(0.0, min(100.0, anomaly.score)))
-
-
-def finding_uid(anomaly: Anomaly) -> str:
-    """Stable finding id: the same source record under the same model version is the same finding."""
-    return content_uid(anomaly.row.uid, anomaly.model_version)
-
-
-def _title(anomaly: Anomaly) -> str:
-    row = anomaly.row
-    noun = _SIGNAL_NOUN.get(row.signal, "record")
-    head = f"Unusual {noun} from {_clip(row.service, 120)} (score {_score_int(anomaly)}/100)"
-    summary = next((row.fields[k] for k in _SUMMARY_FIELDS if row.fields.get(k) not in (None, "")), None)
-    return f"{head}: {_clip(summary, 80)}" if summary is not None else head
-
-
-def _analysis(anomaly: Anomaly) -> dict:
-    evidence = [(_clip(f, 128), _clip(o, 200), _clip(t, 200)) for f, o, t in anomaly.evidence[:_MAX_EVIDENCE]]
-    pattern = "UNSEEN" if _is_top_band(anomaly) else "RARE"
-    anomalies = [
-        {
-            "observation_parameter": "embedding k-NN distance",
-            "observation_type": "Distribution Analysis",
-            "observed_pattern": pattern,
-            "observations": [{"value": str(anomaly.raw_score)}],
-        }
-    ]
-    anomalies += [
-        {"observation_parameter": f, "observation_type": "Distribution Analysis", "observations": [{"value": o}]}
-        for f, o, _ in evidence
-    ]
-    baselines = [{"observation_parameter": "threshold", "observations": [{"value": str(anomaly.threshold)}]}]
-    baselines += [{"observation_parameter": f, "observations": [{"value": t}]} for f, _, t in evidence]
-    return {
-        "analysis_targets": [{"name": _clip(anomaly.row.service, 256), "type": "service"}],
-        "anomalies": anomalies,
-        "baselines": baselines,
-    }
-
-
-def finding(anomaly: Anomaly, version: str) -> dict:
-    """The OCSF Detection Finding (class 2004, activity Create) for one anomaly, as a dict."""
-    row, score = anomaly.row, _score_int(anomaly)
-    top = _is_top_band(anomaly)
-    related: dict = {"uid": row.uid, "type_uid": row.type_uid}
-    if row.trace_id:
-        related["trace_uid"] = row.trace_id
-    body: dict = {
-        "class_uid": DETECTION_FINDING, "class_name": "Detection Finding",
-        "category_uid": 2, "category_name": "Findings",
-        "activity_id": 1, "activity_name": "Create", "type_uid": DETECTION_FINDING * 100 + 1,
-        "severity_id": 4 if top else 3, "severity": "High" if top else "Medium",
-        "time": row.time_ms, "status_id": 1, "status": "New", "is_alert": True,
-        "confidence_score": score, "risk_score": score,
-        "metadata": {"product": {"name": "otad", "vendor_name": "otad", "version": version}, "version": OCSF_VERSION},
-        "finding_info": {
-            "uid": finding_uid(anomaly),
-            "title": _title(anomaly),
-            "desc": _clip(anomaly.explanation, 1024),
-            "analytic": {"type_id": 4, "type": "Learning (ML/DL)", "name": anomaly.detector,
-                         "version": anomaly.model_version},
-            "types": ["Anomaly"],
-            "first_seen_time": row.time_ms,
-            "last_seen_time": row.time_ms,
-            "created_time": anomaly.detected_unix_nano // 1_000_000,
-            "related_events": [related],
-        },
-        "anomaly_analyses": [_analysis(anomaly)],
-        "unmapped": {"anomaly.source.signal": row.signal},
-    }
-    if row.trace_id:
-        body["trace"] = {"uid": row.trace_id, **({"span": {"uid": row.span_id}} if row.span_id else {})}
-    return body
-
-
-def _body_json(anomaly: Anomaly, version: str) -> str:
-    """The finding as JSON, under MAX_BODY_BYTES: trailing evidence goes first, then the description."""
-    body = finding(anomaly, version)
-    analysis = body["anomaly_analyses"][0]
-    while True:
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-        if len(text.encode("utf-8")) < MAX_BODY_BYTES:
-            return text
-        if len(analysis["anomalies"]) > 1:
-            analysis["anomalies"].pop()
-            analysis["baselines"].pop()
-        else:
-            body["finding_info"]["desc"] = _clip(body["finding_info"]["desc"], 200)
-            body["finding_info"]["title"] = _clip(body["finding_info"]["title"], 200)
-            return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-
-
-def build_event(anomaly: Anomaly, version: str) -> tuple[Resource, LogRecord]:
-    """The anomaly event (DESIGN.md §2) and the source record's resource it belongs under."""
-    row, top = anomaly.row, _is_top_band(anomaly)
-    neighbors = ArrayValue(values=[AnyValue(string_value=n) for n in anomaly.neighbors[:_MAX_NEIGHBORS]])
-    attributes: list[tuple[str, AnyValue]] = [
-        ("event.name", AnyValue(string_value=EVENT_NAME)),
-        ("anomaly.score", AnyValue(double_value=float(anomaly.score))),
-        ("anomaly.raw_score", AnyValue(double_value=float(anomaly.raw_score))),
-        ("anomaly.threshold", AnyValue(double_value=float(anomaly.threshold))),
-        ("anomaly.detector", AnyValue(string_value=anomaly.detector)),
-        ("anomaly.model.version", AnyValue(string_value=anomaly.model_version)),
-        ("anomaly.source.signal", AnyValue(string_value=row.signal)),
-        ("anomaly.source.uid", AnyValue(string_value=row.uid)),
-        ("anomaly.source.ocsf.class_uid", AnyValue(int_value=row.class_uid)),
-        ("anomaly.explanation", AnyValue(string_value=_clip(anomaly.explanation, 1024))),
-        ("anomaly.neighbors", AnyValue(array_value=neighbors)),
-    ]
-    record = LogRecord(
-        time_unix_nano=row.time_unix_nano,
-        observed_time_unix_nano=anomaly.detected_unix_nano,
-        severity_number=17 if top else 13,  # SEVERITY_NUMBER_ERROR / SEVERITY_NUMBER_WARN
-        severity_text="ERROR" if top else "WARN",
-        event_name=EVENT_NAME,
-        body=AnyValue(string_value=_body_json(anomaly, version)),
-        attributes=[KeyValue(key=k, value=v) for k, v in attributes],
-        trace_id=_id_bytes(row.trace_id, 16),
-        span_id=_id_bytes(row.span_id, 8),
-    )
-    return _resource(anomaly), record
-
-
-def build_request(anomalies: Sequence[Anomaly], version: str) -> ExportLogsServiceRequest:
-    """One request; events under an identical resource share one ResourceLogs (scope `otad`/version)."""
-    groups: dict[tuple, ScopeLogs] = {}
-    request = ExportLogsServiceRequest()
-    for anomaly in anomalies:
-        resource, record = build_event(anomaly, version)
-        key = tuple(sorted((kv.key, kv.value.SerializeToString(deterministic=True)) for kv in resource.attributes))
-        if key not in groups:
-            scope = ScopeLogs(scope=InstrumentationScope(name=OTAD_SCOPE, version=version))
-            request.resource_logs.append(ResourceLogs(resource=resource, scope_logs=[scope]))
-            groups[key] = request.resource_logs[-1].scope_logs[0]
-        groups[key].log_records.append(record)
-    return request
 
 
 # ---------------------------------------------------------------- the export
@@ -285,7 +94,7 @@ class AnomalyEmitter:
         self.timeout_s, self.max_buffer, self.batch_size = timeout_s, max_buffer, batch_size
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         self._on_result = on_result
-        self._buffer: deque[Anomaly] = deque()
+        self._buffer: deque[AnomalyEvent] = deque()
         self._cond = threading.Condition()
         self._inflight = 0
         self._stop = threading.Event()
@@ -297,7 +106,6 @@ class AnomalyEmitter:
         self._call: grpc.Future | None = None
         self._stats = dict.fromkeys(("sent", "failed", "dropped", "partial_rejected", "retries", "stored_only"), 0)
         self._stats_lock = threading.Lock()
-        self._last_logged: dict[str, tuple[float, int]] = {}
 
     @property
     def stats(self) -> dict:
@@ -322,8 +130,8 @@ class AnomalyEmitter:
         logger.info("anomaly events export to %s (insecure=%s, timeout %.1fs)", self.endpoint, self.insecure,
                     self.timeout_s)
 
-    def emit(self, anomalies: Sequence[Anomaly]) -> None:
-        """Queue anomalies for export without blocking; when the buffer is full the oldest are dropped."""
+    def emit(self, anomalies: Sequence[AnomalyEvent]) -> None:
+        """Queue events for export without blocking; when the buffer is full the oldest are dropped."""
         if not anomalies:
             return
         if self.endpoint is None:
@@ -404,7 +212,7 @@ class AnomalyEmitter:
                     self._inflight = 0
                     self._cond.notify_all()
 
-    def _export(self, batch: list[Anomaly]) -> None:
+    def _export(self, batch: list[AnomalyEvent]) -> None:
         request = build_request(batch, self.version)
         deadline = min(time.monotonic() + self.timeout_s, self._shutdown_deadline)
         attempt = 0
@@ -425,7 +233,7 @@ class AnomalyEmitter:
                 return self._give_up(batch, code, error, "shutting down")
             attempt += 1
 
-    def _attempt(self, request: ExportLogsServiceRequest, batch: list[Anomaly], deadline: float):
+    def _attempt(self, request: ExportLogsServiceRequest, batch: list[AnomalyEvent], deadline: float):
         """One Export call; returns None when handled (sent, partly sent), else the RpcError."""
         timeout = max(0.001, deadline - time.monotonic())
         with self._cond:
@@ -450,7 +258,7 @@ class AnomalyEmitter:
         self._result("sent", len(batch) - min(rejected, len(batch)))
         return None
 
-    def _give_up(self, batch: list[Anomaly], code: grpc.StatusCode, error: grpc.RpcError, why: str) -> None:
+    def _give_up(self, batch: list[AnomalyEvent], code: grpc.StatusCode, error: grpc.RpcError, why: str) -> None:
         self._result("failed", len(batch))
         details = error.details() if hasattr(error, "details") else ""
         self._warn_limited(f"fail:{code.name}:{why}",
@@ -473,17 +281,7 @@ class AnomalyEmitter:
                 logger.exception("on_result callback failed for %s", outcome)
 
     def _warn_limited(self, key: str, msg: str, *args: object) -> None:
-        """Log a warning, but the same kind of line at most once per _LOG_REPEAT_S (with a suppressed count)."""
-        now = time.monotonic()
-        with self._stats_lock:
-            last, suppressed = self._last_logged.get(key, (float("-inf"), 0))
-            if now - last < _LOG_REPEAT_S:
-                self._last_logged[key] = (last, suppressed + 1)
-                return
-            self._last_logged[key] = (now, 0)
-        if suppressed:
-            msg += f" ({suppressed} similar messages suppressed)"
-        logger.warning(msg, *args)
+        warn_limited(logger, f"emit:{id(self)}:{key}", msg, *args, interval_s=_LOG_REPEAT_S)
 
 
 class _Cancelled(grpc.RpcError):

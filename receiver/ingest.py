@@ -11,14 +11,11 @@ import logging
 import threading
 from functools import partial
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import Counter, Gauge, Histogram
 
-from model.schema import Row
+from receiver.consumer import NoRoomError, Received
 from receiver.metrics import Metrics
-from receiver.otlp.errors import UnavailableError
+from receiver.otlp.signals import SIGNALS
 from receiver.pipeline import Pipeline
 from receiver.rows.mapper import RowMapper
 from storage.errors import StorageError
@@ -26,8 +23,6 @@ from storage.spool import Spool, SpoolFullError
 
 logger = logging.getLogger(__name__)
 
-_REQUEST = {"logs": ExportLogsServiceRequest, "traces": ExportTraceServiceRequest,
-            "metrics": ExportMetricsServiceRequest}
 
 
 class SpoolMetrics:
@@ -49,20 +44,19 @@ class SpoolMetrics:
 
 
 class SpooledIngest:
-    """Between the Export handlers and the pipeline: spool first, then queue; replay at start.
+    """The consumer in front of the pipeline: spool first, then queue; replay at start.
 
     Args:
         spool: the opened spool (its un-committed records are replayed by `start`).
         pipeline: where rows go.
         metrics: the service's metrics.
-        retry_after_s: RetryInfo delay when the spool or the queue is full.
         checkpoint_interval_s: how often the checkpoint is written and committed segments deleted.
     """
 
-    def __init__(self, spool: Spool, pipeline: Pipeline, metrics: Metrics, *, retry_after_s: int = 5,
+    def __init__(self, spool: Spool, pipeline: Pipeline, metrics: Metrics, *,
                  checkpoint_interval_s: float = 1.0) -> None:
         self.spool, self.pipeline, self.metrics = spool, pipeline, metrics
-        self.retry_after_s, self.checkpoint_interval_s = retry_after_s, checkpoint_interval_s
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.mapper = RowMapper()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -72,29 +66,28 @@ class SpooledIngest:
         spool.on_fsync = self.spool_metrics.fsync_seconds.observe
 
     # ----- the hot path (gRPC threads) -----
-    def accept(self, signal: str, request, received_unix_nano: int, rows: list[Row], transport: str = "grpc") -> None:
-        """Spool the request, then queue its rows; returns once the request is as durable as the fsync policy says.
+    def consume(self, received: Received) -> None:
+        """The Consumer protocol: spool the request, then queue its rows; returns once the request is as durable
+        as the fsync policy says.
 
         Raises:
-            UnavailableError: the spool or the queue is full (the client retries; its retry is deduplicated).
+            NoRoomError: the spool or the queue is full, or the spool cannot be written (the client retries; its
+            retry is deduplicated by uid).
         """
-        if not rows:  # nothing to store (all rejected or ignored): nothing to keep
+        if not received.rows:  # nothing to store (all rejected or ignored): nothing to keep
             return
         try:
-            seq = self.spool.append(signal, received_unix_nano, request.SerializeToString())
+            seq = self.spool.append(received.signal, received.received_unix_nano, received.request.SerializeToString())
         except SpoolFullError as exc:
-            self.metrics.refused.labels(signal, "spool_full", transport).inc(len(rows))
-            raise UnavailableError(str(exc), self.retry_after_s) from None
+            raise NoRoomError(str(exc), "spool_full") from None
         except StorageError as exc:
-            self.metrics.refused.labels(signal, "spool_error", transport).inc(len(rows))
             logger.error("spool append failed: %s", exc)
-            raise UnavailableError(f"otad cannot write its ingest spool: {exc}", self.retry_after_s) from None
-        if not self.pipeline.offer(rows, on_stored=partial(self.spool.commit, seq)):
-            # The client is told to retry, so this copy is not processed (and not replayed).
-            self.spool.commit(seq)
-            self.metrics.refused.labels(signal, "queue_full", transport).inc(len(rows))
-            raise UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
-                                   self.retry_after_s)
+            raise NoRoomError(f"otad cannot write its ingest spool: {exc}", "spool_error") from None
+        try:
+            self.pipeline.consume(received.with_on_stored(partial(self.spool.commit, seq)))
+        except NoRoomError:
+            self.spool.commit(seq)  # the client is told to retry, so this copy is neither processed nor replayed
+            raise
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -113,14 +106,15 @@ class SpooledIngest:
             for record in self.spool.replay():
                 if self._stop.is_set():
                     return
-                request = _REQUEST[record.signal]()
+                spec = SIGNALS[record.signal]
+                request = spec.request_type()
                 try:
                     request.ParseFromString(record.payload)
                 except Exception:  # CRC-checked, so only a bug or a version skew gets here
                     logger.exception("spool record %d does not parse; skipped", record.seq)
                     self.spool.commit(record.seq)
                     continue
-                mapped = getattr(self.mapper, f"map_{record.signal}")(request, record.received_unix_nano)
+                mapped = spec.map(self.mapper, request, record.received_unix_nano)
                 on_stored = partial(self.spool.commit, record.seq)
                 while not self.pipeline.offer(mapped.rows, on_stored=on_stored):
                     if self._stop.wait(0.05):
@@ -155,4 +149,4 @@ def open_spooled_ingest(settings, pipeline: Pipeline, metrics: Metrics) -> Spool
     spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes,
                   segment_bytes=settings.spool_segment_bytes, fsync=settings.spool_fsync,
                   fsync_interval_ms=settings.spool_fsync_interval_ms)
-    return SpooledIngest(spool, pipeline, metrics, retry_after_s=settings.retry_after_s)
+    return SpooledIngest(spool, pipeline, metrics)

@@ -13,12 +13,12 @@ _last_logged: dict[str, tuple[float, int]] = {}
 _log_lock = threading.Lock()
 
 
-def warn_limited(log: logging.Logger, key: str, msg: str, *args: object) -> None:
-    """A warning, but the same `key` at most once per _LOG_REPEAT_S, noting how many were suppressed."""
+def warn_limited(log: logging.Logger, key: str, msg: str, *args: object, interval_s: float = _LOG_REPEAT_S) -> None:
+    """A warning, but the same `key` at most once per `interval_s`, noting how many were suppressed."""
     now = time.monotonic()
     with _log_lock:
         last, suppressed = _last_logged.get(key, (float("-inf"), 0))
-        if now - last < _LOG_REPEAT_S:
+        if now - last < interval_s:
             _last_logged[key] = (last, suppressed + 1)
             return
         _last_logged[key] = (now, 0)

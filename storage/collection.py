@@ -10,28 +10,38 @@ Three kinds of collection:
 Milvus refuses a collection without a vector field, so the backlog and anomaly collections carry a 2-d
 ``embedding`` placeholder (always ``PLACEHOLDER_VECTOR``, with a FLAT index that costs nothing to build).
 It also keeps the shape open: anomalies can later carry a real embedding for "similar incidents" search.
+
+Every field layout lives here: ``FIELD_TYPES`` types each field once, the ``*_FIELDS`` lists give each
+collection's scalar fields in schema order (the order Milvus returns them in), and the schemas are built
+from those lists, so what the store writes and reads can never drift from what the collection declares.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from pymilvus import DataType, MilvusClient
+from pymilvus import CollectionSchema, DataType, MilvusClient
 from pymilvus.milvus_client.index import IndexParams
 
 from storage.errors import StorageError
 
 __all__ = [
     "ANOMALIES_COLLECTION",
+    "ANOMALY_FIELDS",
     "BACKLOG_COLLECTION",
+    "BACKLOG_FIELDS",
     "PLACEHOLDER_VECTOR",
     "ROWS_INDEX_TYPES",
+    "ROW_FIELDS",
     "anomalies_schema",
     "backlog_schema",
+    "decode_row",
+    "encode_row",
     "index_params",
     "render_filter",
     "rows_collection_name",
@@ -86,56 +96,94 @@ def rows_collection_name(model_version: str) -> str:
     return ROWS_PREFIX + safe
 
 
-def _common_fields(schema: Any) -> None:
-    schema.add_field("uid", DataType.VARCHAR, is_primary=True, max_length=UID_MAX)
-    schema.add_field("signal", DataType.VARCHAR, max_length=SIGNAL_MAX)
-    schema.add_field("service", DataType.VARCHAR, max_length=SERVICE_MAX)
-    schema.add_field("class_uid", DataType.INT64)
-    schema.add_field("time_ms", DataType.INT64)
-
-
 # The row travels as a JSON *string*: otad never filters inside it, and Milvus Lite ingests a VARCHAR
-# about twice as fast as a JSON field (measured 9,300 vs 5,500 rows/s, dim 32, ~600-byte rows).
+# faster than a JSON field (docs/performance.md).
 ROW_MAX = 16_384
 
+# Every scalar field of every collection, typed once; a field means the same in each collection holding it.
+FIELD_TYPES: dict[str, tuple[DataType, dict[str, Any]]] = {
+    "uid": (DataType.VARCHAR, {"is_primary": True, "max_length": UID_MAX}),
+    "signal": (DataType.VARCHAR, {"max_length": SIGNAL_MAX}),
+    "service": (DataType.VARCHAR, {"max_length": SERVICE_MAX}),
+    "class_uid": (DataType.INT64, {}),
+    "time_ms": (DataType.INT64, {}),
+    "trace_id": (DataType.VARCHAR, {"max_length": TRACE_ID_MAX}),
+    "row": (DataType.VARCHAR, {"max_length": ROW_MAX}),
+    "model_version": (DataType.VARCHAR, {"max_length": VERSION_MAX}),
+    "score": (DataType.FLOAT, {}),
+    "is_anomaly": (DataType.BOOL, {}),
+    "is_reference": (DataType.BOOL, {}),
+    "source_uid": (DataType.VARCHAR, {"max_length": UID_MAX}),
+    "detected_ms": (DataType.INT64, {}),
+    "threshold": (DataType.FLOAT, {}),
+    "explanation": (DataType.VARCHAR, {"max_length": EXPLANATION_MAX}),
+    "event": (DataType.JSON, {}),
+}
+# Scalar fields per collection, in schema order; each schema ends with the ``embedding`` vector field.
+_COMMON_FIELDS = ["uid", "signal", "service", "class_uid", "time_ms"]
+BACKLOG_FIELDS = [*_COMMON_FIELDS, "trace_id", "row"]
+ROW_FIELDS = [*_COMMON_FIELDS, "trace_id", "model_version", "score", "is_anomaly", "is_reference", "row"]
+ANOMALY_FIELDS = [
+    *_COMMON_FIELDS,
+    "source_uid",
+    "detected_ms",
+    "score",
+    "threshold",
+    "model_version",
+    "explanation",
+    "event",
+]
 
-def backlog_schema() -> Any:
-    """Schema of ``otad_backlog``: raw rows, JSON ``row``, placeholder vector."""
+
+def _schema(fields: list[str], dim: int) -> CollectionSchema:
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    _common_fields(schema)
-    schema.add_field("trace_id", DataType.VARCHAR, max_length=TRACE_ID_MAX)
-    schema.add_field("row", DataType.VARCHAR, max_length=ROW_MAX)
-    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=PLACEHOLDER_DIM)
-    return schema
-
-
-def rows_schema(dim: int) -> Any:
-    """Schema of one ``otad_rows_<version>`` collection with a ``dim``-wide ``embedding``."""
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    _common_fields(schema)
-    schema.add_field("trace_id", DataType.VARCHAR, max_length=TRACE_ID_MAX)
-    schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX)
-    schema.add_field("score", DataType.FLOAT)
-    schema.add_field("is_anomaly", DataType.BOOL)
-    schema.add_field("is_reference", DataType.BOOL)
-    schema.add_field("row", DataType.VARCHAR, max_length=ROW_MAX)
+    for name in fields:
+        dtype, params = FIELD_TYPES[name]
+        schema.add_field(name, dtype, **params)
     schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
     return schema
 
 
-def anomalies_schema() -> Any:
+def backlog_schema() -> CollectionSchema:
+    """Schema of ``otad_backlog``: raw rows, JSON ``row``, placeholder vector."""
+    return _schema(BACKLOG_FIELDS, PLACEHOLDER_DIM)
+
+
+def rows_schema(dim: int) -> CollectionSchema:
+    """Schema of one ``otad_rows_<version>`` collection with a ``dim``-wide ``embedding``."""
+    return _schema(ROW_FIELDS, dim)
+
+
+def anomalies_schema() -> CollectionSchema:
     """Schema of ``otad_anomalies``: one row per anomaly event, keyed by the finding uid."""
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    _common_fields(schema)
-    schema.add_field("source_uid", DataType.VARCHAR, max_length=UID_MAX)
-    schema.add_field("detected_ms", DataType.INT64)
-    schema.add_field("score", DataType.FLOAT)
-    schema.add_field("threshold", DataType.FLOAT)
-    schema.add_field("model_version", DataType.VARCHAR, max_length=VERSION_MAX)
-    schema.add_field("explanation", DataType.VARCHAR, max_length=EXPLANATION_MAX)
-    schema.add_field("event", DataType.JSON)
-    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=PLACEHOLDER_DIM)
-    return schema
+    return _schema(ANOMALY_FIELDS, PLACEHOLDER_DIM)
+
+
+def encode_row(row: Any) -> str:
+    """A row dict as compact JSON for the ``row`` field.
+
+    The receiver bounds every row where it enters (receiver/rows/bounds.py), so a row that still does not fit
+    is refused as data (the pipeline sets it aside), never cut silently.
+
+    Raises:
+        StorageError: (not retryable) the JSON is over ``ROW_MAX`` bytes.
+    """
+    text = json.dumps(row, separators=(",", ":"), default=str)
+    size = len(text.encode())
+    if size > ROW_MAX:
+        uid = row.get("uid") if isinstance(row, dict) else None
+        raise StorageError(
+            f"row {uid!r} is {size} bytes of JSON, over the {ROW_MAX}-byte row field", retryable=False
+        )
+    return text
+
+
+def decode_row(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` with its ``row`` field parsed back from JSON (in place; other fields untouched)."""
+    value = item.get("row")
+    if isinstance(value, str):
+        item["row"] = json.loads(value)
+    return item
 
 
 ROWS_INDEX_TYPES = {"flat": "FLAT", "autoindex": "AUTOINDEX"}

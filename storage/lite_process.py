@@ -11,6 +11,8 @@ server's URI and pid and the owner's pid, start time and boot id (a reused pid i
 `running_endpoint` gives CLI commands the URI while the owner is alive; `LiteServerProcess.start` refuses a
 data dir whose owner is alive and stops a server whose owner is gone (one that hung instead of exiting, or
 one an older otad left behind, whose endpoint file holds just the URI).
+
+`is_lite_uri` is the one test of whether a Milvus URI names Milvus Lite (a `.db` path) rather than a server.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ PARENT_POLL_S = 0.5
 logger = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "milvus-lite.endpoint"
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
+
+
+def is_lite_uri(uri: str) -> bool:
+    """Whether `uri` names Milvus Lite (a file path, `.db` by convention) rather than a Milvus server URL."""
+    return not uri.startswith(_SERVER_SCHEMES)
 
 
 class DataDirInUseError(StorageError):
@@ -152,7 +160,8 @@ def _owner_in_use(record: dict, db_path: Path) -> str | None:
         return f"another {record.get('role') or 'process'} (pid {owner['pid']})" if _is_alive(owner) else None
     # An older otad recorded no owner: a server still attached to a live parent is in use.
     for pid in lite_server_pids(db_path):
-        parent = int((_stat(pid) or [None, 0])[1])
+        stat = _stat(pid)
+        parent = int(stat[1]) if stat else 0
         if parent > 1:
             return f"another process (pid {parent})"
     return None
@@ -234,6 +243,7 @@ class LiteServerProcess:
         except BaseException:
             self.stop()
             raise
+        assert self.proc is not None  # _launch started it
         self.uri = f"http://127.0.0.1:{port}"
         self._write_endpoint()
         logger.info("Milvus Lite server for %s listening on %s (pid %d)", self.db_path, self.uri, self.proc.pid)

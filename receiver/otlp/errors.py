@@ -107,3 +107,32 @@ def to_status(exc_or_outcome: Exception | Outcome) -> grpc.Status:
     """The gRPC status a client must see for an error or a failed outcome."""
     outcome = exc_or_outcome if isinstance(exc_or_outcome, Outcome) else outcome_of(exc_or_outcome)
     return rpc_status.to_status(status_proto(outcome))
+
+
+# Refusals made before the export handler runs, by reason: the gRPC code and the HTTP status, chosen here only.
+# The reason is also the `otad_transport_refused_requests` label for those in COUNTED_REFUSALS (auth failures and
+# overload have their own counters; an unknown path or method is a client bug, counted in otad_export_requests).
+REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
+    "undecodable": (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    "bad_encoding": (grpc.StatusCode.INVALID_ARGUMENT, 400),  # corrupt gzip/deflate data
+    "unsupported_encoding": (grpc.StatusCode.INVALID_ARGUMENT, 415),  # a Content-Encoding other than gzip/none
+    "unsupported_media_type": (grpc.StatusCode.INVALID_ARGUMENT, 415),
+    "too_large": (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    "read_timeout": (grpc.StatusCode.DEADLINE_EXCEEDED, 408),
+    "client_disconnected": (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    "unknown_path": (grpc.StatusCode.NOT_FOUND, 404),
+    "method_not_allowed": (grpc.StatusCode.UNIMPLEMENTED, 405),
+    "unauthenticated": (grpc.StatusCode.UNAUTHENTICATED, 401),
+    "overloaded": (grpc.StatusCode.UNAVAILABLE, 503),
+}
+COUNTED_REFUSALS = frozenset({"undecodable", "bad_encoding", "unsupported_encoding", "unsupported_media_type",
+                              "too_large", "read_timeout"})
+
+
+def refusal(reason: str, message: str, retry_after_s: int | None = None) -> Outcome:
+    """The outcome of a refusal made before the export handler (REFUSALS)."""
+    return Outcome(code=REFUSALS[reason][0], message=message, retry_after_s=retry_after_s)
+
+
+def refusal_http_status(reason: str) -> int:
+    return REFUSALS[reason][1]

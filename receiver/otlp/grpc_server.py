@@ -13,21 +13,16 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from receiver.metrics import Metrics
-from receiver.otlp.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, to_status
+from receiver.otlp.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, refusal, to_status
 from receiver.otlp.grpc_options import GrpcServerOptions
-from receiver.otlp.handler import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
+from receiver.otlp.handler import ExportHandler, build_response
 from receiver.otlp.http_server import GZIP_WBITS, inflate_limited, trim_heap_soon
-from receiver.pipeline import Pipeline
-from receiver.rows.mapper import RowMapper
+from receiver.otlp.signals import SIGNALS, SignalSpec
+from receiver.ratelog import warn_limited
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    "opentelemetry.proto.collector.logs.v1.LogsService",
-    "opentelemetry.proto.collector.trace.v1.TraceService",
-    "opentelemetry.proto.collector.metrics.v1.MetricsService",
-)
+SERVICE_NAMES = tuple(spec.service_name for spec in SIGNALS.values())
 _MIB = 1024 * 1024
 _END_WAIT_S = 1.0  # how long a call without a message may take to show that grpc core ended it
 _GZIP_MAGIC = b"\x1f\x8b"  # never the start of a protobuf: 0x1f is field 3 with wire type 7, which does not exist
@@ -62,8 +57,8 @@ class _Servicer:
         try:
             request = self.spec.request_type.FromString(data)
         except DecodeError as exc:
-            self._refuse(context, "undecodable", Outcome(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            self._refuse(context, "undecodable", refusal(
+                "undecodable",
                 f"cannot decode the {self.spec.name} request: not a protobuf {self.spec.request_type.__name__} ({exc})"))
         del data
         outcome = self.export.export(self.spec, request, "grpc")
@@ -80,8 +75,7 @@ class _Servicer:
             # is answered) or grpc core ended the call and has yet to tell grpcio (the end comes within moments).
             ended = threading.Event()
             if context.add_callback(ended.set) and not ended.wait(_END_WAIT_S):
-                self._refuse(context, "undecodable", Outcome(grpc.StatusCode.INVALID_ARGUMENT,
-                                                             "the Export call carried no request message"))
+                self._refuse(context, "undecodable", refusal("undecodable", "the Export call carried no request message"))
         except grpc.RpcError:
             pass
         # grpc core ended the call before the message reached otad; it tells the server no reason.
@@ -124,9 +118,8 @@ class _Servicer:
 class OtlpGrpcServer:
     """A grpc.server on `endpoint` (port 0 picks a free port; see `.port`)."""
 
-    def __init__(self, endpoint: str, pipeline: Pipeline, metrics: Metrics, *, max_recv_mib: int = 64,
-                 retry_after_s: int = 5, workers: int = 8, options: GrpcServerOptions | None = None,
-                 export: ExportHandler | None = None):
+    def __init__(self, endpoint: str, export: ExportHandler, *, max_recv_mib: int = 64, workers: int = 8,
+                 options: GrpcServerOptions | None = None):
         options = options or GrpcServerOptions()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-grpc"),
@@ -136,10 +129,9 @@ class OtlpGrpcServer:
             # drop. A queued unary RPC holds no more than its HTTP/2 flow-control window until a worker reads it;
             # overload is answered by the ingest queue (UNAVAILABLE + RetryInfo). tests/conformance pins this.
         )
-        export = export or ExportHandler(pipeline, RowMapper(), metrics, retry_after_s)
-        for service_name, signal in zip(SERVICE_NAMES, ("logs", "traces", "metrics"), strict=True):
-            servicer = _Servicer(SIGNALS[signal], export, max_recv_mib * _MIB)
-            self.server.add_generic_rpc_handlers((servicer.handler(service_name),))
+        for spec in SIGNALS.values():
+            servicer = _Servicer(spec, export, max_recv_mib * _MIB)
+            self.server.add_generic_rpc_handlers((servicer.handler(spec.service_name),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if options.credentials is None:

@@ -1,52 +1,30 @@
-"""Receive, transport-neutral: one Export request -> map -> queue -> an `Outcome` each transport translates.
+"""Receive, transport-neutral: one Export request -> map -> a consumer -> an `Outcome` each transport translates.
 
-The OTLP/gRPC servicers (server.py) and the OTLP/HTTP handler (http_server.py) both call `ExportHandler.export`
-and only differ in how they spell the outcome: a gRPC status or an HTTP status code (errors.py maps both).
+The OTLP/gRPC servicers (grpc_server.py) and the OTLP/HTTP handler (http_server.py) both call
+`ExportHandler.export` and only differ in how they spell the outcome: a gRPC status or an HTTP status code
+(errors.py maps both). The rows go to a `receiver.consumer.Consumer`: the spool, which wraps the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
-
+from receiver.consumer import Consumer, NoRoomError, Received
 from receiver.metrics import Metrics
 from receiver.otlp.errors import InvalidInputError, Outcome, UnavailableError, outcome_of
-from receiver.pipeline import Pipeline
+from receiver.otlp.signals import SIGNALS, SignalSpec
 from receiver.ratelog import warn_limited
 from receiver.rows.mapper import MappedBatch, RowMapper
 
-__all__ = ["SIGNALS", "ExportHandler", "Outcome", "SignalSpec", "build_response", "warn_limited"]
+__all__ = ["SIGNALS", "ExportHandler", "Outcome", "SignalSpec", "build_response"]
 
 logger = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
-class SignalSpec:
-    """What differs between the three signals: message types, the item noun and the rejected_* field."""
 
-    name: str  # logs | traces | metrics
-    noun: str  # log records | spans | data points (used in partial_success messages)
-    rejected_field: str  # rejected_log_records | rejected_spans | rejected_data_points
-    request_type: type
-    response_type: type
-    map_method: str  # the RowMapper method
-
-
-SIGNALS: dict[str, SignalSpec] = {
-    "logs": SignalSpec("logs", "log records", "rejected_log_records", logs_pb.ExportLogsServiceRequest,
-                       logs_pb.ExportLogsServiceResponse, "map_logs"),
-    "traces": SignalSpec("traces", "spans", "rejected_spans", trace_pb.ExportTraceServiceRequest,
-                         trace_pb.ExportTraceServiceResponse, "map_traces"),
-    "metrics": SignalSpec("metrics", "data points", "rejected_data_points", metrics_pb.ExportMetricsServiceRequest,
-                          metrics_pb.ExportMetricsServiceResponse, "map_metrics"),
-}
-
-
-def build_response(spec: SignalSpec, outcome: Outcome):
+def build_response(spec: SignalSpec, outcome: Outcome) -> Any:
     """The Export*ServiceResponse; `partial_success` stays unset on full success (OTLP spec)."""
     response = spec.response_type()
     if outcome.rejected or outcome.message:
@@ -56,14 +34,20 @@ def build_response(spec: SignalSpec, outcome: Outcome):
 
 
 class ExportHandler:
-    """The shared body of every Export, whatever the transport: map, queue, answer."""
+    """The shared body of every Export, whatever the transport: map, hand to the consumer, answer.
 
-    def __init__(self, pipeline: Pipeline, mapper: RowMapper, metrics: Metrics, retry_after_s: int, ingest=None):
-        self.pipeline, self.mapper, self.metrics, self.retry_after_s = pipeline, mapper, metrics, retry_after_s
-        self.ingest = ingest  # receiver.ingest.SpooledIngest when the spool is on: durable before OK
+    Args:
+        consumer: where the rows go (the spool wrapping the pipeline, or the pipeline).
+        has_room: asked before mapping, so a full queue is refused before paying for the mapping.
+    """
 
-    def export(self, spec: SignalSpec, request, transport: str) -> Outcome:
-        """Map `request` and offer its rows to the pipeline; never raises."""
+    def __init__(self, consumer: Consumer, mapper: RowMapper, metrics: Metrics, retry_after_s: int,
+                 has_room: Callable[[], bool] = lambda: True):
+        self.consumer, self.mapper, self.metrics, self.retry_after_s = consumer, mapper, metrics, retry_after_s
+        self.has_room = has_room
+
+    def export(self, spec: SignalSpec, request: Any, transport: str) -> Outcome:
+        """Map `request` and hand its rows to the consumer; never raises."""
         start = time.perf_counter()
         signal = spec.name
         try:
@@ -80,27 +64,23 @@ class ExportHandler:
         self.metrics.requests.labels(signal, transport, outcome.label).inc()
         return outcome
 
-    def _export(self, spec: SignalSpec, request, transport: str) -> Outcome:
+    def _export(self, spec: SignalSpec, request: Any, transport: str) -> Outcome:
         signal, noun = spec.name, spec.noun
-        if self.pipeline.full:  # refuse before paying for the mapping
+        if not self.has_room():
             self.metrics.refused.labels(signal, "queue_full", transport).inc()
-            raise self._queue_full()
+            raise UnavailableError("otad ingest queue is full; retry later", self.retry_after_s)
         received = time.time_ns()
-        batch: MappedBatch = getattr(self.mapper, spec.map_method)(request, received)
+        batch: MappedBatch = spec.map(self.mapper, request, received)
         self._account(signal, noun, batch, transport)
         if batch.total and batch.rejections and not batch.rows and not batch.ignored:
             raise InvalidInputError(batch.error_message(noun))
-        if self.ingest is not None:
-            self.ingest.accept(signal, request, received, batch.rows, transport)  # spooled, then queued
-        elif not self.pipeline.offer(batch.rows):
-            self.metrics.refused.labels(signal, "queue_full", transport).inc(len(batch.rows))
-            raise self._queue_full()
+        try:
+            self.consumer.consume(Received(signal, request, received, batch.rows, transport))
+        except NoRoomError as exc:
+            self.metrics.refused.labels(signal, exc.reason, transport).inc(len(batch.rows))
+            raise UnavailableError(str(exc), self.retry_after_s) from None
         self.metrics.accepted.labels(signal, transport).inc(len(batch.rows))
         return Outcome(rejected=len(batch.rejections), message=batch.error_message(noun))
-
-    def _queue_full(self) -> UnavailableError:
-        return UnavailableError(f"otad ingest queue is full ({self.pipeline.queued} rows); retry later",
-                                self.retry_after_s)
 
     def _account(self, signal: str, noun: str, batch: MappedBatch, transport: str) -> None:
         if batch.ignored:

@@ -18,7 +18,6 @@ import time
 import zlib
 from concurrent import futures
 
-import grpc
 import uvicorn
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
@@ -27,17 +26,20 @@ from receiver.metrics import Metrics
 from receiver.otlp import otlpjson
 from receiver.otlp.auth import BearerAuth, failure_message
 from receiver.otlp.errors import (
+    COUNTED_REFUSALS,
     BadEncodingError,
     Outcome,
     TooLargeError,
-    UnauthenticatedError,
-    UnavailableError,
     http_status,
     outcome_of,
+    refusal,
+    refusal_http_status,
     status_proto,
 )
-from receiver.otlp.handler import SIGNALS, ExportHandler, SignalSpec, build_response, warn_limited
+from receiver.otlp.handler import ExportHandler, build_response
+from receiver.otlp.signals import SIGNALS, SignalSpec
 from receiver.otlp.tls import ServerTls
+from receiver.ratelog import warn_limited
 
 __all__ = ["GZIP_WBITS", "OtlpHttpServer", "gunzip_limited", "inflate_limited", "trim_heap_soon"]
 
@@ -47,19 +49,20 @@ PATHS = {"/v1/logs": SIGNALS["logs"], "/v1/traces": SIGNALS["traces"], "/v1/metr
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 MAX_IN_FLIGHT = 32  # requests being read or handled at once; beyond it: 503 + Retry-After (bounds memory)
 READ_TIMEOUT_S = 30.0  # a body that has not fully arrived by then gets 408 (a slow client cannot hold a slot)
-_CODE = grpc.StatusCode
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 _PIECE = 1024 * 1024  # inflated output taken this much at a time: a bomb costs the limit plus one piece (zlib's
 _FEED = 256 * 1024  # own growing buffer would cost up to twice the limit); input fed this much at a time
 
 
 class _Refusal(Exception):
-    """An HTTP-level answer decided before the export handler runs; with a `reason`, a counted transport refusal."""
+    """An HTTP-level answer decided before the export handler runs, by reason (errors.REFUSALS holds its status)."""
 
-    def __init__(self, status: int, outcome: Outcome, headers: tuple[tuple[bytes, bytes], ...] = (),
-                 reason: str | None = None):
-        super().__init__(outcome.message)
-        self.status, self.outcome, self.headers, self.reason = status, outcome, headers, reason
+    def __init__(self, reason: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 retry_after_s: int | None = None):
+        super().__init__(message)
+        self.reason, self.headers = reason, headers
+        self.status, self.outcome = refusal_http_status(reason), refusal(reason, message, retry_after_s)
+        self.counted = reason in COUNTED_REFUSALS
 
 
 def inflate_limited(data: bytes, limit: int, wbits: int = GZIP_WBITS, what: str = "gzip") -> bytes:
@@ -153,15 +156,15 @@ def gunzip_limited(data: bytes, limit: int) -> bytes:
     try:
         return inflate_limited(data, limit)
     except TooLargeError as exc:
-        raise _Refusal(413, outcome_of(exc), reason="too_large") from None
+        raise _Refusal("too_large", str(exc)) from None
     except BadEncodingError as exc:
-        raise _Refusal(400, outcome_of(exc), reason="bad_encoding") from None
+        raise _Refusal("bad_encoding", str(exc)) from None
 
 
 def _too_large(limit: int, where: str) -> _Refusal:
     where = f" {where}" if where else ""
     message = f"request body is larger than {limit // (1024 * 1024)} MiB{where} (OTAD_MAX_RECV_MIB)"
-    return _Refusal(413, outcome_of(TooLargeError(message)), reason="too_large")
+    return _Refusal("too_large", message)
 
 
 def _media_type(value: str) -> str:
@@ -191,22 +194,20 @@ class _App:
             try:
                 body = await asyncio.wait_for(self._read_checked(scope, headers, spec, receive), self.read_timeout_s)
             except TimeoutError:
-                raise _Refusal(408, Outcome(_CODE.DEADLINE_EXCEEDED, f"request body not received within "
-                                                                     f"{self.read_timeout_s:g} s"),
-                               reason="read_timeout") from None
+                raise _Refusal("read_timeout", f"request body not received within {self.read_timeout_s:g} s") from None
             gzipped = headers.get("content-encoding", "").strip().lower() == "gzip"
             loop = asyncio.get_running_loop()  # inflating and decoding 64 MiB must not stall the event loop
             status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, gzipped, as_json)
-        except _Refusal as refusal:  # refused before the export handler, which counts everything it answers
-            self.metrics.requests.labels(signal, "http", refusal.outcome.label).inc()
-            if refusal.reason:
-                self.metrics.transport_refusals.labels(signal, "http", refusal.reason).inc()
-            if refusal.reason == "too_large":
+        except _Refusal as refused:  # refused before the export handler, which counts everything it answers
+            self.metrics.requests.labels(signal, "http", refused.outcome.label).inc()
+            if refused.counted:
+                self.metrics.transport_refusals.labels(signal, "http", refused.reason).inc()
+            if refused.reason == "too_large":
                 trim_heap_soon()  # up to the limit was read or inflated, then freed
-            if refusal.outcome.code != _CODE.UNAUTHENTICATED and refusal.status != 503:
-                warn_limited(logger, f"http:{refusal.reason or refusal.status}", "OTLP/HTTP %s %s refused with %d: %s",
-                             scope["method"], scope["path"][:100], refusal.status, refusal.outcome.message)
-            status, payload, extra = refusal.status, _error_body(refusal.outcome, as_json), refusal.headers
+            if refused.reason not in ("unauthenticated", "overloaded"):  # counted and logged where they are decided
+                warn_limited(logger, f"http:{refused.reason}", "OTLP/HTTP %s %s refused with %d: %s",
+                             scope["method"], scope["path"][:100], refused.status, refused.outcome.message)
+            status, payload, extra = refused.status, _error_body(refused.outcome, as_json), refused.headers
         except Exception as exc:  # a bug: answer 500 like gRPC's INTERNAL, never a traceback
             logger.exception("OTLP/HTTP %s %s failed", scope["method"], scope["path"][:100])
             outcome = outcome_of(exc)
@@ -219,29 +220,26 @@ class _App:
     async def _read_checked(self, scope, headers: dict[str, str], spec: SignalSpec | None, receive) -> bytes:
         """Everything refused before the export handler: path, method, auth, overload, type, encoding, size."""
         if spec is None:
-            raise _Refusal(404, Outcome(_CODE.NOT_FOUND, f"unknown path {scope['path'][:100]!r}; "
-                                                         "OTLP/HTTP paths are /v1/logs, /v1/traces, /v1/metrics"))
+            raise _Refusal("unknown_path", f"unknown path {scope['path'][:100]!r}; "
+                                           "OTLP/HTTP paths are /v1/logs, /v1/traces, /v1/metrics")
         if scope["method"] != "POST":
-            raise _Refusal(405, Outcome(_CODE.UNIMPLEMENTED, f"method {scope['method']} not allowed; use POST"),
+            raise _Refusal("method_not_allowed", f"method {scope['method']} not allowed; use POST",
                            ((b"allow", b"POST"),))
         if self.auth is not None:
             reason = self.auth.check(headers.get("authorization"))
             if reason is not None:
                 self.metrics.auth_failures.labels("http", reason).inc()
-                raise _Refusal(401, outcome_of(UnauthenticatedError(failure_message(reason))),
-                               ((b"www-authenticate", b"Bearer"),))
+                raise _Refusal("unauthenticated", failure_message(reason), ((b"www-authenticate", b"Bearer"),))
         if self.in_flight > self.max_in_flight:
             self.metrics.refused.labels(spec.name, "too_many_requests", "http").inc()
             raise self._overloaded(f"otad has {self.max_in_flight} OTLP/HTTP requests in flight; retry later")
         media = _media_type(headers.get("content-type", ""))
         if media not in (PROTOBUF, JSON):
-            raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content type {media[:60]!r}; "
-                                                                f"use {PROTOBUF} or {JSON}"),
-                           reason="unsupported_media_type")
+            raise _Refusal("unsupported_media_type", f"unsupported content type {media[:60]!r}; "
+                                                     f"use {PROTOBUF} or {JSON}")
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", ""):
-            raise _Refusal(415, Outcome(_CODE.INVALID_ARGUMENT, f"unsupported content encoding {encoding[:30]!r}; "
-                                                                "use gzip or none"), reason="bad_encoding")
+            raise _Refusal("unsupported_encoding", f"unsupported content encoding {encoding[:30]!r}; use gzip or none")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             raise _too_large(self.limit, "(Content-Length)")
@@ -249,7 +247,7 @@ class _App:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, "client disconnected"))
+                raise _Refusal("client_disconnected", "client disconnected")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
@@ -261,8 +259,8 @@ class _App:
         return b"".join(chunks)
 
     def _overloaded(self, message: str) -> _Refusal:
-        outcome = outcome_of(UnavailableError(message, self.retry_after_s))
-        return _Refusal(503, outcome, ((b"retry-after", str(self.retry_after_s).encode()),))
+        return _Refusal("overloaded", message, ((b"retry-after", str(self.retry_after_s).encode()),),
+                        retry_after_s=self.retry_after_s)
 
     def _handle(self, spec: SignalSpec, body: bytes, gzipped: bool, as_json: bool) -> tuple[int, bytes, tuple]:
         """Inflate, decode, export, encode the answer (in a worker thread): (status, body, extra headers)."""
@@ -271,8 +269,7 @@ class _App:
         try:
             request = _decode(spec, body, as_json)
         except ValueError as exc:
-            raise _Refusal(400, Outcome(_CODE.INVALID_ARGUMENT, f"cannot decode the {spec.name} request: {exc}"),
-                           reason="undecodable") from None
+            raise _Refusal("undecodable", f"cannot decode the {spec.name} request: {exc}") from None
         outcome = self.export.export(spec, request, "http")
         if outcome.ok:
             return 200, _encode(build_response(spec, outcome), as_json), ()

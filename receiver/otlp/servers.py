@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from receiver.consumer import Consumer
 from receiver.metrics import Metrics
 from receiver.otlp.auth import BearerAuth, GrpcAuthInterceptor
 from receiver.otlp.grpc_options import GrpcServerOptions
@@ -9,7 +12,6 @@ from receiver.otlp.grpc_server import OtlpGrpcServer
 from receiver.otlp.handler import ExportHandler
 from receiver.otlp.http_server import OtlpHttpServer
 from receiver.otlp.tls import ServerTls, load_server_tls
-from receiver.pipeline import Pipeline
 from receiver.rows.mapper import RowMapper
 from receiver.settings import Settings
 
@@ -27,15 +29,15 @@ def load_security(settings: Settings) -> Security:
     return load_server_tls(settings), BearerAuth.from_settings(settings)
 
 
-def build_servers(settings: Settings, security: Security, pipeline: Pipeline,
-                  metrics: Metrics, ingest=None) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
+def build_servers(settings: Settings, security: Security, consumer: Consumer, metrics: Metrics,
+                  has_room: Callable[[], bool] = lambda: True) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
     """The OTLP/gRPC and OTLP/HTTP servers, bound but not started.
 
     Raises:
         OSError: an endpoint cannot be bound.
     """
     tls, auth = security
-    export = ExportHandler(pipeline, RowMapper(), metrics, settings.retry_after_s, ingest)
+    export = ExportHandler(consumer, RowMapper(), metrics, settings.retry_after_s, has_room)
     options = GrpcServerOptions(
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         keepalive_time_s=settings.grpc_keepalive_time_s,
@@ -45,8 +47,7 @@ def build_servers(settings: Settings, security: Security, pipeline: Pipeline,
         credentials=tls.grpc_credentials() if tls else None,
         interceptors=(GrpcAuthInterceptor(auth, metrics),) if auth else (),
     )
-    grpc_server = OtlpGrpcServer(settings.grpc_endpoint, pipeline, metrics, max_recv_mib=settings.max_recv_mib,
-                                 retry_after_s=settings.retry_after_s, options=options, export=export)
+    grpc_server = OtlpGrpcServer(settings.grpc_endpoint, export, max_recv_mib=settings.max_recv_mib, options=options)
     http_server = OtlpHttpServer(settings.http_endpoint, export, metrics, max_recv_mib=settings.max_recv_mib,
                                  retry_after_s=settings.retry_after_s, tls=tls, auth=auth)
     return grpc_server, http_server

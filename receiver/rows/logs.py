@@ -17,6 +17,7 @@ from model.schema import (
     Value,
     content_uid,
 )
+from receiver.events import EVENT_NAME
 from receiver.rows.bounds import MARKER
 from receiver.rows.common import (
     AUTH,
@@ -37,7 +38,6 @@ from receiver.rows.common import (
     to_int,
 )
 
-ANOMALY_EVENT = "otad.anomaly"
 JSON_BODY_LIMIT = 64 * 1024  # larger string bodies stay plain text
 _TEXT_SCAN = 2048  # only the start of a message is scanned for auth words
 _BODY_RANK = 100  # body keys lose to record attributes of the same meaning
@@ -147,16 +147,35 @@ def _classify(hints: int, event_name: str, text: str, otel_severity: int) -> int
     return APPLICATION_LOG
 
 
+def _activity_status(class_uid: int, fields: dict[str, Value], attrs: dict[str, object], words: str,
+                     otel_severity: int, code: object) -> tuple[int, int]:
+    """(activity_id, status_id) of the chosen class: status 2 failure, 1 success, 0 unknown (docs/mapping.md)."""
+    activity_id, failure, success = 0, otel_severity >= 17, False
+    if isinstance(code, int):
+        failure, success = failure or code >= 400, code < 400
+    if class_uid == HTTP_ACTIVITY:
+        activity_id = http_activity(fields.get("http_request.http_method"))
+    elif class_uid == AUTHENTICATION:
+        activity_id = 2 if _LOGOFF_WORDS.search(words) else 1 if _AUTH_WORDS.search(words) else 0
+        outcome = _auth_outcome(attrs, words)
+        failure, success = failure or outcome == 2, success or outcome == 1
+    elif class_uid == API_ACTIVITY:
+        activity_id = api_activity(fields.get("http_request.http_method"), fields.get("api.operation"))
+    elif class_uid == APPLICATION_ERROR:
+        activity_id = 1
+    return activity_id, 2 if failure else 1 if success else 0
+
+
 def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, received_unix_nano: int) -> Row | None:
     """One log record as a row; None for otad's own anomaly events. Raises RejectError for bad ids."""
     event_name = record.event_name
-    if event_name == ANOMALY_EVENT:
+    if event_name == EVENT_NAME:
         return None
     trace_id = hex_id(record.trace_id, "trace_id", 16)
     span_id = hex_id(record.span_id, "span_id", 8)
     attrs = {kv.key: any_value(kv.value) for kv in record.attributes}
     attr_event = attrs.get("event.name")
-    if attr_event == ANOMALY_EVENT:
+    if attr_event == EVENT_NAME:
         return None
     raw_body, message, obj = parse_body(record)
 
@@ -197,21 +216,7 @@ def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, rec
     names = event_name or (attr_event if isinstance(attr_event, str) else "")
     text = (message or "")[:_TEXT_SCAN]
     class_uid = _classify(hints, names, text, otel_severity)
-    activity_id, failure, success = 0, otel_severity >= 17, False
-    if isinstance(code, int):
-        failure, success = failure or code >= 400, code < 400
-    if class_uid == HTTP_ACTIVITY:
-        activity_id = http_activity(fields.get("http_request.http_method"))
-    elif class_uid == AUTHENTICATION:
-        words = f"{names} {text}"
-        activity_id = 2 if _LOGOFF_WORDS.search(words) else 1 if _AUTH_WORDS.search(words) else 0
-        outcome = _auth_outcome(attrs, words)
-        failure, success = failure or outcome == 2, success or outcome == 1
-    elif class_uid == API_ACTIVITY:
-        activity_id = api_activity(fields.get("http_request.http_method"), fields.get("api.operation"))
-    elif class_uid == APPLICATION_ERROR:
-        activity_id = 1
-    status_id = 2 if failure else 1 if success else 0
+    activity_id, status_id = _activity_status(class_uid, fields, attrs, f"{names} {text}", otel_severity, code)
     severity_id = severity_from_number(otel_severity)
 
     time_unix_nano = record.time_unix_nano

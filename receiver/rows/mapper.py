@@ -17,6 +17,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from model.schema import Row
+from receiver.events import (
+    OTAD_SCOPE,  # otad's own anomaly events: the Collector should drop them, otad skips them
+)
 from receiver.rows.bounds import bound_resource, bound_row
 from receiver.rows.common import RejectError, ResourceContext, resource_context
 from receiver.rows.logs import map_log_record
@@ -25,7 +28,6 @@ from receiver.rows.spans import map_span
 
 __all__ = ["MappedBatch", "Rejection", "RowMapper"]
 
-OTAD_SCOPE = "otad"  # otad's own anomaly events; the Collector should drop them, otad skips them too
 _REASON_LIMIT = 200
 
 

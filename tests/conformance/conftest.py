@@ -4,10 +4,10 @@ Milvus Lite in a temp dir and every endpoint on port 0. Module-scoped: starting 
 from __future__ import annotations
 
 import pytest
-from certs import Pki, make_pki
 
-from receiver.cli import Service
+from receiver.service import Service
 from receiver.settings import Settings
+from tests.certs import Pki, make_pki
 
 TOKENS = ("old-token-3f9a", "new-token-77c1")  # two lines in the token file: a rotation in progress
 ENV_TOKEN = "env-token-b0d2"

@@ -7,17 +7,19 @@ import pytest
 
 from model.schema import Anomaly, Row
 from receiver.emit import AnomalyEmitter
+from receiver.events import AnomalyEvent
 from receiver.otlp.tls import emitter_credentials
 from receiver.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-def anomaly(uid: str) -> Anomaly:
+def anomaly(uid: str) -> AnomalyEvent:
     row = Row(uid=uid, signal="logs", time_unix_nano=1_762_041_600_000_000_000, service="checkout", class_uid=6003,
               activity_id=2, severity_id=1, status_id=1, fields={"message": "slow"})
-    return Anomaly(row=row, score=95.0, raw_score=2.0, threshold=70.0, detector="tabular-resnet-knn",
-                   model_version="v1", explanation="slow", neighbors=(), evidence=(), detected_unix_nano=1)
+    return AnomalyEvent.of(Anomaly(row=row, score=95.0, raw_score=2.0, threshold=70.0, detector="tabular-resnet-knn",
+                                   model_version="v1", explanation="slow", neighbors=(), evidence=(),
+                                   detected_unix_nano=1), "test")
 
 
 def emitter_for(settings: Settings) -> AnomalyEmitter:

@@ -12,12 +12,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from receiver.metrics import Metrics
 from receiver.otlp.grpc_options import GrpcServerOptions
 from receiver.otlp.grpc_server import OtlpGrpcServer
+from receiver.otlp.handler import ExportHandler
+from receiver.rows.mapper import RowMapper
 
 pytestmark = pytest.mark.integration
 
 
 def serve(**options) -> OtlpGrpcServer:
-    server = OtlpGrpcServer("localhost:0", None, Metrics(), options=GrpcServerOptions(**options))
+    handler = ExportHandler(None, RowMapper(), Metrics(), retry_after_s=1)  # type: ignore[arg-type]  # only health is called
+    server = OtlpGrpcServer("localhost:0", handler, options=GrpcServerOptions(**options))
     server.start()
     return server
 

@@ -219,7 +219,7 @@ HTTP_CASES = {  # kind: (body maker, headers, chunked, status, reason, outcome, 
     "corrupt gzip": (lambda bomb: b"\x1f\x8b\x08\x00 not deflate data", {**PROTOBUF, "Content-Encoding": "gzip"},
                      False, 400, "bad_encoding", "invalid_argument", "not valid gzip"),
     "unsupported encoding": (lambda bomb: b"x", {**PROTOBUF, "Content-Encoding": "br"}, False, 415,
-                             "bad_encoding", "invalid_argument", "unsupported content encoding"),
+                             "unsupported_encoding", "invalid_argument", "unsupported content encoding"),
     "unsupported media type": (lambda bomb: b"hello", {"Content-Type": "text/plain"}, False, 415,
                                "unsupported_media_type", "invalid_argument", "unsupported content type"),
 }

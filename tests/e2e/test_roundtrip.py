@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
-from otlp_sink import OtlpSink
 
-from receiver.cli import Service
+from receiver.service import Service
 from receiver.settings import Settings
 from sim import simulate
+from tests.otlp_sink import OtlpSink
 
 pytestmark = pytest.mark.e2e
 

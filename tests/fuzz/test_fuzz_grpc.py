@@ -13,10 +13,10 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as metrics_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
-from strategies import count_items, deep_value, logs_requests, metrics_requests, traces_requests
 
-from receiver.cli import Service
+from receiver.service import Service
 from receiver.settings import Settings
+from tests.fuzz.strategies import count_items, deep_value, logs_requests, metrics_requests, traces_requests
 
 pytestmark = pytest.mark.integration
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))

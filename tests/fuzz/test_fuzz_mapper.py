@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from strategies import count_items, logs_requests, metrics_requests, traces_requests
 
 from model.schema import row_from_dict, row_to_dict
 from receiver.rows.mapper import RowMapper
+from tests.fuzz.strategies import count_items, logs_requests, metrics_requests, traces_requests
 
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))  # e.g. 20 for a long local run; CI keeps 1 (< 60 s)
 FUZZ = settings(max_examples=int(60 * SCALE), deadline=2000, suppress_health_check=[HealthCheck.too_slow,

@@ -7,10 +7,10 @@ import json
 import os
 
 from hypothesis import HealthCheck, given, settings
-from strategies import logs_requests, metrics_requests, traces_requests
 
 from receiver.otlp.otlpjson import OtlpJsonError, from_dict, from_dict_light, to_json_line
 from receiver.rows.mapper import RowMapper
+from tests.fuzz.strategies import logs_requests, metrics_requests, traces_requests
 
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))
 FUZZ = settings(max_examples=int(60 * SCALE), deadline=None, suppress_health_check=[HealthCheck.too_slow,

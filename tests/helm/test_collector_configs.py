@@ -13,12 +13,12 @@ import grpc
 import pytest
 import yaml
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
-from otlp_requests import log_request, normal_logs, slow_failures
-from otlp_sink import OtlpSink
 from tools import REPO
 
-from receiver.cli import Service
+from receiver.service import Service
 from receiver.settings import Settings
+from tests.otlp_requests import log_request, normal_logs, slow_failures
+from tests.otlp_sink import OtlpSink
 
 DOCS = REPO / "docs"
 CONFIGS = sorted((DOCS / "collector").glob("*.yaml"))

@@ -12,12 +12,13 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from model.schema import Anomaly, Row, content_uid
-from receiver.emit import (
+from receiver.emit import AnomalyEmitter
+from receiver.events import (
     ERROR_SCORE,
     EVENT_NAME,
     MAX_BODY_BYTES,
     OTAD_SCOPE,
-    AnomalyEmitter,
+    AnomalyEvent,
     build_event,
     build_request,
     finding,
@@ -27,6 +28,10 @@ from tests.otlp_sink import OtlpSink
 pytestmark = pytest.mark.integration
 
 VERSION = "0.1.0"
+
+
+def events(anomalies: list[Anomaly]) -> list[AnomalyEvent]:
+    return [AnomalyEvent.of(a, VERSION) for a in anomalies]
 TRACE = "5b8efff798038103d269b633813fc60c"
 SPAN = "eee19b7ec3c1b174"
 RESOURCE = {"service.name": "payments", "host.name": "pay-1", "process.pid": 4242, "cpu.share": 0.5,
@@ -93,7 +98,7 @@ def free_port() -> int:
 
 def test_event_matches_the_contract():
     anomaly = make_anomaly()
-    resource, record = build_event(anomaly, VERSION)
+    resource, record = build_event(AnomalyEvent.of(anomaly, VERSION))
 
     assert record.event_name == EVENT_NAME == "otad.anomaly"
     assert record.time_unix_nano == anomaly.row.time_unix_nano
@@ -157,17 +162,17 @@ def test_event_matches_the_contract():
 
 
 def test_top_band_is_error_and_high():
-    _, record = build_event(make_anomaly(score=ERROR_SCORE + 5), VERSION)
+    _, record = build_event(AnomalyEvent.of(make_anomaly(score=ERROR_SCORE + 5), VERSION))
     assert (record.severity_number, record.severity_text) == (17, "ERROR")
     body = json.loads(record.body.string_value)
     assert body["severity_id"] == 4
     assert body["anomaly_analyses"][0]["anomalies"][0]["observed_pattern"] == "UNSEEN"
-    _, edge = build_event(make_anomaly(score=ERROR_SCORE), VERSION)
+    _, edge = build_event(AnomalyEvent.of(make_anomaly(score=ERROR_SCORE), VERSION))
     assert edge.severity_number == 17
 
 
 def test_missing_service_name_and_ids():
-    resource, record = build_event(make_anomaly(resource={"host.name": "h"}, trace=False), VERSION)
+    resource, record = build_event(AnomalyEvent.of(make_anomaly(resource={"host.name": "h"}, trace=False), VERSION))
     assert plain(resource.attributes) == {"host.name": "h", "service.name": "payments"}
     assert record.trace_id == b"" and record.span_id == b""
     body = json.loads(record.body.string_value)
@@ -178,7 +183,7 @@ def test_body_stays_small_and_title_one_line():
     huge = "x" * 50_000
     evidence = tuple((f"f{i}" * 40, huge, huge) for i in range(200))
     anomaly = make_anomaly(message="line one\nline two " + huge, evidence=evidence)
-    _, record = build_event(anomaly, VERSION)
+    _, record = build_event(AnomalyEvent.of(anomaly, VERSION))
     assert len(record.body.string_value.encode()) < MAX_BODY_BYTES
     title = json.loads(record.body.string_value)["finding_info"]["title"]
     assert "\n" not in title and title.startswith("Unusual log record from payments (score 80/100): line one line")
@@ -187,7 +192,8 @@ def test_body_stays_small_and_title_one_line():
 
 def test_request_groups_events_by_resource():
     other = {"service.name": "checkout"}
-    request = build_request([make_anomaly("a"), make_anomaly("b", resource=other), make_anomaly("c")], VERSION)
+    request = build_request(events([make_anomaly("a"), make_anomaly("b", resource=other), make_anomaly("c")]),
+                            VERSION)
     assert len(request.resource_logs) == 2
     first, second = request.resource_logs
     assert plain(first.resource.attributes)["service.name"] == "payments"
@@ -207,10 +213,10 @@ def test_delivers_to_a_real_otlp_endpoint(sink, emitters):
     emitter = emitters(sink.endpoint, headers={"X-Tenant": "t1"}, on_result=lambda o, n: results.append((o, n)))
     emitter.start()
     anomalies = [make_anomaly("a"), make_anomaly("b", score=97.0)]
-    emitter.emit(anomalies)
+    emitter.emit(events(anomalies))
     assert emitter.flush(5.0)
     received = sink.log_records()
-    expected = [build_event(a, VERSION) for a in anomalies]
+    expected = [build_event(AnomalyEvent.of(a, VERSION)) for a in anomalies]
     assert [(r, rec) for r, _, rec in received] == expected
     assert all((s.name, s.version) == ("otad", VERSION) for _, s, _ in received)
     assert ("x-tenant", "t1") in sink.calls_for("logs")[0].metadata
@@ -221,7 +227,7 @@ def test_retries_unavailable_after_the_retry_info_delay(sink, emitters):
     sink.fail_next(1, grpc.StatusCode.UNAVAILABLE, retry_delay_s=0.6)
     emitter = emitters(sink.endpoint, timeout_s=5.0)
     emitter.start()
-    emitter.emit([make_anomaly()])
+    emitter.emit(events([make_anomaly()]))
     assert emitter.flush(5.0)
     calls = sink.calls_for("logs")
     assert [c.code for c in calls] == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
@@ -243,7 +249,7 @@ def test_retryable_codes(sink, emitters, code, delay, retried):
     sink.fail_next(1, code, retry_delay_s=delay)
     emitter = emitters(sink.endpoint, timeout_s=5.0)
     emitter.start()
-    emitter.emit([make_anomaly()])
+    emitter.emit(events([make_anomaly()]))
     assert emitter.flush(5.0)
     assert len(sink.calls_for("logs")) == (2 if retried else 1)
     assert emitter.stats["sent"] == (1 if retried else 0)
@@ -256,7 +262,7 @@ def test_partial_success_is_logged_counted_and_not_retried(sink, emitters, caplo
     emitter = emitters(sink.endpoint, on_result=lambda o, n: results.append((o, n)))
     emitter.start()
     with caplog.at_level(logging.WARNING, logger="receiver.emit"):
-        emitter.emit([make_anomaly("a"), make_anomaly("b"), make_anomaly("c")])
+        emitter.emit(events([make_anomaly("a"), make_anomaly("b"), make_anomaly("c")]))
         assert emitter.flush(5.0)
     assert len(sink.calls_for("logs")) == 1
     assert emitter.stats["partial_rejected"] == 2 and emitter.stats["retries"] == 0
@@ -271,7 +277,7 @@ def test_endpoint_down_fails_within_the_deadline_then_recovers(emitters, caplog)
     emitter.start()
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="receiver.emit"):
-        emitter.emit([make_anomaly("lost")])
+        emitter.emit(events([make_anomaly("lost")]))
         assert emitter.flush(5.0)
     assert time.monotonic() - started < 2.0
     assert emitter.stats["failed"] == 1 and emitter.stats["retries"] >= 1
@@ -282,7 +288,7 @@ def test_endpoint_down_fails_within_the_deadline_then_recovers(emitters, caplog)
     back.start(port)
     try:
         emitter.timeout_s = 8.0
-        emitter.emit([make_anomaly("next")])
+        emitter.emit(events([make_anomaly("next")]))
         assert emitter.flush(10.0)
         assert emitter.stats["sent"] == 1
         assert [attrs(r.attributes)["anomaly.source.uid"].string_value for _, _, r in back.log_records()] == ["next"]
@@ -294,7 +300,7 @@ def test_shutdown_cuts_backoff_short(sink, emitters):
     sink.fail_next(1, grpc.StatusCode.UNAVAILABLE, retry_delay_s=10.0)
     emitter = emitters(sink.endpoint, timeout_s=30.0)
     emitter.start()
-    emitter.emit([make_anomaly()])
+    emitter.emit(events([make_anomaly()]))
     assert sink.wait_for(lambda: len(sink.calls) == 1, timeout=5.0)
     time.sleep(0.1)  # the worker is now waiting out the RetryInfo delay
     started = time.monotonic()
@@ -307,9 +313,9 @@ def test_buffer_overflow_drops_the_oldest(emitters, caplog):
     results: list[tuple[str, int]] = []
     emitter = emitters("localhost:1", max_buffer=5, batch_size=5, on_result=lambda o, n: results.append((o, n)))
     with caplog.at_level(logging.WARNING, logger="receiver.emit"):
-        emitter.emit([make_anomaly(str(i)) for i in range(8)])
+        emitter.emit(events([make_anomaly(str(i)) for i in range(8)]))
     assert emitter.stats["dropped"] == 3 and results == [("dropped", 3)]
-    assert [a.row.uid for a in emitter._buffer] == ["3", "4", "5", "6", "7"]
+    assert [e.anomaly.row.uid for e in emitter._buffer] == ["3", "4", "5", "6", "7"]
     assert sum("dropped 3 anomaly events" in r.getMessage() for r in caplog.records) == 1
     assert "remain stored" in caplog.records[0].getMessage()
 
@@ -317,7 +323,7 @@ def test_buffer_overflow_drops_the_oldest(emitters, caplog):
 def test_without_endpoint_events_are_stored_only():
     emitter = AnomalyEmitter(None, version=VERSION)
     emitter.start()
-    emitter.emit([make_anomaly(), make_anomaly("b")])
+    emitter.emit(events([make_anomaly(), make_anomaly("b")]))
     assert emitter.flush(0.1)
     assert emitter.stats["stored_only"] == 2 and emitter.stats["sent"] == 0
     emitter.shutdown()

@@ -6,20 +6,16 @@ cannot be produced on demand from real data).
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "model"))
-from test_features import T0, make_rows  # noqa: E402
-
-from model.train import TrainConfig  # noqa: E402
-from model.version import fit_version  # noqa: E402
-from receiver.emit import AnomalyEmitter  # noqa: E402
-from receiver.metrics import Metrics  # noqa: E402
-from receiver.pipeline import Pipeline  # noqa: E402
-from receiver.settings import Settings  # noqa: E402
-from storage import MilvusStore  # noqa: E402
+from model.train import TrainConfig
+from model.version import fit_version
+from receiver.emit import AnomalyEmitter
+from receiver.metrics import Metrics
+from receiver.pipeline import Pipeline
+from receiver.settings import Settings
+from storage import MilvusStore
+from tests.helpers import T0, make_rows
 
 
 class Broken:

@@ -15,8 +15,9 @@ from model.train import TrainConfig
 from model.version import fit_version
 from receiver.emit import AnomalyEmitter
 from receiver.metrics import Metrics
-from receiver.pipeline import Pipeline, _backlog_records
+from receiver.pipeline import Pipeline
 from receiver.settings import Settings
+from receiver.writer import backlog_records
 from storage import MilvusStore
 from tests.helpers import T0, make_rows, uid_counts
 
@@ -67,7 +68,7 @@ def test_a_row_milvus_refuses_is_dead_lettered_and_the_rest_are_stored(tmp_path,
         assert store.count_backlog() == 400
     finally:
         pipe.stop(10)
-    letters = pipe.dead_letters.read()
+    letters = pipe.writer.dead_letters.read()
     assert [d["item"]["uid"] for d in letters] == ["p" * 100]
     assert letters[0]["stage"] == "backlog" and "length" in letters[0]["error"]
     assert letters[0]["item"]["time_unix_nano"] == rows[0].time_unix_nano  # the whole row is kept
@@ -87,7 +88,7 @@ def test_a_refused_row_among_scored_rows_does_not_block_them(tmp_path, store):
         assert store.count_rows(mv.version) == 199
     finally:
         pipe.stop(10)
-    assert [(d["stage"], d["item"]["uid"]) for d in pipe.dead_letters.read()] == [("rows", "p" * 100)]
+    assert [(d["stage"], d["item"]["uid"]) for d in pipe.writer.dead_letters.read()] == [("rows", "p" * 100)]
 
 
 def test_an_outage_is_retried_not_dead_lettered_and_readyz_says_not_ready(tmp_path):
@@ -105,7 +106,7 @@ def test_an_outage_is_retried_not_dead_lettered_and_readyz_says_not_ready(tmp_pa
         assert metrics.errors.labels("storage")._value.get() >= 1
     finally:
         pipe.stop(0)
-    assert pipe.dead_letters.read() == [] and pipe.dead_lettered == 0
+    assert pipe.writer.dead_letters.read() == [] and pipe.writer.dead_lettered == 0
 
 
 def test_rows_staged_during_training_are_scored_and_each_row_is_stored_once(tmp_path, store):
@@ -131,7 +132,7 @@ def test_rows_staged_during_training_are_scored_and_each_row_is_stored_once(tmp_
 def test_training_starts_from_rows_an_earlier_run_staged_and_drops_an_unpromoted_version(tmp_path, store):
     settings = _settings(tmp_path, bootstrap_rows=300)
     rows = make_rows(320, seed=7)
-    store.upsert_backlog(_backlog_records(rows))  # what a run that crashed before training left
+    store.upsert_backlog(backlog_records(rows))  # what a run that crashed before training left
     # A version saved by a run that crashed before promoting it, with copies of the staged rows.
     stale = fit_version(rows[:200], k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128))
     stale.save(settings.models_dir, promote=False)

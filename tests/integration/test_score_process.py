@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "model"))
-from test_features import T0, make_rows  # noqa: E402
-
-from model.schema import Row  # noqa: E402
-from model.train import TrainConfig  # noqa: E402
-from model.version import ModelVersion, Scorer, fit_version  # noqa: E402
-from model.worker import ScoringProcess, ScoringProcessError  # noqa: E402
+from model.schema import Row
+from model.scorer import Scorer
+from model.train import TrainConfig
+from model.version import ModelVersion, fit_version
+from model.worker import ScoringProcess, ScoringProcessError
+from tests.helpers import T0, make_rows
 
 ODD = Row(uid="odd", signal="logs", time_unix_nano=T0 + 10**12 + 5, service="a", class_uid=4002, activity_id=3,
           severity_id=4, status_id=2, resource={"service.name": "a", "k8s.pod.name": "a-1"},
@@ -92,6 +89,17 @@ def test_a_dead_child_is_an_error_not_a_hang(saved):
         remote.close(1)
 
 
+def test_a_child_of_another_boundary_version_refuses_to_start(saved, monkeypatch):
+    """The handshake: a service that speaks another BOUNDARY_VERSION gets a clear error, not shifted fields."""
+    import model.worker
+    from model.schema import BOUNDARY_VERSION
+
+    mv, path = saved
+    monkeypatch.setattr(model.worker, "BOUNDARY_VERSION", BOUNDARY_VERSION + 1)  # what the service sends
+    with pytest.raises(ScoringProcessError, match="boundary version mismatch"):
+        start(mv, path)
+
+
 def test_a_model_the_child_cannot_load_is_an_error(saved, tmp_path):
     mv, _ = saved
     (tmp_path / "model.json").write_text("{not json")
@@ -104,7 +112,7 @@ def test_service_scores_in_the_child_and_stop_drains_then_closes_it(saved, tmp_p
     from test_service import T0 as T_LOGS
     from test_service import logs_request, normal_records, stubs
 
-    from receiver.cli import Service
+    from receiver.service import Service
     from receiver.settings import Settings
     from storage import MilvusStore
 

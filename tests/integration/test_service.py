@@ -20,10 +20,10 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from otlp_sink import OtlpSink
 
-from receiver.cli import Service
+from receiver.service import Service
 from receiver.settings import Settings
+from tests.otlp_sink import OtlpSink
 
 pytestmark = pytest.mark.integration
 T0 = 1_762_041_600_000_000_000

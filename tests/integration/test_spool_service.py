@@ -156,7 +156,7 @@ def test_stop_goes_not_ready_finishes_in_flight_batches_and_checkpoints(tmp_path
     import urllib.error
 
     # A batch that takes 3 s to fill: stop() has an in-flight batch to finish.
-    from receiver.cli import Service
+    from receiver.service import Service
     from receiver.settings import Settings
 
     svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Loader, OtadProcess, alive, cmdline, readyz, request
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from storage import MilvusStore
 from storage.lite_process import LiteServerProcess
 from tests.helpers import uid_counts
+from tests.reliability.harness import Loader, OtadProcess, alive, cmdline, readyz, request
 
 pytestmark = pytest.mark.reliability
 

@@ -14,10 +14,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Loader, OtadProcess, alive, child_pids, cmdline, free_port, readyz, request, wait_gone
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
 
 from storage.lite_process import ENDPOINT_FILE, lite_server_pids, reclaim, running_endpoint
+from tests.reliability.harness import (
+    Loader,
+    OtadProcess,
+    alive,
+    child_pids,
+    cmdline,
+    free_port,
+    readyz,
+    request,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -78,13 +88,14 @@ def test_kill9_of_otad_serve_ends_its_scoring_child_under_load(tmp_path):
         otad.close()
 
 
+REPO = Path(__file__).resolve().parents[2]  # the helper runs here, so `tests.helpers` imports (sys.path[0] is "")
+
 SCORE_HELPER = """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from test_features import T0, make_rows
 from model.version import ModelVersion
 from model.worker import ScoringProcess
+from tests.helpers import T0, make_rows
 path = Path(sys.argv[1])
 mv = ModelVersion.load(path, k=5)
 child = ScoringProcess(mv, path, k=5, alert_pvalue=mv.detector.alert_pvalue, max_rows=100_000)
@@ -105,17 +116,14 @@ def test_scoring_child_busy_on_a_batch_exits_when_its_parent_is_killed(tmp_path)
     pipe (and see EOF) until the batch is done, so it is the watchdog that ends it."""
     from model.train import TrainConfig
     from model.version import fit_version
-
-    unit = Path(__file__).parents[1] / "unit" / "model"
-    sys.path.insert(0, str(unit))
-    from test_features import make_rows
+    from tests.helpers import make_rows
 
     path = fit_version(make_rows(900), k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128)
                        ).save(tmp_path / "models")
     err = tmp_path / "helper.err"
     with open(err, "wb") as stderr:
-        helper = subprocess.Popen([sys.executable, "-c", SCORE_HELPER, str(path), str(unit)], stdout=subprocess.PIPE,
-                                  stderr=stderr, text=True)
+        helper = subprocess.Popen([sys.executable, "-c", SCORE_HELPER, str(path)], stdout=subprocess.PIPE,
+                                  stderr=stderr, text=True, cwd=REPO)
     try:
         child = int(helper.stdout.readline())
         time.sleep(1.0)  # unpickling the batch, then scoring it

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import Loader, OtadProcess, stored_counts
 
 from storage import MilvusStore
 from storage.lite_process import LiteServerProcess
+from tests.reliability.harness import Loader, OtadProcess, stored_counts
 
 pytestmark = pytest.mark.reliability
 

@@ -8,14 +8,14 @@ from urllib.parse import urlsplit
 
 import grpc
 import pytest
-from harness import T0, free_port, request, stored_counts
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
-from otlp_sink import OtlpSink
 
-from receiver.cli import Service
+from receiver.service import Service
 from receiver.settings import Settings
 from storage import MilvusStore
 from storage.lite_process import LiteServerProcess
+from tests.otlp_sink import OtlpSink
+from tests.reliability.harness import T0, free_port, request, stored_counts
 
 pytestmark = pytest.mark.reliability
 

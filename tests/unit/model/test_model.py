@@ -8,8 +8,9 @@ from test_features import T0, make_rows
 
 from model.encoder import Embedder, EncoderConfig, TabularResNet
 from model.schema import Row
+from model.scorer import Scorer
 from model.train import TrainConfig, nt_xent
-from model.version import ModelVersion, Scorer, fit_version
+from model.version import ModelVersion, fit_version
 
 
 def test_encoder_output_is_unit_norm_with_right_shape():

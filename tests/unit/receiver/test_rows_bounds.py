@@ -29,7 +29,7 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def row_bytes(row) -> int:
-    """What storage writes (storage/vectors.py `_encode_row`)."""
+    """What storage writes (storage/collection.py `encode_row`)."""
     return len(json.dumps(row_to_dict(row), separators=(",", ":"), default=str).encode())
 
 
@@ -207,16 +207,13 @@ def test_hostile_records_always_fit_and_keep_their_identity(attrs, body, service
 
 
 class _Pipeline:
-    """Takes every row; never full."""
-
-    full, queued = False, 0
+    """A consumer that keeps every row (the pipeline's storage is not what this test is about)."""
 
     def __init__(self):
         self.rows = []
 
-    def offer(self, rows, on_stored=None):
-        self.rows.extend(rows)
-        return True
+    def consume(self, received):
+        self.rows.extend(received.rows)
 
 
 def _bounded(metrics: Metrics, field: str) -> float:
@@ -241,7 +238,7 @@ def test_export_counts_and_logs_bounded_items_and_answers_ok(monkeypatch):
 
 def test_a_bounded_record_over_grpc_is_answered_ok_and_counted():
     metrics = Metrics()
-    server = OtlpGrpcServer("localhost:0", _Pipeline(), metrics)
+    server = OtlpGrpcServer("localhost:0", ExportHandler(_Pipeline(), RowMapper(), metrics, retry_after_s=1))
     server.start()
     channel = grpc.insecure_channel(f"localhost:{server.port}")
     try:

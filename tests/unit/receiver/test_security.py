@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from certs import make_pki
 from google.rpc import error_details_pb2
 from pydantic import ValidationError
 
@@ -29,6 +28,7 @@ from receiver.otlp.http_server import _Refusal, gunzip_limited
 from receiver.otlp.servers import load_security
 from receiver.otlp.tls import emitter_credentials
 from receiver.settings import ConfigError, Settings
+from tests.certs import make_pki
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -9,12 +9,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from otlp_sink import OtlpSink
 
 from model.schema import metric_point_uid
 from receiver.otlp.otlpjson import from_dict
 from sim import simulate
 from sim.world import KINDS
+from tests.otlp_sink import OtlpSink
 
 # 20 simulated minutes at a modest rate with a high anomaly rate: all nine kinds fit (one episode each).
 FLAGS = ["--duration", "1200", "--rate", "2", "--anomaly-rate", "0.3", "--seed", "7",

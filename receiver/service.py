@@ -1,0 +1,133 @@
+"""The composition root: settings in, storage, model, pipeline, spool and servers built once and wired together.
+
+`otad serve` runs a `Service`; tests start it in-process on port 0. CLI commands use `open_store` and `load_model`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from model.features import ContractVersionError
+from model.heap import settle_heap
+from model.version import ModelVersion
+from receiver import otad_version
+from receiver.consumer import Consumer
+from receiver.emit import AnomalyEmitter
+from receiver.ingest import SpooledIngest, open_spooled_ingest
+from receiver.metrics import HealthServer, Metrics
+from receiver.otlp.servers import build_servers, load_security
+from receiver.otlp.tls import emitter_credentials
+from receiver.pipeline import Pipeline
+from receiver.settings import Settings
+from storage import MilvusStore
+from storage.lite_process import LiteServerProcess, is_lite_uri, reclaim, running_endpoint
+
+logger = logging.getLogger("otad")
+
+
+def open_store(settings: Settings, *, serve: bool = False, owner=None):
+    """The MilvusStore for these settings. `otad serve` runs Milvus Lite as a child process (unless
+    OTAD_MILVUS_LITE_PROCESS=false) and never shares its data dir: it stops a Lite server whose `otad serve`
+    is gone and exits with one line when that `otad serve` is alive. CLI commands reuse the Lite process of a
+    running `otad serve` when there is one."""
+    uri = settings.resolved_milvus_uri
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    is_lite = is_lite_uri(uri)
+    if is_lite:
+        if serve and settings.milvus_lite_process:
+            owner.lite = LiteServerProcess(uri, nice=settings.background_nice, role="otad serve")
+            uri = owner.lite.start()
+        elif serve:
+            reclaim(uri)  # embedded: the data dir must be free all the same
+        else:
+            uri = running_endpoint(uri) or uri
+    return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index)
+
+
+class Service:
+    """Everything `otad serve` runs; tests start it in-process on port 0."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        security, export_credentials = load_security(settings), emitter_credentials(settings)  # before any start
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.lite = None
+        self.store = open_store(settings, serve=True, owner=self)
+        version = otad_version()
+        self.emitter = AnomalyEmitter(settings.export_endpoint, version=version, insecure=settings.export_insecure,
+                                      credentials=export_credentials, headers=settings.export_header_map,
+                                      timeout_s=settings.export_timeout_s,
+                                      on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
+        self.ingest: SpooledIngest | None = None
+        try:
+            model = load_model(settings, incompatible_ok=True)
+            self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
+            consumer: Consumer = self.pipeline
+            if settings.spool_enabled:
+                self.ingest = consumer = open_spooled_ingest(settings, self.pipeline, self.metrics)
+            self.grpc, self.http = build_servers(settings, security, consumer, self.metrics, self.pipeline.has_room)
+        except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
+            self.store.close()
+            if self.lite is not None:
+                self.lite.stop()
+            raise
+        self.health = HealthServer(settings.metrics_endpoint, self.metrics, self.pipeline.status)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
+    def start(self) -> None:
+        self.emitter.start()
+        self.pipeline.start()
+        if self.ingest is not None:
+            self.ingest.start()
+        settle_heap(collect=True)  # before the first request: it walks the whole heap once
+        self.grpc.start()
+        self.http.start()
+        self.health.start()
+        st = self.pipeline.status()
+        logger.info("otad %s serving OTLP/gRPC on port %d, OTLP/HTTP on %d (%s), metrics on %d; state=%s model=%s "
+                    "milvus=%s export=%s", otad_version(), self.grpc.port, self.http.port,
+                    "TLS" if self.http.tls else "plaintext", self.health.port, st["state"], st["model_version"],
+                    self.settings.resolved_milvus_uri, self.settings.export_endpoint or "(stored only)")
+        if st["state"] == "collecting":
+            logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting (health NOT_SERVING), finish in-flight batches within `grace_s`, checkpoint the spool."""
+        self.pipeline.draining = True
+        self.http.stop(min(grace_s, 5.0))
+        self.grpc.stop(min(grace_s, 5.0))
+        self.pipeline.stop(grace_s)
+        if self.ingest is not None:
+            self.ingest.stop()
+        self.emitter.flush(min(grace_s, 5.0))
+        self.emitter.shutdown(2.0)
+        gc.unfreeze()  # what was frozen at start can be collected again (matters when a process runs several)
+        self.health.stop()
+        self.store.close()
+        if self.lite is not None:
+            self.lite.stop()
+
+
+
+def load_model(settings: Settings, *, incompatible_ok: bool = False) -> ModelVersion | None:
+    """The current model version, or None when there is none (or, with incompatible_ok, when it was trained by
+    a release whose feature contract this one cannot compute: the service then starts over from a cold start)."""
+    try:
+        return ModelVersion.load_current(Path(settings.models_dir), k=settings.knn_k,
+                                         alert_pvalue=settings.alert_pvalue, max_rows=settings.reference_max_rows)
+    except ContractVersionError as exc:
+        if not incompatible_ok:
+            raise
+        logger.warning("the current model cannot be used: %s; starting from a cold start (a new model is trained "
+                       "once %d rows have arrived)", exc, settings.bootstrap_rows)
+        return None
