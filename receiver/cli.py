@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score every record of OTLP/JSON files into a score file")
     common(p)
     p.add_argument("--input", nargs="+", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True, help="score CSV (DESIGN.md §2)")
+    p.add_argument("--output", type=Path, required=True, help="score CSV (docs/contracts.md)")
     p.add_argument("--no-learn", action="store_true", help="do not grow the normal history while scoring")
     p.add_argument("--baseline-output", type=Path, default=None,
                    help="also write the per-service latency z-score baseline score file")

@@ -14,7 +14,7 @@ from model.evaluate import Report, format_report, join, plot_pr, pr_curve, repor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `otad evaluate` flags on `parser`."""
-    parser.add_argument("--scores", required=True, type=Path, help="otad's score file (CSV, DESIGN.md §2)")
+    parser.add_argument("--scores", required=True, type=Path, help="otad's score file (CSV, docs/contracts.md)")
     parser.add_argument("--labels", required=True, type=Path, help="labels CSV: one row per anomalous record")
     parser.add_argument("--since", type=int, default=None, metavar="NS",
                         help="evaluate only rows with time_unix_nano >= NS (the model was trained before NS)")

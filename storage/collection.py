@@ -4,7 +4,7 @@ Three kinds of collection:
 
 - ``otad_backlog``: raw rows received before any model exists (no embedding yet).
 - ``otad_rows_<version>``: embedded rows, one collection per model version, so embeddings of different
-  versions are never compared (DESIGN.md §4); every row also carries ``model_version``.
+  versions are never compared; every row also carries ``model_version``.
 - ``otad_anomalies``: every anomaly event, kept.
 
 Milvus refuses a collection without a vector field, so the backlog and anomaly collections carry a 2-d

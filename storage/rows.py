@@ -1,7 +1,7 @@
 """Store stage, ``otad_rows_<version>``: embedded rows, one collection per model version, and k-NN search.
 
 ``RowsMixin`` holds these operations; ``MilvusStore`` (store.py) combines it with the others. A collection
-per model version keeps embeddings of different models from ever being compared (DESIGN.md §4).
+per model version keeps embeddings of different models from ever being compared.
 ``upsert_row_columns`` is the pipeline's hot path, so it takes columns rather than row dicts.
 """
 

@@ -1,4 +1,4 @@
-"""The anomaly emitter: the event contract (DESIGN.md §2) and OTLP client behaviour against a real gRPC sink."""
+"""The anomaly emitter: the event contract (docs/contracts.md) and OTLP client behaviour against a real gRPC sink."""
 
 from __future__ import annotations
 
