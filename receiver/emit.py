@@ -48,7 +48,9 @@ _LOG_REPEAT_S = 60.0  # identical warning lines are logged at most once per this
 def retry_delay(error: grpc.RpcError) -> float | None:
     """The server's `google.rpc.RetryInfo` delay in seconds, from `grpc-status-details-bin`; None if absent."""
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in trailing or ():
+    key: str
+    value: bytes  # grpc-stubs give a _Metadatum class; at runtime each is a (key, value) namedtuple
+    for key, value in trailing or ():  # type: ignore[misc]
         if key != "grpc-status-details-bin":
             continue
         try:
@@ -56,7 +58,8 @@ def retry_delay(error: grpc.RpcError) -> float | None:
         except DecodeError:
             return None
         for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            # types-protobuf: Message.DESCRIPTOR may be the upb Descriptor, which Any.Is does not accept (it does)
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):  # type: ignore[arg-type]
                 info = error_details_pb2.RetryInfo()
                 detail.Unpack(info)
                 return max(0.0, info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
@@ -236,6 +239,7 @@ class AnomalyEmitter:
     def _attempt(self, request: ExportLogsServiceRequest, batch: list[AnomalyEvent], deadline: float):
         """One Export call; returns None when handled (sent, partly sent), else the RpcError."""
         timeout = max(0.001, deadline - time.monotonic())
+        assert self._stub is not None  # start() sets it before it starts the worker thread
         with self._cond:
             if self._stop.is_set() and self._shutdown_deadline <= time.monotonic():
                 return _Cancelled()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs, SeverityNumber
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from model.schema import DETECTION_FINDING, Anomaly, Value, content_uid
@@ -28,8 +28,8 @@ _SUMMARY_FIELDS = ("message", "api.operation", "metric.name", "name")  # first o
 _SIGNAL_NOUN = {"logs": "log record", "traces": "span", "metrics": "metric data point"}
 
 
-def _clip(text: str, limit: int) -> str:
-    """One line, at most `limit` characters."""
+def _clip(text: object, limit: int) -> str:
+    """One line, at most `limit` characters (of str(text))."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -194,7 +194,7 @@ def build_event(event: AnomalyEvent) -> tuple[Resource, LogRecord]:
     record = LogRecord(
         time_unix_nano=row.time_unix_nano,
         observed_time_unix_nano=anomaly.detected_unix_nano,
-        severity_number=17 if top else 13,  # SEVERITY_NUMBER_ERROR / SEVERITY_NUMBER_WARN
+        severity_number=SeverityNumber.SEVERITY_NUMBER_ERROR if top else SeverityNumber.SEVERITY_NUMBER_WARN,
         severity_text="ERROR" if top else "WARN",
         event_name=EVENT_NAME,
         body=AnyValue(string_value=_body_json(event.finding)),

@@ -14,17 +14,19 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from opentelemetry import trace
-from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry._logs import Logger, LogRecord, SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common._internal._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -39,13 +41,13 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from model.schema import metric_point_uid
 from receiver.otlp.otlpjson import to_json_line
@@ -64,6 +66,7 @@ _SPAN_KINDS = {"server": SpanKind.SERVER, "client": SpanKind.CLIENT, "internal":
 _SEVERITY_TEXT = {9: "INFO", 13: "WARN", 17: "ERROR", 21: "FATAL"}
 _SDK_VERSION = "1.45.2"
 _CHUNK = 2000  # spans or log records per gRPC export
+Label = tuple[str, str, str, int, str]  # a labels CSV row: LABEL_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,10 @@ class _Telemetry:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._spans, self._logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
-        self.resources, self._tracers, self._loggers, self._providers = {}, {}, {}, []
+        self.resources: dict[str, Resource] = {}
+        self._tracers: dict[str, trace.Tracer] = {}
+        self._loggers: dict[str, Logger] = {}
+        self._providers: list[TracerProvider | LoggerProvider] = []
         ids = _SeededIds(rng)
         for service, spec in SERVICES.items():
             resource = Resource({
@@ -126,7 +132,7 @@ class _Telemetry:
             self._loggers[service] = logger_provider.get_logger(f"shop.{service}", spec.version)
             self._providers += [tracer_provider, logger_provider]
 
-    def span_tree(self, rec: SpanRec, labels: list, parent: trace.SpanContext | None = None) -> None:
+    def span_tree(self, rec: SpanRec, labels: list[Label], parent: trace.SpanContext | None = None) -> None:
         context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else Context()
         span = self._tracers[rec.service].start_span(rec.name, context=context, kind=_SPAN_KINDS[rec.kind],
                                                      attributes=rec.attributes, start_time=rec.start_ns)
@@ -142,20 +148,19 @@ class _Telemetry:
             labels.append((trace.format_span_id(span_context.span_id), "traces", rec.label, rec.start_ns,
                            rec.service))
 
-    def log(self, rec: LogRec, labels: list, span_context: trace.SpanContext | None = None) -> None:
+    def log(self, rec: LogRec, labels: list[Label], span_context: trace.SpanContext | None = None) -> None:
         uid = f"{self._rng.getrandbits(128):032x}"
+        # ids and flags (sampled: ALWAYS_ON) from the span's context; without one, none (no current span here)
+        context = trace.set_span_in_context(NonRecordingSpan(span_context)) if span_context else Context()
         record = LogRecord(
-            timestamp=rec.time_ns, observed_timestamp=rec.time_ns, context=Context(),
-            trace_id=span_context.trace_id if span_context else None,
-            span_id=span_context.span_id if span_context else None,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED) if span_context else None,
+            timestamp=rec.time_ns, observed_timestamp=rec.time_ns, context=context,
             severity_number=SeverityNumber(rec.severity), severity_text=_SEVERITY_TEXT[rec.severity],
             body=rec.body, attributes={**rec.attributes, "log.record.uid": uid})
         self._loggers[rec.service].emit(record)
         if rec.label:
             labels.append((uid, "logs", rec.label, rec.time_ns, rec.service))
 
-    def drain(self) -> tuple[tuple, tuple]:
+    def drain(self) -> tuple[tuple[ReadableSpan, ...], tuple[ReadableLogRecord, ...]]:
         spans, logs = self._spans.get_finished_spans(), self._logs.get_finished_logs()
         self._spans.clear()
         self._logs.clear()
@@ -166,19 +171,30 @@ class _Telemetry:
             provider.shutdown()
 
 
+def _histogram_point(p: PointRec) -> HistogramDataPoint:
+    assert isinstance(p.value, tuple)  # a histogram's point
+    count, total, bucket_counts, low, high = p.value
+    return HistogramDataPoint(p.attributes, p.start_ns, p.time_ns, count, total, list(bucket_counts),
+                              list(DURATION_BOUNDS), low, high)
+
+
+def _number_point(p: PointRec) -> NumberDataPoint:
+    assert not isinstance(p.value, tuple)  # a gauge's or a sum's point
+    return NumberDataPoint(p.attributes, p.start_ns, p.time_ns, p.value)
+
+
 def _metric(points: list[PointRec]) -> Metric:
     first = points[0]
+    data: Histogram | Gauge | Sum
     if first.kind == "histogram":
-        data = Histogram([HistogramDataPoint(p.attributes, p.start_ns, p.time_ns, p.value[0], p.value[1],
-                                             list(p.value[2]), list(DURATION_BOUNDS), p.value[3], p.value[4])
-                          for p in points], AggregationTemporality.CUMULATIVE)
+        data = Histogram([_histogram_point(p) for p in points], AggregationTemporality.CUMULATIVE)
     else:
-        numbers = [NumberDataPoint(p.attributes, p.start_ns, p.time_ns, p.value) for p in points]
+        numbers = [_number_point(p) for p in points]
         data = Gauge(numbers) if first.kind == "gauge" else Sum(numbers, AggregationTemporality.CUMULATIVE, True)
     return Metric(first.name, None, first.unit, data)
 
 
-def metrics_data(points: list[PointRec], telemetry: _Telemetry, labels: list) -> MetricsData:
+def metrics_data(points: list[PointRec], telemetry: _Telemetry, labels: list[Label]) -> MetricsData:
     """One MetricsData for a slice's points: a ResourceMetrics per service, a Metric per name."""
     grouped: dict[str, dict[str, list[PointRec]]] = defaultdict(lambda: defaultdict(list))
     for point in points:
@@ -194,13 +210,23 @@ def metrics_data(points: list[PointRec], telemetry: _Telemetry, labels: list) ->
     return MetricsData(resource_metrics)
 
 
+class Sink(Protocol):
+    """Where each slice's telemetry goes."""
+
+    def write(self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord],
+              metrics: MetricsData | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class FileSink:
     """Collector file-exporter format: one OTLP/JSON Export*ServiceRequest per line, all signals in one file."""
 
     def __init__(self, path: Path) -> None:
         self._handle = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 (closed in close())
 
-    def write(self, spans, logs, metrics: MetricsData | None) -> None:
+    def write(self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord],
+              metrics: MetricsData | None) -> None:
         if spans:
             self._handle.write(to_json_line(encode_spans(spans)) + "\n")
         if logs:
@@ -226,31 +252,34 @@ class GrpcSink:
                            OTLPMetricExporter(endpoint=target, insecure=True))
         self.failed = 0
 
-    def write(self, spans, logs, metrics: MetricsData | None) -> None:
+    def write(self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord],
+              metrics: MetricsData | None) -> None:
         span_exporter, log_exporter, metric_exporter = self._exporters
-        for name, exporter, data in (("traces", span_exporter, spans), ("logs", log_exporter, logs),
-                                     ("metrics", metric_exporter, metrics)):
-            if not data or (name == "metrics" and not data.resource_metrics):
-                continue
-            # Chunks keep each request well under a Collector's default 4 MiB receive limit.
-            chunks = [data] if name == "metrics" else [data[i:i + _CHUNK] for i in range(0, len(data), _CHUNK)]
-            for chunk in chunks:
-                result = exporter.export(chunk)
-                if getattr(result, "name", "") != "SUCCESS":
-                    self.failed += 1
-                    logger.warning("simulate: exporting %s to %s failed (%s)", name, self.target, result)
+        # Chunks keep each request well under a Collector's default 4 MiB receive limit.
+        for i in range(0, len(spans), _CHUNK):
+            self._check("traces", span_exporter.export(spans[i:i + _CHUNK]))
+        for i in range(0, len(logs), _CHUNK):
+            self._check("logs", log_exporter.export(logs[i:i + _CHUNK]))
+        if metrics is not None and metrics.resource_metrics:
+            self._check("metrics", metric_exporter.export(metrics))
+
+    def _check(self, name: str, result: object) -> None:
+        if getattr(result, "name", "") != "SUCCESS":
+            self.failed += 1
+            logger.warning("simulate: exporting %s to %s failed (%s)", name, self.target, result)
 
     def close(self) -> None:
         for exporter in self._exporters:
             exporter.shutdown()
 
 
-def simulate(config: SimulateConfig, sinks: list, labels_path: Path | None) -> Summary:
+def simulate(config: SimulateConfig, sinks: Sequence[Sink], labels_path: Path | None) -> Summary:
     """Runs the workload through the sinks; writes the labels CSV. Same config ⇒ identical output."""
     workload = Workload(random.Random(f"otad-simulate:{config.seed}:workload"), config.start_ns,
                         config.duration_s, config.rate, config.anomaly_rate, config.kinds)
     telemetry = _Telemetry(random.Random(f"otad-simulate:{config.seed}:ids"))
-    summary, labels = Summary(episodes=len(workload.episodes)), []
+    summary = Summary(episodes=len(workload.episodes))
+    labels: list[Label] = []
     end_ns = config.start_ns + int(config.duration_s * SEC)
     n_slices = max(1, -(-(end_ns - config.start_ns) // SLICE_NS))
     wall0, next_report = time.monotonic(), 0.1
@@ -288,12 +317,13 @@ def simulate(config: SimulateConfig, sinks: list, labels_path: Path | None) -> S
     return summary
 
 
-def _write_labels(path: Path, labels: list) -> None:
+def _write_labels(path: Path, labels: list[Label]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(LABEL_HEADER)
-        writer.writerows(sorted(labels, key=lambda row: (row[3], row[1], row[0])))
+        rows = sorted(labels, key=lambda row: (row[3], row[1], row[0]))  # time, signal, uid
+        writer.writerows(rows)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -347,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
     config = SimulateConfig(duration_s=args.duration, rate=args.rate, seed=args.seed, start_ns=args.start,
                             anomaly_rate=args.anomaly_rate, kinds=args.kinds,
                             speedup=args.speedup if args.target else 0.0)
-    sinks: list = []
+    sinks: list[Sink] = []
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         sinks.append(FileSink(args.output_dir / "otlp.jsonl"))

@@ -96,6 +96,7 @@ class Workload:
         for t, flow in ep.events:
             if t0 <= t < t1:
                 visitor = ep.visitor if ep.kind != "brute_force" else world.attacker_visitor(self.rng, ep)
+                assert visitor is not None  # world._shape gives every episode with events a visitor
                 out.append((t, Req(visitor, ep, forced=True), flow))
         return out
 

@@ -17,6 +17,8 @@ KINDS = ("latency_spike", "db_timeout_burst", "error_rate_burst", "memory_leak",
 _MIN_LENGTH = {"memory_leak": 120.0, "crash_loop": 60.0, "brute_force": 45.0}
 # Kinds that alter ordinary requests (the others add requests of their own or only touch metrics and logs).
 REQUEST_KINDS = frozenset({"latency_spike", "db_timeout_burst", "error_rate_burst", "crash_loop"})
+# A histogram point's value: (count, sum, bucket_counts, min, max).
+HistogramValue = tuple[int, float, tuple[int, ...], float, float]
 
 
 @dataclass(slots=True)
@@ -51,7 +53,7 @@ class PointRec:
     unit: str
     attributes: dict
     time_ns: int
-    value: object  # number; for histograms (count, sum, bucket_counts, min, max)
+    value: float | HistogramValue  # a number (int or float); a tuple for histograms
     start_ns: int = 0
     label: str | None = None
 

@@ -10,7 +10,7 @@ from concurrent import futures
 from typing import NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from receiver.otlp.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, refusal, to_status
@@ -110,7 +110,7 @@ class _Servicer:
         metrics.requests.labels(self.spec.name, "grpc", outcome_label).inc()
 
     def handler(self, service_name: str) -> grpc.GenericRpcHandler:
-        method = grpc.stream_unary_rpc_method_handler(self.Export, request_deserializer=None,
+        method: grpc.RpcMethodHandler[bytes, Message] = grpc.stream_unary_rpc_method_handler(self.Export, request_deserializer=None,
                                                       response_serializer=lambda m: m.SerializeToString())
         return grpc.method_handlers_generic_handler(service_name, {"Export": method})
 
@@ -124,7 +124,7 @@ class OtlpGrpcServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-grpc"),
             options=options.channel_args(max_recv_mib),
-            interceptors=options.interceptors,
+            interceptors=list(options.interceptors),
             # No maximum_concurrent_rpcs: past it grpcio answers a bare RESOURCE_EXHAUSTED, which OTLP clients
             # drop. A queued unary RPC holds no more than its HTTP/2 flow-control window until a worker reads it;
             # overload is answered by the ingest queue (UNAVAILABLE + RetryInfo). tests/conformance pins this.

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent import futures
 
 import uvicorn
@@ -76,7 +77,8 @@ def inflate_limited(data: bytes, limit: int, wbits: int = GZIP_WBITS, what: str 
         TooLargeError: the data inflates to more than `limit` bytes.
         BadEncodingError: the data is not `what`, is truncated, or has trailing bytes.
     """
-    view, fed, pending = memoryview(data), 0, b""
+    view, fed = memoryview(data), 0
+    pending: bytes | memoryview = b""
     pieces: list[bytes] = []
     size = 0
     inflater = zlib.decompressobj(wbits)
@@ -117,6 +119,7 @@ class _HeapTrimmer:
     TRIM_INTERVAL_S = 1.0
 
     def __init__(self) -> None:
+        self._trim: Callable[[int], object] | None
         try:
             self._trim = ctypes.CDLL("libc.so.6").malloc_trim
         except (OSError, AttributeError):
@@ -141,6 +144,7 @@ class _HeapTrimmer:
     def _run(self) -> None:
         with self._lock:
             self._scheduled, self._last = False, time.monotonic()
+        assert self._trim is not None  # only scheduled with glibc
         self._trim(0)
 
 
@@ -197,6 +201,7 @@ class _App:
                 raise _Refusal("read_timeout", f"request body not received within {self.read_timeout_s:g} s") from None
             gzipped = headers.get("content-encoding", "").strip().lower() == "gzip"
             loop = asyncio.get_running_loop()  # inflating and decoding 64 MiB must not stall the event loop
+            assert spec is not None  # _read_checked refuses an unknown path
             status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, gzipped, as_json)
         except _Refusal as refused:  # refused before the export handler, which counts everything it answers
             self.metrics.requests.labels(signal, "http", refused.outcome.label).inc()
@@ -243,7 +248,8 @@ class _App:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             raise _too_large(self.limit, "(Content-Length)")
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":

@@ -12,7 +12,7 @@ import binascii
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -20,17 +20,21 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+if TYPE_CHECKING:
+    from receiver.otlp.otlpjson_fast import LightMessage
+
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
 
 SignalRequest = ExportLogsServiceRequest | ExportTraceServiceRequest | ExportMetricsServiceRequest
 
-_TOP_KEYS = {
+_TOP_KEYS: dict[str, type[SignalRequest]] = {
     "resourceLogs": ExportLogsServiceRequest,
     "resourceSpans": ExportTraceServiceRequest,
     "resourceMetrics": ExportMetricsServiceRequest,
 }
-_SIGNALS = {"resourceLogs": "logs", "resourceSpans": "traces", "resourceMetrics": "metrics"}
 Signal = Literal["logs", "traces", "metrics"]
+_SIGNALS: dict[str, Signal] = {"resourceLogs": "logs", "resourceSpans": "traces", "resourceMetrics": "metrics"}
+_M = TypeVar("_M", bound=Message)
 
 
 class OtlpJsonError(ValueError):
@@ -85,7 +89,7 @@ def from_dict(data: dict) -> SignalRequest:
     return parse(data, _TOP_KEYS[_top_key(data)])
 
 
-def from_dict_light(data: dict) -> tuple[Signal, object]:
+def from_dict_light(data: dict) -> tuple[Signal, SignalRequest | LightMessage]:
     """(signal, request) of one OTLP/JSON request, the request as a light message when it can be one.
 
     A light message (receiver/otlp/otlpjson_fast.py) reads like the protobuf request `from_dict` returns and maps to the
@@ -101,7 +105,7 @@ def from_dict_light(data: dict) -> tuple[Signal, object]:
         return _SIGNALS[key], parse(data, _TOP_KEYS[key])
 
 
-def parse(data: dict, message_type: type[Message]) -> Message:
+def parse(data: dict, message_type: type[_M]) -> _M:
     """Parse OTLP/JSON into `message_type` (the OTLP/HTTP path tells the type; `{}` is an empty request).
 
     Raises:
@@ -134,7 +138,7 @@ def read_file(path: str | Path) -> Iterator[tuple[int, SignalRequest]]:
                 raise OtlpJsonError(f"{path}:{lineno}: {exc}") from exc
 
 
-def read_file_light(path: str | Path) -> Iterator[tuple[int, Signal, object]]:
+def read_file_light(path: str | Path) -> Iterator[tuple[int, Signal, SignalRequest | LightMessage]]:
     """Like `read_file`, yielding (line number, signal, request) with light requests (see `from_dict_light`).
 
     Same lines, same errors as `read_file`; the requests map (receiver/rows/mapper.py) to the same rows, ~10x faster.

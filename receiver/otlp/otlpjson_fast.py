@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -27,7 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 __all__ = ["Fallback", "LightMessage", "decode_request"]
 
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})  # hex in OTLP/JSON (see receiver/otlp/otlpjson.py)
-_SURROGATE = json_format._UNPAIRED_SURROGATE_PATTERN  # json_format rejects strings that match it
+# json_format rejects strings that match it (private, so not in the stubs)
+_SURROGATE = json_format._UNPAIRED_SURROGATE_PATTERN  # type: ignore[attr-defined]
 _MAX_DEPTH = 64  # json_format allows 100 nested messages; deeper input takes the reflective path
 _CASE = "_oneof_"  # attribute prefix: the set member of a oneof (None when unset)
 _SHARED_MAX = 1 << 16  # shared attribute KeyValues kept
@@ -65,6 +67,14 @@ class LightMessage:
 
 Converter = Callable[[object, int], object]
 
+if TYPE_CHECKING:  # what `_key_values` sets on the light KeyValue and AnyValue classes built from the descriptors
+    class _LightAnyValue(LightMessage):
+        _oneof_value: str | None
+
+    class _LightKeyValue(LightMessage):
+        key: str
+        value: LightMessage
+
 
 def _string(value: object, depth: int) -> str:
     if type(value) is str and (value.isascii() or not _SURROGATE.search(value)):
@@ -101,9 +111,11 @@ def _integer(low: int, high: int) -> Converter:
 
 
 def _enum(field: FieldDescriptor) -> Converter:
-    if field.enum_type.is_closed:
+    enum_type = field.enum_type
+    assert enum_type is not None  # an enum field
+    if enum_type.is_closed:
         raise TypeError(f"closed enum {field.full_name} is not supported")
-    numbers = {name: v.number for name, v in field.enum_type.values_by_name.items()}
+    numbers = {name: v.number for name, v in enum_type.values_by_name.items()}
 
     def convert(value: object, depth: int) -> int:
         if type(value) is int and -(1 << 31) <= value < (1 << 31):
@@ -220,8 +232,8 @@ class _Schema:
         Attributes repeat a lot (resource attributes on every line, a few values per key), so a KeyValue whose key
         and value are strings is built once and shared (light messages are read-only).
         """
-        key_value = self.classes[_KEY_VALUE]
-        any_value = self.classes[_ANY_VALUE]
+        key_value = cast("type[_LightKeyValue]", self.classes[_KEY_VALUE])
+        any_value = cast("type[_LightAnyValue]", self.classes[_ANY_VALUE])
         integer = _integer(*_INT_RANGES[F.TYPE_INT64])
         scalars = {"stringValue": ("string_value", _string), "intValue": ("int_value", integer),
                    "doubleValue": ("double_value", _double), "boolValue": ("bool_value", _bool)}
@@ -303,7 +315,9 @@ def decode_request(data: dict, key: str) -> LightMessage:
     Raises:
         Fallback: the dict needs the reflective path (which also gives the canonical error for bad input).
     """
-    return _REQUESTS[key][1](data, 0)
+    request = _REQUESTS[key][1](data, 0)
+    assert isinstance(request, LightMessage)  # a message converter builds one (`_Schema._message`)
+    return request
 
 
 def light_class(full_name: str) -> type[LightMessage]:

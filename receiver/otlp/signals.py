@@ -10,6 +10,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
+from receiver.otlp.otlpjson import SignalRequest
 from receiver.rows.mapper import MappedBatch, RowMapper
 
 __all__ = ["SIGNALS", "SignalSpec"]
@@ -22,7 +23,7 @@ class SignalSpec:
     name: str  # logs | traces | metrics
     noun: str  # log records | spans | data points (used in partial_success messages)
     rejected_field: str  # rejected_log_records | rejected_spans | rejected_data_points
-    request_type: type
+    request_type: type[SignalRequest]
     response_type: type
     map: Callable[[RowMapper, Any, int | None], MappedBatch]  # the RowMapper method for this request type
     service_name: str  # the gRPC service

@@ -58,14 +58,16 @@ def load_server_tls(settings: Settings) -> ServerTls | None:
     Raises:
         ConfigError: a file is missing or unreadable, or the certificate and key do not belong together.
     """
-    if settings.tls_cert_file is None:
+    cert_file, key_file = settings.tls_cert_file, settings.tls_key_file
+    if cert_file is None:
         return None
-    cert = _read(settings.tls_cert_file, "OTAD_TLS_CERT_FILE", "certificate (chain)")
-    key = _read(settings.tls_key_file, "OTAD_TLS_KEY_FILE", "private key")
+    assert key_file is not None  # Settings refuses one without the other
+    cert = _read(cert_file, "OTAD_TLS_CERT_FILE", "certificate (chain)")
+    key = _read(key_file, "OTAD_TLS_KEY_FILE", "private key")
     ca = None
     if settings.tls_client_ca_file is not None:
         ca = _read(settings.tls_client_ca_file, "OTAD_TLS_CLIENT_CA_FILE", "CA bundle")
-    tls = ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, cert, key, ca)
+    tls = ServerTls(cert_file, key_file, settings.tls_client_ca_file, cert, key, ca)
     try:
         tls.ssl_context()
     except ssl.SSLError as exc:

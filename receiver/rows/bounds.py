@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from json.encoder import encode_basestring_ascii
+from typing import TypeGuard, cast
 
 from model.schema import Row, Value, content_uid, row_to_dict
 from receiver.rows.common import ATTRIBUTE_COLUMNS, RejectError, ResourceContext
@@ -41,7 +43,7 @@ _ORDER = ("uid", "service", "message", "attributes", "resource")  # marker order
 _SHORT = 256  # a string of at most this many characters is within every per-value limit (4 bytes a char)
 _SHORT_KEY = KEY_MAX // 4
 _ENTRY = 32  # JSON bytes of a field beyond its key and string value: quotes, ':' ',' or a number (int64 or float)
-_is_str = str.__instancecheck__
+_is_str = cast("Callable[[object], TypeGuard[str]]", str.__instancecheck__)  # isinstance(x, str), no Python frame
 
 # The columns the mappers themselves write: kept first, and only ever cut, never dropped.
 CORE = frozenset({column for targets in ATTRIBUTE_COLUMNS.values() for column, _, _ in targets}) | {
@@ -284,16 +286,18 @@ def _fit(row: Row, res: ResourceBounds, notes: dict[str, list[str]]) -> None:
         over -= _drop(f_sizes, key)
         _note(notes, "attributes", "fields dropped to fit the row")
     while over > 0:  # only core columns are left: their keys are short, so cutting values always ends
-        key = max((k for k, v in fields.items() if v.__class__ is str and v), key=f_sizes.__getitem__, default=None)
-        if key is None:
+        longest = max((k for k, v in fields.items() if v.__class__ is str and v), key=f_sizes.__getitem__,
+                      default=None)
+        if longest is None:
             raise RejectError(f"row does not fit in {ROW_MAX} bytes")  # unreachable with the limits above
-        over -= _cut(fields, f_sizes, key, max(over, f_sizes[key] // 2))
-        _note(notes, "message" if key == "message" else "attributes", "cut to fit the row")
+        over -= _cut(fields, f_sizes, longest, max(over, f_sizes[longest] // 2))
+        _note(notes, "message" if longest == "message" else "attributes", "cut to fit the row")
 
 
 def _cut(fields: dict[str, Value], sizes: dict[str, int], key: str, by: int) -> int:
     """Cut the string value of `key` by at least `by` JSON bytes (or to ""); the bytes saved."""
     value = fields[key]
+    assert isinstance(value, str)  # callers pick string values only
     size = len(encode_basestring_ascii(value))
     fields[key] = cut = cut_json(value, max(size - by, 2))
     saved = size - len(encode_basestring_ascii(cut))

@@ -223,10 +223,10 @@ def map_attributes(attrs: dict[str, object], fields: dict[str, Value], ranks: di
                     fields[column] = converted
                     ranks[column] = rank
         if not mapped:
-            column = column_value(value)
+            unmapped = column_value(value)
             name = "unmapped." + key
-            if column is not None and (not offset or name not in fields):
-                fields[name] = column
+            if unmapped is not None and (not offset or name not in fields):
+                fields[name] = unmapped
     return hints
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TypedDict
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
@@ -84,12 +85,25 @@ def parse_body(record: LogRecord) -> tuple[object, str | None, dict | None]:
     return raw, str(column_value(raw)), None
 
 
-def _apply_ocsf(obj: dict, fields: dict[str, Value]) -> dict[str, int | str | None]:
+class _OcsfTaken(TypedDict):
+    """What an OCSF-shaped body gives the Row itself (None: absent or not an int64 / a string)."""
+
+    class_uid: int | None
+    activity_id: int | None
+    severity_id: int | None
+    status_id: int | None
+    time: int | None
+    message: str | None
+
+
+def _apply_ocsf(obj: dict, fields: dict[str, Value]) -> _OcsfTaken:
     """Take the ids, message and time of an OCSF-shaped body; flatten the rest into dot-path columns."""
-    taken: dict[str, int | str | None] = {k: to_int(obj.get(k)) for k in ("class_uid", "activity_id", "severity_id",
-                                                                    "status_id", "time")}
     message = obj.get("message")
-    taken["message"] = message if isinstance(message, str) else None
+    taken: _OcsfTaken = {
+        "class_uid": to_int(obj.get("class_uid")), "activity_id": to_int(obj.get("activity_id")),
+        "severity_id": to_int(obj.get("severity_id")), "status_id": to_int(obj.get("status_id")),
+        "time": to_int(obj.get("time")), "message": message if isinstance(message, str) else None,
+    }
     rest = {k: v for k, v in obj.items() if k not in _OCSF_TAKEN}
     for path, value in flatten(rest).items():
         column = column_value(value)

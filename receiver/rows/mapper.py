@@ -20,7 +20,7 @@ from model.schema import Row
 from receiver.events import (
     OTAD_SCOPE,  # otad's own anomaly events: the Collector should drop them, otad skips them
 )
-from receiver.rows.bounds import bound_resource, bound_row
+from receiver.rows.bounds import ResourceBounds, bound_resource, bound_row
 from receiver.rows.common import RejectError, ResourceContext, resource_context
 from receiver.rows.logs import map_log_record
 from receiver.rows.metrics import SeriesState, map_point, metric_info
@@ -142,10 +142,11 @@ class RowMapper:
         for ri, resource in enumerate(resources):
             try:
                 ctx: ResourceContext | None
+                bounds: ResourceBounds | None
                 ctx, bounds = bound_resource(resource_context(resource.resource))
                 broken = ""
             except Exception as exc:  # one bad resource must not fail the request
-                ctx, broken = None, _reason(exc)
+                ctx, bounds, broken = None, None, _reason(exc)
             for si, scoped in enumerate(getattr(resource, scopes_attr)):
                 items = items_of(scoped)
                 batch.total += len(items)
@@ -158,7 +159,7 @@ class RowMapper:
                     if noun is None:
                         where, item = item
                     try:
-                        if ctx is None:
+                        if bounds is None:  # the resource is broken (ctx is None too)
                             raise RejectError(broken)
                         row = map_one(item, ctx, scope)
                         found = bound_row(row, bounds) if row is not None else None

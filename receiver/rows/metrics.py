@@ -14,7 +14,7 @@ from receiver.rows.common import RejectError, ResourceContext, any_value, column
 
 NO_RECORDED_VALUE = 1  # DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 QUANTILES = (("metric.p50", 0.5), ("metric.p95", 0.95), ("metric.p99", 0.99))
-_TEMPORALITY = {
+_TEMPORALITY: dict[int, str] = {
     AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA: "delta",
     AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE: "cumulative",
 }
