@@ -39,8 +39,21 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def make_batch(rng: random.Random, start: int, n: int, dim: int, t0: int) -> tuple[dict, np.ndarray]:
-    cols: dict[str, list] = {k: [] for k in ("uid", "signal", "service", "class_uid", "time_ms", "trace_id",
-                                            "score", "is_anomaly", "is_reference", "row")}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "uid",
+            "signal",
+            "service",
+            "class_uid",
+            "time_ms",
+            "trace_id",
+            "score",
+            "is_anomaly",
+            "is_reference",
+            "row",
+        )
+    }
     for i in range(start, start + n):
         service = SERVICES[i % len(SERVICES)]
         cols["uid"].append(f"{i:032x}")
@@ -53,13 +66,31 @@ def make_batch(rng: random.Random, start: int, n: int, dim: int, t0: int) -> tup
         cols["is_anomaly"].append(False)
         cols["is_reference"].append(i % 2 == 0)
         path = f"/products/{rng.randint(1, 9999)}"
-        cols["row"].append(json.dumps({
-            "uid": f"{i:032x}", "signal": "logs", "service": service, "time_ms": t0 + i,
-            "body": f"GET {path} 200 in {rng.lognormvariate(3, 0.5):.1f} ms", "severity_number": 9,
-            "attributes": {"http.request.method": "GET", "url.path": path, "user.name": f"user{rng.randint(1, 80)}",
-                           "http.response.status_code": 200, "duration_ms": rng.lognormvariate(3, 0.5)},
-            "resource": {"service.name": service, "host.name": "node-1", "k8s.namespace.name": "shop"},
-        }, separators=(",", ":")))
+        cols["row"].append(
+            json.dumps(
+                {
+                    "uid": f"{i:032x}",
+                    "signal": "logs",
+                    "service": service,
+                    "time_ms": t0 + i,
+                    "body": f"GET {path} 200 in {rng.lognormvariate(3, 0.5):.1f} ms",
+                    "severity_number": 9,
+                    "attributes": {
+                        "http.request.method": "GET",
+                        "url.path": path,
+                        "user.name": f"user{rng.randint(1, 80)}",
+                        "http.response.status_code": 200,
+                        "duration_ms": rng.lognormvariate(3, 0.5),
+                    },
+                    "resource": {
+                        "service.name": service,
+                        "host.name": "node-1",
+                        "k8s.namespace.name": "shop",
+                    },
+                },
+                separators=(",", ":"),
+            )
+        )
     emb = np.asarray([[rng.gauss(0, 1) for _ in range(dim)] for _ in range(n)], dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     return cols, emb
@@ -70,15 +101,22 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=4096, help="rows per upsert (OTAD_BATCH_ROWS)")
     ap.add_argument("--dim", type=int, default=32)
-    ap.add_argument("--rows-index", default="autoindex", choices=["flat", "autoindex"],
-                    help="embedding index of the rows collection (OTAD_MILVUS_ROWS_INDEX)")
+    ap.add_argument(
+        "--rows-index",
+        default="autoindex",
+        choices=["flat", "autoindex"],
+        help="embedding index of the rows collection (OTAD_MILVUS_ROWS_INDEX)",
+    )
     ap.add_argument("--settle", type=float, default=10.0, help="seconds to wait after the writes")
     ap.add_argument("--keep", default=None, help="data dir to use (default: a temp dir, removed)")
     args = ap.parse_args()
 
     rng = random.Random(1)
     t0 = int(time.time() * 1000) - args.rows
-    batches = [make_batch(rng, s, min(args.batch, args.rows - s), args.dim, t0) for s in range(0, args.rows, args.batch)]
+    batches = [
+        make_batch(rng, s, min(args.batch, args.rows - s), args.dim, t0)
+        for s in range(0, args.rows, args.batch)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(args.keep or tmp)
         server = LiteServerProcess(data_dir / "milvus.db")
@@ -97,8 +135,9 @@ def main() -> None:
             count = store.count_rows("bench")
             store.upsert_row_columns("bench", *batches[0])  # a spool replay: same uids again
             replay = store.count_rows("bench")
-            svc = store.query_rows("bench", "service == {s} and time_ms >= {t}", {"s": "auth", "t": t0},
-                                   limit=10)
+            svc = store.query_rows(
+                "bench", "service == {s} and time_ms >= {t}", {"s": "auth", "t": t0}, limit=10
+            )
             q = batches[-1][1][:50]
             store.search("bench", q[:1], 10)  # loads the segment indexes
             ts = time.monotonic()
@@ -115,12 +154,16 @@ def main() -> None:
     n = args.rows
     print(f"rows {n}  batch {args.batch}  dim {args.dim}  index {args.rows_index}")
     print(f"write calls  {w1 - w0:6.1f} s wall  {n / (w1 - w0):8.0f} rows/s")
-    print(f"server CPU   {(c1 - c0) * 1e6 / n:6.1f} us/row during writes  "
-          f"+{(c2 - c1) * 1e6 / n:5.1f} us/row in the {args.settle:.0f} s after  = {(c2 - c0) * 1e6 / n:6.1f} us/row")
+    print(
+        f"server CPU   {(c1 - c0) * 1e6 / n:6.1f} us/row during writes  "
+        f"+{(c2 - c1) * 1e6 / n:5.1f} us/row in the {args.settle:.0f} s after  = {(c2 - c0) * 1e6 / n:6.1f} us/row"
+    )
     print(f"client CPU   {(s1 - s0) * 1e6 / n:6.1f} us/row")
     print(f"search       {search_ms:6.1f} ms per query (k=10)  {fsearch_ms:6.1f} ms with a service filter")
-    print(f"count {count}  after replay {replay}  filtered query {len(svc)} rows "
-          f"{'OK' if count == replay == n and svc else 'MISMATCH'}")
+    print(
+        f"count {count}  after replay {replay}  filtered query {len(svc)} rows "
+        f"{'OK' if count == replay == n and svc else 'MISMATCH'}"
+    )
 
 
 if __name__ == "__main__":

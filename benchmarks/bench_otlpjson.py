@@ -70,16 +70,40 @@ def measure(reader: str, path: Path) -> dict:
 
 
 def run(reader: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", reader, "--input", str(path)], cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", reader, "--input", str(path)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def simulate(duration: int, out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "receiver.cli", "simulate", "--output-dir", str(out), "--duration",
-                    str(duration), "--rate", "6", "--anomaly-rate", "0.1", "--seed", "3"], cwd=ROOT,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT), OTAD_LOG_LEVEL="WARNING"), check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver.cli",
+            "simulate",
+            "--output-dir",
+            str(out),
+            "--duration",
+            str(duration),
+            "--rate",
+            "6",
+            "--anomaly-rate",
+            "0.1",
+            "--seed",
+            "3",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OTAD_LOG_LEVEL="WARNING"),
+        check=True,
+        capture_output=True,
+    )
     return out / "otlp.jsonl"
 
 
@@ -95,22 +119,32 @@ def main() -> int:
         return 0
     path = args.input or simulate(args.duration, Path(tempfile.mkdtemp(prefix="otad-bench-json-")))
     size = path.stat().st_size / 1e6
-    print(f"{path}: {size:.1f} MB; {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}")
+    print(
+        f"{path}: {size:.1f} MB; {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}"
+    )
     best: dict[str, dict] = {}
     for i in range(args.repeat):
         for reader in ("new", "new-2", "old"):
             result = run(reader, path)
-            print(f"  run {i + 1} {reader}: {result['rows']:,} rows in {result['wall']:.2f} s wall "
-                  f"({result['cpu']:.2f} s CPU)", flush=True)
+            print(
+                f"  run {i + 1} {reader}: {result['rows']:,} rows in {result['wall']:.2f} s wall "
+                f"({result['cpu']:.2f} s CPU)",
+                flush=True,
+            )
             if reader not in best or result["wall"] < best[reader]["wall"]:
                 best[reader] = result
     old = best["old"]
-    for reader, label in (("old", "old (json_format -> protobuf -> rows)"), ("new", "new (otad train/score --input)"),
-                          ("new-2", "new, 2 worker processes")):
+    for reader, label in (
+        ("old", "old (json_format -> protobuf -> rows)"),
+        ("new", "new (otad train/score --input)"),
+        ("new-2", "new, 2 worker processes"),
+    ):
         result = best[reader]
-        print(f"{label:<38} {result['rows'] / result['wall']:>9,.0f} records/s ({result['wall']:.2f} s, "
-              f"{size / result['wall']:.1f} MB/s, {old['wall'] / result['wall']:.1f}x)")
+        print(
+            f"{label:<38} {result['rows'] / result['wall']:>9,.0f} records/s ({result['wall']:.2f} s, "
+            f"{size / result['wall']:.1f} MB/s, {old['wall'] / result['wall']:.1f}x)"
+        )
     same = all(best[r]["rows"] == old["rows"] and best[r]["digest"] == old["digest"] for r in best)
     print(f"rows identical: {'yes' if same else 'NO'}")
     return 0 if same else 1

@@ -46,8 +46,12 @@ def make_request(rng: random.Random, n: int, t0: int, seq: list[int]) -> logs_pb
             ms = rng.lognormvariate(3, 0.5)
             lr = sl.log_records.add(time_unix_nano=t0 + seq[0] * 200_000, severity_number=9)
             lr.body.string_value = f"GET {path} 200 in {ms:.1f} ms"
-            for k, v in (("http.request.method", "GET"), ("url.path", path), ("user.name", f"user{rng.randint(1, 80)}"),
-                         ("log.record.uid", f"{seq[0]:032x}")):
+            for k, v in (
+                ("http.request.method", "GET"),
+                ("url.path", path),
+                ("user.name", f"user{rng.randint(1, 80)}"),
+                ("log.record.uid", f"{seq[0]:032x}"),
+            ):
                 lr.attributes.append(KeyValue(key=k, value=AnyValue(string_value=v)))
             lr.attributes.append(KeyValue(key="http.response.status_code", value=AnyValue(int_value=200)))
             lr.attributes.append(KeyValue(key="duration_ms", value=AnyValue(double_value=ms)))
@@ -67,6 +71,7 @@ def renumber(req: logs_pb.ExportLogsServiceRequest, client: int, sent: int, t_ba
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -75,11 +80,13 @@ def free_port() -> int:
 def status(port: int) -> dict:
     import json
     import urllib.request
+
     return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
 
 
 def stage_sums(port: int) -> dict[str, float]:
     import urllib.request
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
@@ -96,15 +103,23 @@ def _cpu_s(pid: int) -> float:
 
 def cpu_by_process(otad_pid: int) -> dict[str, float]:
     """CPU seconds so far of otad serve, its children (scoring process, Milvus Lite server) and this process."""
-    out = {"otad serve (receiver, mapper, spool, store)": _cpu_s(otad_pid), "load clients (this process)": sum(os.times()[:2])}
+    out = {
+        "otad serve (receiver, mapper, spool, store)": _cpu_s(otad_pid),
+        "load clients (this process)": sum(os.times()[:2]),
+    }
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             if ppid != otad_pid:
                 continue
             cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            name = ("Milvus Lite server" if "milvus_lite" in cmd or "lite_server" in cmd else "scoring process" if "spawn_main" in cmd
-                    and "resource_tracker" not in cmd else "other")
+            name = (
+                "Milvus Lite server"
+                if "milvus_lite" in cmd or "lite_server" in cmd
+                else "scoring process"
+                if "spawn_main" in cmd and "resource_tracker" not in cmd
+                else "other"
+            )
             out[name] = out.get(name, 0.0) + _cpu_s(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -133,7 +148,9 @@ def load(stub, clients: int, batch: int, seconds: float, rate: float | None, t_b
                     time.sleep(delay)
                 next_at += interval
             req = reqs[i % len(reqs)]
-            sent = renumber(req, seed, sent, t_base)  # every record new, as in real traffic (not an overwrite)
+            sent = renumber(
+                req, seed, sent, t_base
+            )  # every record new, as in real traffic (not an overwrite)
             start = time.perf_counter()
             try:
                 stub.Export(req, timeout=10)
@@ -156,8 +173,12 @@ def load(stub, clients: int, batch: int, seconds: float, rate: float | None, t_b
     for th in threads:
         th.join()
     lat = np.asarray(latencies or [0.0]) * 1000
-    return {"accepted": accepted[0], "refused": refused[0], "p50": float(np.percentile(lat, 50)),
-            "p99": float(np.percentile(lat, 99))}
+    return {
+        "accepted": accepted[0],
+        "refused": refused[0],
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+    }
 
 
 def serve_bare_decode(port: int) -> None:
@@ -174,11 +195,17 @@ def serve_bare_decode(port: int) -> None:
                     n += lr.time_unix_nano > 0
         return logs_pb.ExportLogsServiceResponse().SerializeToString()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         options=[("grpc.max_receive_message_length", 64 << 20)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.max_receive_message_length", 64 << 20)]
+    )
     handler = grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.logs.v1.LogsService", {"Export": handler}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.logs.v1.LogsService", {"Export": handler}
+            ),
+        )
+    )
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()
@@ -220,11 +247,19 @@ def main() -> int:
     anchor = measure_anchor(args, 1_762_041_600_000_000_000)
     tmp = Path(tempfile.mkdtemp(prefix="otad-bench-"))
     gport, mport = free_port(), free_port()
-    env = dict(os.environ, OTAD_DATA_DIR=str(tmp), OTAD_GRPC_ENDPOINT=f"127.0.0.1:{gport}",
-               OTAD_METRICS_ENDPOINT=f"127.0.0.1:{mport}", OTAD_HTTP_ENDPOINT="127.0.0.1:0", OTAD_BOOTSTRAP_ROWS=str(args.bootstrap),
-               OTAD_TRAIN_EPOCHS="8", OTAD_LOG_LEVEL="WARNING")
-    otad = subprocess.Popen([sys.executable, "-m", "receiver.cli", "serve"], env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+    env = dict(
+        os.environ,
+        OTAD_DATA_DIR=str(tmp),
+        OTAD_GRPC_ENDPOINT=f"127.0.0.1:{gport}",
+        OTAD_METRICS_ENDPOINT=f"127.0.0.1:{mport}",
+        OTAD_HTTP_ENDPOINT="127.0.0.1:0",
+        OTAD_BOOTSTRAP_ROWS=str(args.bootstrap),
+        OTAD_TRAIN_EPOCHS="8",
+        OTAD_LOG_LEVEL="WARNING",
+    )
+    otad = subprocess.Popen(
+        [sys.executable, "-m", "receiver.cli", "serve"], env=env, cwd=Path(__file__).resolve().parents[1]
+    )
     try:
         for _ in range(600):
             try:
@@ -258,14 +293,36 @@ def main() -> int:
             time.sleep(0.5)
 
         if os.environ.get("OTAD_BENCH_PROFILE"):
-            subprocess.Popen(["py-spy", "record", "-o", os.environ["OTAD_BENCH_PROFILE"], "-d", "15", "-f", "raw",
-                              "-p", str(otad.pid), "--threads", "--idle", "--subprocesses"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-o",
+                    os.environ["OTAD_BENCH_PROFILE"],
+                    "-d",
+                    "15",
+                    "-f",
+                    "raw",
+                    "-p",
+                    str(otad.pid),
+                    "--threads",
+                    "--idle",
+                    "--subprocesses",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         results = {}
         for name, rate in (("flood", None), ("paced", args.rate)):
-            before, stages0, cpu0 = status(mport)["processed_rows"], stage_sums(mport), cpu_by_process(otad.pid)
+            before, stages0, cpu0 = (
+                status(mport)["processed_rows"],
+                stage_sums(mport),
+                cpu_by_process(otad.pid),
+            )
             begin = time.monotonic()
-            results[name] = load(stub, args.clients, args.batch, args.seconds, rate, t0 + (2 if rate else 1) * 10**15)
+            results[name] = load(
+                stub, args.clients, args.batch, args.seconds, rate, t0 + (2 if rate else 1) * 10**15
+            )
             while status(mport)["queued_rows"]:
                 time.sleep(0.2)
             time.sleep(1.0)
@@ -273,28 +330,42 @@ def main() -> int:
             results[name]["processed"] = status(mport)["processed_rows"] - before
             stages1 = stage_sums(mport)
             cpu1 = cpu_by_process(otad.pid)
-            results[name]["cpu"] = {k: (cpu1[k] - cpu0.get(k, 0.0)) / max(results[name]["processed"], 1) * 1e6
-                                    for k in cpu1}
-            results[name]["stages"] = {k: (stages1[k] - stages0.get(k, 0)) / max(results[name]["processed"], 1) * 1e6
-                                       for k in stages1}
+            results[name]["cpu"] = {
+                k: (cpu1[k] - cpu0.get(k, 0.0)) / max(results[name]["processed"], 1) * 1e6 for k in cpu1
+            }
+            results[name]["stages"] = {
+                k: (stages1[k] - stages0.get(k, 0)) / max(results[name]["processed"], 1) * 1e6
+                for k in stages1
+            }
     finally:
         otad.terminate()
         otad.wait(30)
 
     flood, paced = results["flood"], results["paced"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"otad serve (Milvus Lite child process) and the load clients share the machine")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"otad serve (Milvus Lite child process) and the load clients share the machine"
+    )
     print(f"{'figure':<52}{'value':>16}")
     table = [
         ("clients x records per Export", f"{args.clients} x {args.batch}"),
         ("flood: accepted log records/s", f"{flood['accepted'] / args.seconds:,.0f}"),
         ("anchor: bare-decode server, accepted records/s", f"{anchor:,.0f}"),
-        ("flood: scored + stored log records/s (end to end)", f"{flood['processed'] / flood['elapsed']:,.0f}"),
-        ("flood: end to end as a share of the anchor", f"{flood['processed'] / flood['elapsed'] / anchor:.2%}"),
+        (
+            "flood: scored + stored log records/s (end to end)",
+            f"{flood['processed'] / flood['elapsed']:,.0f}",
+        ),
+        (
+            "flood: end to end as a share of the anchor",
+            f"{flood['processed'] / flood['elapsed'] / anchor:.2%}",
+        ),
         ("flood: accepted as a share of the anchor", f"{flood['accepted'] / args.seconds / anchor:.2%}"),
         ("flood: Export calls refused (UNAVAILABLE+RetryInfo)", f"{flood['refused']}"),
         (f"paced {args.rate:,.0f}/s: accepted log records/s", f"{paced['accepted'] / args.seconds:,.0f}"),
-        (f"paced {args.rate:,.0f}/s: scored + stored records/s", f"{paced['processed'] / paced['elapsed']:,.0f}"),
+        (
+            f"paced {args.rate:,.0f}/s: scored + stored records/s",
+            f"{paced['processed'] / paced['elapsed']:,.0f}",
+        ),
         (f"paced {args.rate:,.0f}/s: Export p50 / p99 (ms)", f"{paced['p50']:.1f} / {paced['p99']:.1f}"),
         ("map OTLP -> rows (us/record, this process)", f"{map_us:.1f}"),
         ("featurize+embed+score (us/record)", f"{flood['stages'].get('featurize_embed_score', 0):.1f}"),

@@ -68,8 +68,13 @@ class Child:
     """The serving child process, its ports and its RSS."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         self.grpc_port, self.http_port = map(int, self.proc.stdout.readline().split())
 
     def rss_mib(self) -> float:
@@ -102,10 +107,13 @@ def big_logs(mib: int) -> bytes:
 
 
 def grpc_export(port: int, payload: bytes, compress: bool) -> grpc.StatusCode:
-    with grpc.insecure_channel(f"localhost:{port}", options=[("grpc.max_send_message_length", -1)]) as channel:
+    with grpc.insecure_channel(
+        f"localhost:{port}", options=[("grpc.max_send_message_length", -1)]
+    ) as channel:
         try:
-            channel.unary_unary(LOGS_EXPORT)(payload, timeout=60,
-                                             compression=grpc.Compression.Gzip if compress else None)
+            channel.unary_unary(LOGS_EXPORT)(
+                payload, timeout=60, compression=grpc.Compression.Gzip if compress else None
+            )
         except grpc.RpcError as err:
             return err.code()
     return grpc.StatusCode.OK
@@ -116,8 +124,13 @@ def http_export(port: int, body: bytes, headers: dict[str, str], chunked: bool =
     try:
         headers = {"Content-Type": "application/x-protobuf", **headers}
         if chunked:  # an iterable body without Content-Length goes out in chunked transfer encoding
-            conn.request("POST", "/v1/logs", body=(body[i:i + MIB] for i in range(0, len(body), MIB)),
-                         headers=headers, encode_chunked=True)
+            conn.request(
+                "POST",
+                "/v1/logs",
+                body=(body[i : i + MIB] for i in range(0, len(body), MIB)),
+                headers=headers,
+                encode_chunked=True,
+            )
         else:
             conn.request("POST", "/v1/logs", body=body, headers=headers)
         try:
@@ -185,9 +198,13 @@ def main() -> None:
         return
     print(f"python {sys.version.split()[0]}, grpcio {grpc.__version__}, {os.cpu_count()} cpus")
     print(f"{'kind':<14}{'client got':<22}{'RSS before':>12}{'after':>10}{'delta':>10}{'gc':>10}{'trim':>10}")
-    for kind, status, before, after, after_gc, after_trim in measure(tuple(args.kinds.split(",")), args.repeat, args.settle):
-        print(f"{kind:<14}{str(status):<22}{before:>10.1f} M{after:>8.1f} M{after - before:>+8.1f} M"
-              f"{after_gc - before:>+8.1f} M{after_trim - before:>+8.1f} M")
+    for kind, status, before, after, after_gc, after_trim in measure(
+        tuple(args.kinds.split(",")), args.repeat, args.settle
+    ):
+        print(
+            f"{kind:<14}{str(status):<22}{before:>10.1f} M{after:>8.1f} M{after - before:>+8.1f} M"
+            f"{after_gc - before:>+8.1f} M{after_trim - before:>+8.1f} M"
+        )
 
 
 if __name__ == "__main__":

@@ -27,26 +27,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import free_port, load, status  # noqa: E402
 
-CONFIGS = [("off", {"OTAD_SPOOL_ENABLED": "false"}),
-           ("on, fsync never", {"OTAD_SPOOL_FSYNC": "never"}),
-           ("on, fsync interval 10 ms", {"OTAD_SPOOL_FSYNC": "interval", "OTAD_SPOOL_FSYNC_INTERVAL_MS": "10"}),
-           ("on, fsync always", {"OTAD_SPOOL_FSYNC": "always"})]
+CONFIGS = [
+    ("off", {"OTAD_SPOOL_ENABLED": "false"}),
+    ("on, fsync never", {"OTAD_SPOOL_FSYNC": "never"}),
+    ("on, fsync interval 10 ms", {"OTAD_SPOOL_FSYNC": "interval", "OTAD_SPOOL_FSYNC_INTERVAL_MS": "10"}),
+    ("on, fsync always", {"OTAD_SPOOL_FSYNC": "always"}),
+]
 
 
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
 
 
 def run(name: str, extra: dict[str, str], args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="otad-bench-spool-"))
     gport, mport = free_port(), free_port()
-    env = dict(os.environ, OTAD_DATA_DIR=str(tmp), OTAD_GRPC_ENDPOINT=f"127.0.0.1:{gport}",
-               OTAD_METRICS_ENDPOINT=f"127.0.0.1:{mport}", OTAD_BOOTSTRAP_ROWS="100000000",
-               OTAD_QUEUE_ROWS=str(args.queue_rows), OTAD_LOG_LEVEL="WARNING", **extra)
-    otad = subprocess.Popen([sys.executable, "-m", "receiver.cli", "serve"], env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+    env = dict(
+        os.environ,
+        OTAD_DATA_DIR=str(tmp),
+        OTAD_GRPC_ENDPOINT=f"127.0.0.1:{gport}",
+        OTAD_METRICS_ENDPOINT=f"127.0.0.1:{mport}",
+        OTAD_BOOTSTRAP_ROWS="100000000",
+        OTAD_QUEUE_ROWS=str(args.queue_rows),
+        OTAD_LOG_LEVEL="WARNING",
+        **extra,
+    )
+    otad = subprocess.Popen(
+        [sys.executable, "-m", "receiver.cli", "serve"], env=env, cwd=Path(__file__).resolve().parents[1]
+    )
     try:
         for _ in range(600):
             try:
@@ -81,15 +94,21 @@ def main() -> int:
     args = ap.parse_args()
     results = [(name, run(name, extra, args)) for name, extra in CONFIGS]
     base = results[0][1]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.clients} clients x {args.batch} records per Export, {args.seconds:.0f} s flood per row")
-    header = f"{'spool':<26}{'accepted/s':>12}{'vs off':>8}{'stored/s':>10}{'vs off':>8}{'p50 ms':>8}{'p99 ms':>8}" \
-             f"{'fsyncs':>8}{'fsync ms':>9}"
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{args.clients} clients x {args.batch} records per Export, {args.seconds:.0f} s flood per row"
+    )
+    header = (
+        f"{'spool':<26}{'accepted/s':>12}{'vs off':>8}{'stored/s':>10}{'vs off':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'fsyncs':>8}{'fsync ms':>9}"
+    )
     print(header)
     for name, r in results:
-        print(f"{name:<26}{r['accepted_s']:>12,.0f}{r['accepted_s'] / base['accepted_s'] - 1:>+8.0%}"
-              f"{r['stored']:>10,.0f}{r['stored'] / base['stored'] - 1:>+8.0%}{r['p50']:>8.1f}{r['p99']:>8.1f}"
-              f"{r['fsyncs']:>8.0f}{r['fsync_ms']:>9.2f}")
+        print(
+            f"{name:<26}{r['accepted_s']:>12,.0f}{r['accepted_s'] / base['accepted_s'] - 1:>+8.0%}"
+            f"{r['stored']:>10,.0f}{r['stored'] / base['stored'] - 1:>+8.0%}{r['p50']:>8.1f}{r['p99']:>8.1f}"
+            f"{r['fsyncs']:>8.0f}{r['fsync_ms']:>9.2f}"
+        )
     return 0
 
 

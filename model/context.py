@@ -41,7 +41,9 @@ FAILURE_EXCESS = "ctx.failure_excess_60s"
 FAILURE_TAU_MS = 30 * 60_000
 
 LATENCY_WARMUP = 20  # observations of an operation before its latency z is trusted
-LATENCY_ALPHA = 0.02  # EWMA weight of one observation at most (outliers learn 20x slower, so a spike stays visible)
+LATENCY_ALPHA = (
+    0.02  # EWMA weight of one observation at most (outliers learn 20x slower, so a spike stays visible)
+)
 # Baselines forget by time, not by count, so a busy operation's ten-minute incident does not become its own
 # baseline: one observation weighs 1 - exp(-dt / tau), at most the per-observation weight and at least 1/(n+1)
 # (a young baseline is the plain mean of everything seen so far).
@@ -53,19 +55,32 @@ PAIR_SATURATION = 20
 
 # Volume-free on purpose (shares and ratios), so a daily traffic rhythm is not an anomaly.
 FEATURES = (
-    TEMPLATE_RATE[0], SERVICE_FAIL[0], "ctx.service_failure_ratio_60s", FAILURE_EXCESS, SOURCE_FAIL[0],
-    *(p[0] for p in PAIRS), *SERIES, LATENCY_Z, SLOW_RATIO[0],
+    TEMPLATE_RATE[0],
+    SERVICE_FAIL[0],
+    "ctx.service_failure_ratio_60s",
+    FAILURE_EXCESS,
+    SOURCE_FAIL[0],
+    *(p[0] for p in PAIRS),
+    *SERIES,
+    LATENCY_Z,
+    SLOW_RATIO[0],
 )
 
 
 # Fixed units (centre, scale) for the features above, not scales fitted to training data: most rows carry 0 in
 # them, and a robust scale fitted to mostly-zero data collapses towards 0 and sends a routine value to the clip.
 UNITS: dict[str, tuple[float, float]] = {
-    TEMPLATE_RATE[0]: (0.0, 0.25), SERVICE_FAIL[0]: (0.0, 0.5), "ctx.service_failure_ratio_60s": (0.0, 0.05),
-    FAILURE_EXCESS: (0.0, 1.0), SOURCE_FAIL[0]: (0.0, 0.5),
+    TEMPLATE_RATE[0]: (0.0, 0.25),
+    SERVICE_FAIL[0]: (0.0, 0.5),
+    "ctx.service_failure_ratio_60s": (0.0, 0.05),
+    FAILURE_EXCESS: (0.0, 1.0),
+    SOURCE_FAIL[0]: (0.0, 0.5),
     **{p[0]: (math.log1p(PAIR_SATURATION), 0.5) for p in PAIRS},  # seen often = 0, first seen = -6
-    "ctx.series_z": (0.0, 0.5), "ctx.series_log_ratio": (0.0, 0.05), "ctx.series_change": (0.0, 0.1),
-    LATENCY_Z: (0.0, 1.0), SLOW_RATIO[0]: (0.0, 0.05),
+    "ctx.series_z": (0.0, 0.5),
+    "ctx.series_log_ratio": (0.0, 0.05),
+    "ctx.series_change": (0.0, 0.1),
+    LATENCY_Z: (0.0, 1.0),
+    SLOW_RATIO[0]: (0.0, 0.05),
 }
 
 
@@ -102,8 +117,13 @@ class _Series:
 class ContextTracker:
     """Online context state. `pair_counts` can be primed from training history and saved with a model."""
 
-    def __init__(self, max_keys: int = 200_000, pair_counts: dict[str, int] | None = None,
-                 series_alpha: float = 0.05, warmup: int = 6):
+    def __init__(
+        self,
+        max_keys: int = 200_000,
+        pair_counts: dict[str, int] | None = None,
+        series_alpha: float = 0.05,
+        warmup: int = 6,
+    ):
         self.template = _Windows(TEMPLATE_RATE[1], max_keys)
         self.service_rows = _Windows(SERVICE_ROWS[1], max_keys)
         self.service_fail = _Windows(SERVICE_FAIL[1], max_keys)
@@ -132,8 +152,9 @@ class ContextTracker:
             if key is not None:
                 self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
 
-    def update(self, values: dict[str, object], t_ms: int, *, learn_pairs: bool = True,
-               exclude_self: bool = False) -> dict[str, float]:
+    def update(
+        self, values: dict[str, object], t_ms: int, *, learn_pairs: bool = True, exclude_self: bool = False
+    ) -> dict[str, float]:
         """Features of one row given everything before it, then add the row to the state.
 
         Args:
@@ -245,8 +266,11 @@ class ContextTracker:
             z = (x - s.mean) / sd
             feats = {
                 "ctx.series_z": max(-50.0, min(50.0, z)),
-                "ctx.series_log_ratio": math.copysign(math.log1p(abs(x)), x) - math.copysign(math.log1p(abs(s.mean)), s.mean),
-                "ctx.series_change": max(-50.0, min(50.0, (x - s.last) / (abs(s.last) + 1e-9))) if math.isfinite(s.last) else NAN,
+                "ctx.series_log_ratio": math.copysign(math.log1p(abs(x)), x)
+                - math.copysign(math.log1p(abs(s.mean)), s.mean),
+                "ctx.series_change": max(-50.0, min(50.0, (x - s.last) / (abs(s.last) + 1e-9)))
+                if math.isfinite(s.last)
+                else NAN,
             }
         # Learn slowly from outlying points so a trend (a leak) stays visible instead of becoming the baseline.
         if s.n == 0:

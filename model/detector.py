@@ -78,7 +78,9 @@ class Calibration:
         levels = (np.arange(CAL_GRID) + 0.5) / CAL_GRID
         grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), CAL_BLOCK_Q, axis=0)
         us = np.asarray([np.quantile(b, q) for b in blocks])
-        betas = np.asarray([(b[b > u] - u).mean() if (b > u).any() else 0.0 for b, u in zip(blocks, us, strict=True)])
+        betas = np.asarray(
+            [(b[b > u] - u).mean() if (b > u).any() else 0.0 for b, u in zip(blocks, us, strict=True)]
+        )
         u, beta = float(np.quantile(us, CAL_BLOCK_Q)), float(np.quantile(betas, CAL_BLOCK_Q))
         return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q)
 
@@ -111,8 +113,14 @@ class KnnDetector:
 
     name = "knn-embedding"
 
-    def __init__(self, k: int = 10, alert_pvalue: float = 1e-3, hnsw_above: int = 4_096, max_rows: int = 100_000,
-                 contamination: float = 0.05):
+    def __init__(
+        self,
+        k: int = 10,
+        alert_pvalue: float = 1e-3,
+        hnsw_above: int = 4_096,
+        max_rows: int = 100_000,
+        contamination: float = 0.05,
+    ):
         if not 0 < alert_pvalue < 0.5:
             raise ValueError(f"alert_pvalue must be in (0, 0.5), got {alert_pvalue}")
         if not 0 <= contamination < 0.5:
@@ -124,9 +132,15 @@ class KnnDetector:
         self.max_rows = max_rows
 
     # ----- fitting -----
-    def fit(self, embeddings: np.ndarray, uids: list[str], clean: bool = True,
-            times: np.ndarray | None = None, groups: np.ndarray | None = None,
-            deviant: np.ndarray | None = None) -> KnnDetector:
+    def fit(
+        self,
+        embeddings: np.ndarray,
+        uids: list[str],
+        clean: bool = True,
+        times: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
+        deviant: np.ndarray | None = None,
+    ) -> KnnDetector:
         """Fit on reference embeddings (n, d) float32, in time order when `times` is given.
 
         Training data is not guaranteed clean: it may hold an incident. With `clean` and `times` (and at least
@@ -155,7 +169,9 @@ class KnnDetector:
             keep = self.pvalue(loo, grp) >= self.alert_pvalue
             dropped = int((~keep).sum())
             if dropped:
-                logger.info("reference cleaning dropped %d of %d rows beyond the threshold", dropped, len(keep))
+                logger.info(
+                    "reference cleaning dropped %d of %d rows beyond the threshold", dropped, len(keep)
+                )
                 embeddings, orig, grp = embeddings[keep], orig[keep], grp[keep]
                 uids = [u for u, k in zip(uids, keep, strict=True) if k]
                 self._build(embeddings, uids, orig)
@@ -167,7 +183,11 @@ class KnnDetector:
         return self
 
     def _clean_by_blocks(
-        self, embeddings: np.ndarray, uids: list[str], times: np.ndarray, groups: np.ndarray,
+        self,
+        embeddings: np.ndarray,
+        uids: list[str],
+        times: np.ndarray,
+        groups: np.ndarray,
         deviant: np.ndarray | None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Which rows stay in the reference, and the (scores, groups, times) to calibrate on.
@@ -186,8 +206,12 @@ class KnnDetector:
         keep = ~(rare | bursty)
         if deviant is not None:  # never reference rows, but their distances stay in the calibration
             keep &= ~deviant
-        logger.info("reference cleaning (%d time blocks): dropped %d of %d bursty rows unlike the rest of history",
-                    CLEAN_BLOCKS, int((~keep).sum()), len(keep))
+        logger.info(
+            "reference cleaning (%d time blocks): dropped %d of %d bursty rows unlike the rest of history",
+            CLEAN_BLOCKS,
+            int((~keep).sum()),
+            len(keep),
+        )
         return keep, (cross[~bursty], groups[~bursty], times[~bursty])
 
     def _calibrate(self, scores: np.ndarray, groups: np.ndarray, times: np.ndarray | None = None) -> None:
@@ -196,7 +220,9 @@ class KnnDetector:
         for name in np.unique(groups):
             mine = groups == name
             if name and mine.sum() >= GROUP_MIN_ROWS:
-                self.group_calibrations_[str(name)] = Calibration.fit(scores[mine], None if times is None else times[mine])
+                self.group_calibrations_[str(name)] = Calibration.fit(
+                    scores[mine], None if times is None else times[mine]
+                )
 
     def _cross_block_scores(self, embeddings: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Raw score of every row against a reference made of the other time blocks only.
@@ -209,7 +235,7 @@ class KnnDetector:
         out = np.zeros(len(embeddings), dtype=np.float64)
         for shift in (0, size // 2):
             rolled = np.roll(order, -shift)
-            blocks = [rolled[i:i + size] for i in range(0, len(rolled), size)]
+            blocks = [rolled[i : i + size] for i in range(0, len(rolled), size)]
             for b, rows in enumerate(blocks):
                 others = np.concatenate([blk for j, blk in enumerate(blocks) if j != b])
                 probe = KnnDetector(k=self.k, alert_pvalue=self.alert_pvalue, hnsw_above=self.hnsw_above)
@@ -220,7 +246,9 @@ class KnnDetector:
     def _build(self, embeddings: np.ndarray, uids: list[str], orig: np.ndarray) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         keys = np.round(embeddings, 4)
-        _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+        _, first, inverse, counts = np.unique(
+            keys, axis=0, return_index=True, return_inverse=True, return_counts=True
+        )
         self._set(embeddings[first], counts.astype(np.int64), [uids[i] for i in first])
         self.row_to_unique_ = inverse.reshape(-1)
         self.rep_rows_ = orig[first]
@@ -285,7 +313,9 @@ class KnnDetector:
         return new_rows
 
     # ----- scoring -----
-    def decision_function(self, embeddings: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def decision_function(
+        self, embeddings: np.ndarray, exclude_self: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Mean Euclidean distance to the k nearest reference rows (with multiplicity).
 
         Returns:
@@ -338,18 +368,25 @@ class KnnDetector:
     # ----- persistence -----
     def state(self) -> dict[str, np.ndarray]:
         return {
-            "vectors": self.vectors_, "counts": self.counts_, "uids": np.asarray(self.uids_, dtype=np.str_),
+            "vectors": self.vectors_,
+            "counts": self.counts_,
+            "uids": np.asarray(self.uids_, dtype=np.str_),
             "calibration": self.calibration_.sorted_scores,
-            "tail": np.asarray([self.calibration_.tail_u, self.calibration_.tail_beta, self.calibration_.tail_q]),
+            "tail": np.asarray(
+                [self.calibration_.tail_u, self.calibration_.tail_beta, self.calibration_.tail_q]
+            ),
             "groups": np.asarray(list(self.group_calibrations_), dtype=np.str_),
             **{f"calibration_{i}": c.sorted_scores for i, c in enumerate(self.group_calibrations_.values())},
-            **{f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q])
-               for i, c in enumerate(self.group_calibrations_.values())},
+            **{
+                f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q])
+                for i, c in enumerate(self.group_calibrations_.values())
+            },
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray], *, k: int = 10, alert_pvalue: float = 1e-3,
-                   max_rows: int = 100_000) -> KnnDetector:
+    def from_state(
+        cls, state: dict[str, np.ndarray], *, k: int = 10, alert_pvalue: float = 1e-3, max_rows: int = 100_000
+    ) -> KnnDetector:
         """The detector saved by `state()` (its reference vectors and calibrations, as fitted)."""
         det = cls(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows)
         vectors, counts = state["vectors"].astype(np.float32), state["counts"].astype(np.int64)
@@ -358,8 +395,10 @@ class KnnDetector:
         det.row_to_unique_ = np.arange(len(vectors))
         tail = state["tail"]
         det.calibration_ = _calibration(state["calibration"], tail)
-        det.group_calibrations_ = {str(name): _calibration(state[f"calibration_{i}"], state[f"tail_{i}"])
-                                   for i, name in enumerate(state.get("groups", ()))}
+        det.group_calibrations_ = {
+            str(name): _calibration(state[f"calibration_{i}"], state[f"tail_{i}"])
+            for i, name in enumerate(state.get("groups", ()))
+        }
         det.reference_scores_ = det.calibration_.sorted_scores
         det.threshold_raw_ = det.calibration_.raw_at(det.alert_pvalue)
         det.threshold_ = float(pvalue_to_score(det.alert_pvalue))
@@ -367,5 +406,9 @@ class KnnDetector:
 
 
 def _calibration(sorted_scores: np.ndarray, tail: np.ndarray) -> Calibration:
-    return Calibration(sorted_scores.astype(np.float64), float(tail[0]), float(tail[1]),
-                       float(tail[2]) if len(tail) > 2 else TAIL_Q)
+    return Calibration(
+        sorted_scores.astype(np.float64),
+        float(tail[0]),
+        float(tail[1]),
+        float(tail[2]) if len(tail) > 2 else TAIL_Q,
+    )

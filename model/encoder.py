@@ -30,7 +30,7 @@ class EncoderConfig:
 
 
 def _emb_dim(cardinality: int) -> int:
-    return max(2, min(16, round(1.6 * cardinality ** 0.56)))
+    return max(2, min(16, round(1.6 * cardinality**0.56)))
 
 
 class ResidualBlock(nn.Module):
@@ -58,7 +58,9 @@ class TabularResNet(nn.Module):
         num_width = max(8, config.d_model // 2) if config.n_numeric else 0
         self.numeric = nn.Linear(config.n_numeric, num_width) if config.n_numeric else None
         self.input = nn.Linear(cat_width + num_width, config.d_model)
-        self.blocks = nn.ModuleList(ResidualBlock(config.d_model, config.dropout) for _ in range(config.n_blocks))
+        self.blocks = nn.ModuleList(
+            ResidualBlock(config.d_model, config.dropout) for _ in range(config.n_blocks)
+        )
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.embed_dim)
 

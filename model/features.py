@@ -24,29 +24,69 @@ from model.schema import Row
 from model.templates import TemplateMatcher, mine
 
 CONTRACT_VERSION = 3
-Derived = dict[str, object]  # a row's derived values by column name (str, number, None), context features included
+Derived = dict[
+    str, object
+]  # a row's derived values by column name (str, number, None), context features included
 
 
 class ContractVersionError(ValueError):
     """A saved model's feature contract was written by another release: its features cannot be computed."""
+
+
 MISSING, OOV = 0, 1
 CLIP = 20.0
 
 # Never features: labels and ground truth, whatever the source calls them.
-LABEL_LIKE = re.compile(r"(^|[._])(anomal\w*|is_anomaly|labels?|ground_?truth|injected|attack\w*)($|[._])", re.I)
+LABEL_LIKE = re.compile(
+    r"(^|[._])(anomal\w*|is_anomaly|labels?|ground_?truth|injected|attack\w*)($|[._])", re.I
+)
 # Identity columns: high-cardinality by nature; represented through templates, subnets and pair history.
-IDENTITY = re.compile(r"(^|[._])(uid|id|ids|session|trace|span|request_id|order|email|ip|address|port)($|[._])", re.I)
+IDENTITY = re.compile(
+    r"(^|[._])(uid|id|ids|session|trace|span|request_id|order|email|ip|address|port)($|[._])", re.I
+)
 
 CATEGORICAL = (
-    "signal", "service", "class_uid", "activity_id", "severity_id", "status_id", "status_code",
-    "http_request.http_method", "url_template", "template", "trace.span.kind", "trace.span.operation",
-    "api.operation", "api.service.name", "error.type", "db.system", "db.operation", "metric.name", "metric.type",
-    "metric.unit", "dst_endpoint.svc_name", "src_endpoint.location.country", "ua_family", "scope.name", "has_user",
+    "signal",
+    "service",
+    "class_uid",
+    "activity_id",
+    "severity_id",
+    "status_id",
+    "status_code",
+    "http_request.http_method",
+    "url_template",
+    "template",
+    "trace.span.kind",
+    "trace.span.operation",
+    "api.operation",
+    "api.service.name",
+    "error.type",
+    "db.system",
+    "db.operation",
+    "metric.name",
+    "metric.type",
+    "metric.unit",
+    "dst_endpoint.svc_name",
+    "src_endpoint.location.country",
+    "ua_family",
+    "scope.name",
+    "has_user",
 )
 NUMERIC = (
-    "duration", "http_response.length", "http_request.length", "http_response.code_class",
-    "metric.value", "metric.rate", "metric.mean", "metric.p99", "metric.count",
-    "trace.span.events", "trace.span.exception", "message_length", "message.duration_ms", "template_rarity",
+    "duration",
+    "http_response.length",
+    "http_request.length",
+    "http_response.code_class",
+    "metric.value",
+    "metric.rate",
+    "metric.mean",
+    "metric.p99",
+    "metric.count",
+    "trace.span.events",
+    "trace.span.exception",
+    "message_length",
+    "message.duration_ms",
+    "template_rarity",
     *CONTEXT_FEATURES,
 )
 TIME_FEATURES = ("time.hour_sin", "time.hour_cos", "time.dow_sin", "time.dow_cos")
@@ -54,11 +94,25 @@ _ID_SEGMENT = re.compile(r"^(\d+|[0-9a-fA-F-]{8,}|[0-9a-zA-Z_-]*\d[0-9a-zA-Z_-]*
 _VERSION = re.compile(r"[\d._]+")
 
 
-_DURATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(ms|msec|milliseconds?|s|sec|secs|seconds?|us|µs|microseconds?|ns)\b",
-                       re.I)
-_UNIT_MS = {"ms": 1.0, "msec": 1.0, "millisecond": 1.0, "milliseconds": 1.0, "s": 1e3, "sec": 1e3, "secs": 1e3,
-            "second": 1e3, "seconds": 1e3, "us": 1e-3, "µs": 1e-3, "microsecond": 1e-3, "microseconds": 1e-3,
-            "ns": 1e-6}
+_DURATION = re.compile(
+    r"(?<![\w.])(\d+(?:\.\d+)?)\s?(ms|msec|milliseconds?|s|sec|secs|seconds?|us|µs|microseconds?|ns)\b", re.I
+)
+_UNIT_MS = {
+    "ms": 1.0,
+    "msec": 1.0,
+    "millisecond": 1.0,
+    "milliseconds": 1.0,
+    "s": 1e3,
+    "sec": 1e3,
+    "secs": 1e3,
+    "second": 1e3,
+    "seconds": 1e3,
+    "us": 1e-3,
+    "µs": 1e-3,
+    "microsecond": 1e-3,
+    "microseconds": 1e-3,
+    "ns": 1e-6,
+}
 
 
 def message_duration_ms(message: str) -> float | None:
@@ -84,7 +138,7 @@ def attribute_latency_ms(fields: Mapping[str, object]) -> float | None:
     for key, value in fields.items():
         if not key.startswith("unmapped.") or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        name = key[len("unmapped."):]
+        name = key[len("unmapped.") :]
         if not _LATENCY_NAME.search(name):
             continue
         if _MILLIS_NAME.search(name):
@@ -119,8 +173,12 @@ def derive(row: Row, matcher: TemplateMatcher | None) -> Derived:
     """The raw value of every candidate column for one row (strings, numbers or None)."""
     f = row.fields
     v: dict[str, object] = {
-        "signal": row.signal, "service": row.service, "class_uid": row.class_uid, "activity_id": row.activity_id,
-        "severity_id": row.severity_id, "status_id": row.status_id,
+        "signal": row.signal,
+        "service": row.service,
+        "class_uid": row.class_uid,
+        "activity_id": row.activity_id,
+        "severity_id": row.severity_id,
+        "status_id": row.status_id,
     }
     route = f.get("http_request.route") or f.get("http_request.url.path")
     if route:
@@ -200,7 +258,9 @@ class FeatureContract:
 
     # ----- fitting -----
     @classmethod
-    def fit(cls, rows: list[Row], *, min_count: int = 2, max_vocab: int = 256) -> tuple[FeatureContract, list[Derived]]:
+    def fit(
+        cls, rows: list[Row], *, min_count: int = 2, max_vocab: int = 256
+    ) -> tuple[FeatureContract, list[Derived]]:
         """Fit on training rows (time-ordered). Returns the contract and the rows' derived values."""
         rows = sorted(rows, key=lambda r: r.time_unix_nano)
         messages = [str(r.fields.get("message", "")) for r in rows if r.signal == "logs"]
@@ -212,7 +272,9 @@ class FeatureContract:
         rarity = [-math.log((counts.get(str(i), 0) + 1) / (total + 1)) for i in range(len(templates))]
         for d in derived:
             t = d.get("template")
-            d["template_rarity"] = rarity[int(t)] if isinstance(t, str) and t.isdigit() else -math.log(1 / (total + 1))
+            d["template_rarity"] = (
+                rarity[int(t)] if isinstance(t, str) and t.isdigit() else -math.log(1 / (total + 1))
+            )
         span_h = (rows[-1].time_unix_nano - rows[0].time_unix_nano) / 3.6e12 if rows else 0
         contract = cls(templates=templates, template_rarity=rarity, time_features=span_h >= 20)
         tracker = ContextTracker()
@@ -238,7 +300,7 @@ class FeatureContract:
         for key, values in sorted(candidates.items()):
             if not key.startswith("unmapped.") or len(values) < max(10, n // 200):
                 continue
-            if IDENTITY.search(key[len("unmapped."):]):
+            if IDENTITY.search(key[len("unmapped.") :]):
                 continue
             if all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
                 numeric_names.append(key)
@@ -259,7 +321,11 @@ class FeatureContract:
             self.rarity[name] = [round(-math.log((c + 1) / (n + 1)), 4) for c in counts]
             self.rarity[name][1] = round(-math.log(1 / (n + 1)), 4)  # out of vocabulary = never seen
         for name in numeric_names:
-            values = [float(x) for x in candidates.get(name, ()) if isinstance(x, int | float) and math.isfinite(float(x))]
+            values = [
+                float(x)
+                for x in candidates.get(name, ())
+                if isinstance(x, int | float) and math.isfinite(float(x))
+            ]
             if len(values) < max(5, n // 1000):
                 continue
             if name in CONTEXT_UNITS:
@@ -267,12 +333,18 @@ class FeatureContract:
                 self.numeric.append(NumericSpec(name, False, center, scale, len(values) < n))
                 continue
             arr = np.asarray(values, dtype=np.float64)
-            log = bool(arr.min() >= 0 and np.quantile(arr, 0.99) > 10 * (np.quantile(arr, 0.5) + 1e-9) and arr.max() > 10)
+            log = bool(
+                arr.min() >= 0
+                and np.quantile(arr, 0.99) > 10 * (np.quantile(arr, 0.5) + 1e-9)
+                and arr.max() > 10
+            )
             if log:
                 arr = np.log1p(arr)
             q05, q25, q50, q75, q95 = np.quantile(arr, [0.05, 0.25, 0.5, 0.75, 0.95])
             scale = (q75 - q25) / 1.349
-            if scale <= 1e-9:  # mostly one value: the spread of the rest, so a routine other value is not extreme
+            if (
+                scale <= 1e-9
+            ):  # mostly one value: the spread of the rest, so a routine other value is not extreme
                 scale = max((q95 - q05) / 3.29, float(arr.std()))
             if scale <= 1e-9:
                 scale = 1.0
@@ -296,7 +368,9 @@ class FeatureContract:
     def matcher(self) -> TemplateMatcher:
         return TemplateMatcher(self.templates)
 
-    def derive_online(self, rows: list[Row], tracker: ContextTracker, matcher: TemplateMatcher) -> list[Derived]:
+    def derive_online(
+        self, rows: list[Row], tracker: ContextTracker, matcher: TemplateMatcher
+    ) -> list[Derived]:
         """Derived values for rows arriving after training, updating the context state in time order."""
         order = sorted(range(len(rows)), key=lambda i: rows[i].time_unix_nano)
         derived: list[Derived] = [{}] * len(rows)
@@ -305,7 +379,9 @@ class FeatureContract:
             r = rows[i]
             d = derive(r, matcher)
             t = d.get("template")
-            d["template_rarity"] = self.template_rarity[int(t)] if isinstance(t, str) and t.isdigit() else default_rarity
+            d["template_rarity"] = (
+                self.template_rarity[int(t)] if isinstance(t, str) and t.isdigit() else default_rarity
+            )
             d.update(tracker.update(d, r.time_ms))
             if self.time_features:
                 d.update(time_features(r.time_ms))
@@ -323,13 +399,17 @@ class FeatureContract:
         for j, name in enumerate(self.categorical):
             index = {v: i + 2 for i, v in enumerate(self.vocab[name])}
             values = [d.get(name) for d in derived]
-            cat[:, j] = [MISSING if v is None or v == "" else index.get(v if isinstance(v, str) else str(v), OOV)
-                         for v in values]
+            cat[:, j] = [
+                MISSING if v is None or v == "" else index.get(v if isinstance(v, str) else str(v), OOV)
+                for v in values
+            ]
         flag = len(self.numeric)
         for k, spec in enumerate(self.numeric):
             values = [d.get(spec.name) for d in derived]
-            x = np.array([v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values],
-                         dtype=np.float64)
+            x = np.array(
+                [v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values],
+                dtype=np.float64,
+            )
             with np.errstate(invalid="ignore", over="ignore"):
                 missing = ~np.isfinite(x)
                 if spec.log:
@@ -352,7 +432,7 @@ class FeatureContract:
 
     def display(self, derived: Derived, name: str) -> str:
         """A human value for an explanation."""
-        value = derived.get(name[:-len(".missing")] if name.endswith(".missing") else name)
+        value = derived.get(name[: -len(".missing")] if name.endswith(".missing") else name)
         if value is None:
             return "missing"
         if name == "template" and str(value).isdigit() and int(str(value)) < len(self.templates):
@@ -364,23 +444,34 @@ class FeatureContract:
     # ----- persistence (JSON only; nothing is unpickled) -----
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": self.version, "categorical": self.categorical, "vocab": self.vocab,
-            "numeric": [s.__dict__ for s in self.numeric], "templates": self.templates,
-            "template_rarity": self.template_rarity, "pair_counts": self.pair_counts, "rarity": self.rarity,
+            "version": self.version,
+            "categorical": self.categorical,
+            "vocab": self.vocab,
+            "numeric": [s.__dict__ for s in self.numeric],
+            "templates": self.templates,
+            "template_rarity": self.template_rarity,
+            "pair_counts": self.pair_counts,
+            "rarity": self.rarity,
             "time_features": self.time_features,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureContract:
         if data.get("version") != CONTRACT_VERSION:
-            raise ContractVersionError(f"feature contract version {data.get('version')} is not {CONTRACT_VERSION} "
-                                       "(the model was trained by another otad release); retrain the model")
+            raise ContractVersionError(
+                f"feature contract version {data.get('version')} is not {CONTRACT_VERSION} "
+                "(the model was trained by another otad release); retrain the model"
+            )
         return cls(
-            categorical=list(data["categorical"]), vocab={k: list(v) for k, v in data["vocab"].items()},
-            numeric=[NumericSpec(**s) for s in data["numeric"]], templates=list(data["templates"]),
-            template_rarity=list(data["template_rarity"]), pair_counts=dict(data["pair_counts"]),
+            categorical=list(data["categorical"]),
+            vocab={k: list(v) for k, v in data["vocab"].items()},
+            numeric=[NumericSpec(**s) for s in data["numeric"]],
+            templates=list(data["templates"]),
+            template_rarity=list(data["template_rarity"]),
+            pair_counts=dict(data["pair_counts"]),
             rarity={k: list(v) for k, v in data["rarity"].items()},
-            time_features=bool(data["time_features"]), version=int(data["version"]),
+            time_features=bool(data["time_features"]),
+            version=int(data["version"]),
         )
 
 
@@ -389,6 +480,8 @@ def time_features(t_ms: int) -> dict[str, float]:
     hour = dt.hour + dt.minute / 60
     dow = dt.weekday() + hour / 24
     return {
-        "time.hour_sin": math.sin(2 * math.pi * hour / 24), "time.hour_cos": math.cos(2 * math.pi * hour / 24),
-        "time.dow_sin": math.sin(2 * math.pi * dow / 7), "time.dow_cos": math.cos(2 * math.pi * dow / 7),
+        "time.hour_sin": math.sin(2 * math.pi * hour / 24),
+        "time.hour_cos": math.cos(2 * math.pi * hour / 24),
+        "time.dow_sin": math.sin(2 * math.pi * dow / 7),
+        "time.dow_cos": math.cos(2 * math.pi * dow / 7),
     }

@@ -79,7 +79,9 @@ def content_uid(*parts: object) -> str:
     return hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def metric_point_uid(service: str, metric_name: str, attributes: dict[str, Value], time_unix_nano: int) -> str:
+def metric_point_uid(
+    service: str, metric_name: str, attributes: dict[str, Value], time_unix_nano: int
+) -> str:
     """The uid of a metric data point: its series identity plus its timestamp."""
     return content_uid("metrics", service, metric_name, sorted(attributes.items()), int(time_unix_nano))
 
@@ -91,9 +93,17 @@ def row_to_dict(row: Row, *, resource: bool = True) -> dict[str, Any]:
     stored per model version need not repeat its resource (often the largest part) on every record.
     """
     out = {
-        "uid": row.uid, "signal": row.signal, "time_unix_nano": row.time_unix_nano, "service": row.service,
-        "class_uid": row.class_uid, "activity_id": row.activity_id, "severity_id": row.severity_id,
-        "status_id": row.status_id, "fields": row.fields, "trace_id": row.trace_id, "span_id": row.span_id,
+        "uid": row.uid,
+        "signal": row.signal,
+        "time_unix_nano": row.time_unix_nano,
+        "service": row.service,
+        "class_uid": row.class_uid,
+        "activity_id": row.activity_id,
+        "severity_id": row.severity_id,
+        "status_id": row.status_id,
+        "fields": row.fields,
+        "trace_id": row.trace_id,
+        "span_id": row.span_id,
     }
     if resource:
         out["resource"] = row.resource
@@ -103,10 +113,17 @@ def row_to_dict(row: Row, *, resource: bool = True) -> dict[str, Any]:
 def row_from_dict(data: Mapping[str, Any]) -> Row:
     """The row of a `row_to_dict` dict (missing optional keys get their defaults)."""
     return Row(
-        uid=str(data["uid"]), signal=data["signal"], time_unix_nano=int(data["time_unix_nano"]),
-        service=str(data["service"]), class_uid=int(data["class_uid"]), activity_id=int(data["activity_id"]),
-        severity_id=int(data["severity_id"]), status_id=int(data["status_id"]), fields=dict(data.get("fields") or {}),
-        trace_id=str(data.get("trace_id") or ""), span_id=str(data.get("span_id") or ""),
+        uid=str(data["uid"]),
+        signal=data["signal"],
+        time_unix_nano=int(data["time_unix_nano"]),
+        service=str(data["service"]),
+        class_uid=int(data["class_uid"]),
+        activity_id=int(data["activity_id"]),
+        severity_id=int(data["severity_id"]),
+        status_id=int(data["status_id"]),
+        fields=dict(data.get("fields") or {}),
+        trace_id=str(data.get("trace_id") or ""),
+        span_id=str(data.get("span_id") or ""),
         resource=dict(data.get("resource") or {}),
     )
 
@@ -120,8 +137,12 @@ BOUNDARY_VERSION = 1
 # Column order only sets the payload's size: pickle refers back to a repeated string (a service, a field key)
 # in 2 bytes while it has memoized fewer than 256 objects and in 5 after, so the per-row unique ids go last.
 _UNIQUE_PER_ROW = ("uid", "trace_id", "span_id")
-ROW_COLUMNS = tuple(sorted((f.name for f in fields(Row) if f.name != "resource"),  # features never read it
-                           key=lambda name: name in _UNIQUE_PER_ROW))
+ROW_COLUMNS = tuple(
+    sorted(
+        (f.name for f in fields(Row) if f.name != "resource"),  # features never read it
+        key=lambda name: name in _UNIQUE_PER_ROW,
+    )
+)
 ANOMALY_COLUMNS = tuple(f.name for f in fields(Anomaly))  # "row" holds the row's index in its batch
 
 Columns = dict[str, list[Any]]
@@ -135,8 +156,10 @@ class BoundaryError(ValueError):
 def check_boundary_version(version: object) -> None:
     """Raise `BoundaryError` unless the other side of the pipe speaks this side's BOUNDARY_VERSION."""
     if version != BOUNDARY_VERSION:
-        raise BoundaryError(f"boundary version mismatch: this process speaks {BOUNDARY_VERSION}, the other "
-                            f"{version!r}; both ends must run the same otad version")
+        raise BoundaryError(
+            f"boundary version mismatch: this process speaks {BOUNDARY_VERSION}, the other "
+            f"{version!r}; both ends must run the same otad version"
+        )
 
 
 def rows_to_columns(rows: Sequence[Row]) -> Columns:
@@ -147,11 +170,17 @@ def rows_to_columns(rows: Sequence[Row]) -> Columns:
     generic getter on the hot path, and tests pin the keys to ROW_COLUMNS.
     """
     return {
-        "signal": [r.signal for r in rows], "time_unix_nano": [r.time_unix_nano for r in rows],
-        "service": [r.service for r in rows], "class_uid": [r.class_uid for r in rows],
-        "activity_id": [r.activity_id for r in rows], "severity_id": [r.severity_id for r in rows],
-        "status_id": [r.status_id for r in rows], "fields": [r.fields for r in rows],
-        "uid": [r.uid for r in rows], "trace_id": [r.trace_id for r in rows], "span_id": [r.span_id for r in rows],
+        "signal": [r.signal for r in rows],
+        "time_unix_nano": [r.time_unix_nano for r in rows],
+        "service": [r.service for r in rows],
+        "class_uid": [r.class_uid for r in rows],
+        "activity_id": [r.activity_id for r in rows],
+        "severity_id": [r.severity_id for r in rows],
+        "status_id": [r.status_id for r in rows],
+        "fields": [r.fields for r in rows],
+        "uid": [r.uid for r in rows],
+        "trace_id": [r.trace_id for r in rows],
+        "span_id": [r.span_id for r in rows],
     }
 
 

@@ -72,14 +72,17 @@ class Scorer:
         scores = det.score(raw, [r.signal for r in rows])
         flagged = scores >= det.threshold_
         now = now_unix_nano or time.time_ns()
-        anomalies = [self._anomaly(rows[i], derived[i], num[i], cat[i], raw[i], scores[i], idx[i], now)
-                     for i in np.flatnonzero(flagged)]
+        anomalies = [
+            self._anomaly(rows[i], derived[i], num[i], cat[i], raw[i], scores[i], idx[i], now)
+            for i in np.flatnonzero(flagged)
+        ]
         if self.learn:
             self._learn(rows, vectors, num, cat, scores)
         return ScoredBatch(rows, emb, raw, scores, flagged, anomalies)
 
-    def _learn(self, rows: list[Row], vectors: np.ndarray, num: np.ndarray, cat: np.ndarray,
-               scores: np.ndarray) -> None:
+    def _learn(
+        self, rows: list[Row], vectors: np.ndarray, num: np.ndarray, cat: np.ndarray, scores: np.ndarray
+    ) -> None:
         """Add up to LEARN_PER_BATCH calm, non-deviant rows to the detector's normal history."""
         calm = np.flatnonzero((scores < LEARN_BELOW_SCORE) & ~deviant_rows(self.mv.contract, num))
         if len(calm) > LEARN_PER_BATCH:  # an even sample over the batch, deterministic
@@ -92,8 +95,17 @@ class Scorer:
             self.mv.ref_num = np.concatenate([self.mv.ref_num, num[pos]])
             self.mv.ref_cat = np.concatenate([self.mv.ref_cat, cat[pos]])
 
-    def _anomaly(self, row: Row, derived: dict[str, Any], num: np.ndarray, cat: np.ndarray, raw: float, score: float,
-                 nbrs: np.ndarray, now: int) -> Anomaly:
+    def _anomaly(
+        self,
+        row: Row,
+        derived: dict[str, Any],
+        num: np.ndarray,
+        cat: np.ndarray,
+        raw: float,
+        score: float,
+        nbrs: np.ndarray,
+        now: int,
+    ) -> Anomaly:
         evidence = self.explain(derived, num, cat, nbrs)
         neighbors = tuple(self.mv.detector.neighbor_uids(nbrs, 5))
         what = {"logs": "log record", "traces": "span", "metrics": "metric point"}[row.signal]
@@ -102,11 +114,22 @@ class Scorer:
         else:
             diffs = "an unusual combination of otherwise common values"
         sentence = f"Unusual {what} from {row.service} (score {score:.0f}/100): {diffs}."
-        return Anomaly(row, float(score), float(raw), self.threshold, self.mv.detector.name, self.mv.version,
-                       sentence, neighbors, tuple(evidence), now)
+        return Anomaly(
+            row,
+            float(score),
+            float(raw),
+            self.threshold,
+            self.mv.detector.name,
+            self.mv.version,
+            sentence,
+            neighbors,
+            tuple(evidence),
+            now,
+        )
 
-    def explain(self, derived: dict[str, Any], num: np.ndarray, cat: np.ndarray, nbrs: np.ndarray,
-                top: int = 3) -> list[tuple[str, str, str]]:
+    def explain(
+        self, derived: dict[str, Any], num: np.ndarray, cat: np.ndarray, nbrs: np.ndarray, top: int = 3
+    ) -> list[tuple[str, str, str]]:
         """The features that differ most from the nearest normal rows: (feature, observed, typical)."""
         nb = nbrs[nbrs >= 0]
         if not len(nb):
@@ -117,13 +140,17 @@ class Scorer:
         for j, name in enumerate(self.num_names):
             dev = abs(float(num[j]) - float(med[j]))
             if dev >= 1.5:
-                cand.append((dev, name, contract.display(derived, name), self._typical_numeric(j, float(med[j]))))
+                cand.append(
+                    (dev, name, contract.display(derived, name), self._typical_numeric(j, float(med[j])))
+                )
         ref_cat = self.mv.ref_cat[nb]
         for j, name in enumerate(contract.categorical):
             values, counts = np.unique(ref_cat[:, j], return_counts=True)
             mode = int(values[counts.argmax()])
             if int(cat[j]) != mode and counts.max() >= 0.5 * len(nb):
-                typical = "missing" if mode == 0 else ("unseen" if mode == OOV else contract.vocab[name][mode - 2])
+                typical = (
+                    "missing" if mode == 0 else ("unseen" if mode == OOV else contract.vocab[name][mode - 2])
+                )
                 if name == "template" and typical.isdigit():
                     typical = repr(contract.templates[int(typical)][:60])
                 cand.append((3.0, name, contract.display(derived, name), typical[:60]))

@@ -60,7 +60,9 @@ def tokenize(message: str) -> list[str]:
 class _Drain(Drain):
     """Drain whose similarity counts only the template's fixed tokens (see the module docstring)."""
 
-    def get_seq_distance(self, seq1: Sequence[str], seq2: Sequence[str], include_params: bool) -> tuple[float, int]:
+    def get_seq_distance(
+        self, seq1: Sequence[str], seq2: Sequence[str], include_params: bool
+    ) -> tuple[float, int]:
         fixed = same = params = 0
         for t, m in zip(seq1, seq2, strict=True):
             if t == self.param_str:
@@ -76,8 +78,9 @@ class _Drain(Drain):
 def mine(messages: list[str], sim_th: float = 0.6, depth: int = 4, min_count: int = 3) -> list[str]:
     """Mine templates with drain3. Returns the template strings seen at least `min_count` times,
     most frequent first."""
-    drain = _Drain(depth=depth, sim_th=sim_th, max_children=100, param_str=WILDCARD,
-                   parametrize_numeric_tokens=True)
+    drain = _Drain(
+        depth=depth, sim_th=sim_th, max_children=100, param_str=WILDCARD, parametrize_numeric_tokens=True
+    )
     seen: dict[str, int] = {}
     for message in messages:
         key = " ".join(tokenize(message))
@@ -94,8 +97,14 @@ def mine(messages: list[str], sim_th: float = 0.6, depth: int = 4, min_count: in
     clusters = {c.cluster_id: c for c in drain.clusters}
     ranked = sorted(sizes.items(), key=lambda kv: -kv[1])
     templates = [" ".join(clusters[cid].log_template_tokens) for cid, n in ranked if n >= min_count]
-    logger.info("templates: %d mined from %d messages (%d distinct after masking), %d kept (>= %d messages)",
-                len(clusters), len(messages), len(seen), len(templates), min_count)
+    logger.info(
+        "templates: %d mined from %d messages (%d distinct after masking), %d kept (>= %d messages)",
+        len(clusters),
+        len(messages),
+        len(seen),
+        len(templates),
+        min_count,
+    )
     return list(dict.fromkeys(templates))
 
 

@@ -20,10 +20,23 @@ logger = logging.getLogger(__name__)
 
 # Columns whose value defines what a row *is*: augmentation never changes them (a failed login
 # must not be taught to look like a successful one).
-PROTECTED = frozenset({
-    "signal", "service", "class_uid", "activity_id", "severity_id", "status_id", "status_code", "template",
-    "metric.name", "metric.type", "http_request.http_method", "error.type", "trace.span.kind",
-})
+PROTECTED = frozenset(
+    {
+        "signal",
+        "service",
+        "class_uid",
+        "activity_id",
+        "severity_id",
+        "status_id",
+        "status_code",
+        "template",
+        "metric.name",
+        "metric.type",
+        "http_request.http_method",
+        "error.type",
+        "trace.span.kind",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return nn.functional.cross_entropy(sim, target)
 
 
-def augment(num: torch.Tensor, cat: torch.Tensor, free_cols: torch.Tensor, cfg: TrainConfig,
-            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    num: torch.Tensor, cat: torch.Tensor, free_cols: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     num = num + cfg.noise * torch.randn(num.shape, generator=gen)
     if free_cols.numel():
         mask = torch.rand(cat.shape, generator=gen) < cfg.mask_p
@@ -88,8 +102,14 @@ def augment(num: torch.Tensor, cat: torch.Tensor, free_cols: torch.Tensor, cfg: 
     return num, cat
 
 
-def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encoder_config: EncoderConfig,
-          cfg: TrainConfig, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+def train(
+    num: np.ndarray,
+    cat: np.ndarray,
+    categorical_names: list[str],
+    encoder_config: EncoderConfig,
+    cfg: TrainConfig,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
     """Train on time-ordered rows; the newest `val_fraction` is the validation split for early stopping."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -97,7 +117,7 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
     n = len(num)
     n_val = max(1, int(n * cfg.val_fraction)) if n >= 20 else 0
     tr_num, tr_cat = torch.from_numpy(num[: n - n_val]), torch.from_numpy(cat[: n - n_val])
-    va_num, va_cat = torch.from_numpy(num[n - n_val:]), torch.from_numpy(cat[n - n_val:])
+    va_num, va_cat = torch.from_numpy(num[n - n_val :]), torch.from_numpy(cat[n - n_val :])
     free_cols = torch.tensor([c not in PROTECTED for c in categorical_names], dtype=torch.bool)
     model = TabularResNet(encoder_config)
     decoder = _Decoder(encoder_config)
@@ -105,7 +125,9 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch_size, max(8, len(tr_num)))
     steps_per_epoch = max(1, len(tr_num) // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.lr / 20)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.lr / 20
+    )
 
     def step_loss(bn: torch.Tensor, bc: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         n1, c1 = augment(bn, bc, free_cols, cfg, gen)
@@ -124,7 +146,7 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
         perm = torch.randperm(len(tr_num), generator=gen)
         totals = [0.0, 0.0, 0.0]
         for s in range(steps_per_epoch):
-            idx = perm[s * batch:(s + 1) * batch]
+            idx = perm[s * batch : (s + 1) * batch]
             loss, c, r = step_loss(tr_num[idx], tr_cat[idx])
             opt.zero_grad()
             loss.backward()
@@ -139,13 +161,24 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
         with torch.no_grad():
             val = _validate(step_loss, va_num, va_cat, batch) if n_val else totals[0] / steps_per_epoch
         record = {
-            "epoch": epoch, "train_loss": totals[0] / steps_per_epoch, "contrastive": totals[1] / steps_per_epoch,
-            "reconstruction": totals[2] / steps_per_epoch, "val_loss": val, "seconds": time.monotonic() - start,
+            "epoch": epoch,
+            "train_loss": totals[0] / steps_per_epoch,
+            "contrastive": totals[1] / steps_per_epoch,
+            "reconstruction": totals[2] / steps_per_epoch,
+            "val_loss": val,
+            "seconds": time.monotonic() - start,
         }
         history.append(record)
         if progress:
             progress(record)
-        logger.info("epoch %d/%d train %.4f val %.4f (%.1fs)", epoch, cfg.epochs, record["train_loss"], val, record["seconds"])
+        logger.info(
+            "epoch %d/%d train %.4f val %.4f (%.1fs)",
+            epoch,
+            cfg.epochs,
+            record["train_loss"],
+            val,
+            record["seconds"],
+        )
         if val < best - 1e-4:
             best, best_epoch, bad = val, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -160,12 +193,16 @@ def train(num: np.ndarray, cat: np.ndarray, categorical_names: list[str], encode
     return TrainResult(model, history, best_epoch, time.monotonic() - start)
 
 
-def _validate(step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float, float]],
-              num: torch.Tensor, cat: torch.Tensor, batch: int) -> float:
+def _validate(
+    step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float, float]],
+    num: torch.Tensor,
+    cat: torch.Tensor,
+    batch: int,
+) -> float:
     """Mean loss over the validation rows, in batches (batches of one row are skipped)."""
     total, count = 0.0, 0
     for s in range(0, len(num), batch):
-        bn, bc = num[s:s + batch], cat[s:s + batch]
+        bn, bc = num[s : s + batch], cat[s : s + batch]
         if len(bn) < 2:
             continue
         loss, _, _ = step_loss(bn, bc)

@@ -70,15 +70,28 @@ class ScoringProcess:
             child's error is in the message).
     """
 
-    def __init__(self, mv: ModelVersion, path: Path, *, k: int, alert_pvalue: float, max_rows: int,
-                 threads: int = 1, nice: int = 0, start_timeout_s: float = START_TIMEOUT_S):
+    def __init__(
+        self,
+        mv: ModelVersion,
+        path: Path,
+        *,
+        k: int,
+        alert_pvalue: float,
+        max_rows: int,
+        threads: int = 1,
+        nice: int = 0,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ):
         self.mv = mv
         self._lock = threading.Lock()  # one batch at a time on the pipe; close waits for the batch in hand
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, name=f"otad-score-{mv.version}", daemon=True,
-                                 args=(child, str(path), k, alert_pvalue, max_rows, threads, nice, os.getpid(),
-                                       BOUNDARY_VERSION))
+        self._proc = ctx.Process(
+            target=_serve,
+            name=f"otad-score-{mv.version}",
+            daemon=True,
+            args=(child, str(path), k, alert_pvalue, max_rows, threads, nice, os.getpid(), BOUNDARY_VERSION),
+        )
         self._proc.start()
         child.close()
         try:
@@ -98,7 +111,9 @@ class ScoringProcess:
         if reply[0] == "mismatch":
             raise ScoringProcessError(f"the scoring process cannot serve this process: {reply[1]}")
         if reply[0] != "ready":
-            raise ScoringProcessError(f"the scoring process could not load model {self.mv.version}: {reply[1]}")
+            raise ScoringProcessError(
+                f"the scoring process could not load model {self.mv.version}: {reply[1]}"
+            )
         try:
             check_boundary_version(reply[2] if len(reply) > 2 else None)
         except BoundaryError as exc:
@@ -147,7 +162,9 @@ class ScoringProcess:
             return self._conn.recv()
         except (EOFError, OSError) as exc:
             code = self._proc.exitcode
-            raise ScoringProcessError(f"the scoring process exited (code {code}): {exc or 'pipe closed'}") from None
+            raise ScoringProcessError(
+                f"the scoring process exited (code {code}): {exc or 'pipe closed'}"
+            ) from None
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the child (after the batch it is on); kill it if it does not exit in time. Safe to call twice."""
@@ -159,14 +176,25 @@ class ScoringProcess:
                     pass
                 self._proc.join(timeout_s)
                 if self._proc.is_alive():
-                    logger.warning("scoring process %d did not stop in %.0fs; killing it", self._proc.pid, timeout_s)
+                    logger.warning(
+                        "scoring process %d did not stop in %.0fs; killing it", self._proc.pid, timeout_s
+                    )
                     self._proc.kill()
                     self._proc.join(5)
             self._conn.close()
 
 
-def _serve(conn: Connection, path: str, k: int, alert_pvalue: float, max_rows: int, threads: int,
-           nice: int = 0, parent_pid: int | None = None, boundary_version: int = BOUNDARY_VERSION) -> None:
+def _serve(
+    conn: Connection,
+    path: str,
+    k: int,
+    alert_pvalue: float,
+    max_rows: int,
+    threads: int,
+    nice: int = 0,
+    parent_pid: int | None = None,
+    boundary_version: int = BOUNDARY_VERSION,
+) -> None:
     """The child's loop: check the parent's `boundary_version`, load the model, then answer
     `("score", row columns, now)` until `("stop",)` or EOF. It exits at once when `parent_pid` stops being its
     parent."""
@@ -221,11 +249,15 @@ def _exit_with_parent(parent_pid: int) -> None:
     Storage's Lite server child does the same (storage.lite_process.exit_with_parent; not imported here,
     which would load pymilvus into this child).
     """
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(PARENT_POLL_S)
         try:
-            os.write(2, f"otad: parent process {parent_pid} is gone; scoring process {os.getpid()} exits\n".encode())
+            os.write(
+                2,
+                f"otad: parent process {parent_pid} is gone; scoring process {os.getpid()} exits\n".encode(),
+            )
         except OSError:
             pass
         os._exit(1)

@@ -30,13 +30,19 @@ def load_settings(**overrides) -> Settings:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(data_dir=args.data_dir, grpc_endpoint=args.grpc_endpoint,
-                             export_endpoint=args.export_endpoint, milvus_uri=args.milvus_uri)
+    settings = load_settings(
+        data_dir=args.data_dir,
+        grpc_endpoint=args.grpc_endpoint,
+        export_endpoint=args.export_endpoint,
+        milvus_uri=args.milvus_uri,
+    )
     setup_logging(settings.log_level)
     from storage.lite_process import DataDirInUseError
 
@@ -55,7 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: done.set())
     service.start()
     done.wait()
-    logger.info("shutting down: no new data; finishing in-flight batches (up to %.0fs)", settings.shutdown_grace_s)
+    logger.info(
+        "shutting down: no new data; finishing in-flight batches (up to %.0fs)", settings.shutdown_grace_s
+    )
     service.stop(settings.shutdown_grace_s)
     logger.info("stopped")
     return 0
@@ -70,9 +78,11 @@ def read_rows(paths: list[Path]):
 
 
 def _progress(record: dict) -> None:
-    sys.stderr.write(f"  epoch {record['epoch']:>3}  train {record['train_loss']:.4f}  "
-                     f"(contrastive {record['contrastive']:.3f}, reconstruction {record['reconstruction']:.3f})  "
-                     f"val {record['val_loss']:.4f}  {record['seconds']:.1f}s\n")
+    sys.stderr.write(
+        f"  epoch {record['epoch']:>3}  train {record['train_loss']:.4f}  "
+        f"(contrastive {record['contrastive']:.3f}, reconstruction {record['reconstruction']:.3f})  "
+        f"val {record['val_loss']:.4f}  {record['seconds']:.1f}s\n"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,19 +105,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         t0, t1 = rows[0].time_unix_nano, rows[-1].time_unix_nano
         cut = t0 + int((t1 - t0) * args.train_fraction)
         rows = [r for r in rows if r.time_unix_nano <= cut]
-    rows = rows[-(args.max_rows or settings.train_max_rows):]
+    rows = rows[-(args.max_rows or settings.train_max_rows) :]
     if len(rows) < 50:
         sys.stderr.write(f"otad train: only {len(rows)} rows to train on; need at least 50\n")
         return 2
     sys.stderr.write(f"training on {len(rows)} rows ...\n")
-    mv = fit_version(rows, k=settings.knn_k, alert_pvalue=settings.alert_pvalue, embed_dim=settings.embed_dim,
-                     max_rows=settings.reference_max_rows,
-                     train_config=TrainConfig(epochs=args.epochs or settings.train_epochs, seed=settings.seed),
-                     progress=_progress)
+    mv = fit_version(
+        rows,
+        k=settings.knn_k,
+        alert_pvalue=settings.alert_pvalue,
+        embed_dim=settings.embed_dim,
+        max_rows=settings.reference_max_rows,
+        train_config=TrainConfig(epochs=args.epochs or settings.train_epochs, seed=settings.seed),
+        progress=_progress,
+    )
     path = mv.save(settings.models_dir)
-    sys.stdout.write(f"model {mv.version} saved to {path} (best epoch {mv.meta['best_epoch']}, "
-                     f"{mv.meta['reference_rows']} reference vectors, threshold {mv.detector.threshold_:.1f}/100, "
-                     f"trained until {mv.meta['train_end_unix_nano']})\n")
+    sys.stdout.write(
+        f"model {mv.version} saved to {path} (best epoch {mv.meta['best_epoch']}, "
+        f"{mv.meta['reference_rows']} reference vectors, threshold {mv.detector.threshold_:.1f}/100, "
+        f"trained until {mv.meta['train_end_unix_nano']})\n"
+    )
     return 0
 
 
@@ -126,20 +143,31 @@ def cmd_score(args: argparse.Namespace) -> int:
     scorer = Scorer(mv, learn=not args.no_learn, threads=2)
     out, start, step = [], time.monotonic(), 4096
     for i in range(0, len(rows), step):
-        part = rows[i:i + step]
+        part = rows[i : i + step]
         scored = scorer.score(part)
         for r, s, raw, a in zip(part, scored.scores, scored.raw, scored.is_anomaly, strict=True):
-            out.append({"uid": r.uid, "signal": r.signal, "time_unix_nano": r.time_unix_nano, "service": r.service,
-                        "score": float(s), "raw_score": float(raw), "threshold": scorer.threshold,
-                        "is_anomaly": int(a)})
+            out.append(
+                {
+                    "uid": r.uid,
+                    "signal": r.signal,
+                    "time_unix_nano": r.time_unix_nano,
+                    "service": r.service,
+                    "score": float(s),
+                    "raw_score": float(raw),
+                    "threshold": scorer.threshold,
+                    "is_anomaly": int(a),
+                }
+            )
         done = min(i + step, len(rows))
         if (i // step) % 10 == 0 or done == len(rows):
             rate = done / max(time.monotonic() - start, 1e-9)
             sys.stderr.write(f"  scored {done}/{len(rows)} rows ({rate:,.0f} rows/s)\n")
     write_score_file(args.output, out)
     flagged = sum(o["is_anomaly"] for o in out)
-    sys.stdout.write(f"wrote {len(out)} scores to {args.output} ({flagged} at or above threshold "
-                     f"{scorer.threshold:.1f}); model {mv.version} trained until {mv.meta['train_end_unix_nano']}\n")
+    sys.stdout.write(
+        f"wrote {len(out)} scores to {args.output} ({flagged} at or above threshold "
+        f"{scorer.threshold:.1f}); model {mv.version} trained until {mv.meta['train_end_unix_nano']}\n"
+    )
     if args.baseline_output:
         _write_baseline(rows, args.baseline_output, mv.meta["train_end_unix_nano"] + 1)
     return 0
@@ -152,10 +180,17 @@ def _write_baseline(rows, path: Path, since_ns: int) -> None:
     for r in rows:
         value = r.fields.get("metric.value")
         duration = r.fields.get("duration")
-        records.append({"uid": r.uid, "signal": r.signal, "time_unix_nano": r.time_unix_nano, "service": r.service,
-                        "duration_ms": float(duration) if isinstance(duration, int | float) else None,
-                        "value": float(value) if isinstance(value, int | float) else None,
-                        "series": r.fields.get("metric.series")})
+        records.append(
+            {
+                "uid": r.uid,
+                "signal": r.signal,
+                "time_unix_nano": r.time_unix_nano,
+                "service": r.service,
+                "duration_ms": float(duration) if isinstance(duration, int | float) else None,
+                "value": float(value) if isinstance(value, int | float) else None,
+                "series": r.fields.get("metric.series"),
+            }
+        )
     raw = zscore_baseline(records, since_ns=since_ns)
     write_score_file(path, baseline_score_rows(records, raw))
     sys.stdout.write(f"wrote the per-service latency z-score baseline to {path}\n")
@@ -191,10 +226,14 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
         return 0
     for a in items:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["time_ms"] / 1000))
-        sys.stdout.write(f"{when}Z  {a['score']:5.1f}  {a['signal']:<7} {a['service']:<16} {a['explanation']}\n")
+        sys.stdout.write(
+            f"{when}Z  {a['score']:5.1f}  {a['signal']:<7} {a['service']:<16} {a['explanation']}\n"
+        )
         neighbors = (a.get("event") or {}).get("neighbors") or []
         if neighbors:
-            sys.stdout.write(f"{'':22}nearest normal rows: {', '.join(neighbors[:3])}  (source uid {a['source_uid']})\n")
+            sys.stdout.write(
+                f"{'':22}nearest normal rows: {', '.join(neighbors[:3])}  (source uid {a['source_uid']})\n"
+            )
     return 0
 
 
@@ -224,10 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model version from OTLP/JSON files or stored rows")
     common(p, milvus=True)
-    p.add_argument("--input", nargs="+", type=Path, default=None, help="Collector file-exporter files (OTLP/JSON lines)")
-    p.add_argument("--train-fraction", type=float, default=1.0, help="train on the first fraction of the time range")
-    p.add_argument("--max-rows", type=int, default=None, help="newest rows used (default OTAD_TRAIN_MAX_ROWS)")
-    p.add_argument("--epochs", type=int, default=None, help="upper bound on epochs (default OTAD_TRAIN_EPOCHS)")
+    p.add_argument(
+        "--input", nargs="+", type=Path, default=None, help="Collector file-exporter files (OTLP/JSON lines)"
+    )
+    p.add_argument(
+        "--train-fraction", type=float, default=1.0, help="train on the first fraction of the time range"
+    )
+    p.add_argument(
+        "--max-rows", type=int, default=None, help="newest rows used (default OTAD_TRAIN_MAX_ROWS)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="upper bound on epochs (default OTAD_TRAIN_EPOCHS)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="score every record of OTLP/JSON files into a score file")
@@ -235,15 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="score CSV (docs/contracts.md)")
     p.add_argument("--no-learn", action="store_true", help="do not grow the normal history while scoring")
-    p.add_argument("--baseline-output", type=Path, default=None,
-                   help="also write the per-service latency z-score baseline score file")
+    p.add_argument(
+        "--baseline-output",
+        type=Path,
+        default=None,
+        help="also write the per-service latency z-score baseline score file",
+    )
     p.set_defaults(func=cmd_score)
 
     from receiver import evaluate_cmd
+
     p = sub.add_parser("evaluate", help="detection metrics and PR curve from a score file and labels")
     common(p)
     evaluate_cmd.add_arguments(p)
-    p.add_argument("--all-rows", action="store_true", help="do not restrict to rows after the model's training window")
+    p.add_argument(
+        "--all-rows", action="store_true", help="do not restrict to rows after the model's training window"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("anomalies", help="list the latest anomaly events")
@@ -256,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from sim import simulate
+
         p = sub.add_parser("simulate", help="labelled multi-service workload generator")
         simulate.add_arguments(p)
         p.set_defaults(func=cmd_simulate)
@@ -265,12 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
         class _NeedsSimExtra(argparse.Action):
             """Ends any `otad simulate ...` with the hint; it runs even with no arguments (REMAINDER)."""
 
-            def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
-                         option_string: str | None = None) -> None:
+            def __call__(
+                self,
+                parser: argparse.ArgumentParser,
+                namespace: argparse.Namespace,
+                values: object,
+                option_string: str | None = None,
+            ) -> None:
                 parser.exit(2, hint)
 
-        p = sub.add_parser("simulate", help="labelled multi-service workload generator (pip install 'otad[sim]')",
-                           add_help=False)
+        p = sub.add_parser(
+            "simulate",
+            help="labelled multi-service workload generator (pip install 'otad[sim]')",
+            add_help=False,
+        )
         p.add_argument("args", nargs=argparse.REMAINDER, action=_NeedsSimExtra, help=argparse.SUPPRESS)
     return parser
 

@@ -93,7 +93,9 @@ class AnomalyEmitter:
         if batch_size < 1 or max_buffer < batch_size:
             raise ValueError(f"need 1 <= batch_size ({batch_size}) <= max_buffer ({max_buffer})")
         self.endpoint, self.version, self.insecure = endpoint, version, insecure
-        self._credentials = credentials  # TLS with these (e.g. a private CA) when not insecure; None: system CAs
+        self._credentials = (
+            credentials  # TLS with these (e.g. a private CA) when not insecure; None: system CAs
+        )
         self.timeout_s, self.max_buffer, self.batch_size = timeout_s, max_buffer, batch_size
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         self._on_result = on_result
@@ -107,7 +109,9 @@ class AnomalyEmitter:
         self._channel: grpc.Channel | None = None
         self._stub: LogsServiceStub | None = None
         self._call: grpc.Future | None = None
-        self._stats = dict.fromkeys(("sent", "failed", "dropped", "partial_rejected", "retries", "stored_only"), 0)
+        self._stats = dict.fromkeys(
+            ("sent", "failed", "dropped", "partial_rejected", "retries", "stored_only"), 0
+        )
         self._stats_lock = threading.Lock()
 
     @property
@@ -130,8 +134,12 @@ class AnomalyEmitter:
         self._stub = LogsServiceStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="otad-emitter", daemon=True)
         self._thread.start()
-        logger.info("anomaly events export to %s (insecure=%s, timeout %.1fs)", self.endpoint, self.insecure,
-                    self.timeout_s)
+        logger.info(
+            "anomaly events export to %s (insecure=%s, timeout %.1fs)",
+            self.endpoint,
+            self.insecure,
+            self.timeout_s,
+        )
 
     def emit(self, anomalies: Sequence[AnomalyEvent]) -> None:
         """Queue events for export without blocking; when the buffer is full the oldest are dropped."""
@@ -152,8 +160,13 @@ class AnomalyEmitter:
         if dropped:
             self._result("dropped", dropped)
             self._warn_limited(
-                "drop", "dropped %d anomaly events (export buffer full at %d or emitter shut down; endpoint %s); "
-                "they remain stored and queryable", dropped, self.max_buffer, self.endpoint)
+                "drop",
+                "dropped %d anomaly events (export buffer full at %d or emitter shut down; endpoint %s); "
+                "they remain stored and queryable",
+                dropped,
+                self.max_buffer,
+                self.endpoint,
+            )
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every buffered event has been handled (sent or given up); False on timeout."""
@@ -189,8 +202,11 @@ class AnomalyEmitter:
             self._buffer.clear()
         if left:
             self._result("dropped", left)
-            logger.warning("%d anomaly events not exported at shutdown (endpoint %s); they remain stored",
-                           left, self.endpoint)
+            logger.warning(
+                "%d anomaly events not exported at shutdown (endpoint %s); they remain stored",
+                left,
+                self.endpoint,
+            )
         if self._channel is not None:
             self._channel.close()
 
@@ -225,12 +241,16 @@ class AnomalyEmitter:
                 return
             code = error.code() if hasattr(error, "code") else grpc.StatusCode.CANCELLED
             delay = retry_delay(error)
-            retryable = code in RETRYABLE_CODES or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None)
+            retryable = code in RETRYABLE_CODES or (
+                code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
+            )
             if delay is None:
                 backoff = min(_BACKOFF_INITIAL_S * 2**attempt, _BACKOFF_MAX_S)
                 delay = backoff * random.uniform(1 - _JITTER, 1 + _JITTER)
             if not retryable or self._stop.is_set() or time.monotonic() + delay >= deadline:
-                return self._give_up(batch, code, error, "not retryable" if not retryable else "deadline reached")
+                return self._give_up(
+                    batch, code, error, "not retryable" if not retryable else "deadline reached"
+                )
             self._count("retries", 1)
             if self._stop.wait(delay):
                 return self._give_up(batch, code, error, "shutting down")
@@ -244,7 +264,8 @@ class AnomalyEmitter:
             if self._stop.is_set() and self._shutdown_deadline <= time.monotonic():
                 return _Cancelled()
             self._call = self._stub.Export.future(
-                request, timeout=timeout, metadata=self._metadata, compression=grpc.Compression.Gzip)
+                request, timeout=timeout, metadata=self._metadata, compression=grpc.Compression.Gzip
+            )
         try:
             response = self._call.result()
         except grpc.RpcError as error:
@@ -257,17 +278,31 @@ class AnomalyEmitter:
         message = response.partial_success.error_message
         if rejected or message:  # the spec: a client MUST NOT retry a partial success
             self._result("partial", rejected)
-            self._warn_limited("partial", "partial success from %s: rejected_log_records=%d of %d, message: %s",
-                               self.endpoint, rejected, len(batch), _clip(message, 500))
+            self._warn_limited(
+                "partial",
+                "partial success from %s: rejected_log_records=%d of %d, message: %s",
+                self.endpoint,
+                rejected,
+                len(batch),
+                _clip(message, 500),
+            )
         self._result("sent", len(batch) - min(rejected, len(batch)))
         return None
 
-    def _give_up(self, batch: list[AnomalyEvent], code: grpc.StatusCode, error: grpc.RpcError, why: str) -> None:
+    def _give_up(
+        self, batch: list[AnomalyEvent], code: grpc.StatusCode, error: grpc.RpcError, why: str
+    ) -> None:
         self._result("failed", len(batch))
         details = error.details() if hasattr(error, "details") else ""
-        self._warn_limited(f"fail:{code.name}:{why}",
-                           "could not export %d anomaly events to %s: %s (%s: %s); they remain stored and queryable",
-                           len(batch), self.endpoint, code.name, why, _clip(details or "", 200))
+        self._warn_limited(
+            f"fail:{code.name}:{why}",
+            "could not export %d anomaly events to %s: %s (%s: %s); they remain stored and queryable",
+            len(batch),
+            self.endpoint,
+            code.name,
+            why,
+            _clip(details or "", 200),
+        )
 
     # -- counters and logs
 

@@ -14,12 +14,24 @@ from model.evaluate import Report, format_report, join, plot_pr, pr_curve, repor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `otad evaluate` flags on `parser`."""
-    parser.add_argument("--scores", required=True, type=Path, help="otad's score file (CSV, docs/contracts.md)")
+    parser.add_argument(
+        "--scores", required=True, type=Path, help="otad's score file (CSV, docs/contracts.md)"
+    )
     parser.add_argument("--labels", required=True, type=Path, help="labels CSV: one row per anomalous record")
-    parser.add_argument("--since", type=int, default=None, metavar="NS",
-                        help="evaluate only rows with time_unix_nano >= NS (the model was trained before NS)")
-    parser.add_argument("--baseline", action="append", default=[], metavar="NAME=SCORES",
-                        help="a baseline score file to report beside otad; repeatable")
+    parser.add_argument(
+        "--since",
+        type=int,
+        default=None,
+        metavar="NS",
+        help="evaluate only rows with time_unix_nano >= NS (the model was trained before NS)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=SCORES",
+        help="a baseline score file to report beside otad; repeatable",
+    )
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write PR curves to this PNG")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the reports as JSON")
 
@@ -31,7 +43,9 @@ def _parse_baselines(specs: list[str]) -> dict[str, Path]:
         if not sep or not name or not path:
             raise ValueError(f"--baseline {spec!r} must be NAME=scores.csv")
         if name == "otad" or name in baselines:
-            raise ValueError(f"--baseline name {name!r} is used twice (or is 'otad'); give each a unique name")
+            raise ValueError(
+                f"--baseline name {name!r} is used twice (or is 'otad'); give each a unique name"
+            )
         baselines[name] = Path(path)
     return baselines
 
@@ -61,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     otad = reports.pop("otad")
     sys.stdout.write(format_report(otad, reports))
     if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401 - only to give a one-line hint when the extra is missing
+        except ImportError:
+            sys.stderr.write("otad evaluate --plot needs the `plot` extra: pip install 'otad[plot]'\n")
+            return 2
         curves = {}
         for name, j in joined.items():
             if j.y.any():

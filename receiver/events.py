@@ -93,7 +93,11 @@ def _analysis(anomaly: Anomaly) -> dict:
         }
     ]
     anomalies += [
-        {"observation_parameter": f, "observation_type": "Distribution Analysis", "observations": [{"value": o}]}
+        {
+            "observation_parameter": f,
+            "observation_type": "Distribution Analysis",
+            "observations": [{"value": o}],
+        }
         for f, o, _ in evidence
     ]
     baselines = [{"observation_parameter": "threshold", "observations": [{"value": str(anomaly.threshold)}]}]
@@ -113,19 +117,35 @@ def finding(anomaly: Anomaly, version: str) -> dict:
     if row.trace_id:
         related["trace_uid"] = row.trace_id
     body: dict = {
-        "class_uid": DETECTION_FINDING, "class_name": "Detection Finding",
-        "category_uid": 2, "category_name": "Findings",
-        "activity_id": 1, "activity_name": "Create", "type_uid": DETECTION_FINDING * 100 + 1,
-        "severity_id": 4 if top else 3, "severity": "High" if top else "Medium",
-        "time": row.time_ms, "status_id": 1, "status": "New", "is_alert": True,
-        "confidence_score": score, "risk_score": score,
-        "metadata": {"product": {"name": "otad", "vendor_name": "otad", "version": version}, "version": OCSF_VERSION},
+        "class_uid": DETECTION_FINDING,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": 1,
+        "activity_name": "Create",
+        "type_uid": DETECTION_FINDING * 100 + 1,
+        "severity_id": 4 if top else 3,
+        "severity": "High" if top else "Medium",
+        "time": row.time_ms,
+        "status_id": 1,
+        "status": "New",
+        "is_alert": True,
+        "confidence_score": score,
+        "risk_score": score,
+        "metadata": {
+            "product": {"name": "otad", "vendor_name": "otad", "version": version},
+            "version": OCSF_VERSION,
+        },
         "finding_info": {
             "uid": finding_uid(anomaly),
             "title": _title(anomaly),
             "desc": _clip(anomaly.explanation, 1024),
-            "analytic": {"type_id": 4, "type": "Learning (ML/DL)", "name": anomaly.detector,
-                         "version": anomaly.model_version},
+            "analytic": {
+                "type_id": 4,
+                "type": "Learning (ML/DL)",
+                "name": anomaly.detector,
+                "version": anomaly.model_version,
+            },
             "types": ["Anomaly"],
             "first_seen_time": row.time_ms,
             "last_seen_time": row.time_ms,
@@ -211,7 +231,9 @@ def build_request(events: Sequence[AnomalyEvent], version: str) -> ExportLogsSer
     request = ExportLogsServiceRequest()
     for event in events:
         resource, record = build_event(event)
-        key = tuple(sorted((kv.key, kv.value.SerializeToString(deterministic=True)) for kv in resource.attributes))
+        key = tuple(
+            sorted((kv.key, kv.value.SerializeToString(deterministic=True)) for kv in resource.attributes)
+        )
         if key not in groups:
             scope = ScopeLogs(scope=InstrumentationScope(name=OTAD_SCOPE, version=version))
             request.resource_logs.append(ResourceLogs(resource=resource, scope_logs=[scope]))

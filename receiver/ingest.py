@@ -24,7 +24,6 @@ from storage.spool import Spool, SpoolFullError
 logger = logging.getLogger(__name__)
 
 
-
 class SpoolMetrics:
     """The spool's Prometheus metrics, registered in the service's registry."""
 
@@ -34,13 +33,19 @@ class SpoolMetrics:
         self.bytes.set_function(lambda: spool.bytes)
         self.segments = Gauge("otad_spool_segments", "Live spool segment files", registry=r)
         self.segments.set_function(lambda: spool.segments)
-        self.uncommitted = Gauge("otad_spool_uncommitted_records", "Spooled requests not yet fully stored",
-                                 registry=r)
+        self.uncommitted = Gauge(
+            "otad_spool_uncommitted_records", "Spooled requests not yet fully stored", registry=r
+        )
         self.uncommitted.set_function(lambda: spool.uncommitted)
-        self.replayed = Counter("otad_spool_replayed_records", "Spooled requests replayed at start", registry=r)
-        self.fsync_seconds = Histogram("otad_spool_fsync_seconds", "Time per spool fsync", registry=r,
-                                       buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                0.1, 0.25, 1))
+        self.replayed = Counter(
+            "otad_spool_replayed_records", "Spooled requests replayed at start", registry=r
+        )
+        self.fsync_seconds = Histogram(
+            "otad_spool_fsync_seconds",
+            "Time per spool fsync",
+            registry=r,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
 
 
 class SpooledIngest:
@@ -53,8 +58,9 @@ class SpooledIngest:
         checkpoint_interval_s: how often the checkpoint is written and committed segments deleted.
     """
 
-    def __init__(self, spool: Spool, pipeline: Pipeline, metrics: Metrics, *,
-                 checkpoint_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, spool: Spool, pipeline: Pipeline, metrics: Metrics, *, checkpoint_interval_s: float = 1.0
+    ) -> None:
         self.spool, self.pipeline, self.metrics = spool, pipeline, metrics
         self.checkpoint_interval_s = checkpoint_interval_s
         self.mapper = RowMapper()
@@ -77,7 +83,9 @@ class SpooledIngest:
         if not received.rows:  # nothing to store (all rejected or ignored): nothing to keep
             return
         try:
-            seq = self.spool.append(received.signal, received.received_unix_nano, received.request.SerializeToString())
+            seq = self.spool.append(
+                received.signal, received.received_unix_nano, received.request.SerializeToString()
+            )
         except SpoolFullError as exc:
             raise NoRoomError(str(exc), "spool_full") from None
         except StorageError as exc:
@@ -86,7 +94,9 @@ class SpooledIngest:
         try:
             self.pipeline.consume(received.with_on_stored(partial(self.spool.commit, seq)))
         except NoRoomError:
-            self.spool.commit(seq)  # the client is told to retry, so this copy is neither processed nor replayed
+            self.spool.commit(
+                seq
+            )  # the client is told to retry, so this copy is neither processed nor replayed
             raise
 
     # ----- lifecycle -----
@@ -94,9 +104,16 @@ class SpooledIngest:
         """Replay what the last run left un-committed (in the background), and start checkpointing."""
         pending = self.spool.pending_at_open
         if pending:
-            logger.info("spool: replaying %d requests not yet stored (%d bytes in %d segments)",
-                        pending, self.spool.bytes, self.spool.segments)
-        for target, name in ((self._replay, "otad-spool-replay"), (self._checkpoint_loop, "otad-spool-checkpoint")):
+            logger.info(
+                "spool: replaying %d requests not yet stored (%d bytes in %d segments)",
+                pending,
+                self.spool.bytes,
+                self.spool.segments,
+            )
+        for target, name in (
+            (self._replay, "otad-spool-replay"),
+            (self._checkpoint_loop, "otad-spool-checkpoint"),
+        ):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -146,7 +163,11 @@ class SpooledIngest:
 
 def open_spooled_ingest(settings, pipeline: Pipeline, metrics: Metrics) -> SpooledIngest:
     """The spool under `<data dir>/spool` with the settings' policy, wired to the pipeline and metrics."""
-    spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes,
-                  segment_bytes=settings.spool_segment_bytes, fsync=settings.spool_fsync,
-                  fsync_interval_ms=settings.spool_fsync_interval_ms)
+    spool = Spool(
+        settings.data_dir / "spool",
+        max_bytes=settings.spool_max_bytes,
+        segment_bytes=settings.spool_segment_bytes,
+        fsync=settings.spool_fsync,
+        fsync_interval_ms=settings.spool_fsync_interval_ms,
+    )
     return SpooledIngest(spool, pipeline, metrics)

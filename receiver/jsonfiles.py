@@ -97,8 +97,20 @@ _worker_mapper: RowMapper | None = None
 
 
 def _as_tuple(row: Row) -> tuple:
-    return (row.uid, row.signal, row.time_unix_nano, row.service, row.class_uid, row.activity_id, row.severity_id,
-            row.status_id, row.fields, row.trace_id, row.span_id, row.resource)
+    return (
+        row.uid,
+        row.signal,
+        row.time_unix_nano,
+        row.service,
+        row.class_uid,
+        row.activity_id,
+        row.severity_id,
+        row.status_id,
+        row.fields,
+        row.trace_id,
+        row.span_id,
+        row.resource,
+    )
 
 
 def _map_chunk(job: tuple[str, list[tuple[int, str]]]) -> list[_Entry]:
@@ -115,8 +127,16 @@ def _map_chunk(job: tuple[str, list[tuple[int, str]]]) -> list[_Entry]:
                 out.append((lineno, signal, line))
                 continue
             batch = _map(_worker_mapper, signal, request)
-            out.append((lineno, signal, [_as_tuple(r) for r in batch.rows], batch.ignored, len(batch.rejections),
-                        batch.error_message("items")))
+            out.append(
+                (
+                    lineno,
+                    signal,
+                    [_as_tuple(r) for r in batch.rows],
+                    batch.ignored,
+                    len(batch.rejections),
+                    batch.error_message("items"),
+                )
+            )
     return out
 
 
@@ -186,6 +206,11 @@ def read_rows(paths: list[Path], workers: int = 0) -> list[Row]:
             for path in paths:
                 reader.read(path)
         reader.rows.sort(key=lambda r: r.time_unix_nano)
-    logger.info("read %d rows from %d file(s) (%d rejected, %d ignored)", len(reader.rows), len(paths),
-                reader.rejected, reader.ignored)
+    logger.info(
+        "read %d rows from %d file(s) (%d rejected, %d ignored)",
+        len(reader.rows),
+        len(paths),
+        reader.rejected,
+        reader.ignored,
+    )
     return reader.rows

@@ -20,31 +20,88 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.accepted = Counter("otad_accepted_items", "Items accepted", ["signal", "transport"], registry=r)
-        self.rejected = Counter("otad_rejected_items", "Items rejected (partial_success)", ["signal", "reason", "transport"], registry=r)
-        self.refused = Counter("otad_refused_items", "Items refused with UNAVAILABLE (client retries)", ["signal", "reason", "transport"], registry=r)
-        self.requests = Counter("otad_export_requests", "Export requests by outcome (ok, partial, or the status code)", ["signal", "transport", "outcome"], registry=r)
-        self.auth_failures = Counter("otad_auth_failures", "Requests refused for missing or wrong bearer tokens", ["transport", "reason"], registry=r)
-        self.ignored = Counter("otad_ignored_items", "otad's own anomaly events and no-value points, skipped", ["signal"], registry=r)
+        self.rejected = Counter(
+            "otad_rejected_items",
+            "Items rejected (partial_success)",
+            ["signal", "reason", "transport"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "otad_refused_items",
+            "Items refused with UNAVAILABLE (client retries)",
+            ["signal", "reason", "transport"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "otad_export_requests",
+            "Export requests by outcome (ok, partial, or the status code)",
+            ["signal", "transport", "outcome"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "otad_auth_failures",
+            "Requests refused for missing or wrong bearer tokens",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.ignored = Counter(
+            "otad_ignored_items",
+            "otad's own anomaly events and no-value points, skipped",
+            ["signal"],
+            registry=r,
+        )
         self.queue_rows = Gauge("otad_queue_rows", "Rows waiting in the ingest queue", registry=r)
-        self.rows_processed = Counter("otad_rows_processed", "Rows through the pipeline", ["state"], registry=r)
+        self.rows_processed = Counter(
+            "otad_rows_processed", "Rows through the pipeline", ["state"], registry=r
+        )
         self.anomalies = Counter("otad_anomalies", "Anomaly events found", ["signal"], registry=r)
-        self.export = Counter("otad_export_events", "Anomaly events by export outcome", ["outcome"], registry=r)
-        self.stage_seconds = Histogram("otad_stage_seconds", "Time per pipeline stage per batch", ["stage"], registry=r,
-                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.export_seconds = Histogram("otad_export_request_seconds", "Export RPC handling time", ["signal"], registry=r,
-                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
-        self.model_info = Gauge("otad_model_info", "Current model version (value 1)", ["version", "state"], registry=r)
-        self.rows_unscored = Counter("otad_rows_unscored", "Rows stored unscored in the backlog because scoring "
-                                     "failed on their batch every time", registry=r)
-        self.errors = Counter("otad_pipeline_errors", "Batches that failed in the pipeline", ["stage"], registry=r)
+        self.export = Counter(
+            "otad_export_events", "Anomaly events by export outcome", ["outcome"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "otad_stage_seconds",
+            "Time per pipeline stage per batch",
+            ["stage"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.export_seconds = Histogram(
+            "otad_export_request_seconds",
+            "Export RPC handling time",
+            ["signal"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.model_info = Gauge(
+            "otad_model_info", "Current model version (value 1)", ["version", "state"], registry=r
+        )
+        self.rows_unscored = Counter(
+            "otad_rows_unscored",
+            "Rows stored unscored in the backlog because scoring failed on their batch every time",
+            registry=r,
+        )
+        self.errors = Counter(
+            "otad_pipeline_errors", "Batches that failed in the pipeline", ["stage"], registry=r
+        )
         # Bad input that is kept, cut or set aside rather than silently lost (docs/reliability.md).
-        self.bounded = Counter("otad_bounded_items", "Items stored with a field bounded at entry (hashed uid, "
-                               "cut string, dropped attributes)", ["signal", "field"], registry=r)
-        self.dead_lettered = Counter("otad_dead_lettered_rows", "Rows storage refused, written to the dead-letter "
-                                     "file instead", ["stage", "cause"], registry=r)
-        self.transport_refusals = Counter("otad_transport_refused_requests", "Requests refused before their items "
-                                          "were read (undecodable, over the size limit, bad encoding)",
-                                          ["signal", "transport", "reason"], registry=r)
+        self.bounded = Counter(
+            "otad_bounded_items",
+            "Items stored with a field bounded at entry (hashed uid, cut string, dropped attributes)",
+            ["signal", "field"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "otad_dead_lettered_rows",
+            "Rows storage refused, written to the dead-letter file instead",
+            ["stage", "cause"],
+            registry=r,
+        )
+        self.transport_refusals = Counter(
+            "otad_transport_refused_requests",
+            "Requests refused before their items were read (undecodable, over the size limit, bad encoding)",
+            ["signal", "transport", "reason"],
+            registry=r,
+        )
 
 
 class HealthServer:
@@ -62,7 +119,11 @@ class HealthServer:
                     body, ctype, code = json.dumps(status()).encode(), "application/json", 200
                 elif self.path.startswith("/readyz"):
                     st = status()
-                    body, ctype, code = json.dumps(st).encode(), "application/json", 200 if st.get("ready") else 503
+                    body, ctype, code = (
+                        json.dumps(st).encode(),
+                        "application/json",
+                        200 if st.get("ready") else 503,
+                    )
                 else:
                     body, ctype, code = b"not found\n", "text/plain", 404
                 self.send_response(code)

@@ -50,15 +50,27 @@ class Pipeline:
     batches, one store thread writes them (overlapping the next batch's scoring).
     """
 
-    def __init__(self, settings: Settings, store: MilvusStore, emitter: AnomalyEmitter, metrics: Metrics,
-                 version: str, model: ModelVersion | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: MilvusStore,
+        emitter: AnomalyEmitter,
+        metrics: Metrics,
+        version: str,
+        model: ModelVersion | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.emitter = emitter
         self.metrics = metrics
         self.otad_version = version
-        self.writer = Writer(store, metrics, Path(settings.data_dir) / "dead-letter",
-                             dead_letter_max_bytes=settings.dead_letter_max_bytes, otad_version=version)
+        self.writer = Writer(
+            store,
+            metrics,
+            Path(settings.data_dir) / "dead-letter",
+            dead_letter_max_bytes=settings.dead_letter_max_bytes,
+            otad_version=version,
+        )
         self._queue: deque[tuple[list[Row], tuple[OnStored, ...]]] = deque()
         self._queued = 0  # rows in the queue
         self._in_hand = 0  # rows taken from the queue and not yet stored (scoring, storing, retrying)
@@ -116,7 +128,9 @@ class Pipeline:
 
     @property
     def state(self) -> str:
-        return "scoring" if self._scorer is not None else "training" if self.staging.training else "collecting"
+        return (
+            "scoring" if self._scorer is not None else "training" if self.staging.training else "collecting"
+        )
 
     @property
     def stalled(self) -> bool:
@@ -127,11 +141,16 @@ class Pipeline:
     def status(self) -> dict:
         stalled = self.stalled
         return {
-            "state": self.state, "ready": not self._stop.is_set() and not self.draining and not stalled,
-            "stalled": stalled, "model_version": self._scorer.mv.version if self._scorer else None,
-            "queued_rows": self._queued + self._in_hand, "backlog_rows": self.staging.rows,
-            "bootstrap_rows": self.settings.bootstrap_rows, "processed_rows": self.processed,
-            "anomalies": self.anomaly_count, "dead_lettered_rows": self.writer.dead_lettered,
+            "state": self.state,
+            "ready": not self._stop.is_set() and not self.draining and not stalled,
+            "stalled": stalled,
+            "model_version": self._scorer.mv.version if self._scorer else None,
+            "queued_rows": self._queued + self._in_hand,
+            "backlog_rows": self.staging.rows,
+            "bootstrap_rows": self.settings.bootstrap_rows,
+            "processed_rows": self.processed,
+            "anomalies": self.anomaly_count,
+            "dead_lettered_rows": self.writer.dead_lettered,
             "train_error": self.staging.train_error,
         }
 
@@ -171,8 +190,12 @@ class Pipeline:
         """Test/CLI helper: wait until the queue is empty, the current batch finished and the backlog drained."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.staging.busy and not self._queued and not self._busy \
-                    and not any(not f.done() for f in list(self._in_flight)):
+            if (
+                not self.staging.busy
+                and not self._queued
+                and not self._busy
+                and not any(not f.done() for f in list(self._in_flight))
+            ):
                 return True
             time.sleep(0.02)
         return False
@@ -277,11 +300,21 @@ class Pipeline:
         columns = scored_columns(rows, scored.scores, scored.is_anomaly, reference=False)
         while len(self._in_flight) >= 2:
             self._in_flight.popleft().result()
-        self._in_flight.append(self._store_exec.submit(self._store, scorer.mv.version, rows, columns,
-                                                       scored.embeddings, scored.anomalies, on_stored))
+        self._in_flight.append(
+            self._store_exec.submit(
+                self._store, scorer.mv.version, rows, columns, scored.embeddings, scored.anomalies, on_stored
+            )
+        )
 
-    def _store(self, version: str, rows: list[Row], columns: dict[str, list], embeddings: np.ndarray,
-               anomalies: list[Anomaly], on_stored: Sequence[OnStored] = ()) -> None:
+    def _store(
+        self,
+        version: str,
+        rows: list[Row],
+        columns: dict[str, list],
+        embeddings: np.ndarray,
+        anomalies: list[Anomaly],
+        on_stored: Sequence[OnStored] = (),
+    ) -> None:
         t1 = time.perf_counter()
         try:
             self.writer.scored(version, rows, columns, embeddings)
@@ -309,8 +342,12 @@ class Pipeline:
     def _keep_unscored(self, rows: list[Row], callbacks: Sequence[OnStored], exc: Exception) -> None:
         """A batch the scorer fails on every time is kept, not lost: its rows go to the backlog collection
         unscored (where `otad train` and a later model see them) and the spool moves past it."""
-        logger.error("scoring failed on a batch of %d rows (%s, %d attempt(s)); storing it unscored in the backlog",
-                     len(rows), exc, max(self._process_failures, 1))
+        logger.error(
+            "scoring failed on a batch of %d rows (%s, %d attempt(s)); storing it unscored in the backlog",
+            len(rows),
+            exc,
+            max(self._process_failures, 1),
+        )
         self._process_failures = 0
         try:
             stored = self.writer.backlog(rows)
@@ -337,12 +374,21 @@ class Pipeline:
         path = Path(s.models_dir) / mv.version
         if s.score_process and (path / "model.json").exists():
             try:
-                return ScoringProcess(mv, path, k=s.knn_k, alert_pvalue=s.alert_pvalue, max_rows=s.reference_max_rows,
-                                      threads=s.torch_threads, nice=s.background_nice)
+                return ScoringProcess(
+                    mv,
+                    path,
+                    k=s.knn_k,
+                    alert_pvalue=s.alert_pvalue,
+                    max_rows=s.reference_max_rows,
+                    threads=s.torch_threads,
+                    nice=s.background_nice,
+                )
             except ScoringProcessError as exc:
                 logger.error("%s; scoring in the service process instead", exc)
         elif s.score_process:
-            logger.warning("model %s is not saved under %s; scoring in the service process", mv.version, path.parent)
+            logger.warning(
+                "model %s is not saved under %s; scoring in the service process", mv.version, path.parent
+            )
         return Scorer(mv, threads=s.torch_threads)
 
     def _restart_scorer(self) -> None:

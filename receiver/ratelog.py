@@ -13,7 +13,9 @@ _last_logged: dict[str, tuple[float, int]] = {}
 _log_lock = threading.Lock()
 
 
-def warn_limited(log: logging.Logger, key: str, msg: str, *args: object, interval_s: float = _LOG_REPEAT_S) -> None:
+def warn_limited(
+    log: logging.Logger, key: str, msg: str, *args: object, interval_s: float = _LOG_REPEAT_S
+) -> None:
     """A warning, but the same `key` at most once per `interval_s`, noting how many were suppressed."""
     now = time.monotonic()
     with _log_lock:

@@ -43,7 +43,9 @@ def open_store(settings: Settings, *, serve: bool = False, owner=None):
             reclaim(uri)  # embedded: the data dir must be free all the same
         else:
             uri = running_endpoint(uri) or uri
-    return MilvusStore(uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index)
+    return MilvusStore(
+        uri, token=token, timeout_s=settings.milvus_timeout_s, rows_index=settings.milvus_rows_index
+    )
 
 
 class Service:
@@ -51,16 +53,24 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        security, export_credentials = load_security(settings), emitter_credentials(settings)  # before any start
+        security, export_credentials = (
+            load_security(settings),
+            emitter_credentials(settings),
+        )  # before any start
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.lite = None
         self.store = open_store(settings, serve=True, owner=self)
         version = otad_version()
-        self.emitter = AnomalyEmitter(settings.export_endpoint, version=version, insecure=settings.export_insecure,
-                                      credentials=export_credentials, headers=settings.export_header_map,
-                                      timeout_s=settings.export_timeout_s,
-                                      on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n))
+        self.emitter = AnomalyEmitter(
+            settings.export_endpoint,
+            version=version,
+            insecure=settings.export_insecure,
+            credentials=export_credentials,
+            headers=settings.export_header_map,
+            timeout_s=settings.export_timeout_s,
+            on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n),
+        )
         self.ingest: SpooledIngest | None = None
         try:
             model = load_model(settings, incompatible_ok=True)
@@ -68,7 +78,9 @@ class Service:
             consumer: Consumer = self.pipeline
             if settings.spool_enabled:
                 self.ingest = consumer = open_spooled_ingest(settings, self.pipeline, self.metrics)
-            self.grpc, self.http = build_servers(settings, security, consumer, self.metrics, self.pipeline.has_room)
+            self.grpc, self.http = build_servers(
+                settings, security, consumer, self.metrics, self.pipeline.has_room
+            )
         except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
             self.store.close()
             if self.lite is not None:
@@ -94,12 +106,22 @@ class Service:
         self.http.start()
         self.health.start()
         st = self.pipeline.status()
-        logger.info("otad %s serving OTLP/gRPC on port %d, OTLP/HTTP on %d (%s), metrics on %d; state=%s model=%s "
-                    "milvus=%s export=%s", otad_version(), self.grpc.port, self.http.port,
-                    "TLS" if self.http.tls else "plaintext", self.health.port, st["state"], st["model_version"],
-                    self.settings.resolved_milvus_uri, self.settings.export_endpoint or "(stored only)")
+        logger.info(
+            "otad %s serving OTLP/gRPC on port %d, OTLP/HTTP on %d (%s), metrics on %d; state=%s model=%s milvus=%s export=%s",
+            otad_version(),
+            self.grpc.port,
+            self.http.port,
+            "TLS" if self.http.tls else "plaintext",
+            self.health.port,
+            st["state"],
+            st["model_version"],
+            self.settings.resolved_milvus_uri,
+            self.settings.export_endpoint or "(stored only)",
+        )
         if st["state"] == "collecting":
-            logger.info("no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows)
+            logger.info(
+                "no model yet: collecting %d rows before training the first one", self.settings.bootstrap_rows
+            )
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting (health NOT_SERVING), finish in-flight batches within `grace_s`, checkpoint the spool."""
@@ -118,16 +140,22 @@ class Service:
             self.lite.stop()
 
 
-
 def load_model(settings: Settings, *, incompatible_ok: bool = False) -> ModelVersion | None:
     """The current model version, or None when there is none (or, with incompatible_ok, when it was trained by
     a release whose feature contract this one cannot compute: the service then starts over from a cold start)."""
     try:
-        return ModelVersion.load_current(Path(settings.models_dir), k=settings.knn_k,
-                                         alert_pvalue=settings.alert_pvalue, max_rows=settings.reference_max_rows)
+        return ModelVersion.load_current(
+            Path(settings.models_dir),
+            k=settings.knn_k,
+            alert_pvalue=settings.alert_pvalue,
+            max_rows=settings.reference_max_rows,
+        )
     except ContractVersionError as exc:
         if not incompatible_ok:
             raise
-        logger.warning("the current model cannot be used: %s; starting from a cold start (a new model is trained "
-                       "once %d rows have arrived)", exc, settings.bootstrap_rows)
+        logger.warning(
+            "the current model cannot be used: %s; starting from a cold start (a new model is trained once %d rows have arrived)",
+            exc,
+            settings.bootstrap_rows,
+        )
         return None

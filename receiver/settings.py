@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     alert_pvalue: float = Field(1e-3, gt=0, lt=0.5)  # tail probability at the threshold
     reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index
     train_epochs: int = Field(30, ge=1)  # upper bound; early stopping usually ends sooner
-    train_max_rows: int = Field(200_000, ge=100)  # newest rows used for training (otad train on 165k rows peaked at 1.8 GB)
+    train_max_rows: int = Field(
+        200_000, ge=100
+    )  # newest rows used for training (otad train on 165k rows peaked at 1.8 GB)
     embed_dim: int = Field(32, ge=4)  # embedding dimension
     seed: int = 7  # training seed
     torch_threads: int = Field(1, ge=1)  # intra-op threads for inference in the service
@@ -74,7 +76,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(20.0, ge=0)  # SIGTERM: time to finish in-flight batches
     # Rows Milvus refuses as data go to <data dir>/dead-letter/rows.jsonl, capped at this size.
     dead_letter_max_bytes: int = Field(256 << 20, ge=1 << 20)
-    pipeline_stall_s: float = Field(60.0, gt=0)  # rows waiting and none stored this long: /readyz says not ready
+    pipeline_stall_s: float = Field(
+        60.0, gt=0
+    )  # rows waiting and none stored this long: /readyz says not ready
 
     @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
     @classmethod
@@ -99,14 +103,21 @@ class Settings(BaseSettings):
                 "raise OTAD_QUEUE_ROWS or lower OTAD_BATCH_ROWS"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            given, missing = (("OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE") if self.tls_key_file is None
-                              else ("OTAD_TLS_KEY_FILE", "OTAD_TLS_CERT_FILE"))
+            given, missing = (
+                ("OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE")
+                if self.tls_key_file is None
+                else ("OTAD_TLS_KEY_FILE", "OTAD_TLS_CERT_FILE")
+            )
             raise ValueError(f"{given} is set but {missing} is not; set both (or neither, for plaintext)")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("OTAD_TLS_CLIENT_CA_FILE (mTLS) needs TLS: set OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE")
+            raise ValueError(
+                "OTAD_TLS_CLIENT_CA_FILE (mTLS) needs TLS: set OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE"
+            )
         if self.export_ca_file is not None and self.export_insecure:
-            raise ValueError("OTAD_EXPORT_CA_FILE is set but OTAD_EXPORT_INSECURE is true (plaintext); "
-                             "set OTAD_EXPORT_INSECURE=false to export over TLS")
+            raise ValueError(
+                "OTAD_EXPORT_CA_FILE is set but OTAD_EXPORT_INSECURE is true (plaintext); "
+                "set OTAD_EXPORT_INSECURE=false to export over TLS"
+            )
         self.export_header_map  # noqa: B018 (validates the syntax at start-up)
         if self.spool_segment_bytes > self.spool_max_bytes:
             raise ValueError(
@@ -126,8 +137,9 @@ class Settings(BaseSettings):
                 continue
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ValueError("OTAD_EXPORT_HEADERS must be KEY=VALUE pairs separated by commas, "
-                                 "for example authorization=Bearer x,tenant=a")
+                raise ValueError(
+                    "OTAD_EXPORT_HEADERS must be KEY=VALUE pairs separated by commas, for example authorization=Bearer x,tenant=a"
+                )
             headers[key.strip().lower()] = value.strip()
         return headers
 

@@ -41,8 +41,15 @@ class Staging:
         stop: set when the service stops (the drain and training give up their waits).
     """
 
-    def __init__(self, settings: Settings, store: MilvusStore, writer: Writer, metrics: Metrics, offer: Offer,
-                 stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MilvusStore,
+        writer: Writer,
+        metrics: Metrics,
+        offer: Offer,
+        stop: threading.Event,
+    ) -> None:
         self.settings, self.store, self.writer, self.metrics = settings, store, writer, metrics
         self._offer, self._stop = offer, stop
         self.rows = self._count()  # rows staged by this and earlier runs
@@ -101,9 +108,13 @@ class Staging:
 
     def _start_training(self) -> None:
         self.metrics.model_info.labels("none", "training").set(1)
-        logger.info("bootstrap: %d rows stored; training the first model in the background (ingest continues)",
-                    self.rows)
-        self._trainer = threading.Thread(target=self._train, args=(self.rows,), name="otad-train", daemon=True)
+        logger.info(
+            "bootstrap: %d rows stored; training the first model in the background (ingest continues)",
+            self.rows,
+        )
+        self._trainer = threading.Thread(
+            target=self._train, args=(self.rows,), name="otad-train", daemon=True
+        )
         self._trainer.start()
 
     def _read(self, n: int) -> list[Row]:
@@ -111,16 +122,21 @@ class Staging:
         scored by the new model), at most the newest OTAD_TRAIN_MAX_ROWS of them, oldest first."""
         rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
         rows.sort(key=lambda r: r.time_unix_nano)
-        return rows[:n][-self.settings.train_max_rows:]
+        return rows[:n][-self.settings.train_max_rows :]
 
     def _train(self, n: int) -> None:
         s = self.settings
         try:
             rows = self._read(n)
             logger.info("training the first model on %d stored rows", len(rows))
-            mv = fit_version(rows, k=s.knn_k, alert_pvalue=s.alert_pvalue, embed_dim=s.embed_dim,
-                             max_rows=s.reference_max_rows,
-                             train_config=TrainConfig(epochs=s.train_epochs, seed=s.seed, threads=1))
+            mv = fit_version(
+                rows,
+                k=s.knn_k,
+                alert_pvalue=s.alert_pvalue,
+                embed_dim=s.embed_dim,
+                max_rows=s.reference_max_rows,
+                train_config=TrainConfig(epochs=s.train_epochs, seed=s.seed, threads=1),
+            )
             mv.save(s.models_dir, promote=False)
             self._store_reference(mv, rows)
             promote_version(s.models_dir, mv.version)
@@ -137,7 +153,7 @@ class Staging:
         scorer = Scorer(mv, learn=False)
         self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
         for start in range(0, len(rows), 4096):
-            part = rows[start:start + 4096]
+            part = rows[start : start + 4096]
             _, num, cat = scorer.featurize(part)
             emb = scorer.embedder.embed(num, cat)
             zeros = np.zeros(len(part))
@@ -163,7 +179,9 @@ class Staging:
     def start_drain(self, version: str) -> None:
         if self._drainer is not None and self._drainer.is_alive():
             return
-        self._drainer = threading.Thread(target=self._drain, args=(version,), name="otad-backlog-drain", daemon=True)
+        self._drainer = threading.Thread(
+            target=self._drain, args=(version,), name="otad-backlog-drain", daemon=True
+        )
         self._drainer.start()
 
     def _drain(self, version: str) -> None:
@@ -174,7 +192,7 @@ class Staging:
             rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
             rows.sort(key=lambda r: r.time_unix_nano)
             for start in range(0, len(rows), 4096):
-                part = rows[start:start + 4096]
+                part = rows[start : start + 4096]
                 done = self.store.existing_row_uids(version, [r.uid for r in part])
                 if done:
                     self.delete(sorted(done))

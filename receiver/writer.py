@@ -29,24 +29,39 @@ _EXPLANATION_BYTES = 4000  # the anomalies collection's explanation field holds 
 
 def backlog_records(rows: Sequence[Row]) -> list[dict]:
     """Rows as records of the backlog collection (the whole row, resource included, for training)."""
-    return [{"uid": r.uid, "signal": r.signal, "service": r.service[:128], "class_uid": r.class_uid,
-             "time_ms": r.time_ms, "trace_id": r.trace_id, "row": row_to_dict(r)} for r in rows]
+    return [
+        {
+            "uid": r.uid,
+            "signal": r.signal,
+            "service": r.service[:128],
+            "class_uid": r.class_uid,
+            "time_ms": r.time_ms,
+            "trace_id": r.trace_id,
+            "row": row_to_dict(r),
+        }
+        for r in rows
+    ]
 
 
-def scored_columns(rows: Sequence[Row], scores: np.ndarray, is_anomaly: np.ndarray, *, reference: bool,
-                   ) -> dict[str, list]:
+def scored_columns(
+    rows: Sequence[Row], scores: np.ndarray, is_anomaly: np.ndarray, *, reference: bool
+) -> dict[str, list]:
     """The fields of a model version's rows collection, column by column (see MilvusStore.upsert_row_columns).
 
     The stored row leaves out the resource attributes: features never read them, the backlog keeps whole
     rows for training, and anomaly events carry the resource of their source row.
     """
     return {
-        "uid": [r.uid for r in rows], "signal": [r.signal for r in rows],
-        "service": [r.service[:128] for r in rows], "class_uid": [r.class_uid for r in rows],
-        "time_ms": [r.time_unix_nano // 1_000_000 for r in rows], "trace_id": [r.trace_id for r in rows],
+        "uid": [r.uid for r in rows],
+        "signal": [r.signal for r in rows],
+        "service": [r.service[:128] for r in rows],
+        "class_uid": [r.class_uid for r in rows],
+        "time_ms": [r.time_unix_nano // 1_000_000 for r in rows],
+        "trace_id": [r.trace_id for r in rows],
         "score": np.asarray(scores, dtype=np.float64).tolist(),
         "is_anomaly": np.asarray(is_anomaly, dtype=bool).tolist(),
-        "is_reference": [reference] * len(rows), "row": [row_to_dict(r, resource=False) for r in rows],
+        "is_reference": [reference] * len(rows),
+        "row": [row_to_dict(r, resource=False) for r in rows],
     }
 
 
@@ -67,14 +82,26 @@ class Writer:
     writes are upserts by uid, so what was already written is not duplicated.
     """
 
-    def __init__(self, store: MilvusStore, metrics: Metrics, dead_letter_dir: Path, *, dead_letter_max_bytes: int,
-                 otad_version: str) -> None:
+    def __init__(
+        self,
+        store: MilvusStore,
+        metrics: Metrics,
+        dead_letter_dir: Path,
+        *,
+        dead_letter_max_bytes: int,
+        otad_version: str,
+    ) -> None:
         self.store, self.metrics, self.otad_version = store, metrics, otad_version
         self.dead_letters = DeadLetterFile(dead_letter_dir, max_bytes=dead_letter_max_bytes)
         self.dead_lettered = 0
 
-    def write_isolating(self, stage: str, items: Sequence[Any], write: Callable[[list[int]], object],
-                        describe: Callable[[int], dict]) -> int:
+    def write_isolating(
+        self,
+        stage: str,
+        items: Sequence[Any],
+        write: Callable[[list[int]], object],
+        describe: Callable[[int], dict],
+    ) -> int:
         """Write `items` with `write(indices)`, bisecting around the items Milvus refuses as data.
 
         Returns:
@@ -105,30 +132,49 @@ class Writer:
         cause = _cause(exc)
         if self.dead_letters.append(stage, str(exc), item):
             self.metrics.dead_lettered.labels(stage, cause).inc()
-            warn_limited(logger, f"dead-letter:{stage}:{cause}", "Milvus refused %s item %s: %s; written to %s",
-                         stage, item.get("uid"), exc, self.dead_letters.path)
+            warn_limited(
+                logger,
+                f"dead-letter:{stage}:{cause}",
+                "Milvus refused %s item %s: %s; written to %s",
+                stage,
+                item.get("uid"),
+                exc,
+                self.dead_letters.path,
+            )
         else:
             self.metrics.dead_lettered.labels(stage, "dead_letter_full").inc()
-            logger.error("Milvus refused %s item %s (%s) and the dead-letter file %s is full "
-                         "(OTAD_DEAD_LETTER_MAX_BYTES): the item is dropped", stage, item.get("uid"), exc,
-                         self.dead_letters.path)
+            logger.error(
+                "Milvus refused %s item %s (%s) and the dead-letter file %s is full "
+                "(OTAD_DEAD_LETTER_MAX_BYTES): the item is dropped",
+                stage,
+                item.get("uid"),
+                exc,
+                self.dead_letters.path,
+            )
 
     def backlog(self, rows: Sequence[Row]) -> int:
         """Stage rows in the backlog; returns how many were stored (the rest were dead-lettered)."""
         records = backlog_records(rows)
         failed = self.write_isolating(
-            "backlog", records, lambda idx: self.store.upsert_backlog([records[i] for i in idx]),
-            lambda i: records[i]["row"])
+            "backlog",
+            records,
+            lambda idx: self.store.upsert_backlog([records[i] for i in idx]),
+            lambda i: records[i]["row"],
+        )
         return len(records) - failed
 
-    def scored(self, version: str, rows: Sequence[Row], columns: dict[str, list], embeddings: np.ndarray) -> None:
+    def scored(
+        self, version: str, rows: Sequence[Row], columns: dict[str, list], embeddings: np.ndarray
+    ) -> None:
         """A version's rows (scored, or reference rows), column by column."""
+
         def write(idx: list[int]) -> None:
             if len(idx) == len(rows):
                 self.store.upsert_row_columns(version, columns, embeddings)
             else:
-                self.store.upsert_row_columns(version, {k: [v[i] for i in idx] for k, v in columns.items()},
-                                              embeddings[idx])
+                self.store.upsert_row_columns(
+                    version, {k: [v[i] for i in idx] for k, v in columns.items()}, embeddings[idx]
+                )
 
         self.write_isolating("rows", rows, write, lambda i: row_to_dict(rows[i]))
 
@@ -147,17 +193,36 @@ class Writer:
         records = []
         for event in events:
             a = event.anomaly
-            records.append({
-                "uid": event.uid, "source_uid": a.row.uid, "signal": a.row.signal,
-                "service": a.row.service[:128], "class_uid": a.row.class_uid, "time_ms": a.row.time_ms,
-                "detected_ms": a.detected_unix_nano // 1_000_000, "score": a.score, "threshold": a.threshold,
-                "model_version": a.model_version, "explanation": _cut_bytes(a.explanation, _EXPLANATION_BYTES),
-                "event": {"finding": event.finding, "neighbors": list(a.neighbors), "trace_id": a.row.trace_id,
-                          "span_id": a.row.span_id, "raw_score": a.raw_score, "detector": a.detector},
-            })
+            records.append(
+                {
+                    "uid": event.uid,
+                    "source_uid": a.row.uid,
+                    "signal": a.row.signal,
+                    "service": a.row.service[:128],
+                    "class_uid": a.row.class_uid,
+                    "time_ms": a.row.time_ms,
+                    "detected_ms": a.detected_unix_nano // 1_000_000,
+                    "score": a.score,
+                    "threshold": a.threshold,
+                    "model_version": a.model_version,
+                    "explanation": _cut_bytes(a.explanation, _EXPLANATION_BYTES),
+                    "event": {
+                        "finding": event.finding,
+                        "neighbors": list(a.neighbors),
+                        "trace_id": a.row.trace_id,
+                        "span_id": a.row.span_id,
+                        "raw_score": a.raw_score,
+                        "detector": a.detector,
+                    },
+                }
+            )
             self.metrics.anomalies.labels(a.row.signal).inc()
         # Every event is kept, whatever happens to the export.
-        self.write_isolating("anomalies", records,
-                             lambda idx: self.store.upsert_anomalies([records[i] for i in idx]), lambda i: records[i])
+        self.write_isolating(
+            "anomalies",
+            records,
+            lambda idx: self.store.upsert_anomalies([records[i] for i in idx]),
+            lambda i: records[i],
+        )
         emitter.emit(events)
         return len(fresh)

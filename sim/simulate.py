@@ -117,13 +117,21 @@ class _Telemetry:
         self._providers: list[TracerProvider | LoggerProvider] = []
         ids = _SeededIds(rng)
         for service, spec in SERVICES.items():
-            resource = Resource({
-                "service.name": service, "service.namespace": "shop", "service.version": spec.version,
-                "host.name": spec.host, "deployment.environment.name": "production",
-                "telemetry.sdk.name": "opentelemetry", "telemetry.sdk.language": "python",
-                "telemetry.sdk.version": _SDK_VERSION})
-            tracer_provider = TracerProvider(sampler=ALWAYS_ON, resource=resource, shutdown_on_exit=False,
-                                             id_generator=ids)
+            resource = Resource(
+                {
+                    "service.name": service,
+                    "service.namespace": "shop",
+                    "service.version": spec.version,
+                    "host.name": spec.host,
+                    "deployment.environment.name": "production",
+                    "telemetry.sdk.name": "opentelemetry",
+                    "telemetry.sdk.language": "python",
+                    "telemetry.sdk.version": _SDK_VERSION,
+                }
+            )
+            tracer_provider = TracerProvider(
+                sampler=ALWAYS_ON, resource=resource, shutdown_on_exit=False, id_generator=ids
+            )
             tracer_provider.add_span_processor(SimpleSpanProcessor(self._spans))
             logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
             logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self._logs))
@@ -134,8 +142,13 @@ class _Telemetry:
 
     def span_tree(self, rec: SpanRec, labels: list[Label], parent: trace.SpanContext | None = None) -> None:
         context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else Context()
-        span = self._tracers[rec.service].start_span(rec.name, context=context, kind=_SPAN_KINDS[rec.kind],
-                                                     attributes=rec.attributes, start_time=rec.start_ns)
+        span = self._tracers[rec.service].start_span(
+            rec.name,
+            context=context,
+            kind=_SPAN_KINDS[rec.kind],
+            attributes=rec.attributes,
+            start_time=rec.start_ns,
+        )
         span_context = span.get_span_context()
         for child in rec.children:
             self.span_tree(child, labels, span_context)
@@ -145,17 +158,23 @@ class _Telemetry:
             span.set_status(Status(StatusCode.ERROR, rec.error or None))
         span.end(end_time=rec.end_ns)
         if rec.label:
-            labels.append((trace.format_span_id(span_context.span_id), "traces", rec.label, rec.start_ns,
-                           rec.service))
+            labels.append(
+                (trace.format_span_id(span_context.span_id), "traces", rec.label, rec.start_ns, rec.service)
+            )
 
     def log(self, rec: LogRec, labels: list[Label], span_context: trace.SpanContext | None = None) -> None:
         uid = f"{self._rng.getrandbits(128):032x}"
         # ids and flags (sampled: ALWAYS_ON) from the span's context; without one, none (no current span here)
         context = trace.set_span_in_context(NonRecordingSpan(span_context)) if span_context else Context()
         record = LogRecord(
-            timestamp=rec.time_ns, observed_timestamp=rec.time_ns, context=context,
-            severity_number=SeverityNumber(rec.severity), severity_text=_SEVERITY_TEXT[rec.severity],
-            body=rec.body, attributes={**rec.attributes, "log.record.uid": uid})
+            timestamp=rec.time_ns,
+            observed_timestamp=rec.time_ns,
+            context=context,
+            severity_number=SeverityNumber(rec.severity),
+            severity_text=_SEVERITY_TEXT[rec.severity],
+            body=rec.body,
+            attributes={**rec.attributes, "log.record.uid": uid},
+        )
         self._loggers[rec.service].emit(record)
         if rec.label:
             labels.append((uid, "logs", rec.label, rec.time_ns, rec.service))
@@ -174,8 +193,17 @@ class _Telemetry:
 def _histogram_point(p: PointRec) -> HistogramDataPoint:
     assert isinstance(p.value, tuple)  # a histogram's point
     count, total, bucket_counts, low, high = p.value
-    return HistogramDataPoint(p.attributes, p.start_ns, p.time_ns, count, total, list(bucket_counts),
-                              list(DURATION_BOUNDS), low, high)
+    return HistogramDataPoint(
+        p.attributes,
+        p.start_ns,
+        p.time_ns,
+        count,
+        total,
+        list(bucket_counts),
+        list(DURATION_BOUNDS),
+        low,
+        high,
+    )
 
 
 def _number_point(p: PointRec) -> NumberDataPoint:
@@ -190,7 +218,9 @@ def _metric(points: list[PointRec]) -> Metric:
         data = Histogram([_histogram_point(p) for p in points], AggregationTemporality.CUMULATIVE)
     else:
         numbers = [_number_point(p) for p in points]
-        data = Gauge(numbers) if first.kind == "gauge" else Sum(numbers, AggregationTemporality.CUMULATIVE, True)
+        data = (
+            Gauge(numbers) if first.kind == "gauge" else Sum(numbers, AggregationTemporality.CUMULATIVE, True)
+        )
     return Metric(first.name, None, first.unit, data)
 
 
@@ -206,15 +236,18 @@ def metrics_data(points: list[PointRec], telemetry: _Telemetry, labels: list[Lab
     for service, by_name in grouped.items():
         scope = InstrumentationScope(f"shop.{service}", SERVICES[service].version)
         metrics = [_metric(series) for series in by_name.values()]
-        resource_metrics.append(ResourceMetrics(telemetry.resources[service], [ScopeMetrics(scope, metrics, "")], ""))
+        resource_metrics.append(
+            ResourceMetrics(telemetry.resources[service], [ScopeMetrics(scope, metrics, "")], "")
+        )
     return MetricsData(resource_metrics)
 
 
 class Sink(Protocol):
     """Where each slice's telemetry goes."""
 
-    def write(self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord],
-              metrics: MetricsData | None) -> None: ...
+    def write(
+        self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord], metrics: MetricsData | None
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -225,8 +258,9 @@ class FileSink:
     def __init__(self, path: Path) -> None:
         self._handle = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 (closed in close())
 
-    def write(self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord],
-              metrics: MetricsData | None) -> None:
+    def write(
+        self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord], metrics: MetricsData | None
+    ) -> None:
         if spans:
             self._handle.write(to_json_line(encode_spans(spans)) + "\n")
         if logs:
@@ -247,19 +281,22 @@ class GrpcSink:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         self.target = target
-        self._exporters = (OTLPSpanExporter(endpoint=target, insecure=True),
-                           OTLPLogExporter(endpoint=target, insecure=True),
-                           OTLPMetricExporter(endpoint=target, insecure=True))
+        self._exporters = (
+            OTLPSpanExporter(endpoint=target, insecure=True),
+            OTLPLogExporter(endpoint=target, insecure=True),
+            OTLPMetricExporter(endpoint=target, insecure=True),
+        )
         self.failed = 0
 
-    def write(self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord],
-              metrics: MetricsData | None) -> None:
+    def write(
+        self, spans: Sequence[ReadableSpan], logs: Sequence[ReadableLogRecord], metrics: MetricsData | None
+    ) -> None:
         span_exporter, log_exporter, metric_exporter = self._exporters
         # Chunks keep each request well under a Collector's default 4 MiB receive limit.
         for i in range(0, len(spans), _CHUNK):
-            self._check("traces", span_exporter.export(spans[i:i + _CHUNK]))
+            self._check("traces", span_exporter.export(spans[i : i + _CHUNK]))
         for i in range(0, len(logs), _CHUNK):
-            self._check("logs", log_exporter.export(logs[i:i + _CHUNK]))
+            self._check("logs", log_exporter.export(logs[i : i + _CHUNK]))
         if metrics is not None and metrics.resource_metrics:
             self._check("metrics", metric_exporter.export(metrics))
 
@@ -275,8 +312,14 @@ class GrpcSink:
 
 def simulate(config: SimulateConfig, sinks: Sequence[Sink], labels_path: Path | None) -> Summary:
     """Runs the workload through the sinks; writes the labels CSV. Same config ⇒ identical output."""
-    workload = Workload(random.Random(f"otad-simulate:{config.seed}:workload"), config.start_ns,
-                        config.duration_s, config.rate, config.anomaly_rate, config.kinds)
+    workload = Workload(
+        random.Random(f"otad-simulate:{config.seed}:workload"),
+        config.start_ns,
+        config.duration_s,
+        config.rate,
+        config.anomaly_rate,
+        config.kinds,
+    )
     telemetry = _Telemetry(random.Random(f"otad-simulate:{config.seed}:ids"))
     summary = Summary(episodes=len(workload.episodes))
     labels: list[Label] = []
@@ -302,10 +345,17 @@ def simulate(config: SimulateConfig, sinks: Sequence[Sink], labels_path: Path | 
             if (index + 1) / n_slices >= next_report:
                 next_report += 0.1
                 started = sum(1 for ep in workload.episodes if ep.start_ns < t1)
-                logger.info("simulate: %3.0f%% (%d/%d simulated s): %d records sent, %d/%d anomaly episodes "
-                            "injected, %d anomalous records", 100 * (index + 1) / n_slices,
-                            (t1 - config.start_ns) // SEC, config.duration_s, summary.total, started,
-                            summary.episodes, len(labels))
+                logger.info(
+                    "simulate: %3.0f%% (%d/%d simulated s): %d records sent, %d/%d anomaly episodes "
+                    "injected, %d anomalous records",
+                    100 * (index + 1) / n_slices,
+                    (t1 - config.start_ns) // SEC,
+                    config.duration_s,
+                    summary.total,
+                    started,
+                    summary.episodes,
+                    len(labels),
+                )
     finally:
         for sink in sinks:
             sink.close()
@@ -347,23 +397,58 @@ def _kinds(value: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `otad simulate` flags."""
-    parser.add_argument("--target", metavar="HOST:PORT", help="send over OTLP/gRPC (insecure) to this endpoint")
-    parser.add_argument("--output-dir", type=Path, metavar="DIR",
-                        help="write DIR/otlp.jsonl (Collector file-exporter format) and DIR/labels.csv")
-    parser.add_argument("--labels", type=Path, metavar="FILE",
-                        help="labels CSV (default labels.csv, or DIR/labels.csv with --output-dir)")
-    parser.add_argument("--duration", type=float, default=3600.0, metavar="SECONDS",
-                        help="simulated seconds of traffic (default 3600)")
-    parser.add_argument("--rate", type=float, default=20.0, help="requests per simulated second at the daily mean")
-    parser.add_argument("--speedup", type=float, default=60.0,
-                        help="simulated seconds per wall second when sending to --target (default 60)")
+    parser.add_argument(
+        "--target", metavar="HOST:PORT", help="send over OTLP/gRPC (insecure) to this endpoint"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/otlp.jsonl (Collector file-exporter format) and DIR/labels.csv",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="labels CSV (default labels.csv, or DIR/labels.csv with --output-dir)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="simulated seconds of traffic (default 3600)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=20.0, help="requests per simulated second at the daily mean"
+    )
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=60.0,
+        help="simulated seconds per wall second when sending to --target (default 60)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed; same seed and flags, same output")
-    parser.add_argument("--start", type=_start, default=_start(DEFAULT_START), metavar="ISO8601",
-                        help=f"simulated start time (default {DEFAULT_START})")
-    parser.add_argument("--anomaly-rate", type=float, default=0.04,
-                        help="fraction of simulated time inside anomaly episodes (default 0.04)")
-    parser.add_argument("--kinds", type=_kinds, default=KINDS, metavar="KIND,…",
-                        help="anomaly kinds to inject (default all: " + ", ".join(KINDS) + ")")
+    parser.add_argument(
+        "--start",
+        type=_start,
+        default=_start(DEFAULT_START),
+        metavar="ISO8601",
+        help=f"simulated start time (default {DEFAULT_START})",
+    )
+    parser.add_argument(
+        "--anomaly-rate",
+        type=float,
+        default=0.04,
+        help="fraction of simulated time inside anomaly episodes (default 0.04)",
+    )
+    parser.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=KINDS,
+        metavar="KIND,…",
+        help="anomaly kinds to inject (default all: " + ", ".join(KINDS) + ")",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -372,11 +457,19 @@ def run(args: argparse.Namespace) -> int:
         logger.error("simulate: give --target HOST:PORT to send, --output-dir DIR to write files, or both")
         return 2
     if args.duration <= 0 or args.rate <= 0 or not 0 <= args.anomaly_rate < 0.5 or args.speedup < 0:
-        logger.error("simulate: --duration and --rate must be > 0, --anomaly-rate in [0, 0.5), --speedup >= 0")
+        logger.error(
+            "simulate: --duration and --rate must be > 0, --anomaly-rate in [0, 0.5), --speedup >= 0"
+        )
         return 2
-    config = SimulateConfig(duration_s=args.duration, rate=args.rate, seed=args.seed, start_ns=args.start,
-                            anomaly_rate=args.anomaly_rate, kinds=args.kinds,
-                            speedup=args.speedup if args.target else 0.0)
+    config = SimulateConfig(
+        duration_s=args.duration,
+        rate=args.rate,
+        seed=args.seed,
+        start_ns=args.start,
+        anomaly_rate=args.anomaly_rate,
+        kinds=args.kinds,
+        speedup=args.speedup if args.target else 0.0,
+    )
     sinks: list[Sink] = []
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -387,10 +480,17 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     summary = simulate(config, sinks, labels)
     took = time.monotonic() - started
-    logger.info("simulate: %d records (%s) in %.1f s (%.0f records/s), %d episodes, %d anomalous records (%.2f%%) "
-                "-> labels %s", summary.total, dict(summary.records), took, summary.total / max(took, 1e-9),
-                summary.episodes, sum(summary.labelled.values()),
-                100 * sum(summary.labelled.values()) / max(summary.total, 1), labels)
+    logger.info(
+        "simulate: %d records (%s) in %.1f s (%.0f records/s), %d episodes, %d anomalous records (%.2f%%) -> labels %s",
+        summary.total,
+        dict(summary.records),
+        took,
+        summary.total / max(took, 1e-9),
+        summary.episodes,
+        sum(summary.labelled.values()),
+        100 * sum(summary.labelled.values()) / max(summary.total, 1),
+        labels,
+    )
     if summary.failed_exports:
         logger.error("simulate: %d exports to %s failed", summary.failed_exports, args.target)
         return 1

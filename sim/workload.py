@@ -29,13 +29,22 @@ class _Series:
 class Workload:
     """Generates one simulated time slice at a time; call `step(t0, t1)` with increasing times."""
 
-    def __init__(self, rng: random.Random, start_ns: int, duration_s: float, rate: float, anomaly_rate: float,
-                 kinds: tuple[str, ...] = world.KINDS):
+    def __init__(
+        self,
+        rng: random.Random,
+        start_ns: int,
+        duration_s: float,
+        rate: float,
+        anomaly_rate: float,
+        kinds: tuple[str, ...] = world.KINDS,
+    ):
         self.rng = rng
         self.start_ns = start_ns
         self.rate = rate
         self.users: list[User] = world.make_users(rng)
-        self.episodes: list[Episode] = world.plan_episodes(rng, self.users, start_ns, duration_s, anomaly_rate, kinds)
+        self.episodes: list[Episode] = world.plan_episodes(
+            rng, self.users, start_ns, duration_s, anomaly_rate, kinds
+        )
         self._user_weights = [u.weight for u in self.users]
         self.products = [rng.randrange(1000, 9999) for _ in range(400)]
         self._order_id = 5000 + rng.randrange(1000)
@@ -155,10 +164,16 @@ class Workload:
     def _background_logs(self, t0: int, t1: int) -> None:
         if self._next_checkpoint < t1:
             buffers = self.rng.randrange(200, 4000)
-            self._logs.append(LogRec(self._next_checkpoint, "postgres", INFO,
-                                     f"checkpoint complete: wrote {buffers} buffers ({buffers / 1310.72:.1f}%); "
-                                     f"write={self.rng.uniform(2, 30):.3f} s",
-                                     {"db.system.name": "postgresql"}))
+            self._logs.append(
+                LogRec(
+                    self._next_checkpoint,
+                    "postgres",
+                    INFO,
+                    f"checkpoint complete: wrote {buffers} buffers ({buffers / 1310.72:.1f}%); "
+                    f"write={self.rng.uniform(2, 30):.3f} s",
+                    {"db.system.name": "postgresql"},
+                )
+            )
             self._next_checkpoint += self.rng.randrange(240, 360) * SEC
         for ep in self.episodes:
             if ep.kind == "crash_loop" and ep.end_ns > t0 and ep.start_ns < t1:
@@ -174,21 +189,45 @@ class Workload:
         load = world.day_factor(t) * self.rate / 20
         out: list[PointRec] = []
         for service, spec in world.SERVICES.items():
-            self._mem[service] += spec.memory * 0.01 * rng.gauss(0, 1) - 0.2 * (self._mem[service] - spec.memory)
+            self._mem[service] += spec.memory * 0.01 * rng.gauss(0, 1) - 0.2 * (
+                self._mem[service] - spec.memory
+            )
             memory, label = self._memory(service, t)
-            out.append(PointRec(service, "process.memory.usage", "gauge", "By", {}, t, int(memory), label=label))
+            out.append(
+                PointRec(service, "process.memory.usage", "gauge", "By", {}, t, int(memory), label=label)
+            )
             cpu = min(1.0, max(0.01, spec.cpu * (0.3 + 0.7 * load) * (1 + 0.1 * rng.gauss(0, 1))))
             out.append(PointRec(service, "process.cpu.utilization", "gauge", "1", {}, t, round(cpu, 4)))
         out.extend(self._db_points(t, load))
         for (method, route), s in sorted(self._hist.items()):
             attrs = {"http.request.method": method, "http.route": route}
-            out.append(PointRec("frontend", "http.server.request.duration", "histogram", "s", attrs, t,
-                                (s.count, s.total, tuple(s.bucket_counts), s.low, s.high), start_ns=self.start_ns,
-                                label=self._series_label.get((method, route))))
+            out.append(
+                PointRec(
+                    "frontend",
+                    "http.server.request.duration",
+                    "histogram",
+                    "s",
+                    attrs,
+                    t,
+                    (s.count, s.total, tuple(s.bucket_counts), s.low, s.high),
+                    start_ns=self.start_ns,
+                    label=self._series_label.get((method, route)),
+                )
+            )
         for code, count in sorted(self._status.items()):
-            out.append(PointRec("frontend", "http.server.requests", "sum", "{request}",
-                                {"http.response.status_code": code}, t, count, start_ns=self.start_ns,
-                                label=self._series_label.get(code)))
+            out.append(
+                PointRec(
+                    "frontend",
+                    "http.server.requests",
+                    "sum",
+                    "{request}",
+                    {"http.response.status_code": code},
+                    t,
+                    count,
+                    start_ns=self.start_ns,
+                    label=self._series_label.get(code),
+                )
+            )
         self._series_label.clear()
         return out
 
@@ -214,10 +253,28 @@ class Workload:
         if ep is not None and ep.kind == "db_timeout_burst":
             used, label = pool - self.rng.randrange(0, 4), ep.kind
         attrs = {"db.client.connection.pool.name": "shop"}
-        return [PointRec("postgres", "db.client.connection.count", "gauge", "{connection}",
-                         {**attrs, "db.client.connection.state": "used"}, t, used, label=label),
-                PointRec("postgres", "db.client.connection.count", "gauge", "{connection}",
-                         {**attrs, "db.client.connection.state": "idle"}, t, pool - used, label=label)]
+        return [
+            PointRec(
+                "postgres",
+                "db.client.connection.count",
+                "gauge",
+                "{connection}",
+                {**attrs, "db.client.connection.state": "used"},
+                t,
+                used,
+                label=label,
+            ),
+            PointRec(
+                "postgres",
+                "db.client.connection.count",
+                "gauge",
+                "{connection}",
+                {**attrs, "db.client.connection.state": "idle"},
+                t,
+                pool - used,
+                label=label,
+            ),
+        ]
 
 
 def _bucket(seconds: float) -> int:

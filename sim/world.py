@@ -11,8 +11,17 @@ SEC = 1_000_000_000
 MS = 1_000_000
 DAY_S = 86_400
 
-KINDS = ("latency_spike", "db_timeout_burst", "error_rate_burst", "memory_leak", "brute_force",
-         "new_geo_user_agent", "data_exfiltration", "admin_endpoint", "crash_loop")
+KINDS = (
+    "latency_spike",
+    "db_timeout_burst",
+    "error_rate_burst",
+    "memory_leak",
+    "brute_force",
+    "new_geo_user_agent",
+    "data_exfiltration",
+    "admin_endpoint",
+    "crash_loop",
+)
 # A leak needs time to grow, a crash loop several restarts, a brute force enough attempts to be one.
 _MIN_LENGTH = {"memory_leak": 120.0, "crash_loop": 60.0, "brute_force": 45.0}
 # Kinds that alter ordinary requests (the others add requests of their own or only touch metrics and logs).
@@ -74,38 +83,119 @@ SERVICES = {
     "postgres": ServiceSpec("16.4", "postgres-0", 1.6e9, 0.37),
 }
 
-NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj",
-         "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "wendy", "maria", "kenji", "lena",
-         "omar", "sofia", "lucas", "emma", "noah", "mia", "liam", "chloe", "jonas", "ana", "pedro", "ines", "yuki",
-         "hana", "felix", "clara", "david", "sara", "tomas", "elena", "marco", "julia", "nils", "freya", "oskar",
-         "ida", "leon", "amelie", "paul", "marie", "ben", "lea", "finn", "zoe", "jan", "eva", "max")
+NAMES = (
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "erin",
+    "frank",
+    "grace",
+    "heidi",
+    "ivan",
+    "judy",
+    "mallory",
+    "niaj",
+    "olivia",
+    "peggy",
+    "rupert",
+    "sybil",
+    "trent",
+    "victor",
+    "walter",
+    "wendy",
+    "maria",
+    "kenji",
+    "lena",
+    "omar",
+    "sofia",
+    "lucas",
+    "emma",
+    "noah",
+    "mia",
+    "liam",
+    "chloe",
+    "jonas",
+    "ana",
+    "pedro",
+    "ines",
+    "yuki",
+    "hana",
+    "felix",
+    "clara",
+    "david",
+    "sara",
+    "tomas",
+    "elena",
+    "marco",
+    "julia",
+    "nils",
+    "freya",
+    "oskar",
+    "ida",
+    "leon",
+    "amelie",
+    "paul",
+    "marie",
+    "ben",
+    "lea",
+    "finn",
+    "zoe",
+    "jan",
+    "eva",
+    "max",
+)
 ADMINS = ("maria", "kenji")
 COUNTRIES = ("DE", "DE", "DE", "FR", "NL", "AT", "CH", "GB", "US", "ES", "IT", "PL", "SE", "BE", "DK")
 UNSEEN_COUNTRIES = ("BR", "VN", "NG", "ID", "AR", "ZA", "TH", "PH", "MA", "PE")
 USER_AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
-    "Safari/605.1.15",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
     "Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:132.0) Gecko/20100101 Firefox/132.0",
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile "
-    "Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
-    "Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 "
     "Edg/131.0.0.0",
     "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
 )
 UNSEEN_USER_AGENTS = (
-    "Mozilla/5.0 (Linux; Android 10; SM-A105F) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/96.0.4664.45 Mobile "
-    "Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 10; SM-A105F) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/96.0.4664.45 Mobile Safari/537.36",
     "Mozilla/5.0 (Windows NT 6.1; Win64; x64; rv:102.0) Gecko/20100101 Firefox/102.0",
     "Opera/9.80 (Windows NT 6.1; U; en) Presto/2.12.388 Version/12.18",
 )
 ATTACK_USER_AGENTS = ("python-requests/2.31.0", "Go-http-client/1.1", "curl/7.88.1")
-PREFIXES = (31, 37, 46, 62, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 91, 92, 93, 94, 95, 109, 176, 178,
-            188, 212, 213, 217)
+PREFIXES = (
+    31,
+    37,
+    46,
+    62,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    91,
+    92,
+    93,
+    94,
+    95,
+    109,
+    176,
+    178,
+    188,
+    212,
+    213,
+    217,
+)
 ATTACK_PREFIXES = (45, 103, 154, 181, 196, 201)
 
 
@@ -164,7 +254,9 @@ def make_users(rng: random.Random) -> list[User]:
         subnet = f"{rng.choice(PREFIXES)}.{rng.randrange(1, 255)}.{rng.randrange(0, 255)}."
         hosts = tuple(rng.randrange(2, 254) for _ in range(rng.randrange(1, 4)))
         weight = 0.6 if name in ADMINS else 1.0 / (1 + rank % 20) ** 0.7
-        users.append(User(name, name in ADMINS, tuple(dict.fromkeys(countries)), agents, subnet, hosts, weight))
+        users.append(
+            User(name, name in ADMINS, tuple(dict.fromkeys(countries)), agents, subnet, hosts, weight)
+        )
     return users
 
 
@@ -201,8 +293,14 @@ class Req:
 
 
 # ------------------------------------------------------------------------------------------------ episodes
-def plan_episodes(rng: random.Random, users: list[User], start_ns: int, duration_s: float, anomaly_rate: float,
-                  kinds: tuple[str, ...]) -> list[Episode]:
+def plan_episodes(
+    rng: random.Random,
+    users: list[User],
+    start_ns: int,
+    duration_s: float,
+    anomaly_rate: float,
+    kinds: tuple[str, ...],
+) -> list[Episode]:
     """Episodes spread over the run (never in its first 10%), non-overlapping, ~anomaly_rate of the time."""
     window = 0.9 * duration_s
     budget = anomaly_rate * duration_s
@@ -244,14 +342,23 @@ def _shape(rng: random.Random, ep: Episode, users: list[User]) -> None:
         ep.service, ep.share = "postgres", rng.uniform(0.4, 0.7)
     elif kind == "error_rate_burst":
         ep.share = rng.uniform(0.5, 0.9)
-        ep.reason = rng.choice(("KeyError: 'sku'", "AttributeError: 'NoneType' object has no attribute 'currency'",
-                                "ValueError: invalid literal for int() with base 10: ''"))
+        ep.reason = rng.choice(
+            (
+                "KeyError: 'sku'",
+                "AttributeError: 'NoneType' object has no attribute 'currency'",
+                "ValueError: invalid literal for int() with base 10: ''",
+            )
+        )
     elif kind == "memory_leak":
         ep.factor = rng.uniform(3, 5)
     elif kind == "crash_loop":
-        ep.reason = rng.choice(("failed to load config: missing key 'db.pool.size'",
-                                "cannot bind :50051: address already in use",
-                                "out of memory: cannot allocate 268435456 bytes"))
+        ep.reason = rng.choice(
+            (
+                "failed to load config: missing key 'db.pool.size'",
+                "cannot bind :50051: address already in use",
+                "out of memory: cannot allocate 268435456 bytes",
+            )
+        )
         t = ep.start_ns + rng.randrange(1, 5) * SEC
         while t < ep.end_ns - 5 * SEC:
             restart = min(t + rng.randrange(5, 16) * SEC, ep.end_ns - SEC)
@@ -268,7 +375,9 @@ def _shape(rng: random.Random, ep: Episode, users: list[User]) -> None:
         ip = f"{rng.choice(ATTACK_PREFIXES)}.{rng.randrange(1, 255)}.{rng.randrange(0, 255)}.{rng.randrange(2, 254)}"
         ep.visitor = Visitor(user, ip, rng.choice(UNSEEN_USER_AGENTS), rng.choice(UNSEEN_COUNTRIES))
         ep.events = [(ep.start_ns + rng.randrange(0, 5) * SEC, "login")]
-        ep.events += _spread(rng, ep, rng.randrange(6, 20), ("home", "product", "product", "search", "cart_view"))
+        ep.events += _spread(
+            rng, ep, rng.randrange(6, 20), ("home", "product", "product", "search", "cart_view")
+        )
         ep.events.sort()
     elif kind == "data_exfiltration":
         ep.visitor = usual_visitor(rng, rng.choice(normal))
@@ -285,14 +394,38 @@ def crash_logs(rng: random.Random, ep: Episode, t0: int, t1: int) -> list[LogRec
     out = []
     for crash, restart in ep.restarts:
         if t0 <= crash < t1:
-            out.append(LogRec(crash, ep.service, 17, f"unhandled error during start-up: {ep.reason}",
-                              {"exception.type": "RuntimeError", "exception.message": ep.reason}, ep.kind))
-            out.append(LogRec(crash + MS, ep.service, 21, f"fatal: {ep.reason}, exiting", {"process.exit.code": 1},
-                              ep.kind))
+            out.append(
+                LogRec(
+                    crash,
+                    ep.service,
+                    17,
+                    f"unhandled error during start-up: {ep.reason}",
+                    {"exception.type": "RuntimeError", "exception.message": ep.reason},
+                    ep.kind,
+                )
+            )
+            out.append(
+                LogRec(
+                    crash + MS,
+                    ep.service,
+                    21,
+                    f"fatal: {ep.reason}, exiting",
+                    {"process.exit.code": 1},
+                    ep.kind,
+                )
+            )
         if t0 <= restart < t1 and restart < ep.end_ns:
             pid = rng.randrange(7, 400)
-            out.append(LogRec(restart, ep.service, 9, f"starting {ep.service} service v{spec.version} (pid {pid})",
-                              {"service.version": spec.version}, ep.kind))
+            out.append(
+                LogRec(
+                    restart,
+                    ep.service,
+                    9,
+                    f"starting {ep.service} service v{spec.version} (pid {pid})",
+                    {"service.version": spec.version},
+                    ep.kind,
+                )
+            )
     return out
 
 

@@ -79,7 +79,9 @@ class AnomaliesMixin(StoreCore):
         else:  # many events share the newest timestamps: page through them
             found = [
                 r
-                for page in self._iterate(col.ANOMALIES_COLLECTION, template, params, col.ANOMALY_FIELDS, 4096)
+                for page in self._iterate(
+                    col.ANOMALIES_COLLECTION, template, params, col.ANOMALY_FIELDS, 4096
+                )
                 for r in page
             ]
         rows = [dict(r) for r in found]

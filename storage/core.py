@@ -63,7 +63,9 @@ class StoreCore:
         if timeout_s <= 0:
             raise StorageError(f"timeout_s must be > 0, got {timeout_s}")
         if rows_index not in col.ROWS_INDEX_TYPES:
-            raise StorageError(f"rows_index must be one of {', '.join(col.ROWS_INDEX_TYPES)}, got {rows_index!r}")
+            raise StorageError(
+                f"rows_index must be one of {', '.join(col.ROWS_INDEX_TYPES)}, got {rows_index!r}"
+            )
         self._rows_index = rows_index
         self._timeout = timeout_s
         self._uri = uri
@@ -141,7 +143,9 @@ class StoreCore:
                 return fn(self._client)
             except _WRAPPED as exc:
                 detail = getattr(exc, "message", None) or str(exc)
-                raise StorageError(f"{what} failed on {self._where}: {detail}", retryable=not _about_data(exc)) from exc
+                raise StorageError(
+                    f"{what} failed on {self._where}: {detail}", retryable=not _about_data(exc)
+                ) from exc
 
     def _filter(self, template: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Keyword arguments for a filtered call: the template and its params, or (for Lite) rendered."""
@@ -215,7 +219,8 @@ class StoreCore:
         while start < n:
             end = _batch_end(sizes, start, n)
             entities = [
-                {"name": f["name"], "type": f["type"], "values": columns[f["name"]][start:end]} for f in fields
+                {"name": f["name"], "type": f["type"], "values": columns[f["name"]][start:end]}
+                for f in fields
             ]
             total += self._upsert_entities(name, desc, entities)
             start = end

@@ -38,9 +38,15 @@ class DeadLetterFile:
         Returns:
             False when the cap is reached (nothing written).
         """
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage, "error": error,
-                  "item": item}
-        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8", "surrogatepass")
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "stage": stage,
+            "error": error,
+            "item": item,
+        }
+        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode(
+            "utf-8", "surrogatepass"
+        )
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             size = self.path.stat().st_size if self.path.exists() else 0

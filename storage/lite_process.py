@@ -62,6 +62,7 @@ def exit_with_parent(parent_pid: int, interval_s: float = PARENT_POLL_S) -> thre
     child exits (the scoring child is started from short-lived threads). It runs while the main thread is
     blocked on a pipe or busy on a batch.
     """
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(interval_s)
@@ -83,7 +84,7 @@ def _stat(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else fields
 
 
@@ -92,7 +93,11 @@ def _identity(pid: int) -> dict | None:
     fields = _stat(pid)
     if fields is None:
         return None
-    return {"pid": pid, "start": int(fields[19]), "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
+    return {
+        "pid": pid,
+        "start": int(fields[19]),
+        "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+    }
 
 
 def _is_alive(owner: dict) -> bool:
@@ -106,14 +111,19 @@ def _serves(pid: int, db_path: Path) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     is_server = "server" in argv and any(a in ("storage.lite_server", "milvus_lite") for a in argv)
-    return is_server and _stat(pid) is not None and \
-        any(a == "--data-dir" and b == str(db_path) for a, b in zip(argv, argv[1:], strict=False))
+    return (
+        is_server
+        and _stat(pid) is not None
+        and any(a == "--data-dir" and b == str(db_path) for a, b in zip(argv, argv[1:], strict=False))
+    )
 
 
 def lite_server_pids(db_path: str | Path) -> list[int]:
     """Every live Milvus Lite server process of `db_path` on this machine."""
     db_path = Path(db_path).expanduser().resolve()
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _serves(int(p.name), db_path)]
+    return [
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _serves(int(p.name), db_path)
+    ]
 
 
 def _terminate(pid: int, timeout_s: float) -> None:
@@ -187,8 +197,12 @@ def reclaim(db_path: str | Path, timeout_s: float = 10.0) -> None:
     for pid in pids:
         _terminate(int(pid), timeout_s)
     if pids:
-        logger.warning("stopped Milvus Lite server %s of %s: its owner (pid %s) is gone",
-                       ", ".join(map(str, pids)), db_path.parent, owner)
+        logger.warning(
+            "stopped Milvus Lite server %s of %s: its owner (pid %s) is gone",
+            ", ".join(map(str, pids)),
+            db_path.parent,
+            owner,
+        )
     else:
         logger.info("removed %s: its owner (pid %s) and its server are gone", path, owner)
     path.unlink(missing_ok=True)
@@ -246,24 +260,42 @@ class LiteServerProcess:
         assert self.proc is not None  # _launch started it
         self.uri = f"http://127.0.0.1:{port}"
         self._write_endpoint()
-        logger.info("Milvus Lite server for %s listening on %s (pid %d)", self.db_path, self.uri, self.proc.pid)
+        logger.info(
+            "Milvus Lite server for %s listening on %s (pid %d)", self.db_path, self.uri, self.proc.pid
+        )
         return self.uri
 
     def _launch(self, timeout_s: float, port: int) -> int:
         log_path = self.db_path.parent / "milvus-lite.log"
         with open(log_path, "ab") as log:  # the child holds its own copy
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "storage.lite_server", "server", "--data-dir", str(self.db_path),
-                 "--host", "127.0.0.1", "--port", str(port), "--max-workers", str(self.max_workers)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "storage.lite_server",
+                    "server",
+                    "--data-dir",
+                    str(self.db_path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--max-workers",
+                    str(self.max_workers),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, NICE_ENV: str(self.nice), PARENT_ENV: str(os.getpid())},
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-800:]
-                raise StorageError(f"Milvus Lite server for {self.db_path} exited (code {self.proc.returncode}); "
-                                   f"is another otad using this data dir? Last output: {tail}")
+                raise StorageError(
+                    f"Milvus Lite server for {self.db_path} exited (code {self.proc.returncode}); "
+                    f"is another otad using this data dir? Last output: {tail}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return port
@@ -273,14 +305,20 @@ class LiteServerProcess:
 
     def _write_endpoint(self, exclusive: bool = False) -> None:
         path = _endpoint_path(self.db_path)
-        record = {"uri": self.uri, "pid": self.proc.pid if self.proc else None, "role": self.role,
-                  "owner": _identity(os.getpid())}
+        record = {
+            "uri": self.uri,
+            "pid": self.proc.pid if self.proc else None,
+            "role": self.role,
+            "owner": _identity(os.getpid()),
+        }
         if exclusive:
             try:
                 with open(path, "x") as f:
                     f.write(json.dumps(record))
             except FileExistsError:
-                raise DataDirInUseError(f"another process is starting a Milvus Lite server in {path.parent}") from None
+                raise DataDirInUseError(
+                    f"another process is starting a Milvus Lite server in {path.parent}"
+                ) from None
             return
         tmp = path.with_name(f".{ENDPOINT_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps(record))

@@ -90,7 +90,10 @@ def scan(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
         end = pos + HEADER.size + length
         if length > MAX_RECORD_BYTES or end > len(data) or sig >= len(SIGNALS):
             break
-        if zlib.crc32(data[pos + HEADER.size:end], zlib.crc32(data[pos + _CRC_OFFSET:pos + HEADER.size])) != crc:
+        if (
+            zlib.crc32(data[pos + HEADER.size : end], zlib.crc32(data[pos + _CRC_OFFSET : pos + HEADER.size]))
+            != crc
+        ):
             break
         if out and seq != out[-1][0] + 1:
             break
@@ -122,11 +125,20 @@ class Spool:
         StorageError: bad arguments, or the directory is unusable.
     """
 
-    def __init__(self, directory: str | Path, *, max_bytes: int = 1 << 30, segment_bytes: int = 64 << 20,
-                 fsync: str = "interval", fsync_interval_ms: int = 10,
-                 on_fsync: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 64 << 20,
+        fsync: str = "interval",
+        fsync_interval_ms: int = 10,
+        on_fsync: Callable[[float], None] | None = None,
+    ) -> None:
         if fsync not in FSYNC_POLICIES:
-            raise StorageError(f"spool fsync policy must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
+            raise StorageError(
+                f"spool fsync policy must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}"
+            )
         if segment_bytes < 1024 or max_bytes < segment_bytes:
             raise StorageError(f"need 1024 <= segment_bytes ({segment_bytes}) <= max_bytes ({max_bytes})")
         self.dir = Path(directory)
@@ -165,8 +177,11 @@ class Spool:
             size = len(data)
             del data
             if good < size:
-                logger.warning("spool segment %s: %d bytes after the last good record (torn write); truncated",
-                               path.name, size - good)
+                logger.warning(
+                    "spool segment %s: %d bytes after the last good record (torn write); truncated",
+                    path.name,
+                    size - good,
+                )
                 self.torn_bytes += size - good
                 with open(path, "r+b") as f:
                     f.truncate(good)
@@ -190,8 +205,11 @@ class Spool:
         expected = self.committed
         for first, last in sorted(present):
             if first > expected:
-                logger.error("spool records %d..%d are unreadable (corrupt segment); they cannot be replayed",
-                             expected, first - 1)
+                logger.error(
+                    "spool records %d..%d are unreadable (corrupt segment); they cannot be replayed",
+                    expected,
+                    first - 1,
+                )
                 self.lost_records += first - expected
                 self._done.update(range(expected, first))
             expected = max(expected, last + 1)
@@ -229,7 +247,7 @@ class Spool:
             for seq, off, size in records:
                 if start <= seq < end:
                     _, _, _, sig, recv = HEADER.unpack_from(data, off)
-                    yield SpoolRecord(seq, SIGNALS[sig], recv, data[off + HEADER.size:off + size])
+                    yield SpoolRecord(seq, SIGNALS[sig], recv, data[off + HEADER.size : off + size])
 
     # ----- append -----
     def append(self, signal: str, received_unix_nano: int, payload: bytes) -> int:
@@ -245,8 +263,10 @@ class Spool:
             seq = self._next_seq
             data = encode(seq, signal, received_unix_nano, payload)
             if self._bytes_locked() + len(data) > self.max_bytes:
-                raise SpoolFullError(f"the ingest spool is full ({self._bytes_locked()} of {self.max_bytes} bytes "
-                                     "waiting to be stored); retry later")
+                raise SpoolFullError(
+                    f"the ingest spool is full ({self._bytes_locked()} of {self.max_bytes} bytes "
+                    "waiting to be stored); retry later"
+                )
             seg = self._segments[-1]
             if seg.size and seg.size + len(data) > self.segment_bytes:
                 self._roll_locked(seq)

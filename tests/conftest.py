@@ -28,5 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             stray.append(item.nodeid)
     if stray:
-        raise pytest.UsageError(f"{len(stray)} test(s) outside tests/{{{','.join(FOLDERS)}}}/, so without a "
-                                f"marker; move them into one of those folders: {', '.join(stray[:5])}")
+        raise pytest.UsageError(
+            f"{len(stray)} test(s) outside tests/{{{','.join(FOLDERS)}}}/, so without a "
+            f"marker; move them into one of those folders: {', '.join(stray[:5])}"
+        )

@@ -16,30 +16,56 @@ def make_rows(n: int, seed: int = 0, start: int = T0) -> list[Row]:
     rows = []
     for i in range(n):
         user = f"user{rng.randint(1, 10)}"
-        rows.append(Row(
-            uid=f"r{seed}-{i}", signal="logs", time_unix_nano=start + i * 50_000_000, service=rng.choice(["a", "b"]),
-            class_uid=4002, activity_id=3, severity_id=1, status_id=1,
-            fields={"message": f"GET /items/{rng.randint(1, 900)} served in {rng.randint(5, 50)} ms",
-                    "duration": rng.lognormvariate(3, 0.3), "http_request.url.path": f"/items/{rng.randint(1, 900)}",
-                    "http_request.http_method": "GET", "actor.user.name": user,
-                    "src_endpoint.location.country": "DE", "http_response.length": rng.lognormvariate(8, 2),
-                    "unmapped.is_anomaly": rng.random() < 0.5, "unmapped.anomaly_type": "x",
-                    "unmapped.cache.hit": rng.randint(0, 1), "unmapped.region": rng.choice(["eu", "us"])}))
+        rows.append(
+            Row(
+                uid=f"r{seed}-{i}",
+                signal="logs",
+                time_unix_nano=start + i * 50_000_000,
+                service=rng.choice(["a", "b"]),
+                class_uid=4002,
+                activity_id=3,
+                severity_id=1,
+                status_id=1,
+                fields={
+                    "message": f"GET /items/{rng.randint(1, 900)} served in {rng.randint(5, 50)} ms",
+                    "duration": rng.lognormvariate(3, 0.3),
+                    "http_request.url.path": f"/items/{rng.randint(1, 900)}",
+                    "http_request.http_method": "GET",
+                    "actor.user.name": user,
+                    "src_endpoint.location.country": "DE",
+                    "http_response.length": rng.lognormvariate(8, 2),
+                    "unmapped.is_anomaly": rng.random() < 0.5,
+                    "unmapped.anomaly_type": "x",
+                    "unmapped.cache.hit": rng.randint(0, 1),
+                    "unmapped.region": rng.choice(["eu", "us"]),
+                },
+            )
+        )
     return rows
 
 
 def uid_counts(store: MilvusStore, uids: list[str]) -> dict[str, int]:
     """Entities per uid across the backlog and every rows collection (0 = lost, > 1 = stored twice)."""
-    names = [n for n in store._call("list", lambda c: c.list_collections())
-             if n == col.BACKLOG_COLLECTION or n.startswith(col.ROWS_PREFIX)]
+    names = [
+        n
+        for n in store._call("list", lambda c: c.list_collections())
+        if n == col.BACKLOG_COLLECTION or n.startswith(col.ROWS_PREFIX)
+    ]
     counts = dict.fromkeys(uids, 0)
     for name in names:
         store._call("load", lambda c, n=name: c.load_collection(n))  # a new client finds them released
         for start in range(0, len(uids), 1000):
-            part = uids[start:start + 1000]
-            found = store._call("query", lambda c, p=part, n=name: c.query(
-                n, output_fields=["uid"], limit=len(p), consistency_level=col.STRONG,
-                **store._filter("uid in {uids}", {"uids": p})))
+            part = uids[start : start + 1000]
+            found = store._call(
+                "query",
+                lambda c, p=part, n=name: c.query(
+                    n,
+                    output_fields=["uid"],
+                    limit=len(p),
+                    consistency_level=col.STRONG,
+                    **store._filter("uid in {uids}", {"uids": p}),
+                ),
+            )
             for row in found:
                 counts[str(row["uid"])] += 1
     return counts

@@ -53,12 +53,21 @@ class _Action:
 
 
 _PARTIAL = {
-    "logs": (logs_service_pb2.ExportLogsServiceResponse, logs_service_pb2.ExportLogsPartialSuccess,
-             "rejected_log_records"),
-    "traces": (trace_service_pb2.ExportTraceServiceResponse, trace_service_pb2.ExportTracePartialSuccess,
-               "rejected_spans"),
-    "metrics": (metrics_service_pb2.ExportMetricsServiceResponse,
-                metrics_service_pb2.ExportMetricsPartialSuccess, "rejected_data_points"),
+    "logs": (
+        logs_service_pb2.ExportLogsServiceResponse,
+        logs_service_pb2.ExportLogsPartialSuccess,
+        "rejected_log_records",
+    ),
+    "traces": (
+        trace_service_pb2.ExportTraceServiceResponse,
+        trace_service_pb2.ExportTracePartialSuccess,
+        "rejected_spans",
+    ),
+    "metrics": (
+        metrics_service_pb2.ExportMetricsServiceResponse,
+        metrics_service_pb2.ExportMetricsPartialSuccess,
+        "rejected_data_points",
+    ),
 }
 
 
@@ -80,8 +89,10 @@ class OtlpSink:
 
     def start(self, port: int = 0) -> int:
         """Serve on `host:port` (0 = a free port) and return the port."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8),
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        )
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(self), server)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), server)
@@ -106,8 +117,9 @@ class OtlpSink:
 
     # -- the script
 
-    def fail_next(self, n: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
-                  retry_delay_s: float | None = None) -> None:
+    def fail_next(
+        self, n: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, retry_delay_s: float | None = None
+    ) -> None:
         """Abort the next `n` Export calls with `code`, with a RetryInfo detail when `retry_delay_s` is set."""
         with self._lock:
             self._script.extend(_Action(code=code, retry_delay_s=retry_delay_s) for _ in range(n))
@@ -123,22 +135,37 @@ class OtlpSink:
         """Every received log record as (Resource, InstrumentationScope, LogRecord), in arrival order."""
         with self._lock:
             requests = list(self.requests["logs"])
-        return [(rl.resource, sl.scope, rec) for req in requests for rl in req.resource_logs
-                for sl in rl.scope_logs for rec in sl.log_records]
+        return [
+            (rl.resource, sl.scope, rec)
+            for req in requests
+            for rl in req.resource_logs
+            for sl in rl.scope_logs
+            for rec in sl.log_records
+        ]
 
     def spans(self) -> list[tuple]:
         """Every received span as (Resource, InstrumentationScope, Span)."""
         with self._lock:
             requests = list(self.requests["traces"])
-        return [(rs.resource, ss.scope, span) for req in requests for rs in req.resource_spans
-                for ss in rs.scope_spans for span in ss.spans]
+        return [
+            (rs.resource, ss.scope, span)
+            for req in requests
+            for rs in req.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        ]
 
     def metrics(self) -> list[tuple]:
         """Every received metric as (Resource, InstrumentationScope, Metric)."""
         with self._lock:
             requests = list(self.requests["metrics"])
-        return [(rm.resource, sm.scope, metric) for req in requests for rm in req.resource_metrics
-                for sm in rm.scope_metrics for metric in sm.metrics]
+        return [
+            (rm.resource, sm.scope, metric)
+            for req in requests
+            for rm in req.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        ]
 
     def calls_for(self, signal: str) -> list[Call]:
         with self._lock:

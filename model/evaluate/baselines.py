@@ -63,8 +63,9 @@ def random_baseline(uids: Iterable[str], seed: int = 0) -> dict[str, float]:
     return dict(zip(uids, np.random.default_rng(seed).uniform(0.0, 100.0, len(uids)).tolist(), strict=True))
 
 
-def baseline_score_rows(records: Iterable[Mapping[str, Any]], raw: Mapping[str, float], *,
-                        contamination: float = 0.01) -> list[dict[str, Any]]:
+def baseline_score_rows(
+    records: Iterable[Mapping[str, Any]], raw: Mapping[str, float], *, contamination: float = 0.01
+) -> list[dict[str, Any]]:
     """Score-file rows for a baseline: 0-100 is the percentile rank of the raw score among all records."""
     if not 0 < contamination < 1:
         raise ValueError(f"contamination must be in (0, 1), got {contamination}")
@@ -73,6 +74,16 @@ def baseline_score_rows(records: Iterable[Mapping[str, Any]], raw: Mapping[str, 
     ranked = np.sort(values)
     pct = 100.0 * np.searchsorted(ranked, values, side="right") / max(len(values), 1)
     threshold = 100.0 * (1.0 - contamination)
-    return [{"uid": r["uid"], "signal": r["signal"], "time_unix_nano": r["time_unix_nano"],
-             "service": r["service"], "score": float(p), "raw_score": float(v), "threshold": threshold,
-             "is_anomaly": int(p >= threshold)} for r, p, v in zip(records, pct, values, strict=True)]
+    return [
+        {
+            "uid": r["uid"],
+            "signal": r["signal"],
+            "time_unix_nano": r["time_unix_nano"],
+            "service": r["service"],
+            "score": float(p),
+            "raw_score": float(v),
+            "threshold": threshold,
+            "is_anomaly": int(p >= threshold),
+        }
+        for r, p, v in zip(records, pct, values, strict=True)
+    ]

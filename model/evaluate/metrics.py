@@ -32,8 +32,9 @@ def _one_class(y: NDArray[np.int8], metric: str) -> bool:
     positives = int(y.sum())
     if 0 < positives < len(y):
         return False
-    logger.warning("%s is undefined (nan): all %d rows are %s", metric, len(y),
-                   "positive" if positives else "negative")
+    logger.warning(
+        "%s is undefined (nan): all %d rows are %s", metric, len(y), "positive" if positives else "negative"
+    )
     return True
 
 
@@ -58,7 +59,9 @@ def auroc(y: ArrayLike, s: ArrayLike) -> float:
     return float((ranks[y == 1].sum() - p * (p + 1) / 2.0) / (p * n))
 
 
-def pr_curve(y: ArrayLike, s: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+def pr_curve(
+    y: ArrayLike, s: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Precision-recall curve, as scikit-learn's `precision_recall_curve`.
 
     Returns:

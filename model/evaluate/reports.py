@@ -57,15 +57,21 @@ def join(scores_path: str | Path, labels_path: str | Path, *, since_ns: int | No
     scored = {r["uid"] for r in rows}
     window = [r for r in rows if since_ns is None or r["time_unix_nano"] >= since_ns]
     if len({r["uid"] for r in window}) != len(window):
-        logger.warning("%s: %d duplicate uid(s); each row is evaluated", scores_path,
-                       len(window) - len({r["uid"] for r in window}))
+        logger.warning(
+            "%s: %d duplicate uid(s); each row is evaluated",
+            scores_path,
+            len(window) - len({r["uid"] for r in window}),
+        )
     unscored: dict[str, int] = defaultdict(int)
     for uid, (kind, time_ns) in labels.items():
         if uid not in scored and (since_ns is None or time_ns is None or time_ns >= since_ns):
             unscored[kind] += 1
     if unscored:
-        logger.warning("%d labelled record(s) are not in %s; they count as missed in recall by kind",
-                       sum(unscored.values()), scores_path)
+        logger.warning(
+            "%d labelled record(s) are not in %s; they count as missed in recall by kind",
+            sum(unscored.values()),
+            scores_path,
+        )
     thresholds = sorted({r["threshold"] for r in window})
     if len(thresholds) > 1:
         logger.warning("%s: %d distinct thresholds; reporting their median", scores_path, len(thresholds))
@@ -102,12 +108,29 @@ def report(joined: Joined) -> Report:
     for signal in sorted(set(joined.signal.tolist())):
         m = joined.signal == signal
         sp, sr, _ = counts(y[m], pred[m])
-        by_signal[signal] = {"n": float(m.sum()), "positives": float(y[m].sum()), "auroc": auroc(y[m], s[m]),
-                             "ap": average_precision(y[m], s[m]), "precision": sp, "recall": sr}
-    return Report(n=len(y), positives=int(y.sum()), auroc=auroc(y, s), average_precision=average_precision(y, s),
-                  threshold=joined.threshold, precision=precision, recall=recall, f1=f1, best_f1=best_f1,
-                  best_f1_threshold=best_t, recall_by_kind=by_kind, by_signal=by_signal,
-                  unscored_labels=sum(joined.unscored_by_kind.values()))
+        by_signal[signal] = {
+            "n": float(m.sum()),
+            "positives": float(y[m].sum()),
+            "auroc": auroc(y[m], s[m]),
+            "ap": average_precision(y[m], s[m]),
+            "precision": sp,
+            "recall": sr,
+        }
+    return Report(
+        n=len(y),
+        positives=int(y.sum()),
+        auroc=auroc(y, s),
+        average_precision=average_precision(y, s),
+        threshold=joined.threshold,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        best_f1=best_f1,
+        best_f1_threshold=best_t,
+        recall_by_kind=by_kind,
+        by_signal=by_signal,
+        unscored_labels=sum(joined.unscored_by_kind.values()),
+    )
 
 
 def evaluate(scores_path: str | Path, labels_path: str | Path, *, since_ns: int | None = None) -> Report:
@@ -131,10 +154,16 @@ def format_report(report: Report, baselines: Mapping[str, Report] | None = None)
     out.append(line("rows", (str(r.n) for r in reports.values())))
     out.append(line("positives", (str(r.positives) for r in reports.values())))
     out.append(line("labelled, not scored", (str(r.unscored_labels) for r in reports.values())))
-    for label, attr in (("AUROC", "auroc"), ("average precision", "average_precision"),
-                        ("threshold (0-100)", "threshold"), ("precision @ threshold", "precision"),
-                        ("recall @ threshold", "recall"), ("F1 @ threshold", "f1"), ("best F1", "best_f1"),
-                        ("best F1 at score >=", "best_f1_threshold")):
+    for label, attr in (
+        ("AUROC", "auroc"),
+        ("average precision", "average_precision"),
+        ("threshold (0-100)", "threshold"),
+        ("precision @ threshold", "precision"),
+        ("recall @ threshold", "recall"),
+        ("F1 @ threshold", "f1"),
+        ("best F1", "best_f1"),
+        ("best F1 at score >=", "best_f1_threshold"),
+    ):
         out.append(line(label, (_fmt(getattr(r, attr)) for r in reports.values())))
     kinds = sorted({k for r in reports.values() for k in r.recall_by_kind})
     if kinds:
@@ -145,17 +174,25 @@ def format_report(report: Report, baselines: Mapping[str, Report] | None = None)
                 caught, total = r.recall_by_kind.get(kind, (0, 0))
                 cells.append(f"{caught}/{total}" if total else "-")
             out.append(line(kind, cells))
-    out += ["", f"{'per signal (otad)':<24}" + "".join(f"{c:>10}" for c in
-                                                       ("n", "positives", "AUROC", "AP", "precision", "recall"))]
+    out += [
+        "",
+        f"{'per signal (otad)':<24}"
+        + "".join(f"{c:>10}" for c in ("n", "positives", "AUROC", "AP", "precision", "recall")),
+    ]
     for signal, m in report.by_signal.items():
-        cells = [str(int(m["n"])), str(int(m["positives"]))] + [_fmt(m[k]) for k in
-                                                               ("auroc", "ap", "precision", "recall")]
+        cells = [str(int(m["n"])), str(int(m["positives"]))] + [
+            _fmt(m[k]) for k in ("auroc", "ap", "precision", "recall")
+        ]
         out.append(f"{signal:<24}" + "".join(f"{c:>10}" for c in cells))
     return "\n".join(out) + "\n"
 
 
-def plot_pr(curves: Mapping[str, tuple[NDArray[np.float64], NDArray[np.float64]]], path: str | Path, *,
-            operating_point: tuple[float, float] | None = None) -> None:
+def plot_pr(
+    curves: Mapping[str, tuple[NDArray[np.float64], NDArray[np.float64]]],
+    path: str | Path,
+    *,
+    operating_point: tuple[float, float] | None = None,
+) -> None:
     """Draw PR curves on one PNG, with AP in the legend.
 
     Args:
@@ -168,7 +205,9 @@ def plot_pr(curves: Mapping[str, tuple[NDArray[np.float64], NDArray[np.float64]]
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     for name, (precision, recall) in curves.items():
-        ax.step(recall, precision, where="post", label=f"{name} (AP {_fmt(ap_from_curve(precision, recall))})")
+        ax.step(
+            recall, precision, where="post", label=f"{name} (AP {_fmt(ap_from_curve(precision, recall))})"
+        )
     if operating_point is not None and not any(math.isnan(v) for v in operating_point):
         ax.plot(operating_point[1], operating_point[0], "o", color="black", label="otad at its threshold")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall")

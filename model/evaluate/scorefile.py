@@ -7,7 +7,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-SCORE_COLUMNS = ("uid", "signal", "time_unix_nano", "service", "score", "raw_score", "threshold", "is_anomaly")
+SCORE_COLUMNS = (
+    "uid",
+    "signal",
+    "time_unix_nano",
+    "service",
+    "score",
+    "raw_score",
+    "threshold",
+    "is_anomaly",
+)
 LABEL_COLUMNS = ("uid", "signal", "kind", "time_unix_nano", "service")
 
 
@@ -16,7 +25,9 @@ def _read_csv(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or ())]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected header {','.join(columns)}")
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected header {','.join(columns)}"
+            )
         yield from enumerate(reader, start=2)
 
 
@@ -29,10 +40,16 @@ def load_scores(path: str | Path) -> list[dict[str, Any]]:
     rows = []
     for line, raw in _read_csv(path, SCORE_COLUMNS):
         try:
-            row = {"uid": raw["uid"], "signal": raw["signal"], "service": raw["service"],
-                   "time_unix_nano": int(raw["time_unix_nano"]), "score": float(raw["score"]),
-                   "raw_score": float(raw["raw_score"]), "threshold": float(raw["threshold"]),
-                   "is_anomaly": int(raw["is_anomaly"])}
+            row = {
+                "uid": raw["uid"],
+                "signal": raw["signal"],
+                "service": raw["service"],
+                "time_unix_nano": int(raw["time_unix_nano"]),
+                "score": float(raw["score"]),
+                "raw_score": float(raw["raw_score"]),
+                "threshold": float(raw["threshold"]),
+                "is_anomaly": int(raw["is_anomaly"]),
+            }
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}:{line}: {exc}") from exc
         if row["is_anomaly"] not in (0, 1):
@@ -56,7 +73,9 @@ def load_label_rows(path: str | Path) -> dict[str, tuple[str, int | None]]:
         except ValueError as exc:
             raise ValueError(f"{path}:{line}: {exc}") from exc
         if raw["uid"] in labels and labels[raw["uid"]][0] != kind:
-            raise ValueError(f"{path}:{line}: uid {raw['uid']} is labelled both {labels[raw['uid']][0]} and {kind}")
+            raise ValueError(
+                f"{path}:{line}: uid {raw['uid']} is labelled both {labels[raw['uid']][0]} and {kind}"
+            )
         labels[raw["uid"]] = (kind, time_ns)
     return labels
 
@@ -73,8 +92,17 @@ def write_score_file(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int
         writer = csv.writer(f)
         writer.writerow(SCORE_COLUMNS)
         for r in rows:
-            writer.writerow([r["uid"], r["signal"], int(r["time_unix_nano"]), r["service"],
-                             f"{float(r['score']):.4f}", f"{float(r['raw_score']):.4f}",
-                             f"{float(r['threshold']):.4f}", int(r["is_anomaly"])])
+            writer.writerow(
+                [
+                    r["uid"],
+                    r["signal"],
+                    int(r["time_unix_nano"]),
+                    r["service"],
+                    f"{float(r['score']):.4f}",
+                    f"{float(r['raw_score']):.4f}",
+                    f"{float(r['threshold']):.4f}",
+                    int(r["is_anomaly"]),
+                ]
+            )
             n += 1
     return n

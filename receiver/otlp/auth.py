@@ -48,11 +48,15 @@ class BearerAuth:
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as exc:
-                raise ConfigError(f"OTAD_AUTH_TOKEN_FILE ({path}) cannot be read ({exc.strerror}); "
-                                  "point it at a file with one bearer token per line") from None
+                raise ConfigError(
+                    f"OTAD_AUTH_TOKEN_FILE ({path}) cannot be read ({exc.strerror}); "
+                    "point it at a file with one bearer token per line"
+                ) from None
             found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
             if not found:
-                raise ConfigError(f"OTAD_AUTH_TOKEN_FILE ({path}) holds no token; write one bearer token per line")
+                raise ConfigError(
+                    f"OTAD_AUTH_TOKEN_FILE ({path}) holds no token; write one bearer token per line"
+                )
             tokens += found
         if not tokens:
             return None
@@ -97,7 +101,8 @@ class GrpcAuthInterceptor(grpc.ServerInterceptor):
 
 def failure_message(reason: str) -> str:
     """The client-facing sentence for a `check` reason (never echoes the presented token)."""
-    return {"missing": "missing authorization header: send 'authorization: Bearer <token>'",
-            "malformed": "authorization header is not 'Bearer <token>'",
-            "wrong": "bearer token not accepted"}[reason]
-
+    return {
+        "missing": "missing authorization header: send 'authorization: Bearer <token>'",
+        "malformed": "authorization header is not 'Bearer <token>'",
+        "wrong": "bearer token not accepted",
+    }[reason]

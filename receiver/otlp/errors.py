@@ -95,7 +95,9 @@ def status_proto(outcome: Outcome) -> status_pb2.Status:
     """The `google.rpc.Status` of a failed outcome (gRPC trailer and OTLP/HTTP error body)."""
     status = status_pb2.Status(code=outcome.code.value[0], message=outcome.message)
     if outcome.retry_after_s is not None:
-        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=Duration(seconds=outcome.retry_after_s)))
+        status.details.add().Pack(
+            error_details_pb2.RetryInfo(retry_delay=Duration(seconds=outcome.retry_after_s))
+        )
     return status
 
 
@@ -115,7 +117,10 @@ def to_status(exc_or_outcome: Exception | Outcome) -> grpc.Status:
 REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
     "undecodable": (grpc.StatusCode.INVALID_ARGUMENT, 400),
     "bad_encoding": (grpc.StatusCode.INVALID_ARGUMENT, 400),  # corrupt gzip/deflate data
-    "unsupported_encoding": (grpc.StatusCode.INVALID_ARGUMENT, 415),  # a Content-Encoding other than gzip/none
+    "unsupported_encoding": (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        415,
+    ),  # a Content-Encoding other than gzip/none
     "unsupported_media_type": (grpc.StatusCode.INVALID_ARGUMENT, 415),
     "too_large": (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     "read_timeout": (grpc.StatusCode.DEADLINE_EXCEEDED, 408),
@@ -125,8 +130,16 @@ REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
     "unauthenticated": (grpc.StatusCode.UNAUTHENTICATED, 401),
     "overloaded": (grpc.StatusCode.UNAVAILABLE, 503),
 }
-COUNTED_REFUSALS = frozenset({"undecodable", "bad_encoding", "unsupported_encoding", "unsupported_media_type",
-                              "too_large", "read_timeout"})
+COUNTED_REFUSALS = frozenset(
+    {
+        "undecodable",
+        "bad_encoding",
+        "unsupported_encoding",
+        "unsupported_media_type",
+        "too_large",
+        "read_timeout",
+    }
+)
 
 
 def refusal(reason: str, message: str, retry_after_s: int | None = None) -> Outcome:

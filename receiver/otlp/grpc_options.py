@@ -41,6 +41,8 @@ class GrpcServerOptions:
             ("grpc.http2.max_ping_strikes", 2),
         ]
         if self.max_connection_age_s:
-            args += [("grpc.max_connection_age_ms", self.max_connection_age_s * 1000),
-                     ("grpc.max_connection_age_grace_ms", 30_000)]
+            args += [
+                ("grpc.max_connection_age_ms", self.max_connection_age_s * 1000),
+                ("grpc.max_connection_age_grace_ms", 30_000),
+            ]
         return args

@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(spec.service_name for spec in SIGNALS.values())
 _MIB = 1024 * 1024
 _END_WAIT_S = 1.0  # how long a call without a message may take to show that grpc core ended it
-_GZIP_MAGIC = b"\x1f\x8b"  # never the start of a protobuf: 0x1f is field 3 with wire type 7, which does not exist
+_GZIP_MAGIC = (
+    b"\x1f\x8b"  # never the start of a protobuf: 0x1f is field 3 with wire type 7, which does not exist
+)
 # zlib headers (RFC 1950) of a 32 KiB window without a preset dictionary, as grpc's deflate writes them. As protobuf,
 # 0x78 is field 15 as a varint; the Export*ServiceRequest messages only have field 1.
 _ZLIB_HEADERS = frozenset({b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda"})
@@ -57,9 +59,14 @@ class _Servicer:
         try:
             request = self.spec.request_type.FromString(data)
         except DecodeError as exc:
-            self._refuse(context, "undecodable", refusal(
+            self._refuse(
+                context,
                 "undecodable",
-                f"cannot decode the {self.spec.name} request: not a protobuf {self.spec.request_type.__name__} ({exc})"))
+                refusal(
+                    "undecodable",
+                    f"cannot decode the {self.spec.name} request: not a protobuf {self.spec.request_type.__name__} ({exc})",
+                ),
+            )
         del data
         outcome = self.export.export(self.spec, request, "grpc")
         if not outcome.ok:
@@ -75,7 +82,11 @@ class _Servicer:
             # is answered) or grpc core ended the call and has yet to tell grpcio (the end comes within moments).
             ended = threading.Event()
             if context.add_callback(ended.set) and not ended.wait(_END_WAIT_S):
-                self._refuse(context, "undecodable", refusal("undecodable", "the Export call carried no request message"))
+                self._refuse(
+                    context,
+                    "undecodable",
+                    refusal("undecodable", "the Export call carried no request message"),
+                )
         except grpc.RpcError:
             pass
         # grpc core ended the call before the message reached otad; it tells the server no reason.
@@ -84,10 +95,15 @@ class _Servicer:
             self.export.metrics.requests.labels(self.spec.name, "grpc", "deadline_exceeded").inc()
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the request arrived")
         self._count("grpc_core", "cancelled")
-        warn_limited(logger, "grpc:grpc_core", "OTLP/gRPC %s request ended by grpc core before its message reached "
-                     "otad: larger than %d MiB (OTAD_MAX_RECV_MIB; the client got RESOURCE_EXHAUSTED), a "
-                     "grpc-encoding other than gzip or deflate (INTERNAL), or cancelled by the client",
-                     self.spec.name, self.limit // _MIB)
+        warn_limited(
+            logger,
+            "grpc:grpc_core",
+            "OTLP/gRPC %s request ended by grpc core before its message reached "
+            "otad: larger than %d MiB (OTAD_MAX_RECV_MIB; the client got RESOURCE_EXHAUSTED), a "
+            "grpc-encoding other than gzip or deflate (INTERNAL), or cancelled by the client",
+            self.spec.name,
+            self.limit // _MIB,
+        )
         context.abort(grpc.StatusCode.CANCELLED, "the request did not arrive")  # unseen: the call is over
 
     def _inflate(self, data: bytes) -> bytes:
@@ -100,8 +116,14 @@ class _Servicer:
 
     def _refuse(self, context: grpc.ServicerContext, reason: str, outcome: Outcome) -> NoReturn:
         self._count(reason, outcome.label)
-        warn_limited(logger, f"grpc:{reason}", "OTLP/gRPC %s request refused with %s: %s",
-                     self.spec.name, outcome.code.name, outcome.message)
+        warn_limited(
+            logger,
+            f"grpc:{reason}",
+            "OTLP/gRPC %s request refused with %s: %s",
+            self.spec.name,
+            outcome.code.name,
+            outcome.message,
+        )
         context.abort_with_status(to_status(outcome))
 
     def _count(self, reason: str, outcome_label: str) -> None:
@@ -110,16 +132,24 @@ class _Servicer:
         metrics.requests.labels(self.spec.name, "grpc", outcome_label).inc()
 
     def handler(self, service_name: str) -> grpc.GenericRpcHandler:
-        method: grpc.RpcMethodHandler[bytes, Message] = grpc.stream_unary_rpc_method_handler(self.Export, request_deserializer=None,
-                                                      response_serializer=lambda m: m.SerializeToString())
+        method: grpc.RpcMethodHandler[bytes, Message] = grpc.stream_unary_rpc_method_handler(
+            self.Export, request_deserializer=None, response_serializer=lambda m: m.SerializeToString()
+        )
         return grpc.method_handlers_generic_handler(service_name, {"Export": method})
 
 
 class OtlpGrpcServer:
     """A grpc.server on `endpoint` (port 0 picks a free port; see `.port`)."""
 
-    def __init__(self, endpoint: str, export: ExportHandler, *, max_recv_mib: int = 64, workers: int = 8,
-                 options: GrpcServerOptions | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        export: ExportHandler,
+        *,
+        max_recv_mib: int = 64,
+        workers: int = 8,
+        options: GrpcServerOptions | None = None,
+    ):
         options = options or GrpcServerOptions()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-grpc"),

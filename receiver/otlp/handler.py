@@ -41,9 +41,20 @@ class ExportHandler:
         has_room: asked before mapping, so a full queue is refused before paying for the mapping.
     """
 
-    def __init__(self, consumer: Consumer, mapper: RowMapper, metrics: Metrics, retry_after_s: int,
-                 has_room: Callable[[], bool] = lambda: True):
-        self.consumer, self.mapper, self.metrics, self.retry_after_s = consumer, mapper, metrics, retry_after_s
+    def __init__(
+        self,
+        consumer: Consumer,
+        mapper: RowMapper,
+        metrics: Metrics,
+        retry_after_s: int,
+        has_room: Callable[[], bool] = lambda: True,
+    ):
+        self.consumer, self.mapper, self.metrics, self.retry_after_s = (
+            consumer,
+            mapper,
+            metrics,
+            retry_after_s,
+        )
         self.has_room = has_room
 
     def export(self, spec: SignalSpec, request: Any, transport: str) -> Outcome:
@@ -53,8 +64,14 @@ class ExportHandler:
         try:
             outcome = self._export(spec, request, transport)
         except (InvalidInputError, UnavailableError) as exc:
-            warn_limited(logger, f"refused:{signal}:{transport}:{type(exc).__name__}",
-                         "%s export over %s refused: %s", signal, transport, exc)
+            warn_limited(
+                logger,
+                f"refused:{signal}:{transport}:{type(exc).__name__}",
+                "%s export over %s refused: %s",
+                signal,
+                transport,
+                exc,
+            )
             outcome = outcome_of(exc)
         except Exception as exc:
             logger.exception("%s export over %s failed", signal, transport)

@@ -51,15 +51,22 @@ PROTOBUF, JSON = "application/x-protobuf", "application/json"
 MAX_IN_FLIGHT = 32  # requests being read or handled at once; beyond it: 503 + Retry-After (bounds memory)
 READ_TIMEOUT_S = 30.0  # a body that has not fully arrived by then gets 408 (a slow client cannot hold a slot)
 GZIP_WBITS = 16 + zlib.MAX_WBITS
-_PIECE = 1024 * 1024  # inflated output taken this much at a time: a bomb costs the limit plus one piece (zlib's
+_PIECE = (
+    1024 * 1024
+)  # inflated output taken this much at a time: a bomb costs the limit plus one piece (zlib's
 _FEED = 256 * 1024  # own growing buffer would cost up to twice the limit); input fed this much at a time
 
 
 class _Refusal(Exception):
     """An HTTP-level answer decided before the export handler runs, by reason (errors.REFUSALS holds its status)."""
 
-    def __init__(self, reason: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = (),
-                 retry_after_s: int | None = None):
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        retry_after_s: int | None = None,
+    ):
         super().__init__(message)
         self.reason, self.headers = reason, headers
         self.status, self.outcome = refusal_http_status(reason), refusal(reason, message, retry_after_s)
@@ -84,7 +91,7 @@ def inflate_limited(data: bytes, limit: int, wbits: int = GZIP_WBITS, what: str 
     inflater = zlib.decompressobj(wbits)
     while True:
         if not pending and fed < len(view):
-            pending, fed = view[fed:fed + _FEED], min(fed + _FEED, len(view))
+            pending, fed = view[fed : fed + _FEED], min(fed + _FEED, len(view))
         try:
             piece = inflater.decompress(pending, _PIECE)
         except zlib.error as exc:
@@ -92,8 +99,9 @@ def inflate_limited(data: bytes, limit: int, wbits: int = GZIP_WBITS, what: str 
         size += len(piece)
         if size > limit:
             pieces.clear()  # freed now, not when the traceback that holds this frame goes
-            raise TooLargeError(f"request is larger than {limit // (1024 * 1024)} MiB after {what} decompression "
-                                "(OTAD_MAX_RECV_MIB)")
+            raise TooLargeError(
+                f"request is larger than {limit // (1024 * 1024)} MiB after {what} decompression (OTAD_MAX_RECV_MIB)"
+            )
         if piece:
             pieces.append(piece)
         pending = inflater.unconsumed_tail
@@ -178,9 +186,23 @@ def _media_type(value: str) -> str:
 class _App:
     """The ASGI application: routing, limits, auth, decoding; the export itself runs in a worker thread."""
 
-    def __init__(self, export: ExportHandler, metrics: Metrics, *, limit: int, retry_after_s: int,
-                 auth: BearerAuth | None, workers: int):
-        self.export, self.metrics, self.limit, self.retry_after_s, self.auth = export, metrics, limit, retry_after_s, auth
+    def __init__(
+        self,
+        export: ExportHandler,
+        metrics: Metrics,
+        *,
+        limit: int,
+        retry_after_s: int,
+        auth: BearerAuth | None,
+        workers: int,
+    ):
+        self.export, self.metrics, self.limit, self.retry_after_s, self.auth = (
+            export,
+            metrics,
+            limit,
+            retry_after_s,
+            auth,
+        )
         self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-http")
         self.in_flight = 0
         self.max_in_flight = MAX_IN_FLIGHT
@@ -196,22 +218,38 @@ class _App:
         self.in_flight += 1
         try:
             try:
-                body = await asyncio.wait_for(self._read_checked(scope, headers, spec, receive), self.read_timeout_s)
+                body = await asyncio.wait_for(
+                    self._read_checked(scope, headers, spec, receive), self.read_timeout_s
+                )
             except TimeoutError:
-                raise _Refusal("read_timeout", f"request body not received within {self.read_timeout_s:g} s") from None
+                raise _Refusal(
+                    "read_timeout", f"request body not received within {self.read_timeout_s:g} s"
+                ) from None
             gzipped = headers.get("content-encoding", "").strip().lower() == "gzip"
             loop = asyncio.get_running_loop()  # inflating and decoding 64 MiB must not stall the event loop
             assert spec is not None  # _read_checked refuses an unknown path
-            status, payload, extra = await loop.run_in_executor(self.pool, self._handle, spec, body, gzipped, as_json)
+            status, payload, extra = await loop.run_in_executor(
+                self.pool, self._handle, spec, body, gzipped, as_json
+            )
         except _Refusal as refused:  # refused before the export handler, which counts everything it answers
             self.metrics.requests.labels(signal, "http", refused.outcome.label).inc()
             if refused.counted:
                 self.metrics.transport_refusals.labels(signal, "http", refused.reason).inc()
             if refused.reason == "too_large":
                 trim_heap_soon()  # up to the limit was read or inflated, then freed
-            if refused.reason not in ("unauthenticated", "overloaded"):  # counted and logged where they are decided
-                warn_limited(logger, f"http:{refused.reason}", "OTLP/HTTP %s %s refused with %d: %s",
-                             scope["method"], scope["path"][:100], refused.status, refused.outcome.message)
+            if refused.reason not in (
+                "unauthenticated",
+                "overloaded",
+            ):  # counted and logged where they are decided
+                warn_limited(
+                    logger,
+                    f"http:{refused.reason}",
+                    "OTLP/HTTP %s %s refused with %d: %s",
+                    scope["method"],
+                    scope["path"][:100],
+                    refused.status,
+                    refused.outcome.message,
+                )
             status, payload, extra = refused.status, _error_body(refused.outcome, as_json), refused.headers
         except Exception as exc:  # a bug: answer 500 like gRPC's INTERNAL, never a traceback
             logger.exception("OTLP/HTTP %s %s failed", scope["method"], scope["path"][:100])
@@ -225,26 +263,36 @@ class _App:
     async def _read_checked(self, scope, headers: dict[str, str], spec: SignalSpec | None, receive) -> bytes:
         """Everything refused before the export handler: path, method, auth, overload, type, encoding, size."""
         if spec is None:
-            raise _Refusal("unknown_path", f"unknown path {scope['path'][:100]!r}; "
-                                           "OTLP/HTTP paths are /v1/logs, /v1/traces, /v1/metrics")
+            raise _Refusal(
+                "unknown_path",
+                f"unknown path {scope['path'][:100]!r}; OTLP/HTTP paths are /v1/logs, /v1/traces, /v1/metrics",
+            )
         if scope["method"] != "POST":
-            raise _Refusal("method_not_allowed", f"method {scope['method']} not allowed; use POST",
-                           ((b"allow", b"POST"),))
+            raise _Refusal(
+                "method_not_allowed",
+                f"method {scope['method']} not allowed; use POST",
+                ((b"allow", b"POST"),),
+            )
         if self.auth is not None:
             reason = self.auth.check(headers.get("authorization"))
             if reason is not None:
                 self.metrics.auth_failures.labels("http", reason).inc()
-                raise _Refusal("unauthenticated", failure_message(reason), ((b"www-authenticate", b"Bearer"),))
+                raise _Refusal(
+                    "unauthenticated", failure_message(reason), ((b"www-authenticate", b"Bearer"),)
+                )
         if self.in_flight > self.max_in_flight:
             self.metrics.refused.labels(spec.name, "too_many_requests", "http").inc()
             raise self._overloaded(f"otad has {self.max_in_flight} OTLP/HTTP requests in flight; retry later")
         media = _media_type(headers.get("content-type", ""))
         if media not in (PROTOBUF, JSON):
-            raise _Refusal("unsupported_media_type", f"unsupported content type {media[:60]!r}; "
-                                                     f"use {PROTOBUF} or {JSON}")
+            raise _Refusal(
+                "unsupported_media_type", f"unsupported content type {media[:60]!r}; use {PROTOBUF} or {JSON}"
+            )
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", ""):
-            raise _Refusal("unsupported_encoding", f"unsupported content encoding {encoding[:30]!r}; use gzip or none")
+            raise _Refusal(
+                "unsupported_encoding", f"unsupported content encoding {encoding[:30]!r}; use gzip or none"
+            )
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             raise _too_large(self.limit, "(Content-Length)")
@@ -265,10 +313,16 @@ class _App:
         return b"".join(chunks)
 
     def _overloaded(self, message: str) -> _Refusal:
-        return _Refusal("overloaded", message, ((b"retry-after", str(self.retry_after_s).encode()),),
-                        retry_after_s=self.retry_after_s)
+        return _Refusal(
+            "overloaded",
+            message,
+            ((b"retry-after", str(self.retry_after_s).encode()),),
+            retry_after_s=self.retry_after_s,
+        )
 
-    def _handle(self, spec: SignalSpec, body: bytes, gzipped: bool, as_json: bool) -> tuple[int, bytes, tuple]:
+    def _handle(
+        self, spec: SignalSpec, body: bytes, gzipped: bool, as_json: bool
+    ) -> tuple[int, bytes, tuple]:
         """Inflate, decode, export, encode the answer (in a worker thread): (status, body, extra headers)."""
         if gzipped:
             body = gunzip_limited(body, self.limit)
@@ -311,9 +365,14 @@ def _error_body(outcome: Outcome, as_json: bool) -> bytes:
     return status.SerializeToString()
 
 
-async def _respond(send, status: int, payload: bytes, as_json: bool, extra: tuple[tuple[bytes, bytes], ...]) -> None:
-    headers = [(b"content-type", (JSON if as_json else PROTOBUF).encode()),
-               (b"content-length", str(len(payload)).encode()), *extra]
+async def _respond(
+    send, status: int, payload: bytes, as_json: bool, extra: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    headers = [
+        (b"content-type", (JSON if as_json else PROTOBUF).encode()),
+        (b"content-length", str(len(payload)).encode()),
+        *extra,
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -321,9 +380,19 @@ async def _respond(send, status: int, payload: bytes, as_json: bool, extra: tupl
 class OtlpHttpServer:
     """uvicorn on `endpoint` in a thread of its own (port 0 picks a free port; see `.port`)."""
 
-    def __init__(self, endpoint: str, export: ExportHandler, metrics: Metrics, *, max_recv_mib: int = 64,
-                 retry_after_s: int = 5, tls: ServerTls | None = None, auth: BearerAuth | None = None,
-                 workers: int = 4, keep_alive_s: int = 30):
+    def __init__(
+        self,
+        endpoint: str,
+        export: ExportHandler,
+        metrics: Metrics,
+        *,
+        max_recv_mib: int = 64,
+        retry_after_s: int = 5,
+        tls: ServerTls | None = None,
+        auth: BearerAuth | None = None,
+        workers: int = 4,
+        keep_alive_s: int = 30,
+    ):
         host, _, port = endpoint.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
         try:
@@ -332,20 +401,39 @@ class OtlpHttpServer:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._sock.bind(address)
         except OSError as exc:
-            raise OSError(f"cannot listen on {endpoint} (OTAD_HTTP_ENDPOINT): {exc.strerror or exc}") from None
+            raise OSError(
+                f"cannot listen on {endpoint} (OTAD_HTTP_ENDPOINT): {exc.strerror or exc}"
+            ) from None
         self.port = self._sock.getsockname()[1]
-        self.app = _App(export, metrics, limit=max_recv_mib * 1024 * 1024, retry_after_s=retry_after_s, auth=auth,
-                        workers=workers)
+        self.app = _App(
+            export,
+            metrics,
+            limit=max_recv_mib * 1024 * 1024,
+            retry_after_s=retry_after_s,
+            auth=auth,
+            workers=workers,
+        )
         config = uvicorn.Config(
-            self.app, http="h11", ws="none", lifespan="off", loop="asyncio", interface="asgi3",
-            log_config=None, access_log=False, server_header=False, proxy_headers=False,
-            timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=5,
-            ssl_certfile=str(tls.cert_file) if tls else None, ssl_keyfile=str(tls.key_file) if tls else None,
+            self.app,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            loop="asyncio",
+            interface="asgi3",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=keep_alive_s,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=str(tls.cert_file) if tls else None,
+            ssl_keyfile=str(tls.key_file) if tls else None,
             ssl_context_factory=(lambda _config, _default: tls.ssl_context()) if tls else None,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="otad-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="otad-http", daemon=True
+        )
         self.tls = tls is not None
 
     def start(self, timeout_s: float = 10.0) -> None:

@@ -33,7 +33,11 @@ _TOP_KEYS: dict[str, type[SignalRequest]] = {
     "resourceMetrics": ExportMetricsServiceRequest,
 }
 Signal = Literal["logs", "traces", "metrics"]
-_SIGNALS: dict[str, Signal] = {"resourceLogs": "logs", "resourceSpans": "traces", "resourceMetrics": "metrics"}
+_SIGNALS: dict[str, Signal] = {
+    "resourceLogs": "logs",
+    "resourceSpans": "traces",
+    "resourceMetrics": "metrics",
+}
 _M = TypeVar("_M", bound=Message)
 
 

@@ -27,7 +27,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 __all__ = ["Fallback", "LightMessage", "decode_request"]
 
-_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})  # hex in OTLP/JSON (see receiver/otlp/otlpjson.py)
+_ID_KEYS = frozenset(
+    {"traceId", "spanId", "parentSpanId"}
+)  # hex in OTLP/JSON (see receiver/otlp/otlpjson.py)
 # json_format rejects strings that match it (private, so not in the stubs)
 _SURROGATE = json_format._UNPAIRED_SURROGATE_PATTERN  # type: ignore[attr-defined]
 _MAX_DEPTH = 64  # json_format allows 100 nested messages; deeper input takes the reflective path
@@ -38,10 +40,16 @@ _ANY_VALUE = "opentelemetry.proto.common.v1.AnyValue"
 
 F = FieldDescriptor
 _INT_RANGES = {
-    F.TYPE_INT64: (-(1 << 63), 1 << 63), F.TYPE_SFIXED64: (-(1 << 63), 1 << 63), F.TYPE_SINT64: (-(1 << 63), 1 << 63),
-    F.TYPE_UINT64: (0, 1 << 64), F.TYPE_FIXED64: (0, 1 << 64),
-    F.TYPE_INT32: (-(1 << 31), 1 << 31), F.TYPE_SFIXED32: (-(1 << 31), 1 << 31), F.TYPE_SINT32: (-(1 << 31), 1 << 31),
-    F.TYPE_UINT32: (0, 1 << 32), F.TYPE_FIXED32: (0, 1 << 32),
+    F.TYPE_INT64: (-(1 << 63), 1 << 63),
+    F.TYPE_SFIXED64: (-(1 << 63), 1 << 63),
+    F.TYPE_SINT64: (-(1 << 63), 1 << 63),
+    F.TYPE_UINT64: (0, 1 << 64),
+    F.TYPE_FIXED64: (0, 1 << 64),
+    F.TYPE_INT32: (-(1 << 31), 1 << 31),
+    F.TYPE_SFIXED32: (-(1 << 31), 1 << 31),
+    F.TYPE_SINT32: (-(1 << 31), 1 << 31),
+    F.TYPE_UINT32: (0, 1 << 32),
+    F.TYPE_FIXED32: (0, 1 << 32),
 }
 
 
@@ -67,7 +75,10 @@ class LightMessage:
 
 Converter = Callable[[object, int], object]
 
-if TYPE_CHECKING:  # what `_key_values` sets on the light KeyValue and AnyValue classes built from the descriptors
+if (
+    TYPE_CHECKING
+):  # what `_key_values` sets on the light KeyValue and AnyValue classes built from the descriptors
+
     class _LightAnyValue(LightMessage):
         _oneof_value: str | None
 
@@ -107,6 +118,7 @@ def _integer(low: int, high: int) -> Converter:
         if type(value) is int and low <= value < high:
             return value
         raise Fallback
+
     return convert
 
 
@@ -123,6 +135,7 @@ def _enum(field: FieldDescriptor) -> Converter:
         if type(value) is str and value in numbers:
             return numbers[value]
         raise Fallback
+
     return convert
 
 
@@ -150,6 +163,7 @@ def _repeated(convert: Converter) -> Converter:
         if type(value) is not list:
             raise Fallback
         return [convert(item, depth) for item in value]
+
     return repeated
 
 
@@ -189,7 +203,11 @@ class _Schema:
             for field in descriptor.fields:  # after registering: message types may be recursive
                 convert = self._field(field)
                 oneof = field.containing_oneof
-                table[field.json_name] = (field.name, convert, _CASE + oneof.name if oneof is not None else None)
+                table[field.json_name] = (
+                    field.name,
+                    convert,
+                    _CASE + oneof.name if oneof is not None else None,
+                )
             for field in descriptor.fields:
                 setattr(cls, field.name, self._default(field))
             for oneof in descriptor.oneofs:
@@ -197,10 +215,16 @@ class _Schema:
         return self.converters[name]
 
     def _field(self, field: FieldDescriptor) -> Converter:
-        if field.is_repeated and field.message_type is not None and field.message_type.full_name == _KEY_VALUE:
+        if (
+            field.is_repeated
+            and field.message_type is not None
+            and field.message_type.full_name == _KEY_VALUE
+        ):
             return self._key_values(self.converter(field.message_type))
         if field.message_type is not None:
-            if field.message_type.GetOptions().map_entry or field.message_type.full_name.startswith("google.protobuf."):
+            if field.message_type.GetOptions().map_entry or field.message_type.full_name.startswith(
+                "google.protobuf."
+            ):
                 raise TypeError(f"{field.full_name}: maps and well-known types are not supported")
             convert = self.converter(field.message_type)
         elif field.type == F.TYPE_STRING:
@@ -235,8 +259,12 @@ class _Schema:
         key_value = cast("type[_LightKeyValue]", self.classes[_KEY_VALUE])
         any_value = cast("type[_LightAnyValue]", self.classes[_ANY_VALUE])
         integer = _integer(*_INT_RANGES[F.TYPE_INT64])
-        scalars = {"stringValue": ("string_value", _string), "intValue": ("int_value", integer),
-                   "doubleValue": ("double_value", _double), "boolValue": ("bool_value", _bool)}
+        scalars = {
+            "stringValue": ("string_value", _string),
+            "intValue": ("int_value", integer),
+            "doubleValue": ("double_value", _double),
+            "boolValue": ("bool_value", _bool),
+        }
         shared: dict[tuple[str, str, str], LightMessage] = {}
 
         def build(key: str, kind: str, raw: object, depth: int) -> LightMessage | None:
@@ -261,7 +289,7 @@ class _Schema:
                 if type(item) is dict and len(item) == 2:
                     key, inner = item.get("key"), item.get("value")
                     if type(key) is str and type(inner) is dict and len(inner) == 1:
-                        (kind, raw), = inner.items()
+                        ((kind, raw),) = inner.items()
                         if type(raw) is str:  # only str keys: 1 == 1.0 == True, 0.0 == -0.0
                             kv = shared.get((key, kind, raw))
                             if kv is None:
@@ -274,6 +302,7 @@ class _Schema:
                             kv = build(key, kind, raw, depth)
                 items.append(kv if kv is not None else convert_item(item, depth))
             return items
+
         return convert
 
     @staticmethod
@@ -285,7 +314,9 @@ class _Schema:
             depth += 1
             for key, item in value.items():
                 spec = table.get(key)
-                if spec is None:  # unknown fields are ignored, as json_format(ignore_unknown_fields=True) does
+                if (
+                    spec is None
+                ):  # unknown fields are ignored, as json_format(ignore_unknown_fields=True) does
                     if key in aliases or key[:1] == "[" or not _ids_are_hex({key: item}):
                         raise Fallback  # proto field names, extension syntax, ids otlpjson would reject
                     continue
@@ -298,6 +329,7 @@ class _Schema:
                     setattr(message, case, name)
                 setattr(message, name, convert_field(item, depth))
             return message
+
         return convert
 
 

@@ -29,8 +29,13 @@ def load_security(settings: Settings) -> Security:
     return load_server_tls(settings), BearerAuth.from_settings(settings)
 
 
-def build_servers(settings: Settings, security: Security, consumer: Consumer, metrics: Metrics,
-                  has_room: Callable[[], bool] = lambda: True) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
+def build_servers(
+    settings: Settings,
+    security: Security,
+    consumer: Consumer,
+    metrics: Metrics,
+    has_room: Callable[[], bool] = lambda: True,
+) -> tuple[OtlpGrpcServer, OtlpHttpServer]:
     """The OTLP/gRPC and OTLP/HTTP servers, bound but not started.
 
     Raises:
@@ -47,7 +52,16 @@ def build_servers(settings: Settings, security: Security, consumer: Consumer, me
         credentials=tls.grpc_credentials() if tls else None,
         interceptors=(GrpcAuthInterceptor(auth, metrics),) if auth else (),
     )
-    grpc_server = OtlpGrpcServer(settings.grpc_endpoint, export, max_recv_mib=settings.max_recv_mib, options=options)
-    http_server = OtlpHttpServer(settings.http_endpoint, export, metrics, max_recv_mib=settings.max_recv_mib,
-                                 retry_after_s=settings.retry_after_s, tls=tls, auth=auth)
+    grpc_server = OtlpGrpcServer(
+        settings.grpc_endpoint, export, max_recv_mib=settings.max_recv_mib, options=options
+    )
+    http_server = OtlpHttpServer(
+        settings.http_endpoint,
+        export,
+        metrics,
+        max_recv_mib=settings.max_recv_mib,
+        retry_after_s=settings.retry_after_s,
+        tls=tls,
+        auth=auth,
+    )
     return grpc_server, http_server

@@ -30,13 +30,31 @@ class SignalSpec:
 
 
 SIGNALS: dict[str, SignalSpec] = {
-    "logs": SignalSpec("logs", "log records", "rejected_log_records", logs_pb.ExportLogsServiceRequest,
-                       logs_pb.ExportLogsServiceResponse, RowMapper.map_logs,
-                       "opentelemetry.proto.collector.logs.v1.LogsService"),
-    "traces": SignalSpec("traces", "spans", "rejected_spans", trace_pb.ExportTraceServiceRequest,
-                         trace_pb.ExportTraceServiceResponse, RowMapper.map_traces,
-                         "opentelemetry.proto.collector.trace.v1.TraceService"),
-    "metrics": SignalSpec("metrics", "data points", "rejected_data_points", metrics_pb.ExportMetricsServiceRequest,
-                          metrics_pb.ExportMetricsServiceResponse, RowMapper.map_metrics,
-                          "opentelemetry.proto.collector.metrics.v1.MetricsService"),
+    "logs": SignalSpec(
+        "logs",
+        "log records",
+        "rejected_log_records",
+        logs_pb.ExportLogsServiceRequest,
+        logs_pb.ExportLogsServiceResponse,
+        RowMapper.map_logs,
+        "opentelemetry.proto.collector.logs.v1.LogsService",
+    ),
+    "traces": SignalSpec(
+        "traces",
+        "spans",
+        "rejected_spans",
+        trace_pb.ExportTraceServiceRequest,
+        trace_pb.ExportTraceServiceResponse,
+        RowMapper.map_traces,
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+    ),
+    "metrics": SignalSpec(
+        "metrics",
+        "data points",
+        "rejected_data_points",
+        metrics_pb.ExportMetricsServiceRequest,
+        metrics_pb.ExportMetricsServiceResponse,
+        RowMapper.map_metrics,
+        "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    ),
 }

@@ -28,8 +28,11 @@ class ServerTls:
     client_ca: bytes | None
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.client_ca,
-                                           require_client_auth=self.client_ca is not None)
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         """For the OTLP/HTTP server: TLS 1.2+, client certificates required when a client CA is set."""
@@ -46,7 +49,9 @@ def _read(path: Path, variable: str, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{variable} ({path}) cannot be read ({exc.strerror}); point it at a PEM {what}") from None
+        raise ConfigError(
+            f"{variable} ({path}) cannot be read ({exc.strerror}); point it at a PEM {what}"
+        ) from None
     if b"-----BEGIN " not in data:
         raise ConfigError(f"{variable} ({path}) is not PEM; point it at a PEM {what}")
     return data
@@ -71,8 +76,10 @@ def load_server_tls(settings: Settings) -> ServerTls | None:
     try:
         tls.ssl_context()
     except ssl.SSLError as exc:
-        raise ConfigError(f"OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE do not form a usable pair ({exc.reason}); "
-                          "use the key that belongs to the certificate") from None
+        raise ConfigError(
+            f"OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE do not form a usable pair ({exc.reason}); "
+            "use the key that belongs to the certificate"
+        ) from None
     return tls
 
 

@@ -34,7 +34,9 @@ ROW_BUDGET = ROW_MAX - 1024  # safety margin: the marker, and room for what stor
 # Per-value limits (UTF-8 bytes, cut on a character boundary) and counts.
 MESSAGE_MAX = 8192  # `message` (the log body, the span or metric name)
 VALUE_MAX = 1024  # any other field value and every resource attribute value
-KEY_MAX = 128  # field and resource keys; a longer key becomes "<prefix>~<8 hex>" (distinct keys stay distinct)
+KEY_MAX = (
+    128  # field and resource keys; a longer key becomes "<prefix>~<8 hex>" (distinct keys stay distinct)
+)
 FIELDS_MAX = 128  # fields per row (plus the marker): mapped columns first, extra unmapped.* dropped
 RESOURCE_MAX = 64  # resource attributes per row: service.name and host.name first, then in order
 
@@ -42,18 +44,53 @@ MARKER = "otad.truncated"
 _ORDER = ("uid", "service", "message", "attributes", "resource")  # marker order, also the metric's `field`
 _SHORT = 256  # a string of at most this many characters is within every per-value limit (4 bytes a char)
 _SHORT_KEY = KEY_MAX // 4
-_ENTRY = 32  # JSON bytes of a field beyond its key and string value: quotes, ':' ',' or a number (int64 or float)
-_is_str = cast("Callable[[object], TypeGuard[str]]", str.__instancecheck__)  # isinstance(x, str), no Python frame
+_ENTRY = (
+    32  # JSON bytes of a field beyond its key and string value: quotes, ':' ',' or a number (int64 or float)
+)
+_is_str = cast(
+    "Callable[[object], TypeGuard[str]]", str.__instancecheck__
+)  # isinstance(x, str), no Python frame
 
 # The columns the mappers themselves write: kept first, and only ever cut, never dropped.
 CORE = frozenset({column for targets in ATTRIBUTE_COLUMNS.values() for column, _, _ in targets}) | {
-    MARKER, "message", "severity_text", "scope.name", "device.hostname", "status_code", "status_detail",
-    "duration", "api.operation", "error.type", "error.message", "dst_endpoint.svc_name",
-    "trace.uid", "trace.span.uid", "trace.span.parent_uid", "trace.span.kind", "trace.span.operation",
-    "trace.span.events", "trace.span.exception",
-    "metric.name", "metric.type", "metric.unit", "metric.monotonic", "metric.temporality", "metric.series",
-    "metric.value", "metric.rate", "metric.cumulative", "metric.count", "metric.sum", "metric.mean", "metric.min",
-    "metric.max", "metric.cumulative_count", "metric.cumulative_sum", "metric.p50", "metric.p95", "metric.p99",
+    MARKER,
+    "message",
+    "severity_text",
+    "scope.name",
+    "device.hostname",
+    "status_code",
+    "status_detail",
+    "duration",
+    "api.operation",
+    "error.type",
+    "error.message",
+    "dst_endpoint.svc_name",
+    "trace.uid",
+    "trace.span.uid",
+    "trace.span.parent_uid",
+    "trace.span.kind",
+    "trace.span.operation",
+    "trace.span.events",
+    "trace.span.exception",
+    "metric.name",
+    "metric.type",
+    "metric.unit",
+    "metric.monotonic",
+    "metric.temporality",
+    "metric.series",
+    "metric.value",
+    "metric.rate",
+    "metric.cumulative",
+    "metric.count",
+    "metric.sum",
+    "metric.mean",
+    "metric.min",
+    "metric.max",
+    "metric.cumulative_count",
+    "metric.cumulative_sum",
+    "metric.p50",
+    "metric.p95",
+    "metric.p99",
 }
 _RESOURCE_FIRST = ("service.name", "host.name")
 
@@ -122,12 +159,16 @@ def _bound_items(items: dict[str, Value], field: str, notes: dict[str, list[str]
             key = short_hash(key, KEY_MAX)
             _note(notes, field, f"keys over {KEY_MAX} bytes shortened with a hash")
         if value.__class__ is str and len(value) > _SHORT:
-            limit, what = (MESSAGE_MAX, "message") if key == "message" and field == "attributes" else (
-                VALUE_MAX, field)
+            limit, what = (
+                (MESSAGE_MAX, "message") if key == "message" and field == "attributes" else (VALUE_MAX, field)
+            )
             if utf8_len(value) > limit:
                 value = cut_utf8(value, limit)
-                _note(notes, what, f"values over {limit} bytes cut" if what != "message" else
-                      f"over {limit} bytes, cut")
+                _note(
+                    notes,
+                    what,
+                    f"values over {limit} bytes cut" if what != "message" else f"over {limit} bytes, cut",
+                )
         out.setdefault(key, value)
     return out
 
@@ -141,10 +182,25 @@ class ResourceBounds:
     sizes: dict[str, int]  # JSON bytes of each resource entry
 
 
-_SKELETON = len(json.dumps(row_to_dict(Row(
-    uid="", signal="metrics", time_unix_nano=2**64, service="", class_uid=-(2**63), activity_id=-(2**63),
-    severity_id=-(2**63), status_id=-(2**63), trace_id="0" * TRACE_ID_MAX, span_id="0" * TRACE_ID_MAX,
-)), separators=(",", ":")))
+_SKELETON = len(
+    json.dumps(
+        row_to_dict(
+            Row(
+                uid="",
+                signal="metrics",
+                time_unix_nano=2**64,
+                service="",
+                class_uid=-(2**63),
+                activity_id=-(2**63),
+                severity_id=-(2**63),
+                status_id=-(2**63),
+                trace_id="0" * TRACE_ID_MAX,
+                span_id="0" * TRACE_ID_MAX,
+            )
+        ),
+        separators=(",", ":"),
+    )
+)
 
 
 def bound_resource(ctx: ResourceContext) -> tuple[ResourceContext, ResourceBounds]:
@@ -176,8 +232,11 @@ def bound_row(row: Row, res: ResourceBounds) -> list[tuple[str, str]] | None:
     whenever the row is bounded, and pinned by tests/unit/receiver/test_rows_bounds.py).
     """
     fields, uid = row.fields, row.uid  # (trace/span ids: hex_id lets only 32/16 hex digits through)
-    if res.notes or len(fields) > FIELDS_MAX or (len(uid) > UID_MAX // 4 and (len(uid) > UID_MAX
-                                                                             or not uid.isascii())):
+    if (
+        res.notes
+        or len(fields) > FIELDS_MAX
+        or (len(uid) > UID_MAX // 4 and (len(uid) > UID_MAX or not uid.isascii()))
+    ):
         return _bound_exact(row, res)
     # The hot path: one pass of length checks, and an upper bound of the row's JSON bytes: 12 a character bounds
     # any escape (an astral character is two \uXXXX), 6 an ASCII one (\u00XX).
@@ -252,13 +311,24 @@ def _fit(row: Row, res: ResourceBounds, notes: dict[str, list[str]]) -> None:
     f_sizes = _sizes(fields)
     r_sizes = res.sizes if resource.keys() == res.sizes.keys() else _sizes(resource)
     reserve = len(MARKER) + len(",".join(_ORDER)) + 6  # "otad.truncated":"uid,...",
-    over = (_SKELETON - 4 + len(encode_basestring_ascii(row.service)) + len(encode_basestring_ascii(row.uid))
-            + _dict_len(f_sizes) + _dict_len(r_sizes) + reserve - ROW_BUDGET)
+    over = (
+        _SKELETON
+        - 4
+        + len(encode_basestring_ascii(row.service))
+        + len(encode_basestring_ascii(row.uid))
+        + _dict_len(f_sizes)
+        + _dict_len(r_sizes)
+        + reserve
+        - ROW_BUDGET
+    )
     if over <= 0:
         return
     r_sizes = dict(r_sizes)
-    victims = sorted([(size, 0, key) for key, size in f_sizes.items() if _rank(key) == 2]
-                     + [(size, 1, key) for key, size in r_sizes.items()], reverse=True)
+    victims = sorted(
+        [(size, 0, key) for key, size in f_sizes.items() if _rank(key) == 2]
+        + [(size, 1, key) for key, size in r_sizes.items()],
+        reverse=True,
+    )
     dropped = [0, 0]
     for _, where, key in victims:
         if over <= 0:
@@ -286,8 +356,9 @@ def _fit(row: Row, res: ResourceBounds, notes: dict[str, list[str]]) -> None:
         over -= _drop(f_sizes, key)
         _note(notes, "attributes", "fields dropped to fit the row")
     while over > 0:  # only core columns are left: their keys are short, so cutting values always ends
-        longest = max((k for k, v in fields.items() if v.__class__ is str and v), key=f_sizes.__getitem__,
-                      default=None)
+        longest = max(
+            (k for k, v in fields.items() if v.__class__ is str and v), key=f_sizes.__getitem__, default=None
+        )
         if longest is None:
             raise RejectError(f"row does not fit in {ROW_MAX} bytes")  # unreachable with the limits above
         over -= _cut(fields, f_sizes, longest, max(over, f_sizes[longest] // 2))

@@ -22,8 +22,16 @@ INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # integer columns stay int64 (what
 # Class-selection hints found in attribute keys (first dot segment).
 HTTP, RPC, AUTH, ERROR = 1, 2, 4, 8
 _PREFIX_HINTS = {
-    "http": HTTP, "url": HTTP, "rpc": RPC, "auth": AUTH, "login": AUTH, "logon": AUTH, "logout": AUTH,
-    "password": AUTH, "authentication": AUTH, "exception": ERROR,
+    "http": HTTP,
+    "url": HTTP,
+    "rpc": RPC,
+    "auth": AUTH,
+    "login": AUTH,
+    "logon": AUTH,
+    "logout": AUTH,
+    "password": AUTH,
+    "authentication": AUTH,
+    "exception": ERROR,
 }
 
 
@@ -196,8 +204,9 @@ ATTRIBUTE_COLUMNS: dict[str, tuple[tuple[str, int, Converter], ...]] = {
 }
 
 
-def map_attributes(attrs: dict[str, object], fields: dict[str, Value], ranks: dict[str, int],
-                   offset: int = 0) -> int:
+def map_attributes(
+    attrs: dict[str, object], fields: dict[str, Value], ranks: dict[str, int], offset: int = 0
+) -> int:
     """Write attributes into `fields` (mapped columns, else `unmapped.<key>`); return the class hints seen.
 
     `ranks` remembers which source won each column; `offset` lets a later source (a JSON body) lose to
@@ -230,7 +239,9 @@ def map_attributes(attrs: dict[str, object], fields: dict[str, Value], ranks: di
     return hints
 
 
-def flatten(obj: dict, prefix: str = "", depth: int = 0, out: dict[str, object] | None = None) -> dict[str, object]:
+def flatten(
+    obj: dict, prefix: str = "", depth: int = 0, out: dict[str, object] | None = None
+) -> dict[str, object]:
     """Nested dicts as dot paths (up to MAX_DEPTH levels); lists and deeper objects stay whole."""
     out = {} if out is None else out
     for key, value in obj.items():
@@ -244,7 +255,15 @@ def flatten(obj: dict, prefix: str = "", depth: int = 0, out: dict[str, object] 
 
 # --- OCSF id tables -------------------------------------------------------------------------------------
 HTTP_ACTIVITY_BY_METHOD = {
-    "CONNECT": 1, "DELETE": 2, "GET": 3, "HEAD": 4, "OPTIONS": 5, "POST": 6, "PUT": 7, "TRACE": 8, "PATCH": 9,
+    "CONNECT": 1,
+    "DELETE": 2,
+    "GET": 3,
+    "HEAD": 4,
+    "OPTIONS": 5,
+    "POST": 6,
+    "PUT": 7,
+    "TRACE": 8,
+    "PATCH": 9,
 }
 API_ACTIVITY_BY_METHOD = {"POST": 1, "GET": 2, "PUT": 3, "PATCH": 3, "DELETE": 4}
 # RPC method verbs -> API Activity activity_id (matched on the lowercased method name's start).
@@ -288,9 +307,23 @@ def severity_from_number(number: int) -> int:
 
 # severity_text (upper-cased, trailing digits removed) -> the OTel severity_number of its band start
 SEVERITY_TEXT_NUMBER = {
-    "TRACE": 1, "DEBUG": 5, "INFO": 9, "INFORMATION": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13,
-    "ERROR": 17, "ERR": 17, "SEVERE": 17, "FATAL": 21, "CRITICAL": 21, "CRIT": 21, "ALERT": 21,
-    "EMERG": 21, "EMERGENCY": 21, "PANIC": 21,
+    "TRACE": 1,
+    "DEBUG": 5,
+    "INFO": 9,
+    "INFORMATION": 9,
+    "NOTICE": 10,
+    "WARN": 13,
+    "WARNING": 13,
+    "ERROR": 17,
+    "ERR": 17,
+    "SEVERE": 17,
+    "FATAL": 21,
+    "CRITICAL": 21,
+    "CRIT": 21,
+    "ALERT": 21,
+    "EMERG": 21,
+    "EMERGENCY": 21,
+    "PANIC": 21,
 }
 
 

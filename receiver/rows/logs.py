@@ -54,15 +54,31 @@ _AUTH_FAILURE_WORDS = re.compile(
     r"\b(?:fail|invalid|denied|incorrect|wrong|unauthori[sz]ed|reject|locked|expired|bad password)",
     re.IGNORECASE,
 )
-_AUTH_SUCCESS_WORDS = re.compile(r"\b(?:success|succeeded|granted|accepted|logged in|authenticated)", re.IGNORECASE)
+_AUTH_SUCCESS_WORDS = re.compile(
+    r"\b(?:success|succeeded|granted|accepted|logged in|authenticated)", re.IGNORECASE
+)
 _OUTCOME_KEYS = ("auth.result", "auth.outcome", "auth.status", "event.outcome", "outcome", "login.result")
 _OUTCOME_FAILURE = frozenset({"failure", "failed", "fail", "denied", "false", "error", "rejected", "deny"})
 _OUTCOME_SUCCESS = frozenset({"success", "succeeded", "ok", "true", "allowed", "allow", "granted"})
 # OCSF-shaped bodies: ids taken into the Row itself, captions derivable from them.
-_OCSF_TAKEN = frozenset({
-    "class_uid", "activity_id", "severity_id", "status_id", "type_uid", "category_uid", "class_name",
-    "category_name", "activity_name", "type_name", "severity", "status", "time", "message",
-})
+_OCSF_TAKEN = frozenset(
+    {
+        "class_uid",
+        "activity_id",
+        "severity_id",
+        "status_id",
+        "type_uid",
+        "category_uid",
+        "class_name",
+        "category_name",
+        "activity_name",
+        "type_name",
+        "severity",
+        "status",
+        "time",
+        "message",
+    }
+)
 
 
 def parse_body(record: LogRecord) -> tuple[object, str | None, dict | None]:
@@ -100,9 +116,12 @@ def _apply_ocsf(obj: dict, fields: dict[str, Value]) -> _OcsfTaken:
     """Take the ids, message and time of an OCSF-shaped body; flatten the rest into dot-path columns."""
     message = obj.get("message")
     taken: _OcsfTaken = {
-        "class_uid": to_int(obj.get("class_uid")), "activity_id": to_int(obj.get("activity_id")),
-        "severity_id": to_int(obj.get("severity_id")), "status_id": to_int(obj.get("status_id")),
-        "time": to_int(obj.get("time")), "message": message if isinstance(message, str) else None,
+        "class_uid": to_int(obj.get("class_uid")),
+        "activity_id": to_int(obj.get("activity_id")),
+        "severity_id": to_int(obj.get("severity_id")),
+        "status_id": to_int(obj.get("status_id")),
+        "time": to_int(obj.get("time")),
+        "message": message if isinstance(message, str) else None,
     }
     rest = {k: v for k, v in obj.items() if k not in _OCSF_TAKEN}
     for path, value in flatten(rest).items():
@@ -112,8 +131,9 @@ def _apply_ocsf(obj: dict, fields: dict[str, Value]) -> _OcsfTaken:
     return taken
 
 
-def _apply_plain(obj: dict, fields: dict[str, Value], ranks: dict[str, int],
-                 want_level: bool) -> tuple[int, str | None, str | None]:
+def _apply_plain(
+    obj: dict, fields: dict[str, Value], ranks: dict[str, int], want_level: bool
+) -> tuple[int, str | None, str | None]:
     """A plain JSON object body: keys are treated like attributes. Returns (hints, message, level)."""
     message = level = None
     rest = dict(obj)
@@ -161,8 +181,14 @@ def _classify(hints: int, event_name: str, text: str, otel_severity: int) -> int
     return APPLICATION_LOG
 
 
-def _activity_status(class_uid: int, fields: dict[str, Value], attrs: dict[str, object], words: str,
-                     otel_severity: int, code: object) -> tuple[int, int]:
+def _activity_status(
+    class_uid: int,
+    fields: dict[str, Value],
+    attrs: dict[str, object],
+    words: str,
+    otel_severity: int,
+    code: object,
+) -> tuple[int, int]:
     """(activity_id, status_id) of the chosen class: status 2 failure, 1 success, 0 unknown (docs/mapping.md)."""
     activity_id, failure, success = 0, otel_severity >= 17, False
     if isinstance(code, int):
@@ -180,7 +206,9 @@ def _activity_status(class_uid: int, fields: dict[str, Value], attrs: dict[str, 
     return activity_id, 2 if failure else 1 if success else 0
 
 
-def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, received_unix_nano: int) -> Row | None:
+def map_log_record(
+    record: LogRecord, ctx: ResourceContext, scope_name: str, received_unix_nano: int
+) -> Row | None:
     """One log record as a row; None for otad's own anomaly events. Raises RejectError for bad ids."""
     event_name = record.event_name
     if event_name == EVENT_NAME:
@@ -206,8 +234,9 @@ def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, rec
             ocsf = _apply_ocsf(obj, fields)
             body_message = ocsf["message"]
         else:
-            body_hints, body_message, level = _apply_plain(obj, fields, ranks, want_level=not (
-                severity_text or record.severity_number))
+            body_hints, body_message, level = _apply_plain(
+                obj, fields, ranks, want_level=not (severity_text or record.severity_number)
+            )
             hints |= body_hints
             severity_text = severity_text or level or ""
         if body_message is not None:
@@ -230,7 +259,9 @@ def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, rec
     names = event_name or (attr_event if isinstance(attr_event, str) else "")
     text = (message or "")[:_TEXT_SCAN]
     class_uid = _classify(hints, names, text, otel_severity)
-    activity_id, status_id = _activity_status(class_uid, fields, attrs, f"{names} {text}", otel_severity, code)
+    activity_id, status_id = _activity_status(
+        class_uid, fields, attrs, f"{names} {text}", otel_severity, code
+    )
     severity_id = severity_from_number(otel_severity)
 
     time_unix_nano = record.time_unix_nano
@@ -245,10 +276,27 @@ def map_log_record(record: LogRecord, ctx: ResourceContext, scope_name: str, rec
 
     uid = attrs.get("log.record.uid")
     if not isinstance(uid, str | int) or isinstance(uid, bool) or uid == "":
-        uid = content_uid(ctx.service, record.time_unix_nano or record.observed_time_unix_nano,
-                          record.severity_number, record.severity_text, raw_body, attrs, trace_id, span_id)
+        uid = content_uid(
+            ctx.service,
+            record.time_unix_nano or record.observed_time_unix_nano,
+            record.severity_number,
+            record.severity_text,
+            raw_body,
+            attrs,
+            trace_id,
+            span_id,
+        )
     return Row(
-        uid=str(uid), signal="logs", time_unix_nano=time_unix_nano, service=ctx.service, class_uid=class_uid,
-        activity_id=activity_id, severity_id=severity_id, status_id=status_id, fields=fields,
-        trace_id=trace_id, span_id=span_id, resource=dict(ctx.resource),
+        uid=str(uid),
+        signal="logs",
+        time_unix_nano=time_unix_nano,
+        service=ctx.service,
+        class_uid=class_uid,
+        activity_id=activity_id,
+        severity_id=severity_id,
+        status_id=status_id,
+        fields=fields,
+        trace_id=trace_id,
+        span_id=span_id,
+        resource=dict(ctx.resource),
     )

@@ -67,7 +67,9 @@ class MappedBatch:
         if not self.rejections:
             return ""
         first = self.rejections[0]
-        message = f"{len(self.rejections)}/{self.total} {noun} rejected: {first.reason} (first at {first.index})"
+        message = (
+            f"{len(self.rejections)}/{self.total} {noun} rejected: {first.reason} (first at {first.index})"
+        )
         others = len({r.reason for r in self.rejections} - {first.reason})
         if others:
             message += f"; and {others} other reason{'s' if others > 1 else ''}"
@@ -96,24 +98,33 @@ class RowMapper:
         """How many cumulative series are remembered."""
         return len(self._series)
 
-    def map_logs(self, request: ExportLogsServiceRequest, received_unix_nano: int | None = None) -> MappedBatch:
+    def map_logs(
+        self, request: ExportLogsServiceRequest, received_unix_nano: int | None = None
+    ) -> MappedBatch:
         received = received_unix_nano or time.time_ns()
         return self._walk(
-            request.resource_logs, "scope_logs", "record",
+            request.resource_logs,
+            "scope_logs",
+            "record",
             lambda scoped: scoped.log_records,
             lambda record, ctx, scope: map_log_record(record, ctx, scope, received),
         )
 
-    def map_traces(self, request: ExportTraceServiceRequest, received_unix_nano: int | None = None) -> MappedBatch:
+    def map_traces(
+        self, request: ExportTraceServiceRequest, received_unix_nano: int | None = None
+    ) -> MappedBatch:
         received = received_unix_nano or time.time_ns()
         return self._walk(
-            request.resource_spans, "scope_spans", "span",
+            request.resource_spans,
+            "scope_spans",
+            "span",
             lambda scoped: scoped.spans,
             lambda span, ctx, scope: map_span(span, ctx, scope, received),
         )
 
-    def map_metrics(self, request: ExportMetricsServiceRequest,
-                    received_unix_nano: int | None = None) -> MappedBatch:
+    def map_metrics(
+        self, request: ExportMetricsServiceRequest, received_unix_nano: int | None = None
+    ) -> MappedBatch:
         received = received_unix_nano or time.time_ns()
         state = self._series
 
@@ -132,7 +143,9 @@ class RowMapper:
         return self._walk(request.resource_metrics, "scope_metrics", None, lambda s: list(points(s)), map_one)
 
     @staticmethod
-    def _walk(resources, scopes_attr: str, noun: str | None, items_of: Callable, map_one: Callable) -> MappedBatch:
+    def _walk(
+        resources, scopes_attr: str, noun: str | None, items_of: Callable, map_one: Callable
+    ) -> MappedBatch:
         """Map every item of every scope of every resource, containing failures to the item.
 
         `items_of(scoped)` lists the items of one scope; with `noun=None` it yields (index text, item) pairs.

@@ -57,8 +57,9 @@ class SeriesState:
     def __len__(self) -> int:
         return len(self._points)
 
-    def delta(self, key: tuple, start: int, time_unix_nano: int, values: tuple[float, ...],
-              monotonic: int) -> tuple[tuple[float, ...], float | None] | None:
+    def delta(
+        self, key: tuple, start: int, time_unix_nano: int, values: tuple[float, ...], monotonic: int
+    ) -> tuple[tuple[float, ...], float | None] | None:
         """(values minus the series' previous point, seconds since it), or None for a first point.
 
         The first `monotonic` values are counters: a decrease means the counter was reset, and so does a
@@ -100,8 +101,9 @@ def _finite(*values: float) -> None:
             raise RejectError("non-finite value")
 
 
-def bucket_quantile(q: float, bounds: list[float], counts: list[float], lo: float | None,
-                    hi: float | None) -> float | None:
+def bucket_quantile(
+    q: float, bounds: list[float], counts: list[float], lo: float | None, hi: float | None
+) -> float | None:
     """Linear interpolation inside the explicit bucket that holds the q-th observation (as Prometheus does)."""
     total = sum(counts)
     if total <= 0 or not bounds:
@@ -149,7 +151,9 @@ def _number(point, info: MetricInfo, fields: dict[str, Value], state: SeriesStat
             fields["metric.rate"] = value / ((end - start) / 1e9)
         return
     fields["metric.cumulative"] = value
-    found = state.delta(key, point.start_time_unix_nano, point.time_unix_nano, (value,), 1 if info.monotonic else 0)
+    found = state.delta(
+        key, point.start_time_unix_nano, point.time_unix_nano, (value,), 1 if info.monotonic else 0
+    )
     if found is not None:
         (delta,), seconds = found
         fields["metric.value"] = delta
@@ -164,7 +168,9 @@ def _histogram(point, info: MetricInfo, fields: dict[str, Value], state: SeriesS
     hi = point.max if point.HasField("max") else None
     _finite(*bounds, *(v for v in (total, lo, hi) if v is not None))
     if counts and len(counts) != len(bounds) + 1:
-        raise RejectError(f"bucket_counts length {len(counts)} does not match explicit_bounds length {len(bounds)}")
+        raise RejectError(
+            f"bucket_counts length {len(counts)} does not match explicit_bounds length {len(bounds)}"
+        )
     if lo is not None:
         fields["metric.min"] = lo
     if hi is not None:
@@ -204,14 +210,26 @@ def _exponential(point, info: MetricInfo, fields: dict[str, Value], state: Serie
 def _summary(point, info: MetricInfo, fields: dict[str, Value], state: SeriesState, key: tuple) -> None:
     _finite(point.sum, *(qv.value for qv in point.quantile_values))
     for qv in point.quantile_values:
-        column = "metric.min" if qv.quantile == 0 else "metric.max" if qv.quantile == 1 else (
-            f"metric.p{qv.quantile * 100:g}")
+        column = (
+            "metric.min"
+            if qv.quantile == 0
+            else "metric.max"
+            if qv.quantile == 1
+            else (f"metric.p{qv.quantile * 100:g}")
+        )
         fields[column] = qv.value
     _counted(point, info, fields, state, key, float(point.count), point.sum)
 
 
-def _counted(point, info: MetricInfo, fields: dict[str, Value], state: SeriesState, key: tuple,
-             count: float, total: float | None) -> None:
+def _counted(
+    point,
+    info: MetricInfo,
+    fields: dict[str, Value],
+    state: SeriesState,
+    key: tuple,
+    count: float,
+    total: float | None,
+) -> None:
     """count/sum/mean of a summary or exponential histogram; cumulative ones become per-series deltas."""
     start, end = point.start_time_unix_nano, point.time_unix_nano
     seconds = (end - start) / 1e9 if start and end > start else None
@@ -228,13 +246,22 @@ def _counted(point, info: MetricInfo, fields: dict[str, Value], state: SeriesSta
 
 
 _BY_KIND = {
-    "gauge": _number, "sum": _number, "histogram": _histogram,
-    "exponential_histogram": _exponential, "summary": _summary,
+    "gauge": _number,
+    "sum": _number,
+    "histogram": _histogram,
+    "exponential_histogram": _exponential,
+    "summary": _summary,
 }
 
 
-def map_point(point, info: MetricInfo, ctx: ResourceContext, scope_name: str, state: SeriesState,
-              received_unix_nano: int) -> Row | None:
+def map_point(
+    point,
+    info: MetricInfo,
+    ctx: ResourceContext,
+    scope_name: str,
+    state: SeriesState,
+    received_unix_nano: int,
+) -> Row | None:
     """One data point as a row; None when flagged NO_RECORDED_VALUE. Raises RejectError for bad values."""
     if point.flags & NO_RECORDED_VALUE:
         return None
@@ -263,7 +290,14 @@ def map_point(point, info: MetricInfo, ctx: ResourceContext, scope_name: str, st
             raise RejectError(f"{column} overflows to a non-finite value")
     time_unix_nano = point.time_unix_nano
     return Row(
-        uid=metric_point_uid(ctx.service, info.name, identity, time_unix_nano), signal="metrics",
-        time_unix_nano=time_unix_nano or received_unix_nano, service=ctx.service, class_uid=METRIC_OBSERVATION,
-        activity_id=0, severity_id=1, status_id=0, fields=fields, resource=dict(ctx.resource),
+        uid=metric_point_uid(ctx.service, info.name, identity, time_unix_nano),
+        signal="metrics",
+        time_unix_nano=time_unix_nano or received_unix_nano,
+        service=ctx.service,
+        class_uid=METRIC_OBSERVATION,
+        activity_id=0,
+        severity_id=1,
+        status_id=0,
+        fields=fields,
+        resource=dict(ctx.resource),
     )

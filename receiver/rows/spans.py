@@ -17,7 +17,11 @@ from receiver.rows.common import (
 )
 
 SPAN_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
-STATUS_NAMES = {Status.STATUS_CODE_UNSET: "UNSET", Status.STATUS_CODE_OK: "OK", Status.STATUS_CODE_ERROR: "ERROR"}
+STATUS_NAMES = {
+    Status.STATUS_CODE_UNSET: "UNSET",
+    Status.STATUS_CODE_OK: "OK",
+    Status.STATUS_CODE_ERROR: "ERROR",
+}
 
 
 def _exception_event(span: Span, fields: dict[str, Value]) -> int:
@@ -84,7 +88,16 @@ def map_span(span: Span, ctx: ResourceContext, scope_name: str, received_unix_na
         activity_id = api_activity(fields.get("http_request.http_method"), fields["api.operation"])
     error = status == Status.STATUS_CODE_ERROR
     return Row(
-        uid=span_id, signal="traces", time_unix_nano=start or end or received_unix_nano, service=ctx.service,
-        class_uid=class_uid, activity_id=activity_id, severity_id=4 if error else 1, status_id=2 if error else 1,
-        fields=fields, trace_id=trace_id, span_id=span_id, resource=dict(ctx.resource),
+        uid=span_id,
+        signal="traces",
+        time_unix_nano=start or end or received_unix_nano,
+        service=ctx.service,
+        class_uid=class_uid,
+        activity_id=activity_id,
+        severity_id=4 if error else 1,
+        status_id=2 if error else 1,
+        fields=fields,
+        trace_id=trace_id,
+        span_id=span_id,
+        resource=dict(ctx.resource),
     )

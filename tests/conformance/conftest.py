@@ -14,9 +14,21 @@ ENV_TOKEN = "env-token-b0d2"
 
 
 def start_service(data_dir, **overrides) -> Service:
-    options = {"bootstrap_rows": 1_000_000, "queue_rows": 1000, "batch_rows": 1000, "batch_wait_ms": 20, **overrides}
-    settings = Settings(data_dir=data_dir, grpc_endpoint="localhost:0", http_endpoint="localhost:0",
-                        metrics_endpoint="localhost:0", milvus_lite_process=False, **options)
+    options = {
+        "bootstrap_rows": 1_000_000,
+        "queue_rows": 1000,
+        "batch_rows": 1000,
+        "batch_wait_ms": 20,
+        **overrides,
+    }
+    settings = Settings(
+        data_dir=data_dir,
+        grpc_endpoint="localhost:0",
+        http_endpoint="localhost:0",
+        metrics_endpoint="localhost:0",
+        milvus_lite_process=False,
+        **options,
+    )
     service = Service(settings)
     service.start()
     return service
@@ -44,15 +56,24 @@ def plain(tmp_path_factory):
 def tls_auth(tmp_path_factory, pki):
     token_file = tmp_path_factory.mktemp("auth") / "tokens"
     token_file.write_text("# rotated weekly\n" + "\n".join(TOKENS) + "\n")
-    service = start_service(tmp_path_factory.mktemp("tls") / "data", tls_cert_file=pki.server_cert,
-                            tls_key_file=pki.server_key, auth_token_file=token_file, auth_tokens=ENV_TOKEN)
+    service = start_service(
+        tmp_path_factory.mktemp("tls") / "data",
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        auth_token_file=token_file,
+        auth_tokens=ENV_TOKEN,
+    )
     yield service
     service.stop(5)
 
 
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory, pki):
-    service = start_service(tmp_path_factory.mktemp("mtls") / "data", tls_cert_file=pki.server_cert,
-                            tls_key_file=pki.server_key, tls_client_ca_file=pki.ca)
+    service = start_service(
+        tmp_path_factory.mktemp("mtls") / "data",
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
+    )
     yield service
     service.stop(5)

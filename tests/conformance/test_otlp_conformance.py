@@ -48,17 +48,27 @@ pytestmark = pytest.mark.integration
 T0 = 1_762_041_600_000_000_000
 MIB = 1024 * 1024
 TRANSPORTS = ("grpc", "http")
-SERVICE = {"logs": "opentelemetry.proto.collector.logs.v1.LogsService",
-           "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
-           "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService"}
-REQUEST = {"logs": logs_pb.ExportLogsServiceRequest, "traces": trace_pb.ExportTraceServiceRequest,
-           "metrics": metrics_pb.ExportMetricsServiceRequest}
-RESPONSE = {"logs": logs_pb.ExportLogsServiceResponse, "traces": trace_pb.ExportTraceServiceResponse,
-            "metrics": metrics_pb.ExportMetricsServiceResponse}
+SERVICE = {
+    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+}
+REQUEST = {
+    "logs": logs_pb.ExportLogsServiceRequest,
+    "traces": trace_pb.ExportTraceServiceRequest,
+    "metrics": metrics_pb.ExportMetricsServiceRequest,
+}
+RESPONSE = {
+    "logs": logs_pb.ExportLogsServiceResponse,
+    "traces": trace_pb.ExportTraceServiceResponse,
+    "metrics": metrics_pb.ExportMetricsServiceResponse,
+}
 
 
 # ------------------------------------------------------------------------------------------------ requests
-def logs_request(n: int, tag: str, body: str = "GET /cart served in 12.0 ms") -> logs_pb.ExportLogsServiceRequest:
+def logs_request(
+    n: int, tag: str, body: str = "GET /cart served in 12.0 ms"
+) -> logs_pb.ExportLogsServiceRequest:
     req = logs_pb.ExportLogsServiceRequest()
     rl = req.resource_logs.add()
     kv = rl.resource.attributes.add(key="service.name")
@@ -75,8 +85,13 @@ def logs_request(n: int, tag: str, body: str = "GET /cart served in 12.0 ms") ->
 def half_bad_traces() -> trace_pb.ExportTraceServiceRequest:
     req = trace_pb.ExportTraceServiceRequest()
     spans = req.resource_spans.add().scope_spans.add().spans
-    spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="ok", start_time_unix_nano=T0,
-              end_time_unix_nano=T0 + 1000)
+    spans.add(
+        trace_id=bytes(range(1, 17)),
+        span_id=bytes(range(1, 9)),
+        name="ok",
+        start_time_unix_nano=T0,
+        end_time_unix_nano=T0 + 1000,
+    )
     spans.add(trace_id=b"\x01\x02", span_id=bytes(range(1, 9)), name="bad", start_time_unix_nano=T0)
     return req
 
@@ -103,32 +118,62 @@ class Answer:
         return None
 
 
-def grpc_call(port: int, signal: str, payload: bytes, *, gzip_: bool = False, metadata=(), credentials=None,
-              timeout: float = 20) -> Answer:
+def grpc_call(
+    port: int,
+    signal: str,
+    payload: bytes,
+    *,
+    gzip_: bool = False,
+    metadata=(),
+    credentials=None,
+    timeout: float = 20,
+) -> Answer:
     target = f"localhost:{port}"
     channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
     with channel:
         call = channel.unary_unary(f"/{SERVICE[signal]}/Export")
         try:
-            data = call(payload, timeout=timeout, metadata=metadata,
-                        compression=grpc.Compression.Gzip if gzip_ else None)
+            data = call(
+                payload,
+                timeout=timeout,
+                metadata=metadata,
+                compression=grpc.Compression.Gzip if gzip_ else None,
+            )
         except grpc.RpcError as err:
-            status = rpc_status.from_call(err) or status_pb2.Status(code=err.code().value[0], message=err.details() or "")
+            status = rpc_status.from_call(err) or status_pb2.Status(
+                code=err.code().value[0], message=err.details() or ""
+            )
             return Answer(err.code(), status=status)
     return Answer(grpc.StatusCode.OK, response=RESPONSE[signal].FromString(data))
 
 
-HTTP_CODES = {200: grpc.StatusCode.OK, 400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-              413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
+HTTP_CODES = {
+    200: grpc.StatusCode.OK,
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 
-def http_call(port: int, path: str, body: bytes, *, content_type: str = "application/x-protobuf",
-              method: str = "POST", headers: dict | None = None, context: ssl.SSLContext | None = None,
-              conn: http.client.HTTPConnection | None = None) -> Answer:
+def http_call(
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    content_type: str = "application/x-protobuf",
+    method: str = "POST",
+    headers: dict | None = None,
+    context: ssl.SSLContext | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> Answer:
     own = conn is None
     if own:
-        conn = (http.client.HTTPSConnection("localhost", port, context=context, timeout=20) if context
-                else http.client.HTTPConnection("localhost", port, timeout=20))
+        conn = (
+            http.client.HTTPSConnection("localhost", port, context=context, timeout=20)
+            if context
+            else http.client.HTTPConnection("localhost", port, timeout=20)
+        )
     try:
         conn.request(method, path, body=body, headers={"Content-Type": content_type, **(headers or {})})
         resp = conn.getresponse()
@@ -138,13 +183,20 @@ def http_call(port: int, path: str, body: bytes, *, content_type: str = "applica
             conn.close()
     signal = path.rsplit("/", 1)[-1]
     as_json = resp.getheader("content-type") == "application/json"
-    answer = Answer(HTTP_CODES.get(resp.status, grpc.StatusCode.UNKNOWN), http_status=resp.status,
-                    headers={k.lower(): v for k, v in resp.getheaders()}, body=data)
+    answer = Answer(
+        HTTP_CODES.get(resp.status, grpc.StatusCode.UNKNOWN),
+        http_status=resp.status,
+        headers={k.lower(): v for k, v in resp.getheaders()},
+        body=data,
+    )
     if resp.status == 200 and signal in RESPONSE:
-        answer.response = (json_format.Parse(data, RESPONSE[signal]()) if as_json
-                           else RESPONSE[signal].FromString(data))
+        answer.response = (
+            json_format.Parse(data, RESPONSE[signal]()) if as_json else RESPONSE[signal].FromString(data)
+        )
     elif resp.status != 200:
-        answer.status = json_format.Parse(data, status_pb2.Status()) if as_json else status_pb2.Status.FromString(data)
+        answer.status = (
+            json_format.Parse(data, status_pb2.Status()) if as_json else status_pb2.Status.FromString(data)
+        )
     return answer
 
 
@@ -180,9 +232,14 @@ def sdk_telemetry(tag: str):
     with tracer_provider.get_tracer("conformance").start_as_current_span(f"GET /{tag}") as span:
         span.set_attribute("http.request.method", "GET")
         span_id = f"{span.get_span_context().span_id:016x}"
-    logger_provider.get_logger("conformance").emit(LogRecord(
-        timestamp=time.time_ns(), body=f"hello {tag}", severity_number=SeverityNumber.INFO,
-        attributes={"log.record.uid": f"log-{tag}", "tenant": "a"}))
+    logger_provider.get_logger("conformance").emit(
+        LogRecord(
+            timestamp=time.time_ns(),
+            body=f"hello {tag}",
+            severity_number=SeverityNumber.INFO,
+            attributes={"log.record.uid": f"log-{tag}", "tenant": "a"},
+        )
+    )
     meter_provider.get_meter("conformance").create_histogram(f"latency_{tag}", unit="ms").record(12.5)
     return spans.get_finished_spans(), logs.get_finished_logs(), reader.get_metrics_data(), span_id
 
@@ -194,20 +251,34 @@ def sdk_exporters(transport: str, port: int, *, scheme: str = "http", ca=None, c
         if ca is not None:
             key, cert = (client[1].read_bytes(), client[0].read_bytes()) if client else (None, None)
             creds = grpc.ssl_channel_credentials(ca.read_bytes(), key, cert)
-        common = {"endpoint": f"localhost:{port}", "insecure": creds is None, "credentials": creds,
-                  "headers": headers, "timeout": 10, "compression": grpc.Compression.Gzip}
+        common = {
+            "endpoint": f"localhost:{port}",
+            "insecure": creds is None,
+            "credentials": creds,
+            "headers": headers,
+            "timeout": 10,
+            "compression": grpc.Compression.Gzip,
+        }
         return GrpcSpanExporter(**common), GrpcLogExporter(**common), GrpcMetricExporter(**common)
     # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's `verify` (psf/requests#3829), and
     # this machine sets them: a session that ignores the environment makes certificate_file count.
     session = requests.Session()
     session.trust_env = False
-    common = {"certificate_file": str(ca) if ca else None, "headers": headers, "timeout": 10, "session": session,
-              "compression": HttpCompression.Gzip,
-              "client_certificate_file": str(client[0]) if client else None,
-              "client_key_file": str(client[1]) if client else None}
+    common = {
+        "certificate_file": str(ca) if ca else None,
+        "headers": headers,
+        "timeout": 10,
+        "session": session,
+        "compression": HttpCompression.Gzip,
+        "client_certificate_file": str(client[0]) if client else None,
+        "client_key_file": str(client[1]) if client else None,
+    }
     base = f"{scheme}://localhost:{port}/v1"
-    return (HttpSpanExporter(endpoint=f"{base}/traces", **common), HttpLogExporter(endpoint=f"{base}/logs", **common),
-            HttpMetricExporter(endpoint=f"{base}/metrics", **common))
+    return (
+        HttpSpanExporter(endpoint=f"{base}/traces", **common),
+        HttpLogExporter(endpoint=f"{base}/logs", **common),
+        HttpMetricExporter(endpoint=f"{base}/metrics", **common),
+    )
 
 
 def sdk_export(transport: str, port: int, tag: str, **kw) -> tuple[tuple, str]:
@@ -227,12 +298,18 @@ SUCCESS = (SpanExportResult.SUCCESS, LogRecordExportResult.SUCCESS, MetricExport
 # ================================================================================================ the rules
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_sdk_exporters_deliver_every_signal(plain, transport):
-    results, span_id = sdk_export(transport, plain.grpc_port if transport == "grpc" else plain.http_port,
-                                  f"sdk-{transport}")
+    results, span_id = sdk_export(
+        transport, plain.grpc_port if transport == "grpc" else plain.http_port, f"sdk-{transport}"
+    )
     assert results == SUCCESS
     uids = stored_uids(plain)
     assert {f"log-sdk-{transport}", span_id} <= uids
-    rows = [r["row"] for part in plain.store.iter_backlog() for r in part if r["service"] == f"svc-sdk-{transport}"]
+    rows = [
+        r["row"]
+        for part in plain.store.iter_backlog()
+        for r in part
+        if r["service"] == f"svc-sdk-{transport}"
+    ]
     assert {r["signal"] for r in rows} == {"logs", "traces", "metrics"}
     log_row = next(r for r in rows if r["uid"] == f"log-sdk-{transport}")
     assert log_row["fields"]["message"] == f"hello sdk-{transport}"
@@ -255,23 +332,57 @@ def test_empty_json_request_succeeds(plain):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_partial_success_counts_and_names_the_first_bad_item(plain, transport):
-    before = counter(plain, "otad_rejected_items_total", signal="traces", reason="invalid trace_id length 2 (want 16)",
-                     transport=transport)
+    before = counter(
+        plain,
+        "otad_rejected_items_total",
+        signal="traces",
+        reason="invalid trace_id length 2 (want 16)",
+        transport=transport,
+    )
     answer = export(transport, plain, "traces", half_bad_traces())
     assert answer.code == grpc.StatusCode.OK
     partial = answer.response.partial_success
     assert partial.rejected_spans == 1
     assert partial.error_message.startswith("1/2 spans rejected") and "span 1" in partial.error_message
-    rejected = sum(s.value for m in plain.metrics.registry.collect() if m.name == "otad_rejected_items"
-                   for s in m.samples if s.name.endswith("_total") and s.labels["transport"] == transport)
+    rejected = sum(
+        s.value
+        for m in plain.metrics.registry.collect()
+        if m.name == "otad_rejected_items"
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["transport"] == transport
+    )
     assert rejected > before
 
 
 def test_partial_success_in_json(plain):
-    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
-        {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708", "name": "ok",
-         "startTimeUnixNano": str(T0), "endTimeUnixNano": str(T0 + 1000), "kind": 2},
-        {"traceId": "0102", "spanId": "0102030405060708", "name": "bad", "startTimeUnixNano": str(T0)}]}]}]})
+    body = json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "traceId": "0102030405060708090a0b0c0d0e0f10",
+                                    "spanId": "0102030405060708",
+                                    "name": "ok",
+                                    "startTimeUnixNano": str(T0),
+                                    "endTimeUnixNano": str(T0 + 1000),
+                                    "kind": 2,
+                                },
+                                {
+                                    "traceId": "0102",
+                                    "spanId": "0102030405060708",
+                                    "name": "bad",
+                                    "startTimeUnixNano": str(T0),
+                                },
+                            ]
+                        }
+                    ]
+                }
+            ]
+        }
+    )
     answer = http_call(plain.http_port, "/v1/traces", body.encode(), content_type="application/json")
     assert answer.http_status == 200
     data = json.loads(answer.body)
@@ -297,7 +408,7 @@ def test_request_with_only_bad_items_is_invalid_argument(plain, transport):
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(plain):
-    value = '{"kvlistValue":{"values":[{"key":"k","value":' * 5000 + '{}' + "}]}}" * 5000
+    value = '{"kvlistValue":{"values":[{"key":"k","value":' * 5000 + "{}" + "}]}}" * 5000
     body = ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":' + value + "}]}]}]}").encode()
     answer = http_call(plain.http_port, "/v1/logs", body, content_type="application/json")
     assert answer.http_status == 400 and "too deep" in answer.status.message.lower()
@@ -340,25 +451,37 @@ def test_uncompressed_oversized_grpc_request_is_resource_exhausted(plain):
 
 def test_oversized_content_length_gets_413_before_the_body_is_read(plain):
     with socket.create_connection(("localhost", plain.http_port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                     b"Content-Length: %d\r\n\r\n" % (65 * MIB))
+        sock.sendall(
+            b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: %d\r\n\r\n" % (65 * MIB)
+        )
         head = sock.recv(4096)
     assert head.startswith(b"HTTP/1.1 413 ")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_full_queue_is_unavailable_with_a_retry_delay(plain, transport):
-    before = counter(plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport)
-    requests_before = counter(plain, "otad_export_requests_total", signal="logs", transport=transport,
-                              outcome="unavailable")
+    before = counter(
+        plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport
+    )
+    requests_before = counter(
+        plain, "otad_export_requests_total", signal="logs", transport=transport, outcome="unavailable"
+    )
     answer = export(transport, plain, "logs", logs_request(1200, "overload"))  # queue_rows is 1000
     assert answer.code == grpc.StatusCode.UNAVAILABLE
     assert answer.retry_delay_s() == 5
     if transport == "http":
         assert answer.http_status == 503 and answer.headers["retry-after"] == "5"
-    assert counter(plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport) > before
-    assert counter(plain, "otad_export_requests_total", signal="logs", transport=transport,
-                   outcome="unavailable") == requests_before + 1
+    assert (
+        counter(plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport)
+        > before
+    )
+    assert (
+        counter(
+            plain, "otad_export_requests_total", signal="logs", transport=transport, outcome="unavailable"
+        )
+        == requests_before + 1
+    )
     assert "overload-0" not in stored_uids(plain)
 
 
@@ -370,16 +493,37 @@ def test_gzip_request_is_accepted_and_stored(plain, transport):
 
 
 def test_json_hex_ids_integer_enums_and_unknown_fields(plain):
-    body = {"resourceLogs": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "js"}}],
-                                           "futureResourceField": 1},
-                              "scopeLogs": [{"scope": {"name": "s"}, "logRecords": [{
-                                  "timeUnixNano": str(T0), "severityNumber": 17, "flags": 1,
-                                  "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
-                                  "body": {"stringValue": "payment failed"},
-                                  "attributes": [{"key": "log.record.uid", "value": {"stringValue": "json-1"}}],
-                                  "someFieldFromTheFuture": {"nested": [1, 2]}}]}]}],
-            "unknownTopLevel": True}
-    answer = http_call(plain.http_port, "/v1/logs", json.dumps(body).encode(), content_type="application/json")
+    body = {
+        "resourceLogs": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "js"}}],
+                    "futureResourceField": 1,
+                },
+                "scopeLogs": [
+                    {
+                        "scope": {"name": "s"},
+                        "logRecords": [
+                            {
+                                "timeUnixNano": str(T0),
+                                "severityNumber": 17,
+                                "flags": 1,
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "body": {"stringValue": "payment failed"},
+                                "attributes": [{"key": "log.record.uid", "value": {"stringValue": "json-1"}}],
+                                "someFieldFromTheFuture": {"nested": [1, 2]},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+        "unknownTopLevel": True,
+    }
+    answer = http_call(
+        plain.http_port, "/v1/logs", json.dumps(body).encode(), content_type="application/json"
+    )
     assert answer.http_status == 200 and json.loads(answer.body) == {}
     assert plain.pipeline.wait_idle(15)
     (row,) = [r["row"] for part in plain.store.iter_backlog() for r in part if r["uid"] == "json-1"]
@@ -399,20 +543,28 @@ def test_wrong_content_type_method_and_path(plain):
     assert answer.http_status == 415
     answer = http_call(port, "/v1/logs", b"not gzip at all", headers={"Content-Encoding": "gzip"})
     assert answer.http_status == 400
-    assert counter(plain, "otad_export_requests_total", signal="unknown", transport="http",
-                   outcome="not_found") >= 1
+    assert (
+        counter(plain, "otad_export_requests_total", signal="unknown", transport="http", outcome="not_found")
+        >= 1
+    )
 
 
 def test_too_many_http_requests_in_flight_is_503_with_retry_after(plain):
-    before = counter(plain, "otad_refused_items_total", signal="logs", reason="too_many_requests", transport="http")
+    before = counter(
+        plain, "otad_refused_items_total", signal="logs", reason="too_many_requests", transport="http"
+    )
     plain.http.app.max_in_flight = 0  # every request is then one too many
     try:
         answer = http_call(plain.http_port, "/v1/logs", logs_request(1, "crowded").SerializeToString())
     finally:
         plain.http.app.max_in_flight = 32
     assert answer.http_status == 503 and answer.headers["retry-after"] == "5" and answer.retry_delay_s() == 5
-    assert counter(plain, "otad_refused_items_total", signal="logs", reason="too_many_requests",
-                   transport="http") == before + 1
+    assert (
+        counter(
+            plain, "otad_refused_items_total", signal="logs", reason="too_many_requests", transport="http"
+        )
+        == before + 1
+    )
     assert "crowded-0" not in stored_uids(plain)
 
 
@@ -420,8 +572,10 @@ def test_slow_http_body_gets_408_and_frees_its_slot(plain):
     plain.http.app.read_timeout_s = 0.5
     try:
         with socket.create_connection(("localhost", plain.http_port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                         b"Content-Length: 100\r\n\r\n0123456789")
+            sock.sendall(
+                b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: 100\r\n\r\n0123456789"
+            )
             start = time.monotonic()
             head = sock.recv(4096)
             waited = time.monotonic() - start
@@ -437,8 +591,12 @@ def test_http_keep_alive_serves_many_requests_on_one_connection(plain):
         http_call(plain.http_port, "/v1/logs", b"", conn=conn)
         first = conn.sock
         for _ in range(3):
-            assert http_call(plain.http_port, "/v1/logs", logs_request(1, "ka").SerializeToString(),
-                             conn=conn).http_status == 200
+            assert (
+                http_call(
+                    plain.http_port, "/v1/logs", logs_request(1, "ka").SerializeToString(), conn=conn
+                ).http_status
+                == 200
+            )
         assert conn.sock is first  # http.client reconnects (new socket) if the server closed it
     finally:
         conn.close()
@@ -455,8 +613,14 @@ def client_context(pki, *, ca=None, client=True) -> ssl.SSLContext:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tls_with_bearer_token_accepts_sdk_exporters(tls_auth, pki, tokens, transport):
     port = tls_auth.grpc_port if transport == "grpc" else tls_auth.http_port
-    results, span_id = sdk_export(transport, port, f"tls-{transport}", scheme="https", ca=pki.ca,
-                                  headers={"authorization": f"Bearer {tokens['file-new']}"})
+    results, span_id = sdk_export(
+        transport,
+        port,
+        f"tls-{transport}",
+        scheme="https",
+        ca=pki.ca,
+        headers={"authorization": f"Bearer {tokens['file-new']}"},
+    )
     assert results == SUCCESS
     assert {f"log-tls-{transport}", span_id} <= stored_uids(tls_auth)
 
@@ -468,15 +632,31 @@ def test_missing_or_wrong_token_is_unauthenticated(tls_auth, pki, tokens, transp
     headers = {"authorization": authorization} if authorization else {}
     if transport == "grpc":
         creds = grpc.ssl_channel_credentials(pki.read("ca"))
-        answer = grpc_call(tls_auth.grpc_port, "logs", logs_request(1, "denied").SerializeToString(),
-                           credentials=creds, metadata=tuple(headers.items()))
+        answer = grpc_call(
+            tls_auth.grpc_port,
+            "logs",
+            logs_request(1, "denied").SerializeToString(),
+            credentials=creds,
+            metadata=tuple(headers.items()),
+        )
     else:
-        answer = http_call(tls_auth.http_port, "/v1/logs", logs_request(1, "denied").SerializeToString(),
-                           headers=headers, context=client_context(pki, client=False))
+        answer = http_call(
+            tls_auth.http_port,
+            "/v1/logs",
+            logs_request(1, "denied").SerializeToString(),
+            headers=headers,
+            context=client_context(pki, client=False),
+        )
         assert answer.http_status == 401 and answer.headers["www-authenticate"] == "Bearer"
     assert answer.code == grpc.StatusCode.UNAUTHENTICATED
     assert tokens["file-old"] not in answer.status.message  # never echo what was presented
-    reason = "missing" if presented is None else "wrong" if "x" in presented or "nope" in presented else "malformed"
+    reason = (
+        "missing"
+        if presented is None
+        else "wrong"
+        if "x" in presented or "nope" in presented
+        else "malformed"
+    )
     assert counter(tls_auth, "otad_auth_failures_total", transport=transport, reason=reason) >= 1
 
 
@@ -486,16 +666,28 @@ def test_every_configured_token_is_accepted(tls_auth, pki, tokens, transport, wh
     token = tokens[which]
     payload = logs_request(1, f"tok-{transport}-{token}").SerializeToString()
     if transport == "grpc":
-        answer = grpc_call(tls_auth.grpc_port, "logs", payload, credentials=grpc.ssl_channel_credentials(pki.read("ca")),
-                           metadata=(("authorization", f"Bearer {token}"),))
+        answer = grpc_call(
+            tls_auth.grpc_port,
+            "logs",
+            payload,
+            credentials=grpc.ssl_channel_credentials(pki.read("ca")),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
     else:
-        answer = http_call(tls_auth.http_port, "/v1/logs", payload, headers={"Authorization": f"bearer {token}"},
-                           context=client_context(pki, client=False))
+        answer = http_call(
+            tls_auth.http_port,
+            "/v1/logs",
+            payload,
+            headers={"Authorization": f"bearer {token}"},
+            context=client_context(pki, client=False),
+        )
     assert answer.code == grpc.StatusCode.OK
 
 
 def test_grpc_health_needs_no_token(tls_auth, pki):
-    with grpc.secure_channel(f"localhost:{tls_auth.grpc_port}", grpc.ssl_channel_credentials(pki.read("ca"))) as ch:
+    with grpc.secure_channel(
+        f"localhost:{tls_auth.grpc_port}", grpc.ssl_channel_credentials(pki.read("ca"))
+    ) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -505,24 +697,39 @@ def test_tls_server_refuses_plaintext_and_untrusting_clients(tls_auth, pki, toke
     token = (("authorization", f"Bearer {tokens['file-old']}"),)
     payload = logs_request(1, "x").SerializeToString()
     if transport == "grpc":
-        assert grpc_call(tls_auth.grpc_port, "logs", payload, metadata=token, timeout=3).code == \
-            grpc.StatusCode.UNAVAILABLE
+        assert (
+            grpc_call(tls_auth.grpc_port, "logs", payload, metadata=token, timeout=3).code
+            == grpc.StatusCode.UNAVAILABLE
+        )
         other = grpc.ssl_channel_credentials(pki.read("other_ca"))
-        assert grpc_call(tls_auth.grpc_port, "logs", payload, metadata=token, credentials=other,
-                         timeout=3).code == grpc.StatusCode.UNAVAILABLE
+        assert (
+            grpc_call(tls_auth.grpc_port, "logs", payload, metadata=token, credentials=other, timeout=3).code
+            == grpc.StatusCode.UNAVAILABLE
+        )
     else:
         with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
             http_call(tls_auth.http_port, "/v1/logs", payload, headers=dict(token))
         with pytest.raises(ssl.SSLCertVerificationError):
-            http_call(tls_auth.http_port, "/v1/logs", payload, headers=dict(token),
-                      context=client_context(pki, ca=pki.other_ca, client=False))
+            http_call(
+                tls_auth.http_port,
+                "/v1/logs",
+                payload,
+                headers=dict(token),
+                context=client_context(pki, ca=pki.other_ca, client=False),
+            )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_mtls_accepts_a_client_certificate(mtls, pki, transport):
     port = mtls.grpc_port if transport == "grpc" else mtls.http_port
-    results, span_id = sdk_export(transport, port, f"mtls-{transport}", scheme="https", ca=pki.ca,
-                                  client=(pki.client_cert, pki.client_key))
+    results, span_id = sdk_export(
+        transport,
+        port,
+        f"mtls-{transport}",
+        scheme="https",
+        ca=pki.ca,
+        client=(pki.client_cert, pki.client_key),
+    )
     assert results == SUCCESS
     assert {f"log-mtls-{transport}", span_id} <= stored_uids(mtls)
 
@@ -531,8 +738,13 @@ def test_mtls_accepts_a_client_certificate(mtls, pki, transport):
 def test_mtls_refuses_a_client_without_certificate(mtls, pki, transport):
     payload = logs_request(1, "no-cert").SerializeToString()
     if transport == "grpc":
-        answer = grpc_call(mtls.grpc_port, "logs", payload, credentials=grpc.ssl_channel_credentials(pki.read("ca")),
-                           timeout=3)
+        answer = grpc_call(
+            mtls.grpc_port,
+            "logs",
+            payload,
+            credentials=grpc.ssl_channel_credentials(pki.read("ca")),
+            timeout=3,
+        )
         assert answer.code == grpc.StatusCode.UNAVAILABLE
     else:
         with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
@@ -544,8 +756,10 @@ def test_a_burst_of_concurrent_grpc_exports_is_never_refused_as_resource_exhaust
     """A Collector runs ~10 export workers per exporter; many exporters at once must never see a bare
     RESOURCE_EXHAUSTED (clients drop data on it). grpc.server's maximum_concurrent_rpcs would send exactly that."""
     payload = logs_request(1, "burst").SerializeToString()
-    channels = [grpc.insecure_channel(f"localhost:{plain.grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(4)]
+    channels = [
+        grpc.insecure_channel(f"localhost:{plain.grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(4)
+    ]
     try:
         calls = [ch.unary_unary(f"/{SERVICE['logs']}/Export") for ch in channels]
         futures = [calls[i % 4].future(payload, timeout=30) for i in range(400)]

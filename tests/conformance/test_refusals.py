@@ -49,10 +49,12 @@ def bomb() -> bytes:
 
 def counts(service, transport: str, reason: str, outcome: str) -> tuple[float, float]:
     registry = service.metrics.registry
-    refused = registry.get_sample_value("otad_transport_refused_requests_total",
-                                        {"signal": "logs", "transport": transport, "reason": reason})
-    requests = registry.get_sample_value("otad_export_requests_total",
-                                         {"signal": "logs", "transport": transport, "outcome": outcome})
+    refused = registry.get_sample_value(
+        "otad_transport_refused_requests_total", {"signal": "logs", "transport": transport, "reason": reason}
+    )
+    requests = registry.get_sample_value(
+        "otad_export_requests_total", {"signal": "logs", "transport": transport, "outcome": outcome}
+    )
     return refused or 0.0, requests or 0.0
 
 
@@ -60,7 +62,12 @@ def assert_counted(service, transport: str, reason: str, outcome: str, before: t
     """Both counters moved by one; waits a little, as grpc core may answer the client before otad counts."""
     deadline = time.monotonic() + 5
     while counts(service, transport, reason, outcome) != (before[0] + 1, before[1] + 1):
-        assert time.monotonic() < deadline, (reason, outcome, before, counts(service, transport, reason, outcome))
+        assert time.monotonic() < deadline, (
+            reason,
+            outcome,
+            before,
+            counts(service, transport, reason, outcome),
+        )
         time.sleep(0.02)
 
 
@@ -69,7 +76,9 @@ def warnings_of(caplog, text: str) -> list[str]:
 
 
 def grpc_export(port: int, payload: bytes, compression=None) -> tuple[grpc.StatusCode, str]:
-    with grpc.insecure_channel(f"localhost:{port}", options=[("grpc.max_send_message_length", -1)]) as channel:
+    with grpc.insecure_channel(
+        f"localhost:{port}", options=[("grpc.max_send_message_length", -1)]
+    ) as channel:
         try:
             channel.unary_unary(LOGS_EXPORT)(payload, timeout=30, compression=compression)
         except grpc.RpcError as err:
@@ -90,21 +99,63 @@ def http_post(port: int, body, headers: dict[str, str], *, chunked: bool = False
 # ------------------------------------------------------------------------------------------------ OTLP/gRPC
 
 GRPC_CASES = {  # kind: (payload maker, grpcio compression, status, reason, outcome, text in the warning)
-    "undecodable": (lambda bomb: b"\xff\xff\xff\xff not protobuf", None, grpc.StatusCode.INVALID_ARGUMENT,
-                    "undecodable", "invalid_argument", "cannot decode the logs request"),
-    "gzip bomb": (lambda bomb: bomb, grpc.Compression.Gzip, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                  "too_large", "resource_exhausted", "after gzip decompression"),
-    "deflate bomb": (lambda bomb: bomb, grpc.Compression.Deflate, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                     "too_large", "resource_exhausted", "after deflate decompression"),
-    "corrupt gzip": (lambda bomb: b"\x1f\x8b\x08\x00 not deflate data", None, grpc.StatusCode.INVALID_ARGUMENT,
-                     "bad_encoding", "invalid_argument", "not valid gzip"),
-    "truncated gzip": (lambda bomb: gzip.compress(b"\x0a\x00" * 5000)[:-12], None, grpc.StatusCode.INVALID_ARGUMENT,
-                       "bad_encoding", "invalid_argument", "gzip data is truncated"),
-    "truncated deflate": (lambda bomb: zlib.compress(b"\x0a\x00" * 5000)[:-6], None,
-                          grpc.StatusCode.INVALID_ARGUMENT, "bad_encoding", "invalid_argument", "truncated"),
+    "undecodable": (
+        lambda bomb: b"\xff\xff\xff\xff not protobuf",
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "undecodable",
+        "invalid_argument",
+        "cannot decode the logs request",
+    ),
+    "gzip bomb": (
+        lambda bomb: bomb,
+        grpc.Compression.Gzip,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "too_large",
+        "resource_exhausted",
+        "after gzip decompression",
+    ),
+    "deflate bomb": (
+        lambda bomb: bomb,
+        grpc.Compression.Deflate,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "too_large",
+        "resource_exhausted",
+        "after deflate decompression",
+    ),
+    "corrupt gzip": (
+        lambda bomb: b"\x1f\x8b\x08\x00 not deflate data",
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bad_encoding",
+        "invalid_argument",
+        "not valid gzip",
+    ),
+    "truncated gzip": (
+        lambda bomb: gzip.compress(b"\x0a\x00" * 5000)[:-12],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bad_encoding",
+        "invalid_argument",
+        "gzip data is truncated",
+    ),
+    "truncated deflate": (
+        lambda bomb: zlib.compress(b"\x0a\x00" * 5000)[:-6],
+        None,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bad_encoding",
+        "invalid_argument",
+        "truncated",
+    ),
     # refused by grpc core from the length prefix, before otad's handler gets a message
-    "over the limit uncompressed": (lambda bomb: bomb, None, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    "grpc_core", "cancelled", "ended by grpc core"),
+    "over the limit uncompressed": (
+        lambda bomb: bomb,
+        None,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "grpc_core",
+        "cancelled",
+        "ended by grpc core",
+    ),
 }
 
 
@@ -137,17 +188,33 @@ def test_grpc_refusals_of_one_kind_log_one_line(plain, caplog):
 
 # HTTP/2 written by hand (RFC 9113): what grpcio will not send. HPACK literals without indexing or Huffman coding.
 
+
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
 
-def raw_grpc_call(port: int, extra_headers: dict[str, str], message: bytes | None, *, half_close: bool = True,
-                  wait_s: float = 2.0) -> bytes:
+def raw_grpc_call(
+    port: int,
+    extra_headers: dict[str, str],
+    message: bytes | None,
+    *,
+    half_close: bool = True,
+    wait_s: float = 2.0,
+) -> bytes:
     """One Export call on a fresh connection; `message` None sends no DATA frame, and without `half_close` the
     stream stays open. Returns what the server sent within `wait_s`."""
-    headers = {":method": "POST", ":scheme": "http", ":path": LOGS_EXPORT, ":authority": "localhost",
-               "content-type": "application/grpc", "te": "trailers", **extra_headers}
-    block = b"".join(b"\x00" + bytes([len(k)]) + k.encode() + bytes([len(v)]) + v.encode() for k, v in headers.items())
+    headers = {
+        ":method": "POST",
+        ":scheme": "http",
+        ":path": LOGS_EXPORT,
+        ":authority": "localhost",
+        "content-type": "application/grpc",
+        "te": "trailers",
+        **extra_headers,
+    }
+    block = b"".join(
+        b"\x00" + bytes([len(k)]) + k.encode() + bytes([len(v)]) + v.encode() for k, v in headers.items()
+    )
     with socket.create_connection(("localhost", port), timeout=wait_s) as sock:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0))  # preface, SETTINGS
         end_headers, end_stream = 0x4, 0x1
@@ -192,7 +259,9 @@ def test_grpc_deadline_passing_before_the_message_is_not_a_refusal(plain, caplog
     refused_before = counts(plain, "grpc", "grpc_core", "cancelled")[0]
     deadline_before = counts(plain, "grpc", "grpc_core", "deadline_exceeded")[1]
     with caplog.at_level(logging.WARNING):
-        received = raw_grpc_call(plain.grpc_port, {"grpc-timeout": "200m"}, None, half_close=False, wait_s=1.5)
+        received = raw_grpc_call(
+            plain.grpc_port, {"grpc-timeout": "200m"}, None, half_close=False, wait_s=1.5
+        )
     assert grpc_status_in(received) == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     deadline = time.monotonic() + 5
     while counts(plain, "grpc", "grpc_core", "deadline_exceeded")[1] != deadline_before + 1:
@@ -206,22 +275,78 @@ def test_grpc_deadline_passing_before_the_message_is_not_a_refusal(plain, caplog
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 HTTP_CASES = {  # kind: (body maker, headers, chunked, status, reason, outcome, text in the warning)
-    "undecodable protobuf": (lambda bomb: b"\xff\xff\xff\xff not protobuf", PROTOBUF, False, 400,
-                             "undecodable", "invalid_argument", "cannot decode the logs request"),
-    "undecodable json": (lambda bomb: b'{"resourceLogs": [', {"Content-Type": "application/json"}, False, 400,
-                         "undecodable", "invalid_argument", "not JSON"),
-    "over the limit by Content-Length": (lambda bomb: bomb, PROTOBUF, False, 413, "too_large", "resource_exhausted",
-                                         "(Content-Length)"),
-    "over the limit, chunked": (lambda bomb: (bomb[i:i + MIB] for i in range(0, len(bomb), MIB)), PROTOBUF, True,
-                                413, "too_large", "resource_exhausted", "larger than 64 MiB"),
-    "gzip bomb": (gzip.compress, {**PROTOBUF, "Content-Encoding": "gzip"}, False, 413, "too_large",
-                  "resource_exhausted", "after gzip decompression"),
-    "corrupt gzip": (lambda bomb: b"\x1f\x8b\x08\x00 not deflate data", {**PROTOBUF, "Content-Encoding": "gzip"},
-                     False, 400, "bad_encoding", "invalid_argument", "not valid gzip"),
-    "unsupported encoding": (lambda bomb: b"x", {**PROTOBUF, "Content-Encoding": "br"}, False, 415,
-                             "unsupported_encoding", "invalid_argument", "unsupported content encoding"),
-    "unsupported media type": (lambda bomb: b"hello", {"Content-Type": "text/plain"}, False, 415,
-                               "unsupported_media_type", "invalid_argument", "unsupported content type"),
+    "undecodable protobuf": (
+        lambda bomb: b"\xff\xff\xff\xff not protobuf",
+        PROTOBUF,
+        False,
+        400,
+        "undecodable",
+        "invalid_argument",
+        "cannot decode the logs request",
+    ),
+    "undecodable json": (
+        lambda bomb: b'{"resourceLogs": [',
+        {"Content-Type": "application/json"},
+        False,
+        400,
+        "undecodable",
+        "invalid_argument",
+        "not JSON",
+    ),
+    "over the limit by Content-Length": (
+        lambda bomb: bomb,
+        PROTOBUF,
+        False,
+        413,
+        "too_large",
+        "resource_exhausted",
+        "(Content-Length)",
+    ),
+    "over the limit, chunked": (
+        lambda bomb: (bomb[i : i + MIB] for i in range(0, len(bomb), MIB)),
+        PROTOBUF,
+        True,
+        413,
+        "too_large",
+        "resource_exhausted",
+        "larger than 64 MiB",
+    ),
+    "gzip bomb": (
+        gzip.compress,
+        {**PROTOBUF, "Content-Encoding": "gzip"},
+        False,
+        413,
+        "too_large",
+        "resource_exhausted",
+        "after gzip decompression",
+    ),
+    "corrupt gzip": (
+        lambda bomb: b"\x1f\x8b\x08\x00 not deflate data",
+        {**PROTOBUF, "Content-Encoding": "gzip"},
+        False,
+        400,
+        "bad_encoding",
+        "invalid_argument",
+        "not valid gzip",
+    ),
+    "unsupported encoding": (
+        lambda bomb: b"x",
+        {**PROTOBUF, "Content-Encoding": "br"},
+        False,
+        415,
+        "unsupported_encoding",
+        "invalid_argument",
+        "unsupported content encoding",
+    ),
+    "unsupported media type": (
+        lambda bomb: b"hello",
+        {"Content-Type": "text/plain"},
+        False,
+        415,
+        "unsupported_media_type",
+        "invalid_argument",
+        "unsupported content type",
+    ),
 }
 
 
@@ -244,9 +369,14 @@ def test_http_slow_body_is_a_counted_read_timeout(plain, caplog):
     before = counts(plain, "http", "read_timeout", "deadline_exceeded")
     plain.http.app.read_timeout_s = 0.3
     try:
-        with caplog.at_level(logging.WARNING), socket.create_connection(("localhost", plain.http_port), 10) as sock:
-            sock.sendall(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                         b"Content-Length: 100\r\n\r\n0123456789")
+        with (
+            caplog.at_level(logging.WARNING),
+            socket.create_connection(("localhost", plain.http_port), 10) as sock,
+        ):
+            sock.sendall(
+                b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: 100\r\n\r\n0123456789"
+            )
             assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")
     finally:
         plain.http.app.read_timeout_s = 30.0
@@ -256,6 +386,7 @@ def test_http_slow_body_is_a_counted_read_timeout(plain, caplog):
 
 # ------------------------------------------------------------------------------------------------ memory
 
+
 def test_rss_returns_after_three_over_limit_gzip_requests():
     """A separate serving process, so the client's own 65 MiB buffers are not in the figure (~10 s)."""
     spec = importlib.util.spec_from_file_location("bench_refusal_memory", BENCH)
@@ -264,4 +395,6 @@ def test_rss_returns_after_three_over_limit_gzip_requests():
     results = bench.measure(("grpc-gzip", "http-gzip", "http-chunked"), repeat=3, settle_s=1.5)
     for kind, status, before, after, _after_gc, _after_trim in results:
         assert status in (grpc.StatusCode.RESOURCE_EXHAUSTED, 413, -1), (kind, status)
-        assert after - before < 20, f"{kind}: RSS {before:.0f} MiB before, {after:.0f} MiB after three refusals"
+        assert after - before < 20, (
+            f"{kind}: RSS {before:.0f} MiB before, {after:.0f} MiB after three refusals"
+        )

@@ -63,10 +63,25 @@ def start_rotel(tmp_path: Path, exporter_args: list[str]) -> tuple[subprocess.Po
     grpc_port, http_port = _free_port(), _free_port()
     log = tmp_path / "rotel.log"
     proc = subprocess.Popen(
-        [str(ROTEL_AGENT), "start", "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
-         "--otlp-http-endpoint", f"127.0.0.1:{http_port}", "--pid-file", str(tmp_path / "rotel.pid"),
-         "--batch-timeout", "100ms", "--exporter", "otlp", *exporter_args],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")})
+        [
+            str(ROTEL_AGENT),
+            "start",
+            "--otlp-grpc-endpoint",
+            f"127.0.0.1:{grpc_port}",
+            "--otlp-http-endpoint",
+            f"127.0.0.1:{http_port}",
+            "--pid-file",
+            str(tmp_path / "rotel.pid"),
+            "--batch-timeout",
+            "100ms",
+            "--exporter",
+            "otlp",
+            *exporter_args,
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")},
+    )
     _wait_listening(grpc_port, proc, log)
     return proc, grpc_port
 
@@ -94,9 +109,14 @@ def send_through(port: int, tag: str) -> str:
     logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(Capture(**endpoint)))
     for i in range(3):
-        logger_provider.get_logger("rotel-test").emit(LogRecord(
-            timestamp=time.time_ns(), body=f"payment {i} declined", severity_number=SeverityNumber.WARN,
-            attributes={"log.record.uid": f"rotel-{tag}-{i}", "payment.provider": "acme"}))
+        logger_provider.get_logger("rotel-test").emit(
+            LogRecord(
+                timestamp=time.time_ns(),
+                body=f"payment {i} declined",
+                severity_number=SeverityNumber.WARN,
+                attributes={"log.record.uid": f"rotel-{tag}-{i}", "payment.provider": "acme"},
+            )
+        )
     assert results == [LogRecordExportResult.SUCCESS] * 3
 
     reader = InMemoryMetricReader()
@@ -133,8 +153,10 @@ def check_arrived(service, tag: str, span_id: str) -> None:
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_rotel_forwards_every_signal_to_otad(rotel_runs, plain, tmp_path, protocol):
     port = plain.grpc_port if protocol == "grpc" else plain.http_port
-    proc, rotel_port = start_rotel(tmp_path, ["--otlp-exporter-endpoint", f"http://127.0.0.1:{port}",
-                                              "--otlp-exporter-protocol", protocol])
+    proc, rotel_port = start_rotel(
+        tmp_path,
+        ["--otlp-exporter-endpoint", f"http://127.0.0.1:{port}", "--otlp-exporter-protocol", protocol],
+    )
     try:
         span_id = send_through(rotel_port, protocol)
         check_arrived(plain, protocol, span_id)
@@ -144,15 +166,27 @@ def test_rotel_forwards_every_signal_to_otad(rotel_runs, plain, tmp_path, protoc
 
 
 def test_rotel_forwards_over_tls_with_a_bearer_token(rotel_runs, tls_auth, tokens, tmp_path):
-    before = tls_auth.metrics.registry.get_sample_value(
-        "otad_export_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}) or 0
-    proc, rotel_port = start_rotel(tmp_path, [
-        "--otlp-exporter-endpoint", f"https://localhost:{tls_auth.grpc_port}", "--otlp-exporter-protocol", "grpc",
-        # rotel-agent 0.0.1-alpha10 refuses to start with any --otlp-exporter-*tls-*-file flag ("Either both or
-        # neither of cert and key must be provided", even with both given), so it cannot be told our test CA:
-        # it speaks TLS without verifying otad's certificate here. test_otlp_conformance covers verification.
-        "--otlp-exporter-tls-skip-verify",
-        "--otlp-exporter-custom-headers", f"authorization=Bearer {tokens['file-new']}"])
+    before = (
+        tls_auth.metrics.registry.get_sample_value(
+            "otad_export_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}
+        )
+        or 0
+    )
+    proc, rotel_port = start_rotel(
+        tmp_path,
+        [
+            "--otlp-exporter-endpoint",
+            f"https://localhost:{tls_auth.grpc_port}",
+            "--otlp-exporter-protocol",
+            "grpc",
+            # rotel-agent 0.0.1-alpha10 refuses to start with any --otlp-exporter-*tls-*-file flag ("Either both or
+            # neither of cert and key must be provided", even with both given), so it cannot be told our test CA:
+            # it speaks TLS without verifying otad's certificate here. test_otlp_conformance covers verification.
+            "--otlp-exporter-tls-skip-verify",
+            "--otlp-exporter-custom-headers",
+            f"authorization=Bearer {tokens['file-new']}",
+        ],
+    )
     try:
         span_id = send_through(rotel_port, "tls")
         check_arrived(tls_auth, "tls", span_id)
@@ -160,19 +194,31 @@ def test_rotel_forwards_over_tls_with_a_bearer_token(rotel_runs, tls_auth, token
         proc.terminate()
         proc.wait(10)
     after = tls_auth.metrics.registry.get_sample_value(
-        "otad_export_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"})
+        "otad_export_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}
+    )
     assert after > before
 
 
 def test_rotel_without_the_token_is_refused(rotel_runs, tls_auth, tmp_path):
     def failures() -> float:
-        return tls_auth.metrics.registry.get_sample_value(
-            "otad_auth_failures_total", {"transport": "grpc", "reason": "missing"}) or 0
+        return (
+            tls_auth.metrics.registry.get_sample_value(
+                "otad_auth_failures_total", {"transport": "grpc", "reason": "missing"}
+            )
+            or 0
+        )
 
     before = failures()
-    proc, rotel_port = start_rotel(tmp_path, [
-        "--otlp-exporter-endpoint", f"https://localhost:{tls_auth.grpc_port}", "--otlp-exporter-protocol", "grpc",
-        "--otlp-exporter-tls-skip-verify"])
+    proc, rotel_port = start_rotel(
+        tmp_path,
+        [
+            "--otlp-exporter-endpoint",
+            f"https://localhost:{tls_auth.grpc_port}",
+            "--otlp-exporter-protocol",
+            "grpc",
+            "--otlp-exporter-tls-skip-verify",
+        ],
+    )
     try:
         send_through(rotel_port, "no-token")  # rotel accepts; its export to otad is refused
         deadline = time.monotonic() + 15
@@ -202,10 +248,18 @@ def test_rotel_to_otad_to_sink_records_are_scored_and_anomaly_events_arrive(rote
     t0 = time.time_ns() - 600 * 10**9
 
     with OtlpSink() as sink:
-        service = start_service(tmp_path / "data", export_endpoint=sink.endpoint, bootstrap_rows=150,
-                                train_epochs=2)
-        proc, rotel_port = start_rotel(tmp_path, ["--otlp-exporter-endpoint", f"http://127.0.0.1:{service.grpc_port}",
-                                                  "--otlp-exporter-protocol", "grpc"])
+        service = start_service(
+            tmp_path / "data", export_endpoint=sink.endpoint, bootstrap_rows=150, train_epochs=2
+        )
+        proc, rotel_port = start_rotel(
+            tmp_path,
+            [
+                "--otlp-exporter-endpoint",
+                f"http://127.0.0.1:{service.grpc_port}",
+                "--otlp-exporter-protocol",
+                "grpc",
+            ],
+        )
         try:
             stub = logs_grpc.LogsServiceStub(grpc.insecure_channel(f"127.0.0.1:{rotel_port}"))
             stub.Export(log_request(normal_logs(200, t0, rng, "warm"), "rotel-shop"), timeout=10)
@@ -214,9 +268,13 @@ def test_rotel_to_otad_to_sink_records_are_scored_and_anomaly_events_arrive(rote
                 time.sleep(0.1)
             assert service.pipeline.state == "scoring", service.pipeline.status()
             start = t0 + 210 * 20_000_000
-            stub.Export(log_request(normal_logs(20, start, rng, "later") + slow_failures(3, start), "rotel-shop"),
-                        timeout=10)
-            assert sink.wait_for(lambda: len(sink.log_records()) >= 3, timeout=30), "no anomaly events at the sink"
+            stub.Export(
+                log_request(normal_logs(20, start, rng, "later") + slow_failures(3, start), "rotel-shop"),
+                timeout=10,
+            )
+            assert sink.wait_for(lambda: len(sink.log_records()) >= 3, timeout=30), (
+                "no anomaly events at the sink"
+            )
             processed = service.pipeline.status()["processed_rows"]
         finally:
             proc.terminate()

@@ -11,14 +11,30 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 U64 = 2**64 - 1
-timestamps = st.sampled_from([0, 1, 1_700_000_000_000_000_000, 4_102_444_800_000_000_000, 2**63 - 1, U64]) | \
-    st.integers(0, U64)
-doubles = st.sampled_from([float("nan"), float("inf"), float("-inf"), -0.0, 1e308, -1e308, 5e-324]) | st.floats()
+timestamps = st.sampled_from(
+    [0, 1, 1_700_000_000_000_000_000, 4_102_444_800_000_000_000, 2**63 - 1, U64]
+) | st.integers(0, U64)
+doubles = (
+    st.sampled_from([float("nan"), float("inf"), float("-inf"), -0.0, 1e308, -1e308, 5e-324]) | st.floats()
+)
 ints = st.sampled_from([0, -1, 2**63 - 1, -(2**63)]) | st.integers(-(2**63), 2**63 - 1)
-keys = st.sampled_from(["service.name", "http.response.status_code", "duration_ms", "url.path", "", "a.b",
-                        "http.request.method", "exception.message", "log.record.uid", "k"]) | st.text(max_size=20)
-ids = st.sampled_from([b"", bytes(8), bytes(16), b"\x01" * 8, b"\x01" * 16, b"\xff" * 5, b"\x00" * 17]) | \
-    st.binary(max_size=20)
+keys = st.sampled_from(
+    [
+        "service.name",
+        "http.response.status_code",
+        "duration_ms",
+        "url.path",
+        "",
+        "a.b",
+        "http.request.method",
+        "exception.message",
+        "log.record.uid",
+        "k",
+    ]
+) | st.text(max_size=20)
+ids = st.sampled_from(
+    [b"", bytes(8), bytes(16), b"\x01" * 8, b"\x01" * 16, b"\xff" * 5, b"\x00" * 17]
+) | st.binary(max_size=20)
 text = st.text(max_size=50) | st.sampled_from(["x" * 70_000, "\u0000", "\ud7ff\ue000", "é" * 100])
 
 
@@ -64,7 +80,9 @@ _LEAVES = [("string_value", "v"), ("int_value", 3), ("empty",), ("double_value",
 @st.composite
 def any_values(draw, max_leaves: int = 4) -> tuple:
     """A spec for `fill`."""
-    kind = draw(st.sampled_from(["str", "int", "double", "bool", "bytes", "empty", "array", "kvlist", "deep"]))
+    kind = draw(
+        st.sampled_from(["str", "int", "double", "bool", "bytes", "empty", "array", "kvlist", "deep"])
+    )
     if kind == "str":
         return ("string_value", draw(text))
     if kind == "int":
@@ -78,10 +96,16 @@ def any_values(draw, max_leaves: int = 4) -> tuple:
     if kind == "empty":
         return ("empty",)
     if kind == "deep":  # kvlist/array 90-130 levels deep
-        return ("deep", draw(st.integers(90, 130)), draw(st.sampled_from(["array", "kvlist", "mixed"])),
-                draw(doubles))
-    items = [(draw(st.sampled_from(["a", "a", "b"])), draw(st.sampled_from(_LEAVES)))  # duplicate keys too
-             for _ in range(draw(st.integers(0, max_leaves)))]
+        return (
+            "deep",
+            draw(st.integers(90, 130)),
+            draw(st.sampled_from(["array", "kvlist", "mixed"])),
+            draw(doubles),
+        )
+    items = [
+        (draw(st.sampled_from(["a", "a", "b"])), draw(st.sampled_from(_LEAVES)))  # duplicate keys too
+        for _ in range(draw(st.integers(0, max_leaves)))
+    ]
     return (kind, items)
 
 
@@ -120,10 +144,16 @@ def logs_requests(draw) -> ExportLogsServiceRequest:
             sl = rl.scope_logs.add()
             sl.scope.name = draw(st.sampled_from(["app", "otad", "", "x" * 300]))
             for _ in range(draw(st.integers(0, 4))):
-                lr = sl.log_records.add(time_unix_nano=draw(timestamps), observed_time_unix_nano=draw(timestamps),
-                                        severity_number=draw(st.integers(0, 30)), severity_text=draw(text),
-                                        trace_id=draw(ids), span_id=draw(ids), flags=draw(st.integers(0, 2**32 - 1)),
-                                        event_name=draw(st.sampled_from(["", "otad.anomaly", "x"])))
+                lr = sl.log_records.add(
+                    time_unix_nano=draw(timestamps),
+                    observed_time_unix_nano=draw(timestamps),
+                    severity_number=draw(st.integers(0, 30)),
+                    severity_text=draw(text),
+                    trace_id=draw(ids),
+                    span_id=draw(ids),
+                    flags=draw(st.integers(0, 2**32 - 1)),
+                    event_name=draw(st.sampled_from(["", "otad.anomaly", "x"])),
+                )
                 fill(lr.body, draw(any_values()))
                 add_attributes(lr.attributes, draw(attributes()))
     return req
@@ -139,9 +169,15 @@ def traces_requests(draw) -> ExportTraceServiceRequest:
             ss = rs.scope_spans.add()
             ss.scope.name = draw(st.sampled_from(["tracer", "otad", ""]))
             for _ in range(draw(st.integers(0, 4))):
-                sp = ss.spans.add(trace_id=draw(ids), span_id=draw(ids), parent_span_id=draw(ids), name=draw(text),
-                                  kind=draw(st.integers(0, 9)), start_time_unix_nano=draw(timestamps),
-                                  end_time_unix_nano=draw(timestamps))
+                sp = ss.spans.add(
+                    trace_id=draw(ids),
+                    span_id=draw(ids),
+                    parent_span_id=draw(ids),
+                    name=draw(text),
+                    kind=draw(st.integers(0, 9)),
+                    start_time_unix_nano=draw(timestamps),
+                    end_time_unix_nano=draw(timestamps),
+                )
                 sp.status.code = draw(st.integers(0, 5))
                 sp.status.message = draw(text)
                 add_attributes(sp.attributes, draw(attributes()))
@@ -193,10 +229,12 @@ def metrics_requests(draw) -> ExportMetricsServiceRequest:
                             p.min, p.max = draw(doubles), draw(doubles)
                     elif kind == "exp":
                         m.exponential_histogram.aggregation_temporality = temporality
-                        p = m.exponential_histogram.data_points.add(count=draw(st.integers(0, U64)),
-                                                                    sum=draw(doubles),
-                                                                    scale=draw(st.integers(-(2**31), 2**31 - 1)),
-                                                                    zero_count=draw(st.integers(0, U64)))
+                        p = m.exponential_histogram.data_points.add(
+                            count=draw(st.integers(0, U64)),
+                            sum=draw(doubles),
+                            scale=draw(st.integers(-(2**31), 2**31 - 1)),
+                            zero_count=draw(st.integers(0, U64)),
+                        )
                         p.positive.offset = draw(st.integers(-(2**31), 2**31 - 1))
                         p.positive.bucket_counts.extend(draw(st.lists(st.integers(0, U64), max_size=5)))
                         p.negative.bucket_counts.extend(draw(st.lists(st.integers(0, U64), max_size=3)))

@@ -20,23 +20,40 @@ from tests.fuzz.strategies import count_items, deep_value, logs_requests, metric
 
 pytestmark = pytest.mark.integration
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))
-FUZZ = settings(max_examples=int(25 * SCALE), deadline=10_000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(25 * SCALE),
+    deadline=10_000,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 FIELD = {"logs": "rejected_log_records", "traces": "rejected_spans", "metrics": "rejected_data_points"}
-METHOD = {"logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-          "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-          "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"}
+METHOD = {
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+}
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    svc = Service(Settings(data_dir=data, grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
-                           bootstrap_rows=10_000_000, batch_wait_ms=5))
+    svc = Service(
+        Settings(
+            data_dir=data,
+            grpc_endpoint="localhost:0",
+            http_endpoint="localhost:0",
+            metrics_endpoint="localhost:0",
+            bootstrap_rows=10_000_000,
+            batch_wait_ms=5,
+        )
+    )
     svc.start()
-    channel = grpc.insecure_channel(f"localhost:{svc.grpc_port}",
-                                    options=[("grpc.max_send_message_length", 64 << 20)])
+    channel = grpc.insecure_channel(
+        f"localhost:{svc.grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
     svc.fuzz_channel = channel
     svc.fuzz_reconnects = 0
     yield svc
@@ -49,11 +66,17 @@ def counted(svc, signal: str) -> dict[str, float]:
     """The service's own counters for one signal (summed over reasons)."""
     out = {"accepted": 0.0, "rejected": 0.0, "ignored": 0.0}
     for family in svc.metrics.registry.collect():
-        key = {"otad_accepted_items": "accepted", "otad_rejected_items": "rejected",
-               "otad_ignored_items": "ignored"}.get(family.name)
+        key = {
+            "otad_accepted_items": "accepted",
+            "otad_rejected_items": "rejected",
+            "otad_ignored_items": "ignored",
+        }.get(family.name)
         if key:
-            out[key] += sum(s.value for s in family.samples
-                            if s.name.endswith("_total") and s.labels.get("signal") == signal)
+            out[key] += sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total") and s.labels.get("signal") == signal
+            )
     return out
 
 
@@ -70,20 +93,27 @@ def _with_reconnect(svc, call):
         if err.code() != grpc.StatusCode.UNAVAILABLE or "Stream removed" not in (err.details() or ""):
             raise
         svc.fuzz_channel.close()
-        svc.fuzz_channel = grpc.insecure_channel(f"localhost:{svc.grpc_port}",
-                                                 options=[("grpc.max_send_message_length", 64 << 20)])
+        svc.fuzz_channel = grpc.insecure_channel(
+            f"localhost:{svc.grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        )
         svc.fuzz_reconnects += 1
         return call()
 
 
 def send(svc, signal: str, request):
     def stub():
-        return {"logs": logs_grpc.LogsServiceStub, "traces": trace_grpc.TraceServiceStub,
-                "metrics": metrics_grpc.MetricsServiceStub}[signal](svc.fuzz_channel)
+        return {
+            "logs": logs_grpc.LogsServiceStub,
+            "traces": trace_grpc.TraceServiceStub,
+            "metrics": metrics_grpc.MetricsServiceStub,
+        }[signal](svc.fuzz_channel)
+
     before = counted(svc, signal)
     total = count_items(signal, request)
     try:
-        response = _with_reconnect(svc, lambda: stub().Export(request, timeout=10, compression=grpc.Compression.Gzip))
+        response = _with_reconnect(
+            svc, lambda: stub().Export(request, timeout=10, compression=grpc.Compression.Gzip)
+        )
         code, details = grpc.StatusCode.OK, ""
     except grpc.RpcError as err:
         response, code = None, err.code()
@@ -101,7 +131,9 @@ def send(svc, signal: str, request):
     elif "cannot decode" in details:  # the request could not even be parsed (e.g. nesting past upb's limit)
         assert delta == {"accepted": 0, "rejected": 0, "ignored": 0}
     else:  # every item rejected: nothing was accepted, everything is accounted for
-        assert delta["accepted"] == 0 and delta["rejected"] + delta["ignored"] == total and delta["rejected"] > 0
+        assert (
+            delta["accepted"] == 0 and delta["rejected"] + delta["ignored"] == total and delta["rejected"] > 0
+        )
         assert "(first at resource " in details
     return code
 
@@ -124,13 +156,16 @@ def test_metrics_over_grpc(service, request):
     send(service, "metrics", request)
 
 
-@settings(max_examples=int(60 * SCALE), deadline=10_000,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(60 * SCALE), deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=2048), st.sampled_from(["logs", "traces", "metrics"]))
 def test_raw_bytes_get_ok_or_invalid_argument_never_internal(service, data, signal):
     def call():
-        return service.fuzz_channel.unary_unary(METHOD[signal], request_serializer=None,
-                                                response_deserializer=None)(data, timeout=10)
+        return service.fuzz_channel.unary_unary(
+            METHOD[signal], request_serializer=None, response_deserializer=None
+        )(data, timeout=10)
+
     try:
         _with_reconnect(service, call)
     except grpc.RpcError as err:
@@ -139,17 +174,24 @@ def test_raw_bytes_get_ok_or_invalid_argument_never_internal(service, data, sign
 
 def test_invalid_utf8_in_a_string_field_is_invalid_argument(service):
     request = logs_pb.ExportLogsServiceRequest()
-    request.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=1).body.string_value = "MARKER"
+    request.resource_logs.add().scope_logs.add().log_records.add(
+        time_unix_nano=1
+    ).body.string_value = "MARKER"
     data = request.SerializeToString().replace(b"MARKER", b"\xff\xfe\xfd\xc3\x28\x80")
-    call = service.fuzz_channel.unary_unary(METHOD["logs"], request_serializer=None, response_deserializer=None)
+    call = service.fuzz_channel.unary_unary(
+        METHOD["logs"], request_serializer=None, response_deserializer=None
+    )
     with pytest.raises(grpc.RpcError) as err:
         call(data, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "cannot decode" in err.value.details()
     # ... while the same bytes in a bytes-typed AnyValue are fine
     request.resource_logs[0].scope_logs[0].log_records[0].body.bytes_value = b"\xff\xfe\xfd\xc3\x28\x80"
-    assert not logs_grpc.LogsServiceStub(service.fuzz_channel).Export(request, timeout=10).HasField(
-        "partial_success")
+    assert (
+        not logs_grpc.LogsServiceStub(service.fuzz_channel)
+        .Export(request, timeout=10)
+        .HasField("partial_success")
+    )
 
 
 @pytest.mark.parametrize("depth", [20, 120, 1000])
@@ -166,7 +208,9 @@ def test_deeply_nested_body_gets_a_status_not_a_crash(service, depth):
         record.body.Clear()
         body_field = b"\x2a" + _varint(len(inner)) + inner  # LogRecord.body (field 5)
         data = _wrap(record.SerializeToString() + body_field)
-    call = service.fuzz_channel.unary_unary(METHOD["logs"], request_serializer=None, response_deserializer=None)
+    call = service.fuzz_channel.unary_unary(
+        METHOD["logs"], request_serializer=None, response_deserializer=None
+    )
     try:
         call(data, timeout=10)
         code = grpc.StatusCode.OK

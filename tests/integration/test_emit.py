@@ -32,23 +32,53 @@ VERSION = "0.1.0"
 
 def events(anomalies: list[Anomaly]) -> list[AnomalyEvent]:
     return [AnomalyEvent.of(a, VERSION) for a in anomalies]
+
+
 TRACE = "5b8efff798038103d269b633813fc60c"
 SPAN = "eee19b7ec3c1b174"
-RESOURCE = {"service.name": "payments", "host.name": "pay-1", "process.pid": 4242, "cpu.share": 0.5,
-            "k8s.canary": True}
+RESOURCE = {
+    "service.name": "payments",
+    "host.name": "pay-1",
+    "process.pid": 4242,
+    "cpu.share": 0.5,
+    "k8s.canary": True,
+}
 
 
-def make_anomaly(uid: str = "u1", score: float = 80.0, resource: dict | None = None, trace: bool = True,
-                 message: str = "card declined for user 1234", evidence=None) -> Anomaly:
-    row = Row(uid=uid, signal="logs", time_unix_nano=1_700_000_000_123_456_789, service="payments",
-              class_uid=6999, activity_id=1, severity_id=4, status_id=2, fields={"message": message},
-              trace_id=TRACE if trace else "", span_id=SPAN if trace else "",
-              resource=dict(RESOURCE if resource is None else resource))
-    return Anomaly(row=row, score=score, raw_score=1.25, threshold=70.0, detector="tabular-resnet-knn",
-                   model_version="m-2024-01", explanation="The message template was never seen for payments.",
-                   neighbors=("n1", "n2", "n3"),
-                   evidence=evidence if evidence is not None else (("template", "card declined <*>", "paid <*>"),),
-                   detected_unix_nano=1_700_000_005_000_000_000)
+def make_anomaly(
+    uid: str = "u1",
+    score: float = 80.0,
+    resource: dict | None = None,
+    trace: bool = True,
+    message: str = "card declined for user 1234",
+    evidence=None,
+) -> Anomaly:
+    row = Row(
+        uid=uid,
+        signal="logs",
+        time_unix_nano=1_700_000_000_123_456_789,
+        service="payments",
+        class_uid=6999,
+        activity_id=1,
+        severity_id=4,
+        status_id=2,
+        fields={"message": message},
+        trace_id=TRACE if trace else "",
+        span_id=SPAN if trace else "",
+        resource=dict(RESOURCE if resource is None else resource),
+    )
+    return Anomaly(
+        row=row,
+        score=score,
+        raw_score=1.25,
+        threshold=70.0,
+        detector="tabular-resnet-knn",
+        model_version="m-2024-01",
+        explanation="The message template was never seen for payments.",
+        neighbors=("n1", "n2", "n3"),
+        evidence=evidence if evidence is not None else (("template", "card declined <*>", "paid <*>"),),
+        detected_unix_nano=1_700_000_005_000_000_000,
+    )
 
 
 def attrs(kvs) -> dict:
@@ -114,15 +144,24 @@ def test_event_matches_the_contract():
     a = attrs(record.attributes)
     kinds = {k: v.WhichOneof("value") for k, v in a.items()}
     assert kinds == {
-        "event.name": "string_value", "anomaly.score": "double_value", "anomaly.raw_score": "double_value",
-        "anomaly.threshold": "double_value", "anomaly.detector": "string_value",
-        "anomaly.model.version": "string_value", "anomaly.source.signal": "string_value",
-        "anomaly.source.uid": "string_value", "anomaly.source.ocsf.class_uid": "int_value",
-        "anomaly.explanation": "string_value", "anomaly.neighbors": "array_value",
+        "event.name": "string_value",
+        "anomaly.score": "double_value",
+        "anomaly.raw_score": "double_value",
+        "anomaly.threshold": "double_value",
+        "anomaly.detector": "string_value",
+        "anomaly.model.version": "string_value",
+        "anomaly.source.signal": "string_value",
+        "anomaly.source.uid": "string_value",
+        "anomaly.source.ocsf.class_uid": "int_value",
+        "anomaly.explanation": "string_value",
+        "anomaly.neighbors": "array_value",
     }
     assert a["event.name"].string_value == EVENT_NAME
-    assert (a["anomaly.score"].double_value, a["anomaly.raw_score"].double_value,
-            a["anomaly.threshold"].double_value) == (80.0, 1.25, 70.0)
+    assert (
+        a["anomaly.score"].double_value,
+        a["anomaly.raw_score"].double_value,
+        a["anomaly.threshold"].double_value,
+    ) == (80.0, 1.25, 70.0)
     assert a["anomaly.detector"].string_value == "tabular-resnet-knn"
     assert a["anomaly.model.version"].string_value == "m-2024-01"
     assert a["anomaly.source.signal"].string_value == "logs"
@@ -133,25 +172,39 @@ def test_event_matches_the_contract():
 
     body = json.loads(record.body.string_value)
     assert body == finding(anomaly, VERSION)
-    assert (body["class_uid"], body["type_uid"], body["category_uid"], body["activity_id"]) == (2004, 200401, 2, 1)
+    assert (body["class_uid"], body["type_uid"], body["category_uid"], body["activity_id"]) == (
+        2004,
+        200401,
+        2,
+        1,
+    )
     assert (body["severity_id"], body["status_id"], body["is_alert"]) == (3, 1, True)
     assert body["time"] == anomaly.row.time_unix_nano // 1_000_000
     assert body["confidence_score"] == body["risk_score"] == 80
-    assert body["metadata"] == {"product": {"name": "otad", "vendor_name": "otad", "version": VERSION},
-                                "version": "1.8.0"}
+    assert body["metadata"] == {
+        "product": {"name": "otad", "vendor_name": "otad", "version": VERSION},
+        "version": "1.8.0",
+    }
     info = body["finding_info"]
     assert info["uid"] == content_uid("u1", "m-2024-01")
     assert info["title"] == "Unusual log record from payments (score 80/100): card declined for user 1234"
     assert info["desc"] == anomaly.explanation
-    assert info["analytic"] == {"type_id": 4, "type": "Learning (ML/DL)", "name": "tabular-resnet-knn",
-                                "version": "m-2024-01"}
+    assert info["analytic"] == {
+        "type_id": 4,
+        "type": "Learning (ML/DL)",
+        "name": "tabular-resnet-knn",
+        "version": "m-2024-01",
+    }
     assert info["created_time"] == anomaly.detected_unix_nano // 1_000_000
     assert info["related_events"] == [{"uid": "u1", "type_uid": 699901, "trace_uid": TRACE}]
     analysis = body["anomaly_analyses"][0]
     assert analysis["analysis_targets"] == [{"name": "payments", "type": "service"}]
-    assert analysis["anomalies"][0] == {"observation_parameter": "embedding k-NN distance",
-                                        "observation_type": "Distribution Analysis", "observed_pattern": "RARE",
-                                        "observations": [{"value": "1.25"}]}
+    assert analysis["anomalies"][0] == {
+        "observation_parameter": "embedding k-NN distance",
+        "observation_type": "Distribution Analysis",
+        "observed_pattern": "RARE",
+        "observations": [{"value": "1.25"}],
+    }
     assert analysis["anomalies"][1]["observations"] == [{"value": "card declined <*>"}]
     assert analysis["baselines"] == [
         {"observation_parameter": "threshold", "observations": [{"value": "70.0"}]},
@@ -172,7 +225,9 @@ def test_top_band_is_error_and_high():
 
 
 def test_missing_service_name_and_ids():
-    resource, record = build_event(AnomalyEvent.of(make_anomaly(resource={"host.name": "h"}, trace=False), VERSION))
+    resource, record = build_event(
+        AnomalyEvent.of(make_anomaly(resource={"host.name": "h"}, trace=False), VERSION)
+    )
     assert plain(resource.attributes) == {"host.name": "h", "service.name": "payments"}
     assert record.trace_id == b"" and record.span_id == b""
     body = json.loads(record.body.string_value)
@@ -186,19 +241,23 @@ def test_body_stays_small_and_title_one_line():
     _, record = build_event(AnomalyEvent.of(anomaly, VERSION))
     assert len(record.body.string_value.encode()) < MAX_BODY_BYTES
     title = json.loads(record.body.string_value)["finding_info"]["title"]
-    assert "\n" not in title and title.startswith("Unusual log record from payments (score 80/100): line one line")
+    assert "\n" not in title and title.startswith(
+        "Unusual log record from payments (score 80/100): line one line"
+    )
     assert len(title) < 160
 
 
 def test_request_groups_events_by_resource():
     other = {"service.name": "checkout"}
-    request = build_request(events([make_anomaly("a"), make_anomaly("b", resource=other), make_anomaly("c")]),
-                            VERSION)
+    request = build_request(
+        events([make_anomaly("a"), make_anomaly("b", resource=other), make_anomaly("c")]), VERSION
+    )
     assert len(request.resource_logs) == 2
     first, second = request.resource_logs
     assert plain(first.resource.attributes)["service.name"] == "payments"
-    assert [attrs(r.attributes)["anomaly.source.uid"].string_value for r in first.scope_logs[0].log_records] == \
-        ["a", "c"]
+    assert [
+        attrs(r.attributes)["anomaly.source.uid"].string_value for r in first.scope_logs[0].log_records
+    ] == ["a", "c"]
     assert len(second.scope_logs[0].log_records) == 1
     for rl in request.resource_logs:
         assert len(rl.scope_logs) == 1
@@ -210,7 +269,9 @@ def test_request_groups_events_by_resource():
 
 def test_delivers_to_a_real_otlp_endpoint(sink, emitters):
     results: list[tuple[str, int]] = []
-    emitter = emitters(sink.endpoint, headers={"X-Tenant": "t1"}, on_result=lambda o, n: results.append((o, n)))
+    emitter = emitters(
+        sink.endpoint, headers={"X-Tenant": "t1"}, on_result=lambda o, n: results.append((o, n))
+    )
     emitter.start()
     anomalies = [make_anomaly("a"), make_anomaly("b", score=97.0)]
     emitter.emit(events(anomalies))
@@ -267,8 +328,10 @@ def test_partial_success_is_logged_counted_and_not_retried(sink, emitters, caplo
     assert len(sink.calls_for("logs")) == 1
     assert emitter.stats["partial_rejected"] == 2 and emitter.stats["retries"] == 0
     assert ("partial", 2) in results and ("sent", 1) in results
-    assert any("rejected_log_records=2" in r.getMessage() and "lacked a body" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "rejected_log_records=2" in r.getMessage() and "lacked a body" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_endpoint_down_fails_within_the_deadline_then_recovers(emitters, caplog):
@@ -291,7 +354,9 @@ def test_endpoint_down_fails_within_the_deadline_then_recovers(emitters, caplog)
         emitter.emit(events([make_anomaly("next")]))
         assert emitter.flush(10.0)
         assert emitter.stats["sent"] == 1
-        assert [attrs(r.attributes)["anomaly.source.uid"].string_value for _, _, r in back.log_records()] == ["next"]
+        assert [attrs(r.attributes)["anomaly.source.uid"].string_value for _, _, r in back.log_records()] == [
+            "next"
+        ]
     finally:
         back.stop()
 
@@ -311,7 +376,9 @@ def test_shutdown_cuts_backoff_short(sink, emitters):
 
 def test_buffer_overflow_drops_the_oldest(emitters, caplog):
     results: list[tuple[str, int]] = []
-    emitter = emitters("localhost:1", max_buffer=5, batch_size=5, on_result=lambda o, n: results.append((o, n)))
+    emitter = emitters(
+        "localhost:1", max_buffer=5, batch_size=5, on_result=lambda o, n: results.append((o, n))
+    )
     with caplog.at_level(logging.WARNING, logger="receiver.emit"):
         emitter.emit(events([make_anomaly(str(i)) for i in range(8)]))
     assert emitter.stats["dropped"] == 3 and results == [("dropped", 3)]

@@ -30,8 +30,15 @@ def store(tmp_path: Path):
 
 
 def backlog_row(i: int, service: str = "checkout") -> dict:
-    return {"uid": f"b{i}", "signal": "logs", "service": service, "class_uid": 1007, "time_ms": 1_000 + i,
-            "trace_id": f"{i:032x}", "row": {"message": f"msg {i}", "nested": {"n": i}}}
+    return {
+        "uid": f"b{i}",
+        "signal": "logs",
+        "service": service,
+        "class_uid": 1007,
+        "time_ms": 1_000 + i,
+        "trace_id": f"{i:032x}",
+        "row": {"message": f"msg {i}", "nested": {"n": i}},
+    }
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -39,15 +46,40 @@ def vectors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def embedded_rows(version: str, vecs: np.ndarray, prefix: str = "r", services=("a", TRICKY)) -> list[dict]:
-    return [{"uid": f"{prefix}{i}", "signal": "traces", "service": services[i % len(services)], "class_uid": 6003,
-             "time_ms": i, "trace_id": "", "model_version": version, "score": float(i), "is_anomaly": i % 5 == 0,
-             "is_reference": i % 2 == 0, "row": {"i": i}, "embedding": v} for i, v in enumerate(vecs)]
+    return [
+        {
+            "uid": f"{prefix}{i}",
+            "signal": "traces",
+            "service": services[i % len(services)],
+            "class_uid": 6003,
+            "time_ms": i,
+            "trace_id": "",
+            "model_version": version,
+            "score": float(i),
+            "is_anomaly": i % 5 == 0,
+            "is_reference": i % 2 == 0,
+            "row": {"i": i},
+            "embedding": v,
+        }
+        for i, v in enumerate(vecs)
+    ]
 
 
 def anomaly(i: int, detected_ms: int, service: str = "checkout", score: float = 50.0) -> dict:
-    return {"uid": f"f{i}", "source_uid": f"r{i}", "signal": "logs", "service": service, "class_uid": 2004,
-            "time_ms": detected_ms - 5, "detected_ms": detected_ms, "score": score, "threshold": 40.0,
-            "model_version": "v1", "explanation": "rare template for this service", "event": {"id": i}}
+    return {
+        "uid": f"f{i}",
+        "source_uid": f"r{i}",
+        "signal": "logs",
+        "service": service,
+        "class_uid": 2004,
+        "time_ms": detected_ms - 5,
+        "detected_ms": detected_ms,
+        "score": score,
+        "threshold": 40.0,
+        "model_version": "v1",
+        "explanation": "rare template for this service",
+        "event": {"id": i},
+    }
 
 
 def test_backlog_round_trip_without_duplicates(store: MilvusStore):
@@ -153,8 +185,14 @@ def test_filters_are_templates_even_for_quotes(store: MilvusStore):
     assert "embedding" not in got[0]
     hostile = store.query_rows("v1", "service == {svc}", {"svc": '" or uid != "'}, limit=100)
     assert hostile == []  # the value stays one string literal; it cannot widen the filter
-    hits = store.search("v1", vectors(40)[:1], k=40, filter="service == {svc} and is_anomaly == {flag}",
-                        filter_params={"svc": TRICKY, "flag": True}, output_fields=["service", "is_anomaly"])
+    hits = store.search(
+        "v1",
+        vectors(40)[:1],
+        k=40,
+        filter="service == {svc} and is_anomaly == {flag}",
+        filter_params={"svc": TRICKY, "flag": True},
+        output_fields=["service", "is_anomaly"],
+    )
     assert sorted(h["uid"] for h in hits[0]) == ["r15", "r25", "r35", "r5"]
     assert len(store.query_rows("v1", "time_ms in {ids}", {"ids": [1, 2, 3]})) == 3
 
@@ -171,8 +209,10 @@ def test_render_filter_quotes_values_and_needs_every_param():
 def test_latest_anomalies_newest_first_with_filters(store: MilvusStore):
     now = int(time.time() * 1000)
     day = 86_400_000
-    events = [anomaly(i, now - i * 3_600_000, service="pay" if i % 3 == 0 else TRICKY, score=float(i))
-              for i in range(60)]  # one an hour, 2.5 days back
+    events = [
+        anomaly(i, now - i * 3_600_000, service="pay" if i % 3 == 0 else TRICKY, score=float(i))
+        for i in range(60)
+    ]  # one an hour, 2.5 days back
     events.append(anomaly(999, now - 40 * day))  # long ago: found only when the window grows that far
     assert store.upsert_anomalies([]) == 0
     assert store.upsert_anomalies(events) == 61
@@ -187,7 +227,9 @@ def test_latest_anomalies_newest_first_with_filters(store: MilvusStore):
     assert len(store.latest_anomalies(100, since_ms=now - day + 1)) == 24
     everything = store.latest_anomalies(1000)
     assert len(everything) == 61 and everything[-1]["uid"] == "f999"
-    assert [e["detected_ms"] for e in everything] == sorted((e["detected_ms"] for e in everything), reverse=True)
+    assert [e["detected_ms"] for e in everything] == sorted(
+        (e["detected_ms"] for e in everything), reverse=True
+    )
 
 
 def test_milvus_failures_become_storage_errors(store: MilvusStore):
@@ -238,9 +280,20 @@ def _free_port() -> int:
 def test_round_trip_through_a_milvus_lite_server_process(tmp_path: Path):
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "server-data"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "milvus_lite",
+            "server",
+            "--data-dir",
+            str(tmp_path / "server-data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30

@@ -25,8 +25,15 @@ pytestmark = pytest.mark.integration
 
 
 def _settings(tmp_path, **kw) -> Settings:
-    base = dict(data_dir=tmp_path / "data", score_process=False, batch_wait_ms=10, knn_k=5, embed_dim=8,
-                train_epochs=1, bootstrap_rows=100_000)
+    base = dict(
+        data_dir=tmp_path / "data",
+        score_process=False,
+        batch_wait_ms=10,
+        knn_k=5,
+        embed_dim=8,
+        train_epochs=1,
+        bootstrap_rows=100_000,
+    )
     return Settings(**{**base, **kw})
 
 
@@ -94,7 +101,9 @@ def test_a_refused_row_among_scored_rows_does_not_block_them(tmp_path, store):
 def test_an_outage_is_retried_not_dead_lettered_and_readyz_says_not_ready(tmp_path):
     store = MilvusStore(str(tmp_path / "milvus.db"), timeout_s=30)
     metrics = Metrics()
-    pipe = Pipeline(_settings(tmp_path, pipeline_stall_s=1.0), store, AnomalyEmitter(None, version="t"), metrics, "t")
+    pipe = Pipeline(
+        _settings(tmp_path, pipeline_stall_s=1.0), store, AnomalyEmitter(None, version="t"), metrics, "t"
+    )
     pipe.start()
     try:
         store.close()  # every call now fails as an outage would (retryable)
@@ -110,7 +119,9 @@ def test_an_outage_is_retried_not_dead_lettered_and_readyz_says_not_ready(tmp_pa
 
 
 def test_rows_staged_during_training_are_scored_and_each_row_is_stored_once(tmp_path, store):
-    pipe = Pipeline(_settings(tmp_path, bootstrap_rows=300), store, AnomalyEmitter(None, version="t"), Metrics(), "t")
+    pipe = Pipeline(
+        _settings(tmp_path, bootstrap_rows=300), store, AnomalyEmitter(None, version="t"), Metrics(), "t"
+    )
     first, second = make_rows(300, seed=5), make_rows(200, seed=6, start=T0 + 10**12)
     pipe.start()
     try:
@@ -123,7 +134,9 @@ def test_rows_staged_during_training_are_scored_and_each_row_is_stored_once(tmp_
     finally:
         pipe.stop(10)
     counts = uid_counts(store, [r.uid for r in first + second])
-    assert sorted(set(counts.values())) == [1], {c: sum(1 for v in counts.values() if v == c) for c in counts.values()}
+    assert sorted(set(counts.values())) == [1], {
+        c: sum(1 for v in counts.values() if v == c) for c in counts.values()
+    }
     version = pipe._scorer.mv.version
     refs = store.query_rows(version, "is_reference == {r}", {"r": True}, output_fields=["uid"], limit=1000)
     assert {r.uid for r in first} <= {r["uid"] for r in refs}  # rows staged before training read the backlog
@@ -137,9 +150,25 @@ def test_training_starts_from_rows_an_earlier_run_staged_and_drops_an_unpromoted
     stale = fit_version(rows[:200], k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128))
     stale.save(settings.models_dir, promote=False)
     store.ensure_rows_collection(stale.version, 8)
-    store.upsert_rows(stale.version, [{"uid": r.uid, "signal": "logs", "service": r.service, "class_uid": 1,
-                                       "time_ms": r.time_ms, "trace_id": "", "score": 0.0, "is_anomaly": False,
-                                       "is_reference": True, "row": {}, "embedding": [1.0] * 8} for r in rows[:200]])
+    store.upsert_rows(
+        stale.version,
+        [
+            {
+                "uid": r.uid,
+                "signal": "logs",
+                "service": r.service,
+                "class_uid": 1,
+                "time_ms": r.time_ms,
+                "trace_id": "",
+                "score": 0.0,
+                "is_anomaly": False,
+                "is_reference": True,
+                "row": {},
+                "embedding": [1.0] * 8,
+            }
+            for r in rows[:200]
+        ],
+    )
     pipe = Pipeline(settings, store, AnomalyEmitter(None, version="t"), Metrics(), "t")
     assert not (settings.models_dir / stale.version).exists()
     pipe.start()

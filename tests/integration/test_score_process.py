@@ -16,11 +16,25 @@ from model.version import ModelVersion, fit_version
 from model.worker import ScoringProcess, ScoringProcessError
 from tests.helpers import T0, make_rows
 
-ODD = Row(uid="odd", signal="logs", time_unix_nano=T0 + 10**12 + 5, service="a", class_uid=4002, activity_id=3,
-          severity_id=4, status_id=2, resource={"service.name": "a", "k8s.pod.name": "a-1"},
-          fields={"message": "GET /items/3 served in 40000 ms", "duration": 40_000.0,
-                  "http_request.url.path": "/items/3", "http_request.http_method": "GET",
-                  "actor.user.name": "user3", "src_endpoint.location.country": "KP"})
+ODD = Row(
+    uid="odd",
+    signal="logs",
+    time_unix_nano=T0 + 10**12 + 5,
+    service="a",
+    class_uid=4002,
+    activity_id=3,
+    severity_id=4,
+    status_id=2,
+    resource={"service.name": "a", "k8s.pod.name": "a-1"},
+    fields={
+        "message": "GET /items/3 served in 40000 ms",
+        "duration": 40_000.0,
+        "http_request.url.path": "/items/3",
+        "http_request.http_method": "GET",
+        "actor.user.name": "user3",
+        "src_endpoint.location.country": "KP",
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +63,20 @@ def test_child_scores_exactly_like_the_in_process_scorer(saved):
             np.testing.assert_array_equal(r.is_anomaly, a.is_anomaly)
             np.testing.assert_array_equal(r.embeddings, a.embeddings)
             assert r.rows is batch
-            assert [(x.score, x.raw_score, x.explanation, x.neighbors, x.evidence, x.detected_unix_nano)
-                    for x in r.anomalies] == [(x.score, x.raw_score, x.explanation, x.neighbors, x.evidence,
-                                               x.detected_unix_nano) for x in a.anomalies]
+            assert [
+                (x.score, x.raw_score, x.explanation, x.neighbors, x.evidence, x.detected_unix_nano)
+                for x in r.anomalies
+            ] == [
+                (x.score, x.raw_score, x.explanation, x.neighbors, x.evidence, x.detected_unix_nano)
+                for x in a.anomalies
+            ]
             # the anomalies carry this process's rows, resource attributes included (the event needs them)
             assert all(x.row is y.row for x, y in zip(r.anomalies, a.anomalies, strict=True))
             if b == 1:
                 assert any(x.row is ODD for x in r.anomalies)
-        assert len(local.mv.detector.vectors_) > len(mv.detector.vectors_)  # it did learn; the child too, alike
+        assert len(local.mv.detector.vectors_) > len(
+            mv.detector.vectors_
+        )  # it did learn; the child too, alike
     finally:
         remote.close()
     assert not remote.alive and remote._proc.exitcode == 0
@@ -109,18 +129,26 @@ def test_a_model_the_child_cannot_load_is_an_error(saved, tmp_path):
 
 def test_service_scores_in_the_child_and_stop_drains_then_closes_it(saved, tmp_path):
     """SIGTERM path (Service.stop): the batch in hand is scored and stored, the spool committed, the child gone."""
-    from test_service import T0 as T_LOGS
-    from test_service import logs_request, normal_records, stubs
-
     from receiver.service import Service
     from receiver.settings import Settings
     from storage import MilvusStore
+    from tests.integration.test_service import T0 as T_LOGS
+    from tests.integration.test_service import logs_request, normal_records, stubs
 
     mv, _ = saved
     data = tmp_path / "data"
     mv.save(data / "models")
-    svc = Service(Settings(data_dir=data, grpc_endpoint="localhost:0", http_endpoint="localhost:0",
-                           metrics_endpoint="localhost:0", knn_k=5, batch_wait_ms=3000, batch_rows=100_000))
+    svc = Service(
+        Settings(
+            data_dir=data,
+            grpc_endpoint="localhost:0",
+            http_endpoint="localhost:0",
+            metrics_endpoint="localhost:0",
+            knn_k=5,
+            batch_wait_ms=3000,
+            batch_rows=100_000,
+        )
+    )
     svc.start()
     child = svc.pipeline._scorer
     try:

@@ -52,13 +52,25 @@ def logs_request(records, service="checkout"):
 
 def normal_records(n, start, step_ns=20_000_000, seed=0):
     import random
+
     rng = random.Random(seed)
     out = []
     for i in range(n):
         ms = rng.lognormvariate(3.0, 0.3)
-        out.append((start + i * step_ns, f"GET /cart/{rng.randint(1, 500)} served in {ms:.1f} ms",
-                    {"http.request.method": "GET", "url.path": f"/cart/{rng.randint(1, 500)}",
-                     "http.response.status_code": 200, "duration_ms": ms, "log.record.uid": f"n{seed}-{i}"}, 9))
+        out.append(
+            (
+                start + i * step_ns,
+                f"GET /cart/{rng.randint(1, 500)} served in {ms:.1f} ms",
+                {
+                    "http.request.method": "GET",
+                    "url.path": f"/cart/{rng.randint(1, 500)}",
+                    "http.response.status_code": 200,
+                    "duration_ms": ms,
+                    "log.record.uid": f"n{seed}-{i}",
+                },
+                9,
+            )
+        )
     return out
 
 
@@ -69,9 +81,17 @@ def sink():
 
 
 def make_service(tmp_path, sink, **overrides):
-    settings = Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
-                        export_endpoint=sink.endpoint, bootstrap_rows=600, train_epochs=4, batch_wait_ms=20,
-                        **overrides)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        grpc_endpoint="localhost:0",
+        http_endpoint="localhost:0",
+        metrics_endpoint="localhost:0",
+        export_endpoint=sink.endpoint,
+        bootstrap_rows=600,
+        train_epochs=4,
+        batch_wait_ms=20,
+        **overrides,
+    )
     service = Service(settings)
     service.start()
     return service
@@ -100,7 +120,9 @@ def test_health_and_empty_request(service):
     # stalled every Export call for 250 ms (model/heap.py).
     assert gc.get_freeze_count() > 10_000 and gc.get_threshold()[0] == 20_000
     own = os.getpriority(os.PRIO_PROCESS, 0)  # the Milvus Lite child yields the CPU to the receiver
-    assert os.getpriority(os.PRIO_PROCESS, service.lite.proc.pid) == min(own + service.settings.background_nice, 19)
+    assert os.getpriority(os.PRIO_PROCESS, service.lite.proc.pid) == min(
+        own + service.settings.background_nice, 19
+    )
     status = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
     assert status["state"] == "collecting" and status["bootstrap_rows"] == 600
     assert b"otad_accepted_items" in urllib.request.urlopen(url + "/metrics", timeout=5).read()
@@ -122,13 +144,21 @@ def test_partial_success_names_the_first_bad_span(service):
     _, _, traces = stubs(service)
     req = trace_pb.ExportTraceServiceRequest()
     ss = req.resource_spans.add().scope_spans.add()
-    ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="ok", start_time_unix_nano=T0,
-                 end_time_unix_nano=T0 + 1000)
+    ss.spans.add(
+        trace_id=bytes(range(1, 17)),
+        span_id=bytes(range(1, 9)),
+        name="ok",
+        start_time_unix_nano=T0,
+        end_time_unix_nano=T0 + 1000,
+    )
     ss.spans.add(trace_id=b"\x01\x02", span_id=bytes(range(1, 9)), name="bad", start_time_unix_nano=T0)
     response = traces.Export(req, timeout=5)
     assert response.partial_success.rejected_spans == 1
     assert "1/2 spans rejected" in response.partial_success.error_message
-    assert "record 1" in response.partial_success.error_message or "span 1" in response.partial_success.error_message
+    assert (
+        "record 1" in response.partial_success.error_message
+        or "span 1" in response.partial_success.error_message
+    )
 
 
 def test_wholly_invalid_request_is_invalid_argument(service):
@@ -164,18 +194,39 @@ def test_cold_start_trains_then_emits_anomaly_events(service, sink):
     assert service.pipeline.state == "scoring", service.pipeline.status()
     start = T0 + 900 * 20_000_000
     normal = normal_records(100, start, seed=9)
-    slow = [(start + 50 * 20_000_000 + 1, "GET /cart/77 served in 30123.0 ms",
-             {"http.request.method": "GET", "url.path": "/cart/77", "http.response.status_code": 200,
-              "duration_ms": 30123.0, "log.record.uid": "slow-1"}, 9)]
+    slow = [
+        (
+            start + 50 * 20_000_000 + 1,
+            "GET /cart/77 served in 30123.0 ms",
+            {
+                "http.request.method": "GET",
+                "url.path": "/cart/77",
+                "http.response.status_code": 200,
+                "duration_ms": 30123.0,
+                "log.record.uid": "slow-1",
+            },
+            9,
+        )
+    ]
     logs.Export(logs_request(normal + slow), timeout=5)
-    assert sink.wait_for(lambda: any(
-        kv.key == "anomaly.source.uid" and kv.value.string_value == "slow-1"
-        for _, _, rec in sink.log_records() for kv in rec.attributes), timeout=30)
-    flagged = {kv.value.string_value for _, _, rec in sink.log_records() for kv in rec.attributes
-               if kv.key == "anomaly.source.uid"}
+    assert sink.wait_for(
+        lambda: any(
+            kv.key == "anomaly.source.uid" and kv.value.string_value == "slow-1"
+            for _, _, rec in sink.log_records()
+            for kv in rec.attributes
+        ),
+        timeout=30,
+    )
+    flagged = {
+        kv.value.string_value
+        for _, _, rec in sink.log_records()
+        for kv in rec.attributes
+        if kv.key == "anomaly.source.uid"
+    }
     assert len(flagged - {"slow-1"}) <= 3, flagged  # normal rows are not flooding the sink
-    resource, scope, record = next(x for x in sink.log_records() if any(
-        kv.value.string_value == "slow-1" for kv in x[2].attributes))
+    resource, scope, record = next(
+        x for x in sink.log_records() if any(kv.value.string_value == "slow-1" for kv in x[2].attributes)
+    )
     assert record.event_name == "otad.anomaly" and scope.name == "otad"
     assert {kv.key: kv.value.string_value for kv in resource.attributes}["service.name"] == "checkout"
     assert service.pipeline.wait_idle(10)
@@ -193,7 +244,9 @@ def test_model_of_another_contract_version_means_a_cold_start_not_a_crash(tmp_pa
     from model.version import ModelVersion, fit_version
 
     models = tmp_path / "data" / "models"
-    path = fit_version(make_rows(300), k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128)).save(models)
+    path = fit_version(
+        make_rows(300), k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128)
+    ).save(models)
     doc = json.loads((path / "model.json").read_text())
     doc["contract"]["version"] -= 1
     (path / "model.json").write_text(json.dumps(doc))

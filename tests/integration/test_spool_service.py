@@ -10,10 +10,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from test_service import T0, logs_request, make_service, normal_records, stubs
 
 from receiver.rows.mapper import RowMapper
 from storage.spool import Spool
+from tests.integration.test_service import T0, logs_request, make_service, normal_records, stubs
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,9 @@ def test_spool_is_committed_and_emptied_once_rows_are_stored(tmp_path, sink):
         assert _wait(lambda: spool.uncommitted == 0)
         spool.checkpoint()
         assert spool.segments == 1 and svc.store.count_backlog() == 1000
-        text = urllib.request.urlopen(f"http://localhost:{svc.health.port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://localhost:{svc.health.port}/metrics", timeout=5).read().decode()
+        )
         assert "otad_spool_bytes" in text and "otad_spool_segments 1.0" in text
         assert "otad_spool_fsync_seconds_count" in text
     finally:
@@ -71,7 +73,9 @@ def test_uncommitted_records_are_replayed_at_start_without_duplicates(tmp_path, 
         assert svc.pipeline.wait_idle(20)
         assert svc.store.count_backlog() == 200
         assert _wait(lambda: svc.ingest.spool.uncommitted == 0)
-        text = urllib.request.urlopen(f"http://localhost:{svc.health.port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://localhost:{svc.health.port}/metrics", timeout=5).read().decode()
+        )
         assert "otad_spool_replayed_records_total 3.0" in text
     finally:
         svc.stop(5)
@@ -106,14 +110,28 @@ def test_full_spool_answers_unavailable_with_retry_info(tmp_path, sink):
 
 
 def _slow(start):
-    return [(start + 1, "GET /cart/77 served in 30123.0 ms",
-             {"http.request.method": "GET", "url.path": "/cart/77", "http.response.status_code": 200,
-              "duration_ms": 30123.0, "log.record.uid": "slow-1"}, 9)]
+    return [
+        (
+            start + 1,
+            "GET /cart/77 served in 30123.0 ms",
+            {
+                "http.request.method": "GET",
+                "url.path": "/cart/77",
+                "http.response.status_code": 200,
+                "duration_ms": 30123.0,
+                "log.record.uid": "slow-1",
+            },
+            9,
+        )
+    ]
 
 
 def _events_for(sink, uid):
-    return [rec for _, _, rec in sink.log_records()
-            if any(kv.key == "anomaly.source.uid" and kv.value.string_value == uid for kv in rec.attributes)]
+    return [
+        rec
+        for _, _, rec in sink.log_records()
+        if any(kv.key == "anomaly.source.uid" and kv.value.string_value == uid for kv in rec.attributes)
+    ]
 
 
 def test_a_replayed_anomaly_is_neither_stored_nor_emitted_twice(tmp_path, sink):
@@ -159,8 +177,17 @@ def test_stop_goes_not_ready_finishes_in_flight_batches_and_checkpoints(tmp_path
     from receiver.service import Service
     from receiver.settings import Settings
 
-    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
-                           bootstrap_rows=100_000, batch_wait_ms=3000, batch_rows=100_000))
+    svc = Service(
+        Settings(
+            data_dir=tmp_path / "data",
+            grpc_endpoint="localhost:0",
+            http_endpoint="localhost:0",
+            metrics_endpoint="localhost:0",
+            bootstrap_rows=100_000,
+            batch_wait_ms=3000,
+            batch_rows=100_000,
+        )
+    )
     svc.start()
     url = f"http://localhost:{svc.health.port}/readyz"
     assert urllib.request.urlopen(url, timeout=5).status == 200

@@ -39,12 +39,14 @@ def request(uids: list[str], service: str = "checkout") -> logs_pb.ExportLogsSer
         n = int(uid.rsplit("-", 1)[1])
         lr = sl.log_records.add(time_unix_nano=T0 + n * 1_000_000, severity_number=9)
         lr.body.string_value = f"GET /cart/{n % 500} served in {10 + n % 40} ms"
-        lr.attributes.extend([
-            KeyValue(key="http.request.method", value=AnyValue(string_value="GET")),
-            KeyValue(key="url.path", value=AnyValue(string_value=f"/cart/{n % 500}")),
-            KeyValue(key="duration_ms", value=AnyValue(double_value=10.0 + n % 40)),
-            KeyValue(key="log.record.uid", value=AnyValue(string_value=uid)),
-        ])
+        lr.attributes.extend(
+            [
+                KeyValue(key="http.request.method", value=AnyValue(string_value="GET")),
+                KeyValue(key="url.path", value=AnyValue(string_value=f"/cart/{n % 500}")),
+                KeyValue(key="duration_ms", value=AnyValue(double_value=10.0 + n % 40)),
+                KeyValue(key="log.record.uid", value=AnyValue(string_value=uid)),
+            ]
+        )
     return req
 
 
@@ -53,10 +55,17 @@ class OtadProcess:
 
     def __init__(self, data_dir: Path, milvus_uri: str | None = None, **env: str) -> None:
         self.grpc_port, self.metrics_port = free_port(), free_port()
-        self.env = {**os.environ, "OTAD_DATA_DIR": str(data_dir), "OTAD_GRPC_ENDPOINT": f"localhost:{self.grpc_port}",
-                    "OTAD_METRICS_ENDPOINT": f"localhost:{self.metrics_port}",
-                    "OTAD_HTTP_ENDPOINT": f"localhost:{free_port()}", "OTAD_BOOTSTRAP_ROWS": "10000000",
-                    "OTAD_BATCH_WAIT_MS": "20", "OTAD_LOG_LEVEL": "INFO", **env}
+        self.env = {
+            **os.environ,
+            "OTAD_DATA_DIR": str(data_dir),
+            "OTAD_GRPC_ENDPOINT": f"localhost:{self.grpc_port}",
+            "OTAD_METRICS_ENDPOINT": f"localhost:{self.metrics_port}",
+            "OTAD_HTTP_ENDPOINT": f"localhost:{free_port()}",
+            "OTAD_BOOTSTRAP_ROWS": "10000000",
+            "OTAD_BATCH_WAIT_MS": "20",
+            "OTAD_LOG_LEVEL": "INFO",
+            **env,
+        }
         if milvus_uri:
             self.env["OTAD_MILVUS_URI"] = milvus_uri
         self.log = data_dir.parent / "otad.log"
@@ -65,8 +74,13 @@ class OtadProcess:
 
     def start(self, timeout_s: float = 60.0) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "receiver.cli", "serve"], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "receiver.cli", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.starts += 1
         channel = grpc.insecure_channel(f"localhost:{self.grpc_port}")
         health = health_pb2_grpc.HealthStub(channel)
@@ -74,10 +88,14 @@ class OtadProcess:
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"otad exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"otad exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                    )
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     pass
@@ -112,7 +130,7 @@ def _stat(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def alive(pid: int) -> bool:
@@ -209,10 +227,17 @@ def stored_counts(store: MilvusStore, uids: list[str], collection: str = "backlo
     name = col.BACKLOG_COLLECTION if collection == "backlog" else collection
     counts = dict.fromkeys(uids, 0)
     for start in range(0, len(uids), 1000):
-        part = uids[start:start + 1000]
-        rows = store._call("query", lambda c, p=part: c.query(
-            name, output_fields=["uid"], limit=len(p) * 2, consistency_level=col.STRONG,
-            **store._filter("uid in {uids}", {"uids": p})))
+        part = uids[start : start + 1000]
+        rows = store._call(
+            "query",
+            lambda c, p=part: c.query(
+                name,
+                output_fields=["uid"],
+                limit=len(p) * 2,
+                consistency_level=col.STRONG,
+                **store._filter("uid in {uids}", {"uids": p}),
+            ),
+        )
         for row in rows:
             counts[str(row["uid"])] += 1
     return counts

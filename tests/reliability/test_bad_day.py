@@ -39,7 +39,9 @@ def _lite_servers(data_dir: Path) -> list[int]:
     """Pids of live Milvus Lite servers of this data dir (found by their command line)."""
     needle = str((data_dir / "milvus.db").resolve())
     pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
-    return [pid for pid in pids if alive(pid) and "storage.lite_server" in (cmd := cmdline(pid)) and needle in cmd]
+    return [
+        pid for pid in pids if alive(pid) and "storage.lite_server" in (cmd := cmdline(pid)) and needle in cmd
+    ]
 
 
 @pytest.fixture
@@ -56,8 +58,9 @@ def _poison_request(uids: list[str]):
     records = req.resource_logs[0].scope_logs[0].log_records
     records[0].attributes[-1].value.string_value = "x" * 100 + uids[0]  # log.record.uid, over VARCHAR(64)
     records[1].body.string_value = "10 MiB body " + "y" * (10 << 20)
-    records[2].attributes.extend(KeyValue(key=f"attr.{i}", value=AnyValue(string_value=f"value {i}"))
-                                 for i in range(10_000))
+    records[2].attributes.extend(
+        KeyValue(key=f"attr.{i}", value=AnyValue(string_value=f"value {i}")) for i in range(10_000)
+    )
     return req
 
 
@@ -65,15 +68,16 @@ def test_poison_records_do_not_stop_storage_and_nothing_is_silently_cut(tmp_path
     otad = OtadProcess(tmp_path / "data", milvus)
     otad.start()
     store = MilvusStore(milvus, timeout_s=30)
-    channel = grpc.insecure_channel(f"localhost:{otad.grpc_port}",
-                                    options=[("grpc.max_send_message_length", 64 << 20)])
+    channel = grpc.insecure_channel(
+        f"localhost:{otad.grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
     try:
         stub = logs_grpc.LogsServiceStub(channel)
         poison = [f"p-{i}" for i in range(3)]
         response = stub.Export(_poison_request(poison), timeout=30)
         normal = [f"n-{i}" for i in range(2000)]
         for start in range(0, len(normal), 200):
-            stub.Export(request(normal[start:start + 200]), timeout=10)
+            stub.Export(request(normal[start : start + 200]), timeout=10)
         t0 = time.monotonic()
         assert _wait(lambda: all(uid_counts(store, normal).values()), 30), "normal rows stuck behind poison"
         stored_after_s = time.monotonic() - t0
@@ -87,29 +91,41 @@ def test_poison_records_do_not_stop_storage_and_nothing_is_silently_cut(tmp_path
             for item in page:
                 if item["uid"] not in counts:
                     rows[item["uid"]] = item["row"]
-        letters = [json.loads(line) for line in (tmp_path / "data" / "dead-letter" / "rows.jsonl").read_text()
-                   .splitlines()] if (tmp_path / "data" / "dead-letter" / "rows.jsonl").exists() else []
+        letters = (
+            [
+                json.loads(line)
+                for line in (tmp_path / "data" / "dead-letter" / "rows.jsonl").read_text().splitlines()
+            ]
+            if (tmp_path / "data" / "dead-letter" / "rows.jsonl").exists()
+            else []
+        )
         assert len(rows) + len(letters) + rejected == 3, (list(rows), letters, response)
         for row in rows.values():
             assert row["time_unix_nano"] > 0 and row["fields"].get("otad.truncated"), row
             assert len(json.dumps(row)) <= 16_384
         big = [r for r in rows.values() if "10 MiB body" in str(r["fields"].get("message", ""))]
         assert big, "the 10 MiB record lost its message prefix"
-        metrics = urllib.request.urlopen(f"http://localhost:{otad.metrics_port}/metrics", timeout=5).read().decode()
+        metrics = (
+            urllib.request.urlopen(f"http://localhost:{otad.metrics_port}/metrics", timeout=5).read().decode()
+        )
         assert "otad_bounded_items_total{" in metrics
     finally:
         channel.close()
         store.close()
         assert otad.sigterm(60) == 0
         otad.close()
-    print(f"\npoison: 3 records bounded/dead-lettered/rejected; 2,000 normal rows stored {stored_after_s:.1f} s "
-          f"after the last Export")
+    print(
+        f"\npoison: 3 records bounded/dead-lettered/rejected; 2,000 normal rows stored {stored_after_s:.1f} s "
+        f"after the last Export"
+    )
 
 
 def test_kill9_three_times_while_the_first_model_trains_loses_and_doubles_nothing(tmp_path):
     # Embedded Milvus Lite (otad's own child), so each kill leaves an orphaned Lite server behind.
     data = tmp_path / "data"
-    otad = OtadProcess(data, None, OTAD_BOOTSTRAP_ROWS="3000", OTAD_TRAIN_EPOCHS="3", OTAD_SHUTDOWN_GRACE_S="20")
+    otad = OtadProcess(
+        data, None, OTAD_BOOTSTRAP_ROWS="3000", OTAD_TRAIN_EPOCHS="3", OTAD_SHUTDOWN_GRACE_S="20"
+    )
     otad.start()
     loader = Loader(otad.grpc_port, per_request=50, pause_s=0.05).start()
     states = []
@@ -126,7 +142,9 @@ def test_kill9_three_times_while_the_first_model_trains_loses_and_doubles_nothin
         loader.stop()
     acked = list(loader.acked)
     assert len(acked) >= 3000, (len(acked), loader.errors)
-    assert _wait(lambda: _status(otad)["backlog_rows"] == 0 and _status(otad)["queued_rows"] == 0, 120), _status(otad)
+    assert _wait(lambda: _status(otad)["backlog_rows"] == 0 and _status(otad)["queued_rows"] == 0, 120), (
+        _status(otad)
+    )
     assert otad.sigterm(60) == 0
     otad.close()
     assert _wait(lambda: not _lite_servers(data), 10), f"orphaned Milvus Lite servers: {_lite_servers(data)}"
@@ -139,8 +157,10 @@ def test_kill9_three_times_while_the_first_model_trains_loses_and_doubles_nothin
     doubled = [u for u, c in counts.items() if c > 1]
     assert not lost, f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
     assert not doubled, f"{len(doubled)} records stored more than once, e.g. {doubled[:5]}"
-    print(f"\nkill -9 x3 (states at the kills: {states}): {len(acked)} acknowledged, 0 lost, 0 stored twice; "
-          f"client retries: {loader.errors}")
+    print(
+        f"\nkill -9 x3 (states at the kills: {states}): {len(acked)} acknowledged, 0 lost, 0 stored twice; "
+        f"client retries: {loader.errors}"
+    )
 
 
 def test_a_crash_during_the_first_training_still_ends_in_scoring(tmp_path, milvus):
@@ -151,7 +171,7 @@ def test_a_crash_during_the_first_training_still_ends_in_scoring(tmp_path, milvu
     try:
         stub = logs_grpc.LogsServiceStub(channel)
         for start in range(0, len(uids), 250):
-            stub.Export(request(uids[start:start + 250]), timeout=10)
+            stub.Export(request(uids[start : start + 250]), timeout=10)
         assert _wait(lambda: _status(otad)["state"] == "training", 60), _status(otad)
         otad.kill9()  # mid-training: no model was saved
     finally:
@@ -166,7 +186,9 @@ def test_a_crash_during_the_first_training_still_ends_in_scoring(tmp_path, milvu
             counts = uid_counts(store, uids)
         finally:
             store.close()
-        assert set(counts.values()) == {1}, {c: sum(1 for v in counts.values() if v == c) for c in set(counts.values())}
+        assert set(counts.values()) == {1}, {
+            c: sum(1 for v in counts.values() if v == c) for c in set(counts.values())
+        }
     finally:
         assert otad.sigterm(60) == 0
         otad.close()

@@ -61,7 +61,9 @@ def test_kill9_of_otad_serve_ends_its_milvus_lite_server(tmp_path):
 
 
 def test_kill9_of_otad_serve_ends_its_scoring_child_under_load(tmp_path):
-    otad = _otad(tmp_path / "data", OTAD_BOOTSTRAP_ROWS="300", OTAD_TRAIN_EPOCHS="2", OTAD_SCORE_PROCESS="true")
+    otad = _otad(
+        tmp_path / "data", OTAD_BOOTSTRAP_ROWS="300", OTAD_TRAIN_EPOCHS="2", OTAD_SCORE_PROCESS="true"
+    )
     otad.start()
     loader = None
     try:
@@ -73,7 +75,9 @@ def test_kill9_of_otad_serve_ends_its_scoring_child_under_load(tmp_path):
             assert time.monotonic() < deadline, readyz(otad.metrics_port)
             time.sleep(0.2)
         children = _children(otad)
-        scorer = [pid for pid, cmd in children.items() if "multiprocessing.spawn" in cmd and "spawn_main" in cmd]
+        scorer = [
+            pid for pid, cmd in children.items() if "multiprocessing.spawn" in cmd and "spawn_main" in cmd
+        ]
         assert scorer, children
         loader = Loader(otad.grpc_port, per_request=200, prefix="s").start()  # the child is busy, or waiting
         time.sleep(1.0)
@@ -88,7 +92,9 @@ def test_kill9_of_otad_serve_ends_its_scoring_child_under_load(tmp_path):
         otad.close()
 
 
-REPO = Path(__file__).resolve().parents[2]  # the helper runs here, so `tests.helpers` imports (sys.path[0] is "")
+REPO = (
+    Path(__file__).resolve().parents[2]
+)  # the helper runs here, so `tests.helpers` imports (sys.path[0] is "")
 
 SCORE_HELPER = """
 import sys, time
@@ -118,12 +124,18 @@ def test_scoring_child_busy_on_a_batch_exits_when_its_parent_is_killed(tmp_path)
     from model.version import fit_version
     from tests.helpers import make_rows
 
-    path = fit_version(make_rows(900), k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128)
-                       ).save(tmp_path / "models")
+    path = fit_version(
+        make_rows(900), k=5, embed_dim=8, train_config=TrainConfig(epochs=1, batch_size=128)
+    ).save(tmp_path / "models")
     err = tmp_path / "helper.err"
     with open(err, "wb") as stderr:
-        helper = subprocess.Popen([sys.executable, "-c", SCORE_HELPER, str(path)], stdout=subprocess.PIPE,
-                                  stderr=stderr, text=True, cwd=REPO)
+        helper = subprocess.Popen(
+            [sys.executable, "-c", SCORE_HELPER, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+        )
     try:
         child = int(helper.stdout.readline())
         time.sleep(1.0)  # unpickling the batch, then scoring it
@@ -147,10 +159,17 @@ def test_orphaned_lite_server_is_stopped_at_the_next_start(tmp_path):
     owned it died; that owner is a helper process with the same ownership record, killed with SIGKILL."""
     db = tmp_path / "data" / "milvus.db"
     helper = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom storage.lite_process import LiteServerProcess\n"
-         "lite = LiteServerProcess(sys.argv[1], role='otad serve')\nlite.start()\n"
-         "print(lite.proc.pid, flush=True)\ntime.sleep(600)", str(db)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom storage.lite_process import LiteServerProcess\n"
+            "lite = LiteServerProcess(sys.argv[1], role='otad serve')\nlite.start()\n"
+            "print(lite.proc.pid, flush=True)\ntime.sleep(600)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         orphan = int(helper.stdout.readline())
         os.kill(orphan, signal.SIGSTOP)
@@ -189,13 +208,22 @@ def test_second_otad_serve_on_the_same_data_dir_exits_with_a_clear_message(tmp_p
     try:
         lite = lite_server_pids(tmp_path / "data" / "milvus.db")
         second = _otad(tmp_path / "data")
-        out = subprocess.run([sys.executable, "-m", "receiver.cli", "serve"], env=second.env, capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "receiver.cli", "serve"],
+            env=second.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode != 0
-        assert out.stderr.strip().splitlines()[-1] == \
-            f"otad: another otad serve (pid {first.pid}) is using {(tmp_path / 'data').resolve()}", out.stderr
+        assert (
+            out.stderr.strip().splitlines()[-1]
+            == f"otad: another otad serve (pid {first.pid}) is using {(tmp_path / 'data').resolve()}"
+        ), out.stderr
         assert first.proc.poll() is None and lite_server_pids(tmp_path / "data" / "milvus.db") == lite
-        assert running_endpoint(tmp_path / "data" / "milvus.db")  # CLI commands still share the running server
+        assert running_endpoint(
+            tmp_path / "data" / "milvus.db"
+        )  # CLI commands still share the running server
     finally:
         assert first.sigterm(60) == 0
         first.close()
@@ -208,7 +236,9 @@ def test_an_owner_pid_reused_by_another_process_is_not_the_owner(tmp_path):
     db.parent.mkdir()
     endpoint = db.parent / ENDPOINT_FILE
     me = {"pid": os.getpid(), "start": 1, "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip()}
-    endpoint.write_text(json.dumps({"uri": "http://127.0.0.1:1", "pid": None, "role": "otad serve", "owner": me}))
+    endpoint.write_text(
+        json.dumps({"uri": "http://127.0.0.1:1", "pid": None, "role": "otad serve", "owner": me})
+    )
     assert running_endpoint(db) is None
     reclaim(db)
     assert not endpoint.exists()

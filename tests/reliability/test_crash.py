@@ -69,15 +69,23 @@ def test_kill9_three_times_mid_stream_loses_and_duplicates_nothing(tmp_path, mil
         store.close()
         assert otad.sigterm(60) == 0
         otad.close()
-    print(f"\nkill -9 x3 ({fsync}): {len(acked)} acknowledged, 0 lost, 0 duplicated; "
-          f"client retries: {loader.errors}; spool replays at start: {len(replay_lines)}")
+    print(
+        f"\nkill -9 x3 ({fsync}): {len(acked)} acknowledged, 0 lost, 0 duplicated; "
+        f"client retries: {loader.errors}; spool replays at start: {len(replay_lines)}"
+    )
 
 
 def test_sigterm_drains_then_exits_0_and_leftovers_replay_at_next_start(tmp_path, milvus):
     _, uri = milvus
     # A slow pipeline (big batches, long batch wait) and no grace: SIGTERM leaves queued rows behind.
-    otad = OtadProcess(tmp_path / "data", uri, OTAD_SHUTDOWN_GRACE_S="0", OTAD_BATCH_WAIT_MS="5000",
-                       OTAD_BATCH_ROWS="100000", OTAD_QUEUE_ROWS="200000")
+    otad = OtadProcess(
+        tmp_path / "data",
+        uri,
+        OTAD_SHUTDOWN_GRACE_S="0",
+        OTAD_BATCH_WAIT_MS="5000",
+        OTAD_BATCH_ROWS="100000",
+        OTAD_QUEUE_ROWS="200000",
+    )
     otad.start()
     loader = Loader(otad.grpc_port, per_request=200, prefix="t").start()
     time.sleep(1.5)

@@ -33,8 +33,18 @@ def test_milvus_down_keeps_accepting_into_the_spool_then_catches_up(tmp_path):
     lite = LiteServerProcess(tmp_path / "milvus" / "milvus.db")
     uri = lite.start()
     port = urlsplit(uri).port
-    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
-                           milvus_uri=uri, milvus_timeout_s=2, bootstrap_rows=10_000_000, batch_wait_ms=20))
+    svc = Service(
+        Settings(
+            data_dir=tmp_path / "data",
+            grpc_endpoint="localhost:0",
+            http_endpoint="localhost:0",
+            metrics_endpoint="localhost:0",
+            milvus_uri=uri,
+            milvus_timeout_s=2,
+            bootstrap_rows=10_000_000,
+            batch_wait_ms=20,
+        )
+    )
     svc.start()
     try:
         stub = logs_grpc.LogsServiceStub(grpc.insecure_channel(f"localhost:{svc.grpc_port}"))
@@ -92,23 +102,55 @@ def _normal(n, start, seed):
     import random
 
     rng = random.Random(seed)
-    return [(start + i * 20_000_000, f"GET /cart/{rng.randint(1, 500)} served in {rng.lognormvariate(3, .3):.1f} ms",
-             {"http.request.method": "GET", "url.path": f"/cart/{rng.randint(1, 500)}",
-              "http.response.status_code": 200, "duration_ms": rng.lognormvariate(3.0, 0.3),
-              "log.record.uid": f"n{seed}-{i}"}, 9) for i in range(n)]
+    return [
+        (
+            start + i * 20_000_000,
+            f"GET /cart/{rng.randint(1, 500)} served in {rng.lognormvariate(3, 0.3):.1f} ms",
+            {
+                "http.request.method": "GET",
+                "url.path": f"/cart/{rng.randint(1, 500)}",
+                "http.response.status_code": 200,
+                "duration_ms": rng.lognormvariate(3.0, 0.3),
+                "log.record.uid": f"n{seed}-{i}",
+            },
+            9,
+        )
+        for i in range(n)
+    ]
 
 
 def _slow(uid, t):
-    return [(t, "GET /cart/77 served in 30123.0 ms", {"http.request.method": "GET", "url.path": "/cart/77",
-                                                      "http.response.status_code": 200, "duration_ms": 30123.0,
-                                                      "log.record.uid": uid}, 9)]
+    return [
+        (
+            t,
+            "GET /cart/77 served in 30123.0 ms",
+            {
+                "http.request.method": "GET",
+                "url.path": "/cart/77",
+                "http.response.status_code": 200,
+                "duration_ms": 30123.0,
+                "log.record.uid": uid,
+            },
+            9,
+        )
+    ]
 
 
 def test_export_endpoint_down_events_are_retried_and_kept(tmp_path):
     port = free_port()  # nothing listens here yet: the export endpoint is down
-    svc = Service(Settings(data_dir=tmp_path / "data", grpc_endpoint="localhost:0", http_endpoint="localhost:0", metrics_endpoint="localhost:0",
-                           export_endpoint=f"localhost:{port}", export_timeout_s=3, bootstrap_rows=600,
-                           train_epochs=4, batch_wait_ms=20))
+    svc = Service(
+        Settings(
+            data_dir=tmp_path / "data",
+            grpc_endpoint="localhost:0",
+            http_endpoint="localhost:0",
+            metrics_endpoint="localhost:0",
+            export_endpoint=f"localhost:{port}",
+            export_timeout_s=3,
+            bootstrap_rows=600,
+            train_epochs=4,
+            batch_wait_ms=20,
+        )
+    )
     svc.start()
     sink = OtlpSink()
     try:
@@ -126,8 +168,14 @@ def test_export_endpoint_down_events_are_retried_and_kept(tmp_path):
         sink.start(port)
         sink.fail_next(1, grpc.StatusCode.UNAVAILABLE, retry_delay_s=0.2)
         stub.Export(logs_request(_slow("slow-up", t + 2 * 20_000_000)), timeout=5)
-        assert sink.wait_for(lambda: any(kv.value.string_value == "slow-up" for _, _, rec in sink.log_records()
-                                         for kv in rec.attributes), timeout=30)
+        assert sink.wait_for(
+            lambda: any(
+                kv.value.string_value == "slow-up"
+                for _, _, rec in sink.log_records()
+                for kv in rec.attributes
+            ),
+            timeout=30,
+        )
         assert any(c.code == grpc.StatusCode.UNAVAILABLE for c in sink.calls)
         assert "slow-up" in {a["source_uid"] for a in svc.store.latest_anomalies(50)}
     finally:

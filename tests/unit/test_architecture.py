@@ -48,7 +48,8 @@ def source_files() -> list[Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -74,8 +75,9 @@ def imports_of(path: Path, root: Path = ROOT) -> Iterator[Import]:
                 yield Import(module, target, node.lineno, lazy, type_only)
         for child in ast.iter_child_nodes(node):
             in_function = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-            in_type_block = type_only or (isinstance(node, ast.If) and _is_type_checking(node.test)
-                                          and child in node.body)
+            in_type_block = type_only or (
+                isinstance(node, ast.If) and _is_type_checking(node.test) and child in node.body
+            )
             yield from visit(child, in_function, in_type_block)
 
     yield from visit(ast.parse(path.read_text(), str(path)), False, False)
@@ -179,8 +181,11 @@ def test_no_import_cycles():
 
 
 def test_no_file_over_the_line_limit():
-    long_files = [f"{p.relative_to(ROOT)}: {n} lines" for p in source_files()
-                  if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES]
+    long_files = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p in source_files()
+        if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES
+    ]
     assert not long_files, f"files over {MAX_FILE_LINES} lines:\n" + "\n".join(long_files)
 
 
@@ -195,16 +200,23 @@ def test_no_function_over_the_line_limit_without_a_reason():
                 long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
     assert not long_functions, (
         f"functions over {MAX_FUNCTION_LINES} lines without `{LONG_MARKER} <reason>` in their docstring:\n"
-        + "\n".join(long_functions))
+        + "\n".join(long_functions)
+    )
 
 
 def test_the_checker_sees_lazy_relative_and_type_only_imports(tmp_path):
     """The parser itself: an import inside a function, a relative import and a TYPE_CHECKING import are found."""
     pkg = tmp_path / "receiver"
     pkg.mkdir()
-    code = ("from typing import TYPE_CHECKING\nfrom .rows import mapper\nif TYPE_CHECKING:\n    import model.x\n"
-            "def f():\n    import sim.world\n")
+    code = (
+        "from typing import TYPE_CHECKING\nfrom .rows import mapper\nif TYPE_CHECKING:\n    import model.x\n"
+        "def f():\n    import sim.world\n"
+    )
     (pkg / "cli.py").write_text(code)
     got = {(i.target, i.lazy, i.type_only) for i in imports_of(pkg / "cli.py", tmp_path)}
-    assert {("receiver.rows.mapper", False, False), ("model.x", False, True), ("sim.world", True, False)} <= got
+    assert {
+        ("receiver.rows.mapper", False, False),
+        ("model.x", False, True),
+        ("sim.world", True, False),
+    } <= got
     assert strongly_connected({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]

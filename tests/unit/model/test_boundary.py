@@ -27,16 +27,38 @@ T0 = 1_762_041_600_000_000_000
 def rows(n: int = 6) -> list[Row]:
     """Rows of every signal, every field set to a value that differs from its default."""
     signals = ("logs", "traces", "metrics")
-    return [Row(uid=f"u{i}", signal=signals[i % 3], time_unix_nano=T0 + i, service=f"svc{i % 2}", class_uid=4002 + i,
-                activity_id=i + 1, severity_id=i + 2, status_id=i % 3, trace_id=f"{i:032x}", span_id=f"{i:016x}",
-                fields={"message": f"m{i}", "duration": 1.5 * i, "http_response.code": 200 + i, "ok": i % 2 == 0},
-                resource={"service.name": f"svc{i % 2}"}) for i in range(n)]
+    return [
+        Row(
+            uid=f"u{i}",
+            signal=signals[i % 3],
+            time_unix_nano=T0 + i,
+            service=f"svc{i % 2}",
+            class_uid=4002 + i,
+            activity_id=i + 1,
+            severity_id=i + 2,
+            status_id=i % 3,
+            trace_id=f"{i:032x}",
+            span_id=f"{i:016x}",
+            fields={"message": f"m{i}", "duration": 1.5 * i, "http_response.code": 200 + i, "ok": i % 2 == 0},
+            resource={"service.name": f"svc{i % 2}"},
+        )
+        for i in range(n)
+    ]
 
 
 def anomaly(row: Row, i: int) -> Anomaly:
-    return Anomaly(row, score=60.0 + i, raw_score=1.25 * i, threshold=50.0, detector="knn-embedding",
-                   model_version="v1-abc", explanation=f"Unusual span {i}.", neighbors=(f"n{i}", "n9"),
-                   evidence=(("duration", str(i), "12"),), detected_unix_nano=T0 + 100 + i)
+    return Anomaly(
+        row,
+        score=60.0 + i,
+        raw_score=1.25 * i,
+        threshold=50.0,
+        detector="knn-embedding",
+        model_version="v1-abc",
+        explanation=f"Unusual span {i}.",
+        neighbors=(f"n{i}", "n9"),
+        evidence=(("duration", str(i), "12"),),
+        detected_unix_nano=T0 + 100 + i,
+    )
 
 
 def roundtrip(cols: dict) -> dict:
@@ -112,15 +134,33 @@ def test_columns_of_unequal_length_are_an_error():
 
 @pytest.mark.parametrize("other", [BOUNDARY_VERSION + 1, BOUNDARY_VERSION - 1, None, str(BOUNDARY_VERSION)])
 def test_another_boundary_version_fails_clearly(other):
-    with pytest.raises(BoundaryError, match=rf"boundary version mismatch: this process speaks {BOUNDARY_VERSION}"):
+    with pytest.raises(
+        BoundaryError, match=rf"boundary version mismatch: this process speaks {BOUNDARY_VERSION}"
+    ):
         check_boundary_version(other)
     check_boundary_version(BOUNDARY_VERSION)
 
 
 def test_columns_pickle_no_larger_than_tuples():
     """The payload of 4,096 rows stays within 5% of the positional tuples it replaced."""
-    batch = [replace(r, uid=f"row-{i}", fields={**r.fields, "message": f"GET /items/{i} served in {i % 50} ms"})
-             for i, r in enumerate(rows(6) * 683)][:4096]
-    tuples = [(r.uid, r.signal, r.time_unix_nano, r.service, r.class_uid, r.activity_id, r.severity_id,
-               r.status_id, r.fields, r.trace_id, r.span_id) for r in batch]
+    batch = [
+        replace(r, uid=f"row-{i}", fields={**r.fields, "message": f"GET /items/{i} served in {i % 50} ms"})
+        for i, r in enumerate(rows(6) * 683)
+    ][:4096]
+    tuples = [
+        (
+            r.uid,
+            r.signal,
+            r.time_unix_nano,
+            r.service,
+            r.class_uid,
+            r.activity_id,
+            r.severity_id,
+            r.status_id,
+            r.fields,
+            r.trace_id,
+            r.span_id,
+        )
+        for r in batch
+    ]
     assert len(pickle.dumps(rows_to_columns(batch))) <= 1.05 * len(pickle.dumps(tuples))

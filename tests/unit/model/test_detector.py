@@ -109,8 +109,10 @@ def test_each_signal_gets_its_own_calibration():
     new_tight = (0.02 * rng.normal(size=(4000, 6))).astype(np.float32)
     new_noisy = (0.2 * rng.normal(size=(4000, 6)) + 3.0).astype(np.float32)
     out_tight = (0.02 * rng.normal(size=(50, 6)) + 0.1 * np.eye(6)[0]).astype(np.float32)
-    raw = {name: shared.decision_function(x)[0] for name, x in
-           (("tight", new_tight), ("noisy", new_noisy), ("out", out_tight))}
+    raw = {
+        name: shared.decision_function(x)[0]
+        for name, x in (("tight", new_tight), ("noisy", new_noisy), ("out", out_tight))
+    }
 
     def rate(det, name, group):
         return float((det.score(raw[name], [group] * len(raw[name])) >= det.threshold_).mean())
@@ -158,7 +160,9 @@ def test_deviant_rows_never_become_reference_rows():
     times, uids = np.arange(len(vectors)), [str(i) for i in range(len(vectors))]
     repeat = unit(elsewhere + 0.05 * rng.normal(size=(20, 8)))
     kept = KnnDetector(k=10).fit(vectors, uids, times=times)
-    assert (kept.score(kept.decision_function(repeat)[0]) < kept.threshold_).all()  # the incident looks normal
+    assert (
+        kept.score(kept.decision_function(repeat)[0]) < kept.threshold_
+    ).all()  # the incident looks normal
     marked = KnnDetector(k=10).fit(vectors, uids, times=times, deviant=deviant)
     assert not set(marked.uids_) & {str(i) for i in spread}
     assert (marked.score(marked.decision_function(repeat)[0]) >= marked.threshold_).all()

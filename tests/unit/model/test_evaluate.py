@@ -65,8 +65,12 @@ def test_average_precision_without_positives_is_nan(caplog):
 
 @pytest.mark.parametrize(
     ("y", "s", "message"),
-    [([0, 2], [1.0, 2.0], "0 or 1"), ([0, 1], [1.0, np.nan], "finite"), ([0, 1], [1.0], "equal length"),
-     ([], [], "no rows")],
+    [
+        ([0, 2], [1.0, 2.0], "0 or 1"),
+        ([0, 1], [1.0, np.nan], "finite"),
+        ([0, 1], [1.0], "equal length"),
+        ([], [], "no rows"),
+    ],
 )
 def test_bad_metric_input_raises(y, s, message):
     with pytest.raises(ValueError, match=message):
@@ -94,30 +98,47 @@ def test_pr_curve_recall_is_monotonic():
 
 
 def _score_row(uid, signal, t, score, is_anomaly):
-    return {"uid": uid, "signal": signal, "time_unix_nano": t, "service": "checkout", "score": score,
-            "raw_score": score / 100, "threshold": 75.0, "is_anomaly": is_anomaly}
+    return {
+        "uid": uid,
+        "signal": signal,
+        "time_unix_nano": t,
+        "service": "checkout",
+        "score": score,
+        "raw_score": score / 100,
+        "threshold": 75.0,
+        "is_anomaly": is_anomaly,
+    }
 
 
 @pytest.fixture
 def files(tmp_path):
     scores = tmp_path / "scores.csv"
-    write_score_file(scores, [
-        _score_row("u1", "logs", 1, 5.0, 0),
-        _score_row("u2", "traces", 2, 15.0, 0),
-        _score_row("u3", "traces", 3, 95.0, 1),  # labelled latency, before the split
-        _score_row("u4", "logs", 4, 10.0, 0),
-        _score_row("u5", "traces", 5, 80.0, 1),  # false positive
-        _score_row("u6", "logs", 6, 90.0, 1),  # caught
-        _score_row("u7", "traces", 7, 70.0, 0),  # missed
-        _score_row("u8", "traces", 8, 20.0, 0),
-    ])
+    write_score_file(
+        scores,
+        [
+            _score_row("u1", "logs", 1, 5.0, 0),
+            _score_row("u2", "traces", 2, 15.0, 0),
+            _score_row("u3", "traces", 3, 95.0, 1),  # labelled latency, before the split
+            _score_row("u4", "logs", 4, 10.0, 0),
+            _score_row("u5", "traces", 5, 80.0, 1),  # false positive
+            _score_row("u6", "logs", 6, 90.0, 1),  # caught
+            _score_row("u7", "traces", 7, 70.0, 0),  # missed
+            _score_row("u8", "traces", 8, 20.0, 0),
+        ],
+    )
     labels = tmp_path / "labels.csv"
     with open(labels, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["uid", "signal", "kind", "time_unix_nano", "service"])
-        w.writerows([["u0", "logs", "error", 0, "checkout"], ["u3", "traces", "latency", 3, "checkout"],
-                     ["u6", "logs", "error", 6, "checkout"], ["u7", "traces", "error", 7, "checkout"],
-                     ["u9", "logs", "error", 9, "checkout"]])
+        w.writerows(
+            [
+                ["u0", "logs", "error", 0, "checkout"],
+                ["u3", "traces", "latency", 3, "checkout"],
+                ["u6", "logs", "error", 6, "checkout"],
+                ["u7", "traces", "error", 7, "checkout"],
+                ["u9", "logs", "error", 9, "checkout"],
+            ]
+        )
     return scores, labels
 
 
@@ -129,8 +150,14 @@ def test_evaluate_after_the_split(files):
     assert (r.threshold, r.precision, r.recall, r.f1) == (75.0, 0.5, 0.5, 0.5)  # from is_anomaly only
     assert r.best_f1 == pytest.approx(0.8) and r.best_f1_threshold == 70.0  # score >= 70: P 2/3, R 1
     assert r.recall_by_kind == {"error": (1, 3)}  # u6 caught, u7 missed, u9 not scored
-    assert r.by_signal["logs"] == {"n": 2, "positives": 1, "auroc": 1.0, "ap": 1.0, "precision": 1.0,
-                                   "recall": 1.0}
+    assert r.by_signal["logs"] == {
+        "n": 2,
+        "positives": 1,
+        "auroc": 1.0,
+        "ap": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+    }
     traces = r.by_signal["traces"]
     assert (traces["auroc"], traces["precision"], traces["recall"]) == (0.5, 0.0, 0.0)
 
@@ -164,9 +191,21 @@ def test_empty_window_is_an_error(files):
 
 def test_format_report_shows_baselines_kinds_and_signals(files):
     otad = evaluate(*files, since_ns=4)
-    baseline = Report(n=5, positives=2, auroc=0.5, average_precision=0.4, threshold=99.0, precision=math.nan,
-                      recall=0.0, f1=0.0, best_f1=0.5, best_f1_threshold=1.0, recall_by_kind={"error": (0, 3)},
-                      by_signal={}, unscored_labels=1)
+    baseline = Report(
+        n=5,
+        positives=2,
+        auroc=0.5,
+        average_precision=0.4,
+        threshold=99.0,
+        precision=math.nan,
+        recall=0.0,
+        f1=0.0,
+        best_f1=0.5,
+        best_f1_threshold=1.0,
+        recall_by_kind={"error": (0, 3)},
+        by_signal={},
+        unscored_labels=1,
+    )
     text = format_report(otad, {"latency-zscore": baseline})
     header = text.splitlines()[0]
     assert "otad" in header and "latency-zscore" in header
@@ -179,8 +218,11 @@ def test_plot_pr_writes_a_png(tmp_path):
     y, s = np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
     precision, recall, _ = pr_curve(y, s)
     out = tmp_path / "pr.png"
-    plot_pr({"otad": (precision, recall), "random": (np.array([0.5, 1.0]), np.array([1.0, 0.0]))}, out,
-            operating_point=(0.75, 0.66))
+    plot_pr(
+        {"otad": (precision, recall), "random": (np.array([0.5, 1.0]), np.array([1.0, 0.0]))},
+        out,
+        operating_point=(0.75, 0.66),
+    )
     assert out.stat().st_size > 1000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -190,9 +232,22 @@ def test_cli_prints_report_and_writes_json(files, tmp_path, capsys):
     write_score_file(baseline, baseline_score_rows(rows, random_baseline([r["uid"] for r in rows], seed=1)))
     parser = argparse.ArgumentParser()
     evaluate_cmd.add_arguments(parser)
-    args = parser.parse_args(["--scores", str(files[0]), "--labels", str(files[1]), "--since", "4",
-                              "--baseline", f"random={baseline}", "--json", str(tmp_path / "r.json"),
-                              "--plot", str(tmp_path / "pr.png")])
+    args = parser.parse_args(
+        [
+            "--scores",
+            str(files[0]),
+            "--labels",
+            str(files[1]),
+            "--since",
+            "4",
+            "--baseline",
+            f"random={baseline}",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "pr.png"),
+        ]
+    )
     assert evaluate_cmd.run(args) == 0
     assert "random" in capsys.readouterr().out.splitlines()[0]
     payload = json.loads((tmp_path / "r.json").read_text())
@@ -207,14 +262,25 @@ def test_cli_prints_report_and_writes_json(files, tmp_path, capsys):
 
 
 def _record(uid, t, duration_ms, service="checkout", signal="traces", value=None, series=None):
-    return {"uid": uid, "time_unix_nano": t, "service": service, "signal": signal, "duration_ms": duration_ms,
-            "value": value, "series": series}
+    return {
+        "uid": uid,
+        "time_unix_nano": t,
+        "service": service,
+        "signal": signal,
+        "duration_ms": duration_ms,
+        "value": value,
+        "series": series,
+    }
 
 
 def test_zscore_ranks_the_latency_outlier_first():
     records = [_record(f"n{i}", i, 10.0 + (i % 4)) for i in range(20)]
-    records += [_record("slow", 25, 900.0), _record("normal", 26, 11.0), _record("no-duration", 27, None),
-                _record("unseen-service", 28, 5000.0, service="new")]
+    records += [
+        _record("slow", 25, 900.0),
+        _record("normal", 26, 11.0),
+        _record("no-duration", 27, None),
+        _record("unseen-service", 28, 5000.0, service="new"),
+    ]
     scores = zscore_baseline(records, since_ns=20)
     ranked = sorted(scores, key=scores.get, reverse=True)
     assert ranked[0] == "slow" and scores["slow"] > 10 * scores["normal"]
@@ -223,7 +289,9 @@ def test_zscore_ranks_the_latency_outlier_first():
 
 def test_zscore_fits_only_on_pre_split_records():
     before = [_record(f"b{i}", i, 10.0 + i % 3) for i in range(6)]
-    after = [_record(f"a{i}", 100 + i, 1000.0 + 10 * i) for i in range(30)]  # would dominate a fit on all rows
+    after = [
+        _record(f"a{i}", 100 + i, 1000.0 + 10 * i) for i in range(30)
+    ]  # would dominate a fit on all rows
     scores = zscore_baseline(before + after, since_ns=100)
     assert min(scores[f"a{i}"] for i in range(30)) > 10
     assert max(scores[f"b{i}"] for i in range(6)) < 2
@@ -232,10 +300,15 @@ def test_zscore_fits_only_on_pre_split_records():
 
 
 def test_zscore_scores_metric_values_per_series():
-    records = [_record(f"{k}{i}", i, None, signal="metrics", value=base + i % 2, series=k)
-               for k, base in (("cpu", 0.5), ("mem", 500.0)) for i in range(10)]
-    records += [_record("cpu-spike", 20, None, signal="metrics", value=9.0, series="cpu"),
-                _record("mem-usual", 21, None, signal="metrics", value=500.5, series="mem")]
+    records = [
+        _record(f"{k}{i}", i, None, signal="metrics", value=base + i % 2, series=k)
+        for k, base in (("cpu", 0.5), ("mem", 500.0))
+        for i in range(10)
+    ]
+    records += [
+        _record("cpu-spike", 20, None, signal="metrics", value=9.0, series="cpu"),
+        _record("mem-usual", 21, None, signal="metrics", value=500.5, series="mem"),
+    ]
     scores = zscore_baseline(records, since_ns=10)
     assert scores["cpu-spike"] > 5 and scores["mem-usual"] < 2
 
@@ -262,4 +335,6 @@ def test_auroc_equals_pairwise_count_with_ties():
     y = (rng.random(200) < 0.3).astype(int)
     s = rng.integers(0, 10, 200).astype(float)  # heavy ties
     pos, neg = s[y == 1][:, None], s[y == 0][None, :]
-    assert auroc(y, s) == pytest.approx(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+    assert auroc(y, s) == pytest.approx(
+        ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
+    )

@@ -12,16 +12,19 @@ import pytest
 from model.context import PAIR_SATURATION, ContextTracker
 from model.features import MISSING, OOV, FeatureContract, message_duration_ms, subnet, ua_family, url_template
 from model.templates import TemplateMatcher, mine
-from tests.helpers import T0, make_rows  # noqa: F401 (other test modules import them from here)
+from tests.helpers import make_rows
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/api/users/123", "/api/users/{id}"),
-    ("/api/users/123/orders?x=1", "/api/users/{id}/orders"),
-    ("/o/3f2a9c1e-aaaa-bbbb-cccc-111122223333", "/o/{id}"),
-    ("/products/sku-88a1", "/products/{id}"),
-    ("/health", "/health"),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/users/123", "/api/users/{id}"),
+        ("/api/users/123/orders?x=1", "/api/users/{id}/orders"),
+        ("/o/3f2a9c1e-aaaa-bbbb-cccc-111122223333", "/o/{id}"),
+        ("/products/sku-88a1", "/products/{id}"),
+        ("/health", "/health"),
+    ],
+)
 def test_url_template(path, expected):
     assert url_template(path) == expected
 
@@ -32,7 +35,9 @@ def test_ua_family_and_subnet():
 
 
 def test_templates_mined_and_matched():
-    msgs = [f"user u{i} logged in from 10.0.0.{i}" for i in range(20)] + [f"order {i} placed" for i in range(20)]
+    msgs = [f"user u{i} logged in from 10.0.0.{i}" for i in range(20)] + [
+        f"order {i} placed" for i in range(20)
+    ]
     templates = mine(msgs)
     matcher = TemplateMatcher(templates)
     assert matcher.match("user bob logged in from 1.2.3.4") >= 0
@@ -82,14 +87,21 @@ def test_contract_version_mismatch_is_refused():
 
 def test_context_first_seen_pair_and_source_failures():
     tracker = ContextTracker()
-    base = {"service": "auth", "actor.user.name": "ann", "src_endpoint.location.country": "DE", "failed": False}
+    base = {
+        "service": "auth",
+        "actor.user.name": "ann",
+        "src_endpoint.location.country": "DE",
+        "failed": False,
+    }
     first = tracker.update(dict(base), 0)
     for t in range(1, 40):
         later = tracker.update(dict(base), t * 1000)
     assert first["ctx.seen_user_country"] == 0.0
     assert later["ctx.seen_user_country"] == pytest.approx(math.log1p(PAIR_SATURATION))
-    fails = [tracker.update({"service": "auth", "src_endpoint.ip": "203.0.113.9", "failed": True}, 50_000 + i)
-             for i in range(30)]
+    fails = [
+        tracker.update({"service": "auth", "src_endpoint.ip": "203.0.113.9", "failed": True}, 50_000 + i)
+        for i in range(30)
+    ]
     assert fails[-1]["ctx.source_failures_300s"] > fails[0]["ctx.source_failures_300s"]
     assert fails[-1]["ctx.service_failure_ratio_60s"] > 0.3
 
@@ -98,7 +110,9 @@ def test_series_baseline_flags_a_trend():
     tracker = ContextTracker()
     rng = random.Random(0)
     for i in range(60):
-        f = tracker.update({"service": "p", "series": "mem", "series_value": 100 + rng.gauss(0, 1)}, i * 10_000)
+        f = tracker.update(
+            {"service": "p", "series": "mem", "series_value": 100 + rng.gauss(0, 1)}, i * 10_000
+        )
     assert abs(f["ctx.series_z"]) < 5
     leak = tracker.update({"service": "p", "series": "mem", "series_value": 300.0}, 700_000)
     assert leak["ctx.series_z"] > 20 and leak["ctx.series_log_ratio"] > 0.9
@@ -117,12 +131,17 @@ def test_failure_excess_is_measured_against_the_services_own_failure_rate():
     """A login service that always fails ~1 in 10 is normal; a checkout that suddenly fails half its requests is
     not, although the absolute share alone cannot tell the two apart once both run hot."""
     tracker, rng = ContextTracker(), random.Random(1)
-    steady = [tracker.update({"service": "auth", "failed": rng.random() < 0.1}, i * 50) for i in range(40_000)]
+    steady = [
+        tracker.update({"service": "auth", "failed": rng.random() < 0.1}, i * 50) for i in range(40_000)
+    ]
     steady_fails = [f["ctx.failure_excess_60s"] for f in steady[10_000:] if f["ctx.service_failures_60s"] > 0]
     assert float(np.percentile(steady_fails, 99)) < 4  # Poisson noise around its own rate
     for i in range(5_000):  # checkout: 1 % failures for a while, then a burst of 50 %
         tracker.update({"service": "checkout", "failed": rng.random() < 0.01}, i * 50)
-    burst = [tracker.update({"service": "checkout", "failed": rng.random() < 0.5}, 250_000 + i * 50) for i in range(1_200)]
+    burst = [
+        tracker.update({"service": "checkout", "failed": rng.random() < 0.5}, 250_000 + i * 50)
+        for i in range(1_200)
+    ]
     burst_fails = [f["ctx.failure_excess_60s"] for f in burst[600:] if f["ctx.service_failures_60s"] > 0]
     assert min(burst_fails) > 10  # still far above the baseline a minute into the burst: it learns slowly
     assert all(f["ctx.failure_excess_60s"] == 0.0 for f in burst if f["ctx.service_failures_60s"] == 0)
@@ -132,8 +151,10 @@ def test_latency_z_against_the_operations_own_baseline():
     tracker = ContextTracker()
     rng = random.Random(1)
     row = {"service": "inv", "operation_key": "GetProduct"}
-    zs = [tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(5), 0.3)}, i * 100)["ctx.latency_z"]
-          for i in range(300)]
+    zs = [
+        tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(5), 0.3)}, i * 100)["ctx.latency_z"]
+        for i in range(300)
+    ]
     assert all(math.isnan(z) for z in zs[:20])  # warm-up: no baseline yet
     assert max(abs(z) for z in zs[50:]) < 5
     spike = [tracker.update({**row, "latency_ms": 5 * 20.0}, 40_000 + i)["ctx.latency_z"] for i in range(30)]
@@ -157,7 +178,9 @@ def test_a_busy_operations_latency_incident_does_not_become_its_baseline():
         t += 100
     zs = []
     for _ in range(6_000):
-        zs.append(tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(50), 0.3)}, t)["ctx.latency_z"])
+        zs.append(
+            tracker.update({**row, "latency_ms": rng.lognormvariate(math.log(50), 0.3)}, t)["ctx.latency_z"]
+        )
         t += 100
     assert min(zs[-600:]) > 4 and sum(zs[-600:]) / 600 > 6
     rare = {"service": "inv", "operation_key": "Rebuild"}
@@ -166,13 +189,16 @@ def test_a_busy_operations_latency_incident_does_not_become_its_baseline():
     assert tracker.update({**rare, "latency_ms": 1010.0}, 31 * 3_600_000)["ctx.latency_z"] < 3
 
 
-@pytest.mark.parametrize(("message", "ms"), [
-    ('10.0.0.1 - bob "GET /cart HTTP/1.1" 200 512 5.0ms', 5.0),
-    ("charge call timed out after 3000 ms, retrying", 3000.0),
-    ("request took 1.5s", 1500.0),
-    ("starting inventory v2.8.1 (pid 30)", None),
-    ("no duration here", None),
-])
+@pytest.mark.parametrize(
+    ("message", "ms"),
+    [
+        ('10.0.0.1 - bob "GET /cart HTTP/1.1" 200 512 5.0ms', 5.0),
+        ("charge call timed out after 3000 ms, retrying", 3000.0),
+        ("request took 1.5s", 1500.0),
+        ("starting inventory v2.8.1 (pid 30)", None),
+        ("no duration here", None),
+    ],
+)
 def test_message_duration(message, ms):
     assert message_duration_ms(message) == ms
 
@@ -181,16 +207,21 @@ def test_template_mining_does_not_explode_on_access_logs():
     rng = random.Random(2)
     users = [f"user{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + ["-"]
     routes = ["/", "/cart", "/api/search?q=desk+lamp", "/api/search?q=shoes", "/products/12", "/checkout"]
-    msgs = [f'10.{rng.randrange(256)}.0.{rng.randrange(256)} - {rng.choice(users).replace("user", "")} '
-            f'"{rng.choice(["GET", "POST"])} {rng.choice(routes)} HTTP/1.1" 200 {rng.randrange(9999)} '
-            f'{rng.uniform(1, 50):.1f}ms' for _ in range(3000)]
-    msgs += [f"search '{rng.choice(['yoga mat', 'lamp', 'usb-c cable'])}' returned {rng.randrange(60)} products"
-             for _ in range(500)]
+    msgs = [
+        f"10.{rng.randrange(256)}.0.{rng.randrange(256)} - {rng.choice(users).replace('user', '')} "
+        f'"{rng.choice(["GET", "POST"])} {rng.choice(routes)} HTTP/1.1" 200 {rng.randrange(9999)} '
+        f"{rng.uniform(1, 50):.1f}ms"
+        for _ in range(3000)
+    ]
+    msgs += [
+        f"search '{rng.choice(['yoga mat', 'lamp', 'usb-c cable'])}' returned {rng.randrange(60)} products"
+        for _ in range(500)
+    ]
     msgs += ["kernel: one-off message"]  # seen once: not kept as a template
     templates = mine(msgs)
     assert 2 <= len(templates) <= 12, templates
     matcher = TemplateMatcher(templates)
-    assert matcher.match("10.1.1.1 - zed \"GET /wishlist HTTP/1.1\" 200 10 1.0ms") >= 0
+    assert matcher.match('10.1.1.1 - zed "GET /wishlist HTTP/1.1" 200 10 1.0ms') >= 0
     assert matcher.match("search 'tent' returned 3 products") >= 0
     assert matcher.match("kernel: one-off message") == -1
 
@@ -205,16 +236,20 @@ def test_a_sparse_count_series_is_not_flagged_for_poisson_noise():
     assert noise["ctx.series_z"] < 4 < burst["ctx.series_z"]
 
 
-@pytest.mark.parametrize(("fields", "ms"), [
-    ({"unmapped.duration_ms": 12.5}, 12.5),
-    ({"unmapped.http.server.request.duration": 0.25}, 250.0),
-    ({"unmapped.latency_us": 1500}, 1.5),
-    ({"unmapped.response_time": 40}, 40.0),
-    ({"unmapped.retries": 3}, None),
-    ({"unmapped.duration_ms": True}, None),
-])
+@pytest.mark.parametrize(
+    ("fields", "ms"),
+    [
+        ({"unmapped.duration_ms": 12.5}, 12.5),
+        ({"unmapped.http.server.request.duration": 0.25}, 250.0),
+        ({"unmapped.latency_us": 1500}, 1.5),
+        ({"unmapped.response_time": 40}, 40.0),
+        ({"unmapped.retries": 3}, None),
+        ({"unmapped.duration_ms": True}, None),
+    ],
+)
 def test_attribute_latency(fields, ms):
     from model.features import attribute_latency_ms
+
     assert attribute_latency_ms(fields) == ms
 
 
@@ -222,8 +257,15 @@ def test_context_features_keep_fixed_units_and_sparse_columns_get_a_sane_scale()
     """Fitted robust scales collapse on mostly-zero columns; context features use fixed units instead, and a
     sparse generic column is scaled by the spread of its values, so a routine non-zero value stays moderate."""
     n = 2_000
-    derived = [{"ctx.slow_ratio_60s": 0.3 if i % 400 == 0 else 0.0, "unmapped.retries": 2 if i % 50 == 0 else 0,
-                "signal": "logs", "service": "a"} for i in range(n)]
+    derived = [
+        {
+            "ctx.slow_ratio_60s": 0.3 if i % 400 == 0 else 0.0,
+            "unmapped.retries": 2 if i % 50 == 0 else 0,
+            "signal": "logs",
+            "service": "a",
+        }
+        for i in range(n)
+    ]
     contract = FeatureContract()
     contract._fit_columns(derived, n, min_count=2, max_vocab=256)
     specs = {s.name: s for s in contract.numeric}

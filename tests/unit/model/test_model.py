@@ -19,7 +19,9 @@ def test_encoder_output_is_unit_norm_with_right_shape():
     z = model(torch.randn(4, 3), torch.randint(0, 5, (4, 2)))
     assert z.shape == (4, 8)
     assert torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
-    emb = Embedder(model, batch_size=3).embed(np.random.randn(7, 3).astype(np.float32), np.zeros((7, 2), np.int64))
+    emb = Embedder(model, batch_size=3).embed(
+        np.random.randn(7, 3).astype(np.float32), np.zeros((7, 2), np.int64)
+    )
     assert emb.shape == (7, 8) and emb.dtype == np.float32
 
 
@@ -39,11 +41,24 @@ def test_fit_save_load_score_and_explain(tmp_path):
     loaded = ModelVersion.load_current(tmp_path)
     assert loaded is not None and loaded.version == mv.version
     test = make_rows(200, seed=5, start=T0 + 10**12)
-    odd = Row(uid="odd", signal="logs", time_unix_nano=T0 + 10**12 + 5, service="a", class_uid=4002,
-              activity_id=3, severity_id=4, status_id=2,
-              fields={"message": "GET /items/3 served in 40000 ms", "duration": 40_000.0,
-                      "http_request.url.path": "/items/3", "http_request.http_method": "GET",
-                      "actor.user.name": "user3", "src_endpoint.location.country": "KP"})
+    odd = Row(
+        uid="odd",
+        signal="logs",
+        time_unix_nano=T0 + 10**12 + 5,
+        service="a",
+        class_uid=4002,
+        activity_id=3,
+        severity_id=4,
+        status_id=2,
+        fields={
+            "message": "GET /items/3 served in 40000 ms",
+            "duration": 40_000.0,
+            "http_request.url.path": "/items/3",
+            "http_request.http_method": "GET",
+            "actor.user.name": "user3",
+            "src_endpoint.location.country": "KP",
+        },
+    )
     a = Scorer(mv, learn=False).score(test + [odd])
     b = Scorer(loaded, learn=False).score(test + [odd])
     assert np.allclose(a.raw, b.raw, atol=1e-5)  # the saved version scores exactly like the trained one

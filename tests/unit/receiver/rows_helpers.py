@@ -35,7 +35,9 @@ def kvs(attrs: dict) -> list[KeyValue]:
 RESOURCE = {"service.name": "checkout", "host.name": "node-1", "k8s.labels": ["a", "b"]}
 
 
-def logs_request(*records: dict, resource: dict | None = None, scope: str = "app") -> ExportLogsServiceRequest:
+def logs_request(
+    *records: dict, resource: dict | None = None, scope: str = "app"
+) -> ExportLogsServiceRequest:
     """One resource, one scope; each record dict holds LogRecord fields plus `attrs` and `body`."""
     request = ExportLogsServiceRequest()
     rl = request.resource_logs.add()

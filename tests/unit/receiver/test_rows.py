@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from rows_helpers import SPAN, T0, TRACE, logs_request
 
 from model.schema import (
     API_ACTIVITY,
@@ -16,6 +15,7 @@ from model.schema import (
     content_uid,
 )
 from receiver.rows.mapper import MappedBatch, Rejection, RowMapper
+from tests.unit.receiver.rows_helpers import SPAN, T0, TRACE, logs_request
 
 
 def one_row(**record):
@@ -28,11 +28,27 @@ def one_row(**record):
 @pytest.mark.parametrize(
     ("record", "class_uid", "activity_id", "status_id"),
     [
-        ({"body": "GET /cart 200", "attrs": {"http.request.method": "GET", "http.response.status_code": 200}},
-         HTTP_ACTIVITY, 3, 1),
-        ({"body": "POST /pay", "attrs": {"http.method": "POST", "http.status_code": 503}}, HTTP_ACTIVITY, 6, 2),
-        ({"body": "weird", "attrs": {"http.request.method": "BREW", "http.response.status_code": 404}},
-         HTTP_ACTIVITY, 99, 2),
+        (
+            {
+                "body": "GET /cart 200",
+                "attrs": {"http.request.method": "GET", "http.response.status_code": 200},
+            },
+            HTTP_ACTIVITY,
+            3,
+            1,
+        ),
+        (
+            {"body": "POST /pay", "attrs": {"http.method": "POST", "http.status_code": 503}},
+            HTTP_ACTIVITY,
+            6,
+            2,
+        ),
+        (
+            {"body": "weird", "attrs": {"http.request.method": "BREW", "http.response.status_code": 404}},
+            HTTP_ACTIVITY,
+            99,
+            2,
+        ),
         ({"body": "no method", "attrs": {"url.path": "/x"}}, HTTP_ACTIVITY, 0, 0),
         ({"body": "user bob logged in successfully", "attrs": {"user.name": "bob"}}, AUTHENTICATION, 1, 1),
         ({"body": "login failed: invalid password for bob"}, AUTHENTICATION, 1, 2),
@@ -52,22 +68,40 @@ def test_log_class_activity_and_status(record, class_uid, activity_id, status_id
 
 
 def test_http_wins_over_error_severity_and_auth_words():
-    row = one_row(body="POST /reset-password failed", severity_number=17,
-                  attrs={"http.request.method": "POST", "http.response.status_code": 500})
+    row = one_row(
+        body="POST /reset-password failed",
+        severity_number=17,
+        attrs={"http.request.method": "POST", "http.response.status_code": 500},
+    )
     assert (row.class_uid, row.activity_id, row.status_id) == (HTTP_ACTIVITY, 6, 2)
     # ... but an event named as a login is an Authentication event even with HTTP attributes.
-    row = one_row(event_name="user.login", attrs={"http.request.method": "POST", "http.response.status_code": 401})
+    row = one_row(
+        event_name="user.login", attrs={"http.request.method": "POST", "http.response.status_code": 401}
+    )
     assert (row.class_uid, row.activity_id, row.status_id) == (AUTHENTICATION, 1, 2)
 
 
 def test_http_columns_from_new_and_old_semantic_conventions():
-    row = one_row(body="req", attrs={
-        "http.request.method": "GET", "http.method": "POST", "url.full": "https://shop.example:8443/a/b?q=1",
-        "http.target": "/old?x=1", "user_agent.original": "curl/8", "http.request.body.size": 10,
-        "http.response.status_code": "404", "http.response_content_length": 99, "http.route": "/a/{id}",
-        "client.address": "10.1.2.3", "client.port": 5555, "client.geo.country.iso_code": "DE",
-        "server.port": 8443, "enduser.id": "u-1", "session.id": "s-9",
-    })
+    row = one_row(
+        body="req",
+        attrs={
+            "http.request.method": "GET",
+            "http.method": "POST",
+            "url.full": "https://shop.example:8443/a/b?q=1",
+            "http.target": "/old?x=1",
+            "user_agent.original": "curl/8",
+            "http.request.body.size": 10,
+            "http.response.status_code": "404",
+            "http.response_content_length": 99,
+            "http.route": "/a/{id}",
+            "client.address": "10.1.2.3",
+            "client.port": 5555,
+            "client.geo.country.iso_code": "DE",
+            "server.port": 8443,
+            "enduser.id": "u-1",
+            "session.id": "s-9",
+        },
+    )
     f = row.fields
     assert f["http_request.http_method"] == "GET"  # the new name wins over http.method
     assert f["http_request.url.path"] == "/old"  # http.target (query stripped) outranks url.full's path
@@ -77,17 +111,33 @@ def test_http_columns_from_new_and_old_semantic_conventions():
     assert f["http_response.code"] == 404 and f["status_code"] == "404"
     assert f["http_response.length"] == 99
     assert f["http_request.route"] == "/a/{id}"
-    assert (f["src_endpoint.ip"], f["src_endpoint.port"], f["src_endpoint.location.country"]) == ("10.1.2.3", 5555, "DE")
+    assert (f["src_endpoint.ip"], f["src_endpoint.port"], f["src_endpoint.location.country"]) == (
+        "10.1.2.3",
+        5555,
+        "DE",
+    )
     assert f["dst_endpoint.port"] == 8443
     assert (f["actor.user.name"], f["actor.session.uid"]) == ("u-1", "s-9")
     assert not any(k.startswith("unmapped.") for k in f), f  # mapped attributes are not repeated
 
 
 def test_unmapped_attributes_keep_their_types():
-    row = one_row(body="x", attrs={
-        "retries": 3, "ratio": 0.25, "cached": True, "region": "eu", "tags": ["a", 1], "ctx": {"k": "v"},
-        "blob": b"\x01\xff", "is_anomaly": True, "anomaly_type": "latency", "label": 1, "ground_truth": "x",
-    })
+    row = one_row(
+        body="x",
+        attrs={
+            "retries": 3,
+            "ratio": 0.25,
+            "cached": True,
+            "region": "eu",
+            "tags": ["a", 1],
+            "ctx": {"k": "v"},
+            "blob": b"\x01\xff",
+            "is_anomaly": True,
+            "anomaly_type": "latency",
+            "label": 1,
+            "ground_truth": "x",
+        },
+    )
     f = row.fields
     assert f["unmapped.retries"] == 3 and isinstance(f["unmapped.retries"], int)
     assert f["unmapped.ratio"] == 0.25
@@ -112,8 +162,9 @@ def test_common_fields_resource_and_ids():
 
 
 def test_unknown_service_and_zero_ids():
-    batch = RowMapper().map_logs(logs_request({"body": "x", "trace_id": bytes(16), "span_id": bytes(8)},
-                                              resource={}))
+    batch = RowMapper().map_logs(
+        logs_request({"body": "x", "trace_id": bytes(16), "span_id": bytes(8)}, resource={})
+    )
     row = batch.rows[0]
     assert row.service == "unknown_service" and row.trace_id == "" and row.span_id == ""
     assert "device.hostname" not in row.fields
@@ -121,10 +172,32 @@ def test_unknown_service_and_zero_ids():
 
 @pytest.mark.parametrize(
     ("number", "text", "severity_id"),
-    [(0, "", 0), (1, "", 1), (4, "", 1), (5, "", 1), (8, "", 1), (9, "", 1), (12, "", 1), (13, "", 3),
-     (16, "", 3), (17, "", 4), (20, "", 4), (21, "", 6), (24, "", 6), (9, "ERROR", 1),
-     (0, "TRACE", 1), (0, "debug", 1), (0, "INFO", 1), (0, "WARN", 3), (0, "Warning", 3), (0, "ERROR", 4),
-     (0, "FATAL", 6), (0, "CRITICAL", 6), (0, "INFO2", 1), (0, "chatty", 0)],
+    [
+        (0, "", 0),
+        (1, "", 1),
+        (4, "", 1),
+        (5, "", 1),
+        (8, "", 1),
+        (9, "", 1),
+        (12, "", 1),
+        (13, "", 3),
+        (16, "", 3),
+        (17, "", 4),
+        (20, "", 4),
+        (21, "", 6),
+        (24, "", 6),
+        (9, "ERROR", 1),
+        (0, "TRACE", 1),
+        (0, "debug", 1),
+        (0, "INFO", 1),
+        (0, "WARN", 3),
+        (0, "Warning", 3),
+        (0, "ERROR", 4),
+        (0, "FATAL", 6),
+        (0, "CRITICAL", 6),
+        (0, "INFO2", 1),
+        (0, "chatty", 0),
+    ],
 )
 def test_severity_table(number, text, severity_id):
     row = one_row(body="x", severity_number=number, severity_text=text)
@@ -137,8 +210,16 @@ def test_error_severity_text_alone_makes_an_application_error():
 
 
 def test_plain_json_body_keys_are_treated_like_attributes():
-    body = json.dumps({"msg": "GET done", "http": {"method": "GET", "status_code": 200}, "user.name": "ann",
-                       "latency_ms": 12.5, "deep": {"a": {"b": 1}}, "level": "warn"})
+    body = json.dumps(
+        {
+            "msg": "GET done",
+            "http": {"method": "GET", "status_code": 200},
+            "user.name": "ann",
+            "latency_ms": 12.5,
+            "deep": {"a": {"b": 1}},
+            "level": "warn",
+        }
+    )
     row = one_row(body=body, attrs={"user.name": "attr-wins"})
     f = row.fields
     assert f["message"] == "GET done"
@@ -175,11 +256,21 @@ def test_json_nesting_deeper_than_eight_levels_becomes_a_json_string():
 
 
 def test_ocsf_shaped_json_body():
-    body = {"class_uid": 3002, "activity_id": 2, "severity_id": 2, "status_id": 1, "time": 1_700_000_123_456,
-            "message": "bob logged off", "type_uid": 300202, "status": "Success",
-            "actor": {"user": {"name": "bob"}}, "src_endpoint": {"ip": "1.2.3.4"},
-            "http_request": {"http_method": "GET", "url": {"path": "/bye"}}, "duration": 7,
-            "observables": [{"name": "ip"}]}
+    body = {
+        "class_uid": 3002,
+        "activity_id": 2,
+        "severity_id": 2,
+        "status_id": 1,
+        "time": 1_700_000_123_456,
+        "message": "bob logged off",
+        "type_uid": 300202,
+        "status": "Success",
+        "actor": {"user": {"name": "bob"}},
+        "src_endpoint": {"ip": "1.2.3.4"},
+        "http_request": {"http_method": "GET", "url": {"path": "/bye"}},
+        "duration": 7,
+        "observables": [{"name": "ip"}],
+    }
     row = one_row(body=json.dumps(body), time_unix_nano=0, observed_time_unix_nano=5)
     assert (row.class_uid, row.activity_id, row.severity_id, row.status_id) == (3002, 2, 2, 1)
     assert row.time_unix_nano == 1_700_000_123_456 * 1_000_000
@@ -194,9 +285,11 @@ def test_ocsf_shaped_json_body():
 
 @pytest.mark.parametrize(
     ("record", "expected"),
-    [({"time_unix_nano": 7, "observed_time_unix_nano": 9}, 7),
-     ({"time_unix_nano": 0, "observed_time_unix_nano": 9}, 9),
-     ({"time_unix_nano": 0, "observed_time_unix_nano": 0}, 42)],
+    [
+        ({"time_unix_nano": 7, "observed_time_unix_nano": 9}, 7),
+        ({"time_unix_nano": 0, "observed_time_unix_nano": 9}, 9),
+        ({"time_unix_nano": 0, "observed_time_unix_nano": 0}, 42),
+    ],
 )
 def test_time_fallbacks(record, expected):
     assert one_row(body="x", **record).time_unix_nano == expected
@@ -209,8 +302,9 @@ def test_time_falls_back_to_now_without_received_time():
 
 def test_uid_from_log_record_uid_or_stable_content_hash():
     assert one_row(body="x", attrs={"log.record.uid": "01J9Z"}).uid == "01J9Z"
-    request = logs_request({"body": "a", "attrs": {"k": 1}}, {"body": "b", "attrs": {"k": 1}},
-                           {"body": "a", "attrs": {"k": 2}})
+    request = logs_request(
+        {"body": "a", "attrs": {"k": 1}}, {"body": "b", "attrs": {"k": 1}}, {"body": "a", "attrs": {"k": 2}}
+    )
     first = [r.uid for r in RowMapper().map_logs(request, received_unix_nano=1).rows]
     second = [r.uid for r in RowMapper().map_logs(request, received_unix_nano=999).rows]
     assert first == second and len(set(first)) == 3
@@ -218,8 +312,11 @@ def test_uid_from_log_record_uid_or_stable_content_hash():
 
 
 def test_otad_own_events_are_ignored_and_counted():
-    request = logs_request({"body": "a", "event_name": "otad.anomaly"}, {"body": "b"},
-                           {"body": "c", "attrs": {"event.name": "otad.anomaly"}})
+    request = logs_request(
+        {"body": "a", "event_name": "otad.anomaly"},
+        {"body": "b"},
+        {"body": "c", "attrs": {"event.name": "otad.anomaly"}},
+    )
     batch = RowMapper().map_logs(request)
     assert (len(batch.rows), batch.ignored, batch.total) == (1, 2, 3)
     batch = RowMapper().map_logs(logs_request({"body": "a"}, {"body": "b"}, scope="otad"))
@@ -227,16 +324,23 @@ def test_otad_own_events_are_ignored_and_counted():
 
 
 def test_bad_ids_are_rejected_with_their_index_and_the_rest_survive():
-    request = logs_request({"body": "ok"}, {"body": "bad", "trace_id": b"\x01" * 5}, {"body": "ok2"},
-                           {"body": "bad2", "span_id": b"\x01" * 3})
+    request = logs_request(
+        {"body": "ok"},
+        {"body": "bad", "trace_id": b"\x01" * 5},
+        {"body": "ok2"},
+        {"body": "bad2", "span_id": b"\x01" * 3},
+    )
     batch = RowMapper().map_logs(request)
     assert [r.fields["message"] for r in batch.rows] == ["ok", "ok2"]
-    assert batch.rejections == [Rejection("resource 0, scope 0, record 1", "invalid trace_id length 5"),
-                                Rejection("resource 0, scope 0, record 3", "invalid span_id length 3")]
+    assert batch.rejections == [
+        Rejection("resource 0, scope 0, record 1", "invalid trace_id length 5"),
+        Rejection("resource 0, scope 0, record 3", "invalid span_id length 3"),
+    ]
     assert len(batch.rows) + len(batch.rejections) + batch.ignored == batch.total == 4
     assert batch.error_message("log records") == (
         "2/4 log records rejected: invalid trace_id length 5 (first at resource 0, scope 0, record 1)"
-        "; and 1 other reason")
+        "; and 1 other reason"
+    )
 
 
 def test_an_exception_while_mapping_one_item_becomes_a_rejection(monkeypatch):

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
-from rows_helpers import RESOURCE, T0, kvs, logs_request, metrics_request, traces_request
 
 from model.schema import content_uid, row_to_dict
 from receiver.metrics import Metrics
@@ -23,6 +22,7 @@ from receiver.rows.common import ATTRIBUTE_COLUMNS, resource_context
 from receiver.rows.logs import map_log_record
 from receiver.rows.mapper import RowMapper
 from storage import collection
+from tests.unit.receiver.rows_helpers import RESOURCE, T0, kvs, logs_request, metrics_request, traces_request
 
 MIB = 1024 * 1024
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -45,13 +45,20 @@ def map_one(*records, resource=None):
 
 def test_limits_match_storage():
     assert (rb.UID_MAX, rb.SERVICE_MAX, rb.TRACE_ID_MAX, rb.ROW_MAX) == (
-        collection.UID_MAX, collection.SERVICE_MAX, collection.TRACE_ID_MAX, collection.ROW_MAX)
+        collection.UID_MAX,
+        collection.SERVICE_MAX,
+        collection.TRACE_ID_MAX,
+        collection.ROW_MAX,
+    )
     assert rb.TRACE_ID_MAX >= 32  # hex_id only lets 16-byte trace ids (32 hex) and 8-byte span ids through
 
 
 def test_a_normal_record_is_unchanged_and_unmarked():
-    record = {"body": "GET /cart took 12 ms", "severity_number": 9,
-              "attrs": {"http.request.method": "GET", "log.record.uid": "0f" * 16, "thread": "w-1"}}
+    record = {
+        "body": "GET /cart took 12 ms",
+        "severity_number": 9,
+        "attrs": {"http.request.method": "GET", "log.record.uid": "0f" * 16, "thread": "w-1"},
+    }
     batch = map_one(record)
     request = logs_request(record)
     ctx = resource_context(request.resource_logs[0].resource)
@@ -120,12 +127,18 @@ def test_many_small_values_that_escape_large_still_fit():
     batch = map_one({"body": "emoji", "attrs": attrs})
     row = batch.rows[0]
     assert row.fields["actor.user.name"] == "bob" and row.fields["message"] == "emoji"
-    assert row.fields[rb.MARKER] == "attributes" and "dropped to fit the row" in batch.bounded_notes["attributes"]
+    assert (
+        row.fields[rb.MARKER] == "attributes"
+        and "dropped to fit the row" in batch.bounded_notes["attributes"]
+    )
 
 
 def test_an_oversized_resource_is_bounded_on_every_row():
-    resource = {"service.name": "svc-" + "s" * 1000, **{f"r{i}": "\x01" * 2000 for i in range(100)},
-                "host.name": "node-7"}
+    resource = {
+        "service.name": "svc-" + "s" * 1000,
+        **{f"r{i}": "\x01" * 2000 for i in range(100)},
+        "host.name": "node-7",
+    }
     batch = map_one({"body": "one"}, {"body": "two"}, resource=resource)
     first, second = batch.rows
     assert first.service == second.service and first.service.startswith("svc-sss")
@@ -141,7 +154,9 @@ def test_an_ocsf_body_cannot_fake_the_marker_or_a_huge_time():
     body = json.dumps({"class_uid": 6003, "time": 10**30, "message": "m", "otad": {"truncated": "uid"}})
     row = map_one({"body": body, "time_unix_nano": 0, "observed_time_unix_nano": T0}).rows[0]
     assert rb.MARKER not in row.fields and row.time_unix_nano == T0 and row.class_uid == 6003
-    plain = map_one({"body": json.dumps({"msg": "m", "big": 10**30, "http.response.status_code": 10**25})}).rows[0]
+    plain = map_one(
+        {"body": json.dumps({"msg": "m", "big": 10**30, "http.response.status_code": 10**25})}
+    ).rows[0]
     assert plain.fields["unmapped.big"] == str(10**30)  # integer columns stay int64; a larger one is text
     assert "http_response.code" not in plain.fields
 
@@ -164,18 +179,48 @@ def test_spans_and_metrics_are_bounded_too():
 
 def test_the_core_columns_cover_what_the_mappers_write():
     """CORE is restated in rows_bounds.py; a column added to a mapper must be added there too."""
-    attrs = {key: "GET" if "method" in key else 200 if "code" in key or "size" in key or "length" in key
-             or "port" in key else "x" for key in ATTRIBUTE_COLUMNS}
-    logs = RowMapper().map_logs(logs_request({"body": "b", "severity_text": "WARN", "event_name": "e",
-                                              "attrs": attrs}), 42).rows
-    spans = RowMapper().map_traces(traces_request(
-        {"attrs": attrs, "kind": 3, "status": (2, "boom"), "events": [("exception", {"exception.type": "E"})],
-         "parent_span_id": b"\x01" * 8},
-        {"attrs": {"rpc.method": "Get"}, "kind": 3}), 42).rows
+    attrs = {
+        key: "GET"
+        if "method" in key
+        else 200
+        if "code" in key or "size" in key or "length" in key or "port" in key
+        else "x"
+        for key in ATTRIBUTE_COLUMNS
+    }
+    logs = (
+        RowMapper()
+        .map_logs(logs_request({"body": "b", "severity_text": "WARN", "event_name": "e", "attrs": attrs}), 42)
+        .rows
+    )
+    spans = (
+        RowMapper()
+        .map_traces(
+            traces_request(
+                {
+                    "attrs": attrs,
+                    "kind": 3,
+                    "status": (2, "boom"),
+                    "events": [("exception", {"exception.type": "E"})],
+                    "parent_span_id": b"\x01" * 8,
+                },
+                {"attrs": {"rpc.method": "Get"}, "kind": 3},
+            ),
+            42,
+        )
+        .rows
+    )
     histogram = Metric(name="h", unit="ms")
     histogram.histogram.aggregation_temporality = 1
-    histogram.histogram.data_points.add(start_time_unix_nano=T0 - 10**9, time_unix_nano=T0, count=4, sum=10.0,
-                                        bucket_counts=[1, 3], explicit_bounds=[5.0], min=1.0, max=9.0)
+    histogram.histogram.data_points.add(
+        start_time_unix_nano=T0 - 10**9,
+        time_unix_nano=T0,
+        count=4,
+        sum=10.0,
+        bucket_counts=[1, 3],
+        explicit_bounds=[5.0],
+        min=1.0,
+        max=9.0,
+    )
     counter = Metric(name="c", unit="1")
     counter.sum.aggregation_temporality, counter.sum.is_monotonic = 2, True
     for t, value in ((T0, 1.0), (T0 + 10**9, 3.0)):
@@ -186,7 +231,11 @@ def test_the_core_columns_cover_what_the_mappers_write():
 
 
 def test_cut_helpers():
-    assert rb.cut_utf8("aé€😀", 7) == "aé€" and rb.cut_utf8("aé€😀", 6) == "aé€" and rb.cut_utf8("aé€😀", 5) == "aé"
+    assert (
+        rb.cut_utf8("aé€😀", 7) == "aé€"
+        and rb.cut_utf8("aé€😀", 6) == "aé€"
+        and rb.cut_utf8("aé€😀", 5) == "aé"
+    )
     assert rb.cut_utf8("plain", 3) == "pla"
     assert rb.cut_json('a"b', 5) == 'a"' and rb.cut_json("😀😀", 13) == "" and rb.cut_json("😀😀", 14) == "😀"
     assert rb.short_hash("x" * 300, 64) == rb.short_hash("x" * 300, 64) != rb.short_hash("x" * 301, 64)
@@ -195,11 +244,14 @@ def test_cut_helpers():
 values = st.text(max_size=300) | st.sampled_from(["\x00" * 3000, "😀" * 2000, "é" * 9000, "x" * 70_000])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(st.dictionaries(st.text(max_size=200), values, max_size=60), values, values)
 def test_hostile_records_always_fit_and_keep_their_identity(attrs, body, service):
-    batch = map_one({"body": body, "severity_number": 13, "attrs": attrs}, resource={"service.name": service,
-                                                                                     **RESOURCE})
+    batch = map_one(
+        {"body": body, "severity_number": 13, "attrs": attrs}, resource={"service.name": service, **RESOURCE}
+    )
     row = batch.rows[0]
     assert row.time_unix_nano == T0 and row.severity_id == 3
     assert isinstance(row.fields.get("message"), str) and body.startswith(row.fields["message"])
@@ -217,7 +269,10 @@ class _Pipeline:
 
 
 def _bounded(metrics: Metrics, field: str) -> float:
-    return metrics.registry.get_sample_value("otad_bounded_items_total", {"signal": "logs", "field": field}) or 0.0
+    return (
+        metrics.registry.get_sample_value("otad_bounded_items_total", {"signal": "logs", "field": field})
+        or 0.0
+    )
 
 
 def test_export_counts_and_logs_bounded_items_and_answers_ok(monkeypatch):
@@ -225,15 +280,19 @@ def test_export_counts_and_logs_bounded_items_and_answers_ok(monkeypatch):
     monkeypatch.setattr(export_module, "warn_limited", lambda log, key, msg, *args: warned.append(msg % args))
     metrics, pipeline = Metrics(), _Pipeline()
     handler = ExportHandler(pipeline, RowMapper(), metrics, retry_after_s=1)
-    request = logs_request({"body": "a", "attrs": {"log.record.uid": "u" * 100}},
-                           {"body": "b", "attrs": {"log.record.uid": "v" * 100}},
-                           {"body": "c", "attrs": {f"k{i}": i for i in range(500)}},
-                           {"body": "fine"})
+    request = logs_request(
+        {"body": "a", "attrs": {"log.record.uid": "u" * 100}},
+        {"body": "b", "attrs": {"log.record.uid": "v" * 100}},
+        {"body": "c", "attrs": {f"k{i}": i for i in range(500)}},
+        {"body": "fine"},
+    )
     outcome = handler.export(SIGNALS["logs"], request, "grpc")
     assert outcome.rejected == 0 and outcome.message == "" and len(pipeline.rows) == 4
     assert (_bounded(metrics, "uid"), _bounded(metrics, "attributes")) == (2.0, 1.0)
-    assert warned == ["3 log records stored with bounded fields: uid (2, over 64 bytes, replaced by a hash), "
-                      "attributes (1, 503 fields -> 128)"]
+    assert warned == [
+        "3 log records stored with bounded fields: uid (2, over 64 bytes, replaced by a hash), "
+        "attributes (1, 503 fields -> 128)"
+    ]
 
 
 def test_a_bounded_record_over_grpc_is_answered_ok_and_counted():

@@ -5,16 +5,26 @@ from __future__ import annotations
 import math
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
-from rows_helpers import T0, logs_request, metrics_request
 
 from receiver.rows.mapper import RowMapper
+from tests.unit.receiver.rows_helpers import T0, logs_request, metrics_request
 
 
 def test_non_finite_double_attributes_become_categories_not_numbers():
-    batch = RowMapper().map_logs(logs_request({"body": "x", "attrs": {
-        "ratio": float("nan"), "up": float("inf"), "down": float("-inf"), "ok": 0.5}}))
+    batch = RowMapper().map_logs(
+        logs_request(
+            {
+                "body": "x",
+                "attrs": {"ratio": float("nan"), "up": float("inf"), "down": float("-inf"), "ok": 0.5},
+            }
+        )
+    )
     fields = batch.rows[0].fields
-    assert (fields["unmapped.ratio"], fields["unmapped.up"], fields["unmapped.down"]) == ("nan", "inf", "-inf")
+    assert (fields["unmapped.ratio"], fields["unmapped.up"], fields["unmapped.down"]) == (
+        "nan",
+        "inf",
+        "-inf",
+    )
     assert fields["unmapped.ok"] == 0.5
     assert all(math.isfinite(v) for v in fields.values() if isinstance(v, float))
 

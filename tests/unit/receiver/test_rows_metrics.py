@@ -6,10 +6,10 @@ import math
 
 import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
-from rows_helpers import T0, kvs, metrics_request
 
 from model.schema import METRIC_OBSERVATION, metric_point_uid
 from receiver.rows.mapper import Rejection, RowMapper
+from tests.unit.receiver.rows_helpers import T0, kvs, metrics_request
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
@@ -31,16 +31,26 @@ def counter(value, t, *, temporality=CUMULATIVE, monotonic=True, start=T0 - 60 *
     metric = Metric(name="http.requests", unit="{request}")
     metric.sum.aggregation_temporality = temporality
     metric.sum.is_monotonic = monotonic
-    metric.sum.data_points.add(start_time_unix_nano=start, time_unix_nano=t, as_double=value,
-                               attributes=kvs(attrs or {"route": "/cart"}))
+    metric.sum.data_points.add(
+        start_time_unix_nano=start,
+        time_unix_nano=t,
+        as_double=value,
+        attributes=kvs(attrs or {"route": "/cart"}),
+    )
     return metric
 
 
 def histogram(count, total, buckets, t, *, temporality=DELTA, bounds=(10.0, 20.0, 50.0), lo=None, hi=None):
     metric = Metric(name="http.server.request.duration", unit="ms")
     metric.histogram.aggregation_temporality = temporality
-    point = metric.histogram.data_points.add(start_time_unix_nano=T0 - 10 * S, time_unix_nano=t, count=count,
-                                             sum=total, bucket_counts=buckets, explicit_bounds=bounds)
+    point = metric.histogram.data_points.add(
+        start_time_unix_nano=T0 - 10 * S,
+        time_unix_nano=t,
+        count=count,
+        sum=total,
+        bucket_counts=buckets,
+        explicit_bounds=bounds,
+    )
     if lo is not None:
         point.min = lo
     if hi is not None:
@@ -55,18 +65,33 @@ def rows_of(mapper, *metrics):
 
 
 def test_gauge_points_and_common_columns():
-    batch = rows_of(RowMapper(), gauge("queue.depth", 3, 4.5, attrs={"queue": "orders", "shard": 2, "hot": True}))
+    batch = rows_of(
+        RowMapper(), gauge("queue.depth", 3, 4.5, attrs={"queue": "orders", "shard": 2, "hot": True})
+    )
     first, second = batch.rows
-    assert (first.class_uid, first.activity_id, first.severity_id, first.status_id) == (METRIC_OBSERVATION, 0, 1, 0)
+    assert (first.class_uid, first.activity_id, first.severity_id, first.status_id) == (
+        METRIC_OBSERVATION,
+        0,
+        1,
+        0,
+    )
     f = first.fields
     assert (f["metric.name"], f["message"], f["metric.type"], f["metric.unit"]) == (
-        "queue.depth", "queue.depth", "gauge", "1")
+        "queue.depth",
+        "queue.depth",
+        "gauge",
+        "1",
+    )
     assert f["metric.value"] == 3.0 and second.fields["metric.value"] == 4.5
     assert (f["unmapped.queue"], f["unmapped.shard"], f["unmapped.hot"]) == ("orders", 2, 1)
     assert "metric.temporality" not in f and "metric.monotonic" not in f
     assert f["metric.series"] == second.fields["metric.series"]
-    assert first.uid == metric_point_uid("checkout", "queue.depth", {"queue": "orders", "shard": 2, "hot": True}, T0)
-    assert first.uid != second.uid and first.time_unix_nano == T0 and first.fields["device.hostname"] == "node-1"
+    assert first.uid == metric_point_uid(
+        "checkout", "queue.depth", {"queue": "orders", "shard": 2, "hot": True}, T0
+    )
+    assert (
+        first.uid != second.uid and first.time_unix_nano == T0 and first.fields["device.hostname"] == "node-1"
+    )
 
 
 def test_series_key_depends_on_attributes_not_on_their_order():
@@ -81,7 +106,11 @@ def test_delta_sum_value_and_rate():
     row = rows_of(RowMapper(), counter(30.0, T0, temporality=DELTA, start=T0 - 10 * S)).rows[0]
     f = row.fields
     assert (f["metric.value"], f["metric.rate"], f["metric.temporality"], f["metric.monotonic"]) == (
-        30.0, 3.0, "delta", 1)
+        30.0,
+        3.0,
+        "delta",
+        1,
+    )
 
 
 def test_cumulative_sum_becomes_delta_and_rate_across_requests():
@@ -139,7 +168,12 @@ def test_series_state_is_bounded_and_evicts_the_oldest():
 def test_delta_histogram_stats_and_interpolated_quantiles():
     row = rows_of(RowMapper(), histogram(100, 2000.0, [50, 30, 15, 5], T0, lo=1.0, hi=80.0)).rows[0]
     f = row.fields
-    assert (f["metric.count"], f["metric.sum"], f["metric.mean"], f["metric.value"]) == (100.0, 2000.0, 20.0, 20.0)
+    assert (f["metric.count"], f["metric.sum"], f["metric.mean"], f["metric.value"]) == (
+        100.0,
+        2000.0,
+        20.0,
+        20.0,
+    )
     assert (f["metric.min"], f["metric.max"], f["metric.temporality"]) == (1.0, 80.0, "delta")
     assert f["metric.rate"] == pytest.approx(10.0)
     assert f["metric.p50"] == pytest.approx(10.0)  # 50th of 100 is the top of bucket (1, 10]
@@ -156,7 +190,12 @@ def test_cumulative_histogram_uses_per_series_deltas():
     assert "metric.count" not in first and "metric.p50" not in first and "metric.value" not in first
     second = rows_of(mapper, histogram(20, 400.0, [10, 0, 10, 0], T0 + 10 * S, temporality=CUMULATIVE))
     f = second.rows[0].fields
-    assert (f["metric.count"], f["metric.sum"], f["metric.mean"], f["metric.rate"]) == (10.0, 300.0, 30.0, 1.0)
+    assert (f["metric.count"], f["metric.sum"], f["metric.mean"], f["metric.rate"]) == (
+        10.0,
+        300.0,
+        30.0,
+        1.0,
+    )
     assert f["metric.p50"] == pytest.approx(35.0)  # all ten new observations fell in (20, 50]
 
 
@@ -177,7 +216,11 @@ def test_exponential_histogram_count_sum_mean():
     metric.exponential_histogram.data_points.add(time_unix_nano=T0, count=4, sum=10.0, scale=1)
     f = rows_of(RowMapper(), metric).rows[0].fields
     assert (f["metric.type"], f["metric.count"], f["metric.sum"], f["metric.mean"]) == (
-        "exponential_histogram", 4.0, 10.0, 2.5)
+        "exponential_histogram",
+        4.0,
+        10.0,
+        2.5,
+    )
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

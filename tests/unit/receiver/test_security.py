@@ -51,13 +51,16 @@ def test_defaults_are_plaintext_without_auth():
     assert emitter_credentials(settings) is None and settings.export_header_map == {}
 
 
-@pytest.mark.parametrize(("kw", "names"), [
-    ({"tls_cert_file": "c.pem"}, ["OTAD_TLS_CERT_FILE is set but OTAD_TLS_KEY_FILE is not"]),
-    ({"tls_key_file": "k.pem"}, ["OTAD_TLS_KEY_FILE is set but OTAD_TLS_CERT_FILE is not"]),
-    ({"tls_client_ca_file": "ca.pem"}, ["OTAD_TLS_CLIENT_CA_FILE", "set OTAD_TLS_CERT_FILE"]),
-    ({"export_ca_file": "ca.pem"}, ["OTAD_EXPORT_CA_FILE", "set OTAD_EXPORT_INSECURE=false"]),
-    ({"export_headers": "authorization"}, ["OTAD_EXPORT_HEADERS must be KEY=VALUE"]),
-])
+@pytest.mark.parametrize(
+    ("kw", "names"),
+    [
+        ({"tls_cert_file": "c.pem"}, ["OTAD_TLS_CERT_FILE is set but OTAD_TLS_KEY_FILE is not"]),
+        ({"tls_key_file": "k.pem"}, ["OTAD_TLS_KEY_FILE is set but OTAD_TLS_CERT_FILE is not"]),
+        ({"tls_client_ca_file": "ca.pem"}, ["OTAD_TLS_CLIENT_CA_FILE", "set OTAD_TLS_CERT_FILE"]),
+        ({"export_ca_file": "ca.pem"}, ["OTAD_EXPORT_CA_FILE", "set OTAD_EXPORT_INSECURE=false"]),
+        ({"export_headers": "authorization"}, ["OTAD_EXPORT_HEADERS must be KEY=VALUE"]),
+    ],
+)
 def test_inconsistent_settings_name_the_variable_and_the_fix(kw, names):
     message = config_error(**kw)
     assert all(n in message for n in names), message
@@ -71,8 +74,9 @@ def test_unreadable_or_mismatched_tls_files_stop_startup(pki, tmp_path):
         load_security(Settings(tls_cert_file=pki.server_cert, tls_key_file=tmp_path / "key.txt"))
     with pytest.raises(ConfigError, match="do not form a usable pair"):
         load_security(Settings(tls_cert_file=pki.server_cert, tls_key_file=pki.client_key))
-    tls, auth = load_security(Settings(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key,
-                                       tls_client_ca_file=pki.ca))
+    tls, auth = load_security(
+        Settings(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca)
+    )
     assert tls.client_ca == pki.read("ca") and auth is None
 
 
@@ -94,8 +98,9 @@ def test_bearer_check():
 
 
 def test_export_headers_and_ca(pki):
-    settings = Settings(export_headers="Authorization=Bearer x=y, tenant=a", export_insecure=False,
-                        export_ca_file=pki.ca)
+    settings = Settings(
+        export_headers="Authorization=Bearer x=y, tenant=a", export_insecure=False, export_ca_file=pki.ca
+    )
     assert settings.export_header_map == {"authorization": "Bearer x=y", "tenant": "a"}
     assert isinstance(emitter_credentials(settings), grpc.ChannelCredentials)
 
@@ -103,7 +108,9 @@ def test_export_headers_and_ca(pki):
 def test_gunzip_is_bounded_after_decompression():
     limit = 1024 * 1024
     assert gunzip_limited(gzip.compress(b"a" * limit), limit) == b"a" * limit
-    assert gunzip_limited(gzip.compress(b"ab") + gzip.compress(b"cd"), limit) == b"abcd"  # concatenated members
+    assert (
+        gunzip_limited(gzip.compress(b"ab") + gzip.compress(b"cd"), limit) == b"abcd"
+    )  # concatenated members
     with pytest.raises(_Refusal) as err:
         gunzip_limited(gzip.compress(b"a" * (limit + 1)), limit)
     assert err.value.status == 413
@@ -112,13 +119,16 @@ def test_gunzip_is_bounded_after_decompression():
     assert err.value.status == 400
 
 
-@pytest.mark.parametrize(("exc", "code", "http"), [
-    (UnavailableError("full", 7), grpc.StatusCode.UNAVAILABLE, 503),
-    (InvalidInputError("bad"), grpc.StatusCode.INVALID_ARGUMENT, 400),
-    (TooLargeError("big"), grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
-    (UnauthenticatedError("who"), grpc.StatusCode.UNAUTHENTICATED, 401),
-    (KeyError("bug"), grpc.StatusCode.INTERNAL, 500),
-])
+@pytest.mark.parametrize(
+    ("exc", "code", "http"),
+    [
+        (UnavailableError("full", 7), grpc.StatusCode.UNAVAILABLE, 503),
+        (InvalidInputError("bad"), grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (TooLargeError("big"), grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+        (UnauthenticatedError("who"), grpc.StatusCode.UNAUTHENTICATED, 401),
+        (KeyError("bug"), grpc.StatusCode.INTERNAL, 500),
+    ],
+)
 def test_status_mapping_table(exc, code, http):
     outcome = outcome_of(exc)
     assert outcome.code == code and http_status(outcome) == http
@@ -133,10 +143,19 @@ def test_status_mapping_table(exc, code, http):
 
 def test_otad_serve_refuses_bad_tls_config_with_one_sentence(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTAD_")}
-    env.update(OTAD_DATA_DIR=str(tmp_path), OTAD_TLS_CERT_FILE=str(tmp_path / "missing.pem"),
-               OTAD_TLS_KEY_FILE=str(tmp_path / "missing-key.pem"))
-    result = subprocess.run([sys.executable, "-m", "receiver.cli", "serve"], env=env, capture_output=True,
-                            text=True, timeout=60, cwd=REPO)
+    env.update(
+        OTAD_DATA_DIR=str(tmp_path),
+        OTAD_TLS_CERT_FILE=str(tmp_path / "missing.pem"),
+        OTAD_TLS_KEY_FILE=str(tmp_path / "missing-key.pem"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("otad:")]
     assert "OTAD_TLS_CERT_FILE" in line and "point it at a PEM certificate" in line

@@ -17,8 +17,18 @@ from sim.world import KINDS
 from tests.otlp_sink import OtlpSink
 
 # 20 simulated minutes at a modest rate with a high anomaly rate: all nine kinds fit (one episode each).
-FLAGS = ["--duration", "1200", "--rate", "2", "--anomaly-rate", "0.3", "--seed", "7",
-         "--start", "2026-11-02T10:00:00Z"]
+FLAGS = [
+    "--duration",
+    "1200",
+    "--rate",
+    "2",
+    "--anomaly-rate",
+    "0.3",
+    "--seed",
+    "7",
+    "--start",
+    "2026-11-02T10:00:00Z",
+]
 FORBIDDEN = ("anomal", "label", "injected", *KINDS)
 
 
@@ -43,8 +53,12 @@ def load(path: Path) -> dict:
                 service = _service(rl.resource)
                 for record in (r for sl in rl.scope_logs for r in sl.log_records):
                     attrs = {kv.key: scalar(kv.value) for kv in record.attributes}
-                    records["logs"][attrs["log.record.uid"]] = (service, record.trace_id.hex(), attrs,
-                                                                record.body.string_value)
+                    records["logs"][attrs["log.record.uid"]] = (
+                        service,
+                        record.trace_id.hex(),
+                        attrs,
+                        record.body.string_value,
+                    )
             for rs in getattr(request, "resource_spans", []):
                 service = _service(rs.resource)
                 for span in (s for ss in rs.scope_spans for s in ss.spans):
@@ -73,7 +87,9 @@ def count_records(path: Path) -> int:
                 total += sum(len(ss.get("spans", [])) for ss in rs.get("scopeSpans", []))
             for rm in data.get("resourceMetrics", []):
                 for metric in (m for sm in rm.get("scopeMetrics", []) for m in sm.get("metrics", [])):
-                    total += sum(len(v.get("dataPoints", [])) for k, v in metric.items() if isinstance(v, dict))
+                    total += sum(
+                        len(v.get("dataPoints", [])) for k, v in metric.items() if isinstance(v, dict)
+                    )
     return total
 
 
@@ -125,11 +141,16 @@ def test_labels_pick_the_records_that_carry_the_anomaly(run_dir, records):
     assert any(a.get("http.response.status_code") == 500 for _, _, a, _ in by_kind["error_rate_burst"])
     assert any(body.startswith("fatal: ") for _, _, _, body in by_kind["crash_loop"])
     assert any(a.get("http.response.status_code") == 503 for _, _, a, _ in by_kind["crash_loop"])
-    assert all(name == "process.memory.usage" for _, _, _, name in
-               (records["metrics"][r["uid"]] for r in labels if r["kind"] == "memory_leak"))
+    assert all(
+        name == "process.memory.usage"
+        for _, _, _, name in (records["metrics"][r["uid"]] for r in labels if r["kind"] == "memory_leak")
+    )
     assert any(a.get("url.path", "").startswith("/admin/") for _, _, a, _ in by_kind["admin_endpoint"])
-    sizes = [a["http.response.body.size"] for _, _, a, _ in by_kind["data_exfiltration"]
-             if "http.response.body.size" in a]
+    sizes = [
+        a["http.response.body.size"]
+        for _, _, a, _ in by_kind["data_exfiltration"]
+        if "http.response.body.size" in a
+    ]
     assert min(sizes) > 2_000_000  # normal exports are ~40 KB
 
 
@@ -170,8 +191,18 @@ def test_default_anomaly_rate_gives_a_sane_fraction(tmp_path):
 
 def test_target_sends_through_the_sdk_exporters(run_dir, records):
     with OtlpSink() as sink:
-        assert run_simulate("--target", sink.endpoint, "--speedup", "1e9",
-                            "--labels", str(run_dir / "sent-labels.csv"), *FLAGS) == 0
+        assert (
+            run_simulate(
+                "--target",
+                sink.endpoint,
+                "--speedup",
+                "1e9",
+                "--labels",
+                str(run_dir / "sent-labels.csv"),
+                *FLAGS,
+            )
+            == 0
+        )
         received = Counter({"logs": len(sink.log_records()), "traces": len(sink.spans())})
         sent_points = sum(len(getattr(m, m.WhichOneof("data")).data_points) for _, _, m in sink.metrics())
         span_ids = {span.span_id.hex() for _, _, span in sink.spans()}

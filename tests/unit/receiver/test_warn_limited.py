@@ -14,4 +14,7 @@ def test_repeats_are_suppressed_and_counted(caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="test.warn_limited"):
         for _ in range(4):
             export.warn_limited(log, "unit-test-key", "refused %s", "x")
-    assert [r.getMessage() for r in caplog.records] == ["refused x", "refused x (2 similar messages suppressed)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused x",
+        "refused x (2 similar messages suppressed)",
+    ]

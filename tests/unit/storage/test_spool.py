@@ -27,7 +27,8 @@ def test_append_close_reopen_replays_everything_uncommitted(tmp_path, policy):
     sp = _open(tmp_path, fsync=policy)
     got = list(sp.replay())
     assert [(r.seq, r.signal, r.received_unix_nano, r.payload) for r in got] == [
-        (i, "logs" if i % 2 else "traces", 1000 + i, f"payload-{i}".encode()) for i in range(10)]
+        (i, "logs" if i % 2 else "traces", 1000 + i, f"payload-{i}".encode()) for i in range(10)
+    ]
     assert sp.next_seq == 10
     sp.close()
 
