@@ -10,96 +10,19 @@ distances of log records, spans and metric points live on different scales (docs
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
+from model.calibration import TAIL_Q, Calibration, pvalue_to_score
+
 logger = logging.getLogger(__name__)
 
-P_FLOOR = 1e-6  # the tail probability that maps to score 100
-TAIL_Q = 0.99  # the tail starts at this quantile of the reference distances (large reference sets)
-TAIL_Q_MIN = 0.9  # ... or lower, down to this, so that the tail fit has about TAIL_MIN points
-TAIL_MIN = 50
 CLEAN_BLOCKS = 4  # time blocks for cross-block reference cleaning
 CLEAN_MIN_ROWS = 2_000  # below this, blocks are too small to stand for "the rest of history"
 RARE_SHARE = 0.01  # rows least like the other time blocks, always dropped
 GROUP_MIN_ROWS = 1_000  # a group with fewer calibration rows is scored with the calibration of all rows
 BURST_RATIO = 0.5  # a row is bursty when its neighbours in its own block are this much closer than elsewhere
-# Calibration over time blocks: every quantile, the tail's start and its mean excess are taken per block, then
-# the CAL_BLOCK_Q-th of each across blocks, so an incident in under 10% of the blocks does not set the tail
-# while the ordinary variation between blocks (rare normal events cluster in time too) stays in.
-CAL_BLOCK_ROWS = 1_000  # rows per block at least; CAL_BLOCKS_MIN..MAX blocks
-CAL_BLOCKS_MIN = 8
-CAL_BLOCKS_MAX = 64
-CAL_GRID = 20_000  # points of the synthesized typical distribution
-CAL_BLOCK_Q = 0.9
-
-
-def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
-    """0-100: 100 * -log10(p) / 6, so p = 1e-3 scores 50 and p <= P_FLOOR scores 100."""
-    p = np.clip(np.asarray(p, dtype=np.float64), P_FLOOR, 1.0)
-    return 100.0 * (-np.log10(p)) / (-math.log10(P_FLOOR))
-
-
-@dataclass
-class Calibration:
-    """Tail model of reference distances."""
-
-    sorted_scores: np.ndarray
-    tail_u: float
-    tail_beta: float
-    tail_q: float = TAIL_Q
-
-    @classmethod
-    def fit(cls, scores: np.ndarray, times: np.ndarray | None = None) -> Calibration:
-        """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
-        scores = np.asarray(scores, dtype=np.float64)
-        n_blocks = min(CAL_BLOCKS_MAX, len(scores) // CAL_BLOCK_ROWS)
-        if times is not None and n_blocks >= CAL_BLOCKS_MIN:
-            return cls._fit_blocks(scores, np.asarray(times), n_blocks)
-        s = np.sort(scores)
-        # At least ~TAIL_MIN exceedances for the tail fit: with a small reference set the 99th percentile
-        # leaves two or three points, and their spread alone would set the whole tail.
-        q = float(np.clip(1.0 - TAIL_MIN / max(len(s), 1), TAIL_Q_MIN, TAIL_Q))
-        u = float(np.quantile(s, q)) if len(s) else 0.0
-        excess = s[s > u] - u
-        beta = float(excess.mean()) if len(excess) else max(u * 0.1, 1e-6)
-        return cls(s, u, max(beta, 1e-9), q)
-
-    @classmethod
-    def _fit_blocks(cls, scores: np.ndarray, times: np.ndarray, n_blocks: int) -> Calibration:
-        """At every quantile level, and for the tail's start and mean excess, the CAL_BLOCK_Q-th value over time
-        blocks. An incident fills the top of the blocks it falls in only, so new rows like it stay beyond the
-        threshold instead of being calibrated as normal."""
-        blocks = np.array_split(scores[np.argsort(times, kind="stable")], n_blocks)
-        q = float(np.clip(1.0 - TAIL_MIN / len(blocks[0]), TAIL_Q_MIN, TAIL_Q))
-        levels = (np.arange(CAL_GRID) + 0.5) / CAL_GRID
-        grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), CAL_BLOCK_Q, axis=0)
-        us = np.asarray([np.quantile(b, q) for b in blocks])
-        betas = np.asarray(
-            [(b[b > u] - u).mean() if (b > u).any() else 0.0 for b, u in zip(blocks, us, strict=True)]
-        )
-        u, beta = float(np.quantile(us, CAL_BLOCK_Q)), float(np.quantile(betas, CAL_BLOCK_Q))
-        return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q)
-
-    def pvalue(self, raw: np.ndarray) -> np.ndarray:
-        raw = np.asarray(raw, dtype=np.float64)
-        n = len(self.sorted_scores)
-        above = n - np.searchsorted(self.sorted_scores, raw, side="left")
-        p_emp = (above + 1) / (n + 1)
-        p_tail = (1 - self.tail_q) * np.exp(-(raw - self.tail_u) / self.tail_beta)
-        return np.where(raw > self.tail_u, np.minimum(p_emp, p_tail), p_emp)
-
-    def score(self, raw: np.ndarray) -> np.ndarray:
-        return pvalue_to_score(self.pvalue(raw))
-
-    def raw_at(self, p: float) -> float:
-        """The raw distance whose tail probability is p (inverse of `pvalue`)."""
-        if p >= 1 - self.tail_q:
-            return float(np.quantile(self.sorted_scores, 1 - p)) if len(self.sorted_scores) else 0.0
-        return self.tail_u + self.tail_beta * math.log((1 - self.tail_q) / p)
 
 
 class KnnDetector:

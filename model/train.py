@@ -110,7 +110,10 @@ def train(
     cfg: TrainConfig,
     progress: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train on time-ordered rows; the newest `val_fraction` is the validation split for early stopping."""
+    """Train on time-ordered rows; the newest `val_fraction` is the validation split for early stopping.
+
+    long: one training loop (epochs, batches, early stopping, progress) whose parts share the model and optimiser state.
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -246,6 +246,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    """The `otad` command line.
+
+    long: a flat list of the subcommands and their flags, read top to bottom.
+    """
     parser = argparse.ArgumentParser(prog="otad", description="Anomaly detection for OpenTelemetry data.")
     parser.add_argument("--version", action="version", version=otad_version())
     sub = parser.add_subparsers(dest="command", required=True)

@@ -18,6 +18,10 @@ class Metrics:
     """One registry per service instance (tests run several in one process)."""
 
     def __init__(self) -> None:
+        """Every self-metric, declared in one place.
+
+        long: a flat list of metric declarations, one statement each.
+        """
         self.registry = r = CollectorRegistry()
         self.accepted = Counter("otad_accepted_items", "Items accepted", ["signal", "transport"], registry=r)
         self.rejected = Counter(

@@ -25,6 +25,7 @@ from model.worker import ScoringProcess, ScoringProcessError
 from receiver.consumer import NoRoomError, Received
 from receiver.emit import AnomalyEmitter
 from receiver.metrics import Metrics
+from receiver.scorers import close_scorer, new_scorer
 from receiver.settings import Settings
 from receiver.staging import Staging
 from receiver.writer import Writer, scored_columns
@@ -257,7 +258,7 @@ class Pipeline:
                 self._handle(batch, callbacks)
         self._drain_stores()
         self._store_exec.shutdown(wait=True)
-        self._close_scorer(self._scorer)
+        close_scorer(self._scorer)
 
     def _handle(self, batch: list[Row], callbacks: list[OnStored]) -> None:
         try:
@@ -362,42 +363,14 @@ class Pipeline:
     # ----- the scorer -----
     def _activate(self, mv: ModelVersion) -> None:
         self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
-        old, self._scorer = self._scorer, self._new_scorer(mv)
-        self._close_scorer(old)
+        old, self._scorer = self._scorer, new_scorer(self.settings, mv)
+        close_scorer(old)
         settle_heap()  # the model and its state are long-lived now
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(mv.version, "scoring").set(1)
 
-    def _new_scorer(self, mv: ModelVersion) -> Scorer | ScoringProcess:
-        """A scoring child for a saved model version (OTAD_SCORE_PROCESS), else an in-process Scorer."""
-        s = self.settings
-        path = Path(s.models_dir) / mv.version
-        if s.score_process and (path / "model.json").exists():
-            try:
-                return ScoringProcess(
-                    mv,
-                    path,
-                    k=s.knn_k,
-                    alert_pvalue=s.alert_pvalue,
-                    max_rows=s.reference_max_rows,
-                    threads=s.torch_threads,
-                    nice=s.background_nice,
-                )
-            except ScoringProcessError as exc:
-                logger.error("%s; scoring in the service process instead", exc)
-        elif s.score_process:
-            logger.warning(
-                "model %s is not saved under %s; scoring in the service process", mv.version, path.parent
-            )
-        return Scorer(mv, threads=s.torch_threads)
-
     def _restart_scorer(self) -> None:
         old = self._scorer
         if isinstance(old, ScoringProcess):
-            self._close_scorer(old)
-            self._scorer = self._new_scorer(old.mv)
-
-    @staticmethod
-    def _close_scorer(scorer: Scorer | ScoringProcess | None) -> None:
-        if isinstance(scorer, ScoringProcess):
-            scorer.close()
+            close_scorer(old)
+            self._scorer = new_scorer(self.settings, old.mv)

@@ -10,7 +10,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from sim import flows, world
+from sim import episodes, routes, world
 from sim.flows import DURATION_BOUNDS, INFO
 from sim.world import MS, SEC, Episode, LogRec, PointRec, Req, SpanRec, User, Visitor
 
@@ -42,7 +42,7 @@ class Workload:
         self.start_ns = start_ns
         self.rate = rate
         self.users: list[User] = world.make_users(rng)
-        self.episodes: list[Episode] = world.plan_episodes(
+        self.episodes: list[Episode] = episodes.plan_episodes(
             rng, self.users, start_ns, duration_s, anomaly_rate, kinds
         )
         self._user_weights = [u.weight for u in self.users]
@@ -95,10 +95,10 @@ class Workload:
 
     def _flow(self, visitor: Visitor) -> str:
         if visitor.user is None:
-            return self.rng.choices(flows.ANON_FLOWS, flows.ANON_WEIGHTS)[0]
+            return self.rng.choices(routes.ANON_FLOWS, routes.ANON_WEIGHTS)[0]
         if visitor.user.admin:
-            return self.rng.choices(flows.ADMIN_FLOWS, flows.ADMIN_WEIGHTS)[0]
-        return self.rng.choices(flows.USER_FLOWS, flows.USER_WEIGHTS)[0]
+            return self.rng.choices(routes.ADMIN_FLOWS, routes.ADMIN_WEIGHTS)[0]
+        return self.rng.choices(routes.USER_FLOWS, routes.USER_WEIGHTS)[0]
 
     def _episode_requests(self, ep: Episode, t0: int, t1: int) -> list[tuple[int, Req, str]]:
         out = []
@@ -117,7 +117,7 @@ class Workload:
             req.spiked = ep.kind == "latency_spike" and self.rng.random() < ep.share
             req.failing = ep.kind == "error_rate_burst" and self.rng.random() < ep.share
             req.timing_out = ep.kind == "db_timeout_burst" and self.rng.random() < ep.share
-        root = flows.FLOWS[flow](self, req, t)
+        root = routes.FLOWS[flow](self, req, t)
         if req.forced:
             root.label = req.kind
         if req.kind is not None:
@@ -177,7 +177,7 @@ class Workload:
             self._next_checkpoint += self.rng.randrange(240, 360) * SEC
         for ep in self.episodes:
             if ep.kind == "crash_loop" and ep.end_ns > t0 and ep.start_ns < t1:
-                self._logs.extend(world.crash_logs(self.rng, ep, t0, t1))
+                self._logs.extend(episodes.crash_logs(self.rng, ep, t0, t1))
 
     def emit(self, log: LogRec) -> None:
         """A log that belongs to no span (database server logs)."""

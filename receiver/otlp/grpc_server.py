@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from receiver.otlp.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, refusal, to_status
 from receiver.otlp.grpc_options import GrpcServerOptions
 from receiver.otlp.handler import ExportHandler, build_response
-from receiver.otlp.http_server import GZIP_WBITS, inflate_limited, trim_heap_soon
+from receiver.otlp.inflate import GZIP_WBITS, inflate_limited, trim_heap_soon
 from receiver.otlp.signals import SIGNALS, SignalSpec
 from receiver.ratelog import warn_limited
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.detector import Calibration, KnnDetector, pvalue_to_score
+from model.calibration import Calibration, pvalue_to_score
+from model.detector import KnnDetector
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from model.context import PAIR_SATURATION, ContextTracker
-from model.features import MISSING, OOV, FeatureContract, message_duration_ms, subnet, ua_family, url_template
+from model.extract import message_duration_ms, subnet, ua_family, url_template
+from model.features import MISSING, OOV, FeatureContract
 from model.templates import TemplateMatcher, mine
 from tests.helpers import make_rows
 
@@ -248,7 +249,7 @@ def test_a_sparse_count_series_is_not_flagged_for_poisson_noise():
     ],
 )
 def test_attribute_latency(fields, ms):
-    from model.features import attribute_latency_ms
+    from model.extract import attribute_latency_ms
 
     assert attribute_latency_ms(fields) == ms
 

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from storage.errors import StorageError
-from storage.spool import CHECKPOINT, HEADER, Spool, SpoolFullError, scan
+from storage.spool import CHECKPOINT, Spool, SpoolFullError
+from storage.spool_format import HEADER, scan
 
 
 def _open(path, **kw):

@@ -1,0 +1,41 @@
+"""The pipeline's scorer for a model version: a scoring child process (OTAD_SCORE_PROCESS) or in-process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from model.scorer import Scorer
+from model.version import ModelVersion
+from model.worker import ScoringProcess, ScoringProcessError
+from receiver.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def new_scorer(s: Settings, mv: ModelVersion) -> Scorer | ScoringProcess:
+    """A scoring child for a saved model version (OTAD_SCORE_PROCESS), else an in-process Scorer."""
+    path = Path(s.models_dir) / mv.version
+    if s.score_process and (path / "model.json").exists():
+        try:
+            return ScoringProcess(
+                mv,
+                path,
+                k=s.knn_k,
+                alert_pvalue=s.alert_pvalue,
+                max_rows=s.reference_max_rows,
+                threads=s.torch_threads,
+                nice=s.background_nice,
+            )
+        except ScoringProcessError as exc:
+            logger.error("%s; scoring in the service process instead", exc)
+    elif s.score_process:
+        logger.warning(
+            "model %s is not saved under %s; scoring in the service process", mv.version, path.parent
+        )
+    return Scorer(mv, threads=s.torch_threads)
+
+
+def close_scorer(scorer: Scorer | ScoringProcess | None) -> None:
+    if isinstance(scorer, ScoringProcess):
+        scorer.close()
