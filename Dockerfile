@@ -32,7 +32,7 @@ COPY receiver/ receiver/
 COPY model/ model/
 COPY storage/ storage/
 # Every other dependency is pinned in pyproject.toml; torch is already satisfied by the CPU wheel above.
-RUN pip install ".[plot]" && python -c "import receiver.cli, torch; assert not torch.cuda.is_available()"
+RUN pip install . && python -c "import receiver.cli, torch; assert not torch.cuda.is_available()"
 
 # -------------------------------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}

@@ -167,13 +167,13 @@ class Staging:
 
     def switched_in(self) -> None:
         """The new model scores from the next batch on: its training rows leave the backlog, and rows staged
-        meanwhile are drained."""
+        meanwhile are drained. `busy` stays true until the drain has started (callers waiting for idle)."""
         assert self._trained is not None
         mv, uids = self._trained
-        self._trained = None
         self.delete(uids)
         logger.info("model %s trained on %d rows; now scoring", mv.version, len(uids))
         self.start_drain(mv.version)
+        self._trained = None
 
     # ----- draining -----
     def start_drain(self, version: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from test_features import T0, make_rows
 
 from model.encoder import Embedder, EncoderConfig, TabularResNet
 from model.schema import Row
 from model.scorer import Scorer
 from model.train import TrainConfig, nt_xent
 from model.version import ModelVersion, fit_version
+from tests.helpers import T0, make_rows
 
 
 def test_encoder_output_is_unit_norm_with_right_shape():
