@@ -120,9 +120,13 @@ class Staging:
     def _read(self, n: int) -> list[Row]:
         """The first `n` staged rows by time (those collected when training was triggered; rows staged since are
         scored by the new model), at most the newest OTAD_TRAIN_MAX_ROWS of them, oldest first."""
+        return self._staged()[:n][-self.settings.train_max_rows :]
+
+    def _staged(self) -> list[Row]:
+        """Every staged row, oldest first."""
         rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
         rows.sort(key=lambda r: r.time_unix_nano)
-        return rows[:n][-self.settings.train_max_rows :]
+        return rows
 
     def _train(self, n: int) -> None:
         s = self.settings
@@ -189,8 +193,7 @@ class Staging:
         stored in the rows collection. Rows already there (a crash came between storing and removing) are only
         removed."""
         try:
-            rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
-            rows.sort(key=lambda r: r.time_unix_nano)
+            rows = self._staged()
             for start in range(0, len(rows), 4096):
                 part = rows[start : start + 4096]
                 done = self.store.existing_row_uids(version, [r.uid for r in part])

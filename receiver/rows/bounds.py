@@ -239,7 +239,7 @@ def bound_row(row: Row, res: ResourceBounds) -> list[tuple[str, str]] | None:
     ):
         return _bound_exact(row, res)
     # The hot path: one pass of length checks, and an upper bound of the row's JSON bytes: 12 a character bounds
-    # any escape (an astral character is two \uXXXX), 6 an ASCII one (\u00XX).
+    # any escape (an astral character is two six-character \u escapes), 6 an ASCII control character.
     chars, long, short, short_key = len(uid), 0, _SHORT, _SHORT_KEY
     for key, value in fields.items():
         n = len(key)
