@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -66,7 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     service.stop(settings.shutdown_grace_s)
     logger.info("stopped")
-    return 0
+    # Everything is stored or spooled and checkpointed: leave without interpreter finalization, which aborts
+    # (SIGABRT, "terminate called without an active exception") when a native thread is still running.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ----------------------------------------------------------------------------------------------- files

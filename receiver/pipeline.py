@@ -186,6 +186,7 @@ class Pipeline:
             self._worker.join(max(0.1, deadline - time.monotonic()))
         if self._queued:
             logger.warning("stopped with %d rows still queued (not acknowledged as processed)", self._queued)
+        self.staging.join_training(deadline - time.monotonic() + 30.0)  # ends at the next epoch
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Test/CLI helper: wait until the queue is empty, the current batch finished and the backlog drained."""

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 Offer = Callable[[list[Row], Callable[[], None]], bool]  # Pipeline.offer
 
 
+class _Stopped(Exception):
+    """The service stopped while the first model was training."""
+
+
 class Staging:
     """The backlog and the first model's training; the pipeline calls it from its worker thread.
 
@@ -122,6 +126,16 @@ class Staging:
         scored by the new model), at most the newest OTAD_TRAIN_MAX_ROWS of them, oldest first."""
         return self._staged()[:n][-self.settings.train_max_rows :]
 
+    def _stop_between_epochs(self, _record: dict[str, float]) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
+    def join_training(self, timeout_s: float) -> None:
+        """Wait for a training the stop interrupted to end (native threads must not outlive the interpreter)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.is_alive():
+            trainer.join(max(0.0, timeout_s))
+
     def _staged(self) -> list[Row]:
         """Every staged row, oldest first."""
         rows = [row_from_dict(d["row"]) for page in self.store.iter_backlog() for d in page]
@@ -140,10 +154,16 @@ class Staging:
                 embed_dim=s.embed_dim,
                 max_rows=s.reference_max_rows,
                 train_config=TrainConfig(epochs=s.train_epochs, seed=s.seed, threads=1),
+                progress=self._stop_between_epochs,
             )
             mv.save(s.models_dir, promote=False)
             self._store_reference(mv, rows)
             promote_version(s.models_dir, mv.version)
+        except _Stopped:  # the service stops: the stored backlog trains again at the next start
+            logger.info(
+                "training stopped with the service; it starts again from the stored rows at the next start"
+            )
+            return
         except Exception as exc:  # keep collecting; a later batch retries training
             logger.exception("training the first model failed; still collecting")
             self.train_error = str(exc)

@@ -192,3 +192,25 @@ def test_a_crash_during_the_first_training_still_ends_in_scoring(tmp_path, milvu
     finally:
         assert otad.sigterm(60) == 0
         otad.close()
+
+
+def test_sigterm_during_the_first_training_exits_0_and_training_resumes(tmp_path, milvus):
+    otad = OtadProcess(tmp_path / "data", milvus, OTAD_BOOTSTRAP_ROWS="2000", OTAD_TRAIN_EPOCHS="30")
+    otad.start()
+    channel = grpc.insecure_channel(f"localhost:{otad.grpc_port}")
+    try:
+        stub = logs_grpc.LogsServiceStub(channel)
+        for start in range(0, 2500, 250):
+            stub.Export(request([f"s-{i}" for i in range(start, start + 250)]), timeout=10)
+        assert _wait(lambda: _status(otad)["state"] == "training", 60), _status(otad)
+    finally:
+        channel.close()
+    # Torch's native threads were still training: the exit used to abort ("terminate called …", SIGABRT).
+    assert otad.sigterm(60) == 0, otad.log.read_text()[-1500:]
+    assert "training stopped with the service" in otad.log.read_text()
+    otad.start()
+    try:
+        assert _wait(lambda: _status(otad)["state"] == "scoring", 300, 1.0), _status(otad)
+    finally:
+        assert otad.sigterm(60) == 0
+        otad.close()
