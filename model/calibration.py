@@ -92,6 +92,12 @@ class Calibration:
         p_tail = (1 - self.tail_q) * np.exp(-(raw - self.tail_u) / self.tail_beta)
         return np.where(raw > self.tail_u, np.minimum(p_emp, p_tail), p_emp)
 
+    def share_at_least(self, raw: np.ndarray) -> np.ndarray:
+        """The share of the calibration scores at or above raw (0 beyond the largest): no extrapolation."""
+        raw = np.asarray(raw, dtype=np.float64)
+        n = len(self.sorted_scores)
+        return (n - np.searchsorted(self.sorted_scores, raw, side="left")) / max(n, 1)
+
     def score(self, raw: np.ndarray) -> np.ndarray:
         return pvalue_to_score(self.pvalue(raw))
 
@@ -100,3 +106,18 @@ class Calibration:
         if p >= 1 - self.tail_q:
             return float(np.quantile(self.sorted_scores, 1 - p)) if len(self.sorted_scores) else 0.0
         return self.tail_u + self.tail_beta * math.log((1 - self.tail_q) / p)
+
+
+def calibration_to_arrays(cal: Calibration, prefix: str) -> dict[str, np.ndarray]:
+    """A calibration as named arrays (for a state file: never pickled)."""
+    return {
+        prefix + "scores": cal.sorted_scores,
+        prefix + "tail": np.asarray([cal.tail_u, cal.tail_beta, cal.tail_q], dtype=np.float64),
+    }
+
+
+def calibration_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> Calibration:
+    tail = arrays[prefix + "tail"]
+    return Calibration(
+        arrays[prefix + "scores"].astype(np.float64), float(tail[0]), float(tail[1]), float(tail[2])
+    )

@@ -11,6 +11,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
+
+from model import context_state as cs
+from model.statefile import StateFileError
+
 NAN = float("nan")
 _V = TypeVar("_V")
 
@@ -49,6 +54,12 @@ LATENCY_ALPHA = (
 # (a young baseline is the plain mean of everything seen so far).
 LATENCY_TAU_MS = 15 * 60_000
 SERIES_TAU_MS = 30 * 60_000
+
+# What state() persists besides the pair counts: windowed counters and baselines, by attribute name. Windows
+# keep their code-defined length on restore (a window is code, not state); STATE_VERSION versions the layout.
+_WINDOWS = ("template", "service_rows", "service_fail", "source_fail", "slow")
+_BASELINES = ("series", "latency", "fail_rate")
+STATE_VERSION = 1
 
 # Pair counts saturate: "seen often" is one state, so the feature does not drift as history grows.
 PAIR_SATURATION = 20
@@ -115,7 +126,8 @@ class _Series:
 
 
 class ContextTracker:
-    """Online context state. `pair_counts` can be primed from training history and saved with a model."""
+    """Online context state. `pair_counts` can be primed from training history and saved with a model;
+    `state()` / `from_state()` carry the whole state across a restart (model.statefile writes it)."""
 
     def __init__(
         self,
@@ -136,6 +148,49 @@ class ContextTracker:
         self.max_keys = max_keys
         self.alpha = series_alpha
         self.warmup = warmup
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """All online state as JSON-safe values plus named arrays (model.statefile stores them); no pickle."""
+        values: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "max_keys": self.max_keys,
+            "series_alpha": self.alpha,
+            "warmup": self.warmup,
+        }
+        arrays: dict[str, np.ndarray] = {}
+        for name in _WINDOWS:
+            values[f"windows.{name}"], table = cs.windows_state(getattr(self, name).events)
+            cs.pack(f"windows.{name}", table, arrays)
+        for name in _BASELINES:
+            values[f"baselines.{name}"], table = cs.series_state(getattr(self, name))
+            cs.pack(f"baselines.{name}", table, arrays)
+        values["pairs"], arrays["pairs.counts"] = cs.counts_state(self.pair_counts)
+        return values, arrays
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> ContextTracker:
+        """The tracker `state()` was taken from, LRU order included. Raises StateFileError on a bad state."""
+        version = values.get("version")
+        if version != STATE_VERSION:
+            raise StateFileError(f"context state version {version!r}; this build reads {STATE_VERSION}")
+        try:
+            tracker = cls(
+                max_keys=int(values["max_keys"]),
+                series_alpha=float(values["series_alpha"]),
+                warmup=int(values["warmup"]),
+            )
+            for name in _WINDOWS:
+                table = cs.unpack(f"windows.{name}", arrays)
+                getattr(tracker, name).events = cs.windows_from_state(values[f"windows.{name}"], table)
+            for name in _BASELINES:
+                table = cs.unpack(f"baselines.{name}", arrays)
+                setattr(tracker, name, cs.series_from_state(values[f"baselines.{name}"], table, _Series))
+            tracker.pair_counts = cs.counts_from_state(values["pairs"], arrays, "pairs.counts")
+        except StateFileError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateFileError(f"context state is malformed ({e!r})") from e
+        return tracker
 
     @staticmethod
     def pair_keys(values: dict[str, object]) -> list[tuple[str, str | None]]:

@@ -101,6 +101,7 @@ class KnnDetector:
                 loo = self.decision_function(embeddings, exclude_self=True)[0]
                 self._calibrate(loo, grp)
         self.reference_scores_ = loo
+        self.kept_rows_ = orig  # the training rows (indices into the embeddings fitted) that loo scores
         self.threshold_raw_ = self.calibration_.raw_at(self.alert_pvalue)
         self.threshold_ = float(pvalue_to_score(self.alert_pvalue))
         return self

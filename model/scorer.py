@@ -1,21 +1,30 @@
-"""Score: featurize > embed > k-NN score > explain over one model version, learning calm rows as it goes."""
+"""Score: featurize > embed > the detector ensemble > explain over one model version, learning as it goes."""
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from model.calibration import pvalue_to_score
+from model.context import ContextTracker
+from model.detectors import Frame, ensemble_from_state
+from model.detectors.ensemble import EnsembleResult
+from model.detectors.knn import detection_vectors
 from model.encoder import Embedder
 from model.features import OOV
 from model.schema import Anomaly, Row
-from model.version import ModelVersion, detection_vectors, deviant_rows
+from model.statefile import StateFileError, load_state, save_state
+from model.version import ONLINE_STATE, ModelVersion
 
-LEARN_BELOW_SCORE = 33.0  # rows scored below this (p > 1e-2) join the normal history
-LEARN_PER_BATCH = 256  # at most this many calm rows of a batch are added (index inserts are the costly part)
+logger = logging.getLogger(__name__)
+
+WHAT = {"logs": "log record", "traces": "span", "metrics": "metric point"}
 
 
 @dataclass
@@ -24,21 +33,23 @@ class ScoredBatch:
 
     rows: list[Row]
     embeddings: np.ndarray  # (n, embed_dim) float32
-    raw: np.ndarray  # (n,) float64 k-NN distances
-    scores: np.ndarray  # (n,) float64, 0-100
-    is_anomaly: np.ndarray  # (n,) bool, scores >= threshold
+    raw: np.ndarray  # (n,) float64 combined p-values of the ensemble
+    scores: np.ndarray  # (n,) float64, 0-100 (100 * -log10(p) / 6)
+    is_anomaly: np.ndarray  # (n,) bool, p at or below the row's threshold
     anomalies: list[Anomaly]  # the flagged rows, in row order
+    notices: list[str] = field(default_factory=list)  # new sources seen (one line each, not an anomaly)
+    members: dict[str, np.ndarray] = field(default_factory=dict)  # each member's p-values (1.0 = no opinion)
 
 
 class Scorer:
-    """Online scoring with one model version: featurize -> embed -> k-NN -> calibrate -> explain -> learn.
+    """Online scoring with one model version: featurize -> embed -> ensemble -> explain -> learn.
 
-    It holds the online state (context tracker, learned reference rows), so one Scorer sees a stream's batches
-    in time order. `model.worker.ScoringProcess` runs one in a child process.
+    It holds the online state (context tracker, the members' learned history), so one Scorer sees a stream's
+    batches in time order. `model.worker.ScoringProcess` runs one in a child process.
 
     Args:
-        mv: the model version; with `learn`, its detector and reference rows grow in place.
-        learn: add calm rows (score < LEARN_BELOW_SCORE, not deviant) to the normal history.
+        mv: the model version; with `learn`, its members' history grows in place.
+        learn: let the members learn the rows judged normal.
         threads: torch intra-op threads for the embedding.
     """
 
@@ -50,10 +61,51 @@ class Scorer:
         self.learn = learn
         self.threads = threads
         self.num_names = mv.contract.numeric_names()
+        self._saved_at = time.monotonic()
+
+    # ----- online state: what the scorer learned survives a restart -----
+    def save(self, version_dir: Path) -> None:
+        """Save the online state (context baselines, the members' learned history, first-seen sources)."""
+        values, arrays = self.mv.ensemble.state()
+        save_state(
+            Path(version_dir) / ONLINE_STATE,
+            {
+                "ensemble": (values, arrays),
+                "context": self.tracker.state(),
+                "reference": ({}, {"ref_num": self.mv.ref_num, "ref_cat": self.mv.ref_cat}),
+            },
+        )
+        self._saved_at = time.monotonic()
+
+    def save_if_due(self, version_dir: Path, every_s: float) -> None:
+        if time.monotonic() - self._saved_at >= every_s:
+            self.save(version_dir)
+
+    def restore(self, version_dir: Path) -> bool:
+        """Continue from the online state saved under `version_dir`, if any (a corrupt one is skipped)."""
+        try:
+            state = load_state(Path(version_dir) / ONLINE_STATE)
+        except StateFileError as exc:
+            logger.warning(
+                "the saved online state of %s is unusable (%s); starting from the model", self.mv.version, exc
+            )
+            return False
+        if state is None:
+            return False
+        ens = self.mv.ensemble
+        restored = ensemble_from_state(*state["ensemble"])
+        restored.alert_pvalue, restored.false_alerts_per_hour = ens.alert_pvalue, ens.false_alerts_per_hour
+        self.mv.ensemble = restored
+        self.tracker = ContextTracker.from_state(*state["context"])
+        self.mv.ref_num = state["reference"][1]["ref_num"]
+        self.mv.ref_cat = state["reference"][1]["ref_cat"]
+        logger.info("model %s continues from its saved online state", self.mv.version)
+        return True
 
     @property
     def threshold(self) -> float:
-        return self.mv.detector.threshold_
+        """The nominal threshold on the 0-100 scale (a row's own may be higher: OTAD_FALSE_ALERTS_PER_HOUR)."""
+        return float(pvalue_to_score(self.mv.ensemble.alert_pvalue))
 
     def featurize(self, rows: list[Row]) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
         """Derived values, numeric (n, n_numeric) float32 and categorical (n, n_categorical) int64 features."""
@@ -64,62 +116,71 @@ class Scorer:
     def score(self, rows: list[Row], now_unix_nano: int | None = None) -> ScoredBatch:
         """Score a batch; anomalies are stamped `now_unix_nano` (default: now)."""
         torch.set_num_threads(self.threads)
-        derived, num, cat = self.featurize(rows)
+        if not rows:
+            return ScoredBatch([], np.zeros((0, self.mv.config.embed_dim), np.float32), *_empty(3), [])
+        order = np.argsort([r.time_unix_nano for r in rows], kind="stable")  # members see time order
+        rows_t = [rows[i] for i in order]
+        derived, num, cat = self.featurize(rows_t)
         emb = self.embedder.embed(num, cat)
-        vectors = detection_vectors(self.mv.contract, emb, num, cat)
-        det = self.mv.detector
-        raw, idx = det.decision_function(vectors)
-        scores = det.score(raw, [r.signal for r in rows])
-        flagged = scores >= det.threshold_
+        frame = Frame(
+            rows_t, derived, num, cat, self.mv.contract, detection_vectors(self.mv.contract, emb, num, cat)
+        )
+        result = self.mv.ensemble.score(frame, learn=self.learn)
+        added = frame.cache.get("knn.added")
+        if added is not None and len(added):
+            self.mv.ref_num = np.concatenate([self.mv.ref_num, num[added]])
+            self.mv.ref_cat = np.concatenate([self.mv.ref_cat, cat[added]])
+        scores = pvalue_to_score(result.combined)
         now = now_unix_nano or time.time_ns()
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))  # position in time order of each input row
         anomalies = [
-            self._anomaly(rows[i], derived[i], num[i], cat[i], raw[i], scores[i], idx[i], now)
-            for i in np.flatnonzero(flagged)
+            self._anomaly(frame, result, int(back[i]), scores, now)
+            for i in range(len(rows))
+            if result.alert[back[i]]
         ]
-        if self.learn:
-            self._learn(rows, vectors, num, cat, scores)
-        return ScoredBatch(rows, emb, raw, scores, flagged, anomalies)
+        members = {name: result.p[back, j] for j, name in enumerate(result.members)}
+        return ScoredBatch(
+            rows,
+            emb[back],
+            result.combined[back],
+            scores[back],
+            result.alert[back],
+            anomalies,
+            result.notices,
+            members,
+        )
 
-    def _learn(
-        self, rows: list[Row], vectors: np.ndarray, num: np.ndarray, cat: np.ndarray, scores: np.ndarray
-    ) -> None:
-        """Add up to LEARN_PER_BATCH calm, non-deviant rows to the detector's normal history."""
-        calm = np.flatnonzero((scores < LEARN_BELOW_SCORE) & ~deviant_rows(self.mv.contract, num))
-        if len(calm) > LEARN_PER_BATCH:  # an even sample over the batch, deterministic
-            calm = calm[np.linspace(0, len(calm) - 1, LEARN_PER_BATCH).astype(np.int64)]
-        if not len(calm):
-            return
-        added = self.mv.detector.add(vectors[calm], [rows[i].uid for i in calm])
-        if added:
-            pos = calm[np.asarray(added)]
-            self.mv.ref_num = np.concatenate([self.mv.ref_num, num[pos]])
-            self.mv.ref_cat = np.concatenate([self.mv.ref_cat, cat[pos]])
-
-    def _anomaly(
-        self,
-        row: Row,
-        derived: dict[str, Any],
-        num: np.ndarray,
-        cat: np.ndarray,
-        raw: float,
-        score: float,
-        nbrs: np.ndarray,
-        now: int,
-    ) -> Anomaly:
-        evidence = self.explain(derived, num, cat, nbrs)
-        neighbors = tuple(self.mv.detector.neighbor_uids(nbrs, 5))
-        what = {"logs": "log record", "traces": "span", "metrics": "metric point"}[row.signal]
-        if evidence:
-            diffs = "; ".join(f"{f} {o} vs typical {t}" for f, o, t in evidence)
-        else:
-            diffs = "an unusual combination of otherwise common values"
-        sentence = f"Unusual {what} from {row.service} (score {score:.0f}/100): {diffs}."
+    def _anomaly(self, frame: Frame, result: EnsembleResult, i: int, scores: np.ndarray, now: int) -> Anomaly:
+        row, derived = frame.rows[i], frame.derived[i]
+        clauses = self.mv.ensemble.explain(frame, result, i)
+        names = [name for name, _ in clauses]
+        nbrs = frame.cache.get("knn.neighbors")
+        evidence: list[tuple[str, str, str]] = []
+        neighbors: tuple[str, ...] = ()
+        det = self.mv.detector
+        if nbrs is not None and det is not None and len(nbrs):
+            neighbors = tuple(det.neighbor_uids(nbrs[i], 5))
+            if "knn" in names:
+                evidence = self.explain(derived, frame.num[i], frame.cat[i], nbrs[i])
+        text = []
+        for name, clause in clauses:
+            if name == "knn" and evidence:
+                clause = "unlike its nearest normal records: " + ", ".join(
+                    f"{f} {o} vs typical {t}" for f, o, t in evidence
+                )
+            text.append(clause)
+        why = "; ".join(text) or "an unusual combination of otherwise common values"
+        p = float(result.combined[i])
+        sentence = (
+            f"Unusual {WHAT[row.signal]} from {row.service} (score {scores[i]:.0f}/100, p {p:.1e}): {why}."
+        )
         return Anomaly(
             row,
-            float(score),
-            float(raw),
-            self.threshold,
-            self.mv.detector.name,
+            float(scores[i]),
+            p,
+            float(pvalue_to_score(result.threshold[i])),
+            "+".join(names) or "ensemble",
             self.mv.version,
             sentence,
             neighbors,
@@ -166,3 +227,7 @@ class Scorer:
         if spec.log:
             x = float(np.sign(x) * np.expm1(abs(x)))
         return f"{x:.4g}"
+
+
+def _empty(k: int) -> list[np.ndarray]:
+    return [np.zeros(0)] * (k - 1) + [np.zeros(0, dtype=bool)]

@@ -17,65 +17,17 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from model.detector import KnnDetector
+from model.detectors import DEFAULT_MEMBERS, Ensemble, Frame, build, ensemble_from_state
+from model.detectors.knn import KnnMember, detection_vectors
 from model.encoder import Embedder, EncoderConfig, TabularResNet
-from model.features import FeatureContract
+from model.features import ContractVersionError, FeatureContract
 from model.schema import Row
 from model.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"
-# The detection vector is the learned embedding plus the weighted numeric features and categorical rarity:
-# the embedding is trained to ignore magnitudes and never-seen values, the two explicit parts keep them
-# visible to the k-NN distance (docs/detection.md §3, and §6 for the measurements).
-NUMERIC_WEIGHT = 0.15
-RARITY_WEIGHT = 0.1
-# Deviations from an entity's own baseline (a latency z, a first-seen pair) are evidence in themselves.
-DEVIATION_WEIGHT = 0.5
-DEVIATION_FEATURES = (
-    "ctx.latency_z",
-    "ctx.series_z",
-    "ctx.slow_ratio_60s",
-    "ctx.failure_excess_60s",
-    "ctx.seen_user_country",
-    "ctx.seen_user_agent",
-    "ctx.seen_user_route",
-    "ctx.seen_user_source",
-)
-# Rows this far (in feature units) from their own entity's baseline are incidents by their own history: they
-# never become reference rows, at training nor by online learning, so a repeat of the incident cannot find
-# them as its normal neighbours.
-DEVIANT_FEATURES = ("ctx.latency_z", "ctx.series_z", "ctx.failure_excess_60s")
-DEVIANT_UNITS = 10.0
-
-
-def deviant_rows(contract: FeatureContract, num: np.ndarray) -> np.ndarray:
-    """(n,) bool: rows with |deviation| >= DEVIANT_UNITS in any of DEVIANT_FEATURES."""
-    names = contract.numeric_names()
-    cols = [j for j, n in enumerate(names) if n in DEVIANT_FEATURES]
-    if not cols:
-        return np.zeros(len(num), dtype=bool)
-    return (np.abs(num[:, cols]) >= DEVIANT_UNITS).any(axis=1)
-
-
-def numeric_weights(contract: FeatureContract) -> np.ndarray:
-    """(n_numeric,) float32: the weight of each numeric feature in the detection vector."""
-    names = contract.numeric_names()
-    return np.asarray(
-        [DEVIATION_WEIGHT if n in DEVIATION_FEATURES else NUMERIC_WEIGHT for n in names], dtype=np.float32
-    )
-
-
-def detection_vectors(
-    contract: FeatureContract, emb: np.ndarray, num: np.ndarray, cat: np.ndarray
-) -> np.ndarray:
-    """(n, embed_dim + n_numeric + n_categorical) float32: what the k-NN detector measures distances on."""
-    return np.ascontiguousarray(
-        np.concatenate(
-            [emb, numeric_weights(contract) * num, RARITY_WEIGHT * contract.rarity_matrix(cat)], axis=1
-        ),
-        dtype=np.float32,
-    )
+ONLINE_STATE = "online"  # the scoring process's learned state, under the version's directory
 
 
 @dataclass
@@ -86,10 +38,18 @@ class ModelVersion:
     contract: FeatureContract
     config: EncoderConfig
     model: TabularResNet
-    detector: KnnDetector
-    ref_num: np.ndarray  # features of the detector's unique reference vectors, for explanations
+    ensemble: Ensemble
+    ref_num: np.ndarray  # features of the k-NN member's unique reference vectors, for explanations
     ref_cat: np.ndarray
     meta: dict[str, Any]  # training figures, saved in model.json
+
+    @property
+    def detector(self) -> KnnDetector | None:
+        """The k-NN member's detector (its reference rows explain anomalies), when the ensemble has one."""
+        for m in self.ensemble.members:
+            if isinstance(m, KnnMember):
+                return m.detector
+        return None
 
     # ----- persistence -----
     def save(self, models_dir: Path, *, promote: bool = True) -> Path:
@@ -99,19 +59,16 @@ class ModelVersion:
         save_file(
             {k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path / "weights.safetensors")
         )
-        det = self.detector.state()
+        values, arrays = self.ensemble.state()
+        np.savez_compressed(path / "ensemble.npz", allow_pickle=False, **arrays)
         np.savez_compressed(
-            path / "reference.npz", allow_pickle=False, ref_num=self.ref_num, ref_cat=self.ref_cat, **det
+            path / "reference.npz", allow_pickle=False, ref_num=self.ref_num, ref_cat=self.ref_cat
         )
         doc = {
             "version": self.version,
             "encoder": self.config.to_json(),
             "contract": self.contract.to_json(),
-            "detector": {
-                "name": self.detector.name,
-                "k": self.detector.k,
-                "alert_pvalue": self.detector.alert_pvalue,
-            },
+            "ensemble": values,
             "meta": self.meta,
         }
         (path / "model.json").write_text(json.dumps(doc, indent=1))
@@ -121,44 +78,67 @@ class ModelVersion:
 
     @classmethod
     def load(
-        cls, path: Path, *, k: int | None = None, alert_pvalue: float | None = None, max_rows: int = 100_000
+        cls,
+        path: Path,
+        *,
+        k: int | None = None,
+        alert_pvalue: float | None = None,
+        max_rows: int = 100_000,
+        false_alerts_per_hour: float | None = None,
     ) -> ModelVersion:
-        """Load a saved version; `k` and `alert_pvalue` override the saved ones, `max_rows` caps learning."""
+        """Load a saved version; `k`, `alert_pvalue` and `false_alerts_per_hour` override the saved ones,
+        `max_rows` caps the k-NN member's learning."""
         path = Path(path)
         doc = json.loads((path / "model.json").read_text())
+        if "ensemble" not in doc:
+            raise ContractVersionError(
+                f"model {path.name} predates the detector ensemble: train a new version"
+            )
         config = EncoderConfig.from_json(doc["encoder"])
         model = TabularResNet(config)
         model.load_state_dict(load_file(str(path / "weights.safetensors")))
         model.eval()
         with np.load(path / "reference.npz", allow_pickle=False) as z:
-            state = {key: z[key] for key in z.files}
-        det = KnnDetector.from_state(
-            state,
-            k=k or doc["detector"]["k"],
-            alert_pvalue=alert_pvalue or doc["detector"]["alert_pvalue"],
-            max_rows=max_rows,
-        )
+            ref = {key: z[key] for key in z.files}
+        with np.load(path / "ensemble.npz", allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+        ens = ensemble_from_state(doc["ensemble"], arrays)
+        ens.alert_pvalue = alert_pvalue or ens.alert_pvalue
+        ens.false_alerts_per_hour = false_alerts_per_hour or ens.false_alerts_per_hour
+        for m in ens.members:
+            if isinstance(m, KnnMember):
+                m.detector.k = m.k = k or m.k
+                m.detector.max_rows = m.max_rows = max_rows
         return cls(
             doc["version"],
             FeatureContract.from_json(doc["contract"]),
             config,
             model,
-            det,
-            state["ref_num"],
-            state["ref_cat"],
+            ens,
+            ref["ref_num"],
+            ref["ref_cat"],
             doc["meta"],
         )
 
     @staticmethod
     def load_current(
-        models_dir: Path, *, k: int | None = None, alert_pvalue: float | None = None, max_rows: int = 100_000
+        models_dir: Path,
+        *,
+        k: int | None = None,
+        alert_pvalue: float | None = None,
+        max_rows: int = 100_000,
+        false_alerts_per_hour: float | None = None,
     ) -> ModelVersion | None:
         """The version the CURRENT pointer names (see `load`), or None before the first one is promoted."""
         pointer = Path(models_dir) / CURRENT
         if not pointer.exists():
             return None
         return ModelVersion.load(
-            Path(models_dir) / pointer.read_text().strip(), k=k, alert_pvalue=alert_pvalue, max_rows=max_rows
+            Path(models_dir) / pointer.read_text().strip(),
+            k=k,
+            alert_pvalue=alert_pvalue,
+            max_rows=max_rows,
+            false_alerts_per_hour=false_alerts_per_hour,
         )
 
 
@@ -174,6 +154,9 @@ def fit_version(
     *,
     k: int = 10,
     alert_pvalue: float = 1e-3,
+    detectors: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
+    combiner: str = "cauchy",
+    false_alerts_per_hour: float = 0.5,
     embed_dim: int = 32,
     train_config: TrainConfig | None = None,
     max_rows: int = 100_000,
@@ -197,15 +180,20 @@ def fit_version(
     cfg = train_config or TrainConfig()
     result = train(num, cat, contract.categorical, config, cfg, progress)
     emb = Embedder(result.model).embed(num, cat)
-    uids = [r.uid for r in rows]
-    vectors = detection_vectors(contract, emb, num, cat)
-    times = np.asarray([r.time_unix_nano for r in rows], dtype=np.int64)
-    signals = np.asarray([r.signal for r in rows], dtype=np.str_)
-    detector = KnnDetector(k=k, alert_pvalue=alert_pvalue, max_rows=max_rows).fit(
-        vectors, uids, times=times, groups=signals, deviant=deviant_rows(contract, num)
-    )
+    frame = Frame(rows, derived, num, cat, contract, detection_vectors(contract, emb, num, cat))
+    t1 = time.monotonic()
+    ensemble = build(
+        detectors,
+        combiner=combiner,
+        false_alerts_per_hour=false_alerts_per_hour,
+        alert_pvalue=alert_pvalue,
+        k=k,
+        max_rows=max_rows,
+    ).fit(frame)
+    logger.info("detectors %s fitted (%.1fs)", ", ".join(ensemble.names), time.monotonic() - t1)
     digest = hashlib.blake2b(emb.tobytes(), digest_size=3).hexdigest()
     version = time.strftime("v%Y%m%d%H%M%S", time.gmtime()) + "-" + digest
+    knn = next((m.detector for m in ensemble.members if isinstance(m, KnnMember)), None)
     meta = {
         "trained_at": time.time(),
         "rows": len(rows),
@@ -214,9 +202,12 @@ def fit_version(
         "history": result.history,
         "best_epoch": result.best_epoch,
         "train_seconds": result.seconds,
-        "reference_rows": int(len(detector.vectors_)),
-        "threshold": detector.threshold_,
+        "detectors": ensemble.names,
+        "combiner": combiner,
+        "reference_rows": int(len(knn.vectors_)) if knn is not None else 0,
+        "alert_pvalue": alert_pvalue,
+        "false_alerts_per_hour": false_alerts_per_hour,
         "signals": dict(Counter(r.signal for r in rows)),
     }
-    rep = detector.rep_rows_
-    return ModelVersion(version, contract, config, result.model, detector, num[rep], cat[rep], meta)
+    rep = knn.rep_rows_ if knn is not None else np.zeros(0, dtype=np.int64)
+    return ModelVersion(version, contract, config, result.model, ensemble, num[rep], cat[rep], meta)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from model.calibration import pvalue_to_score
 from model.heap import settle_heap
 from model.schema import (
     BOUNDARY_VERSION,
@@ -81,6 +82,8 @@ class ScoringProcess:
         threads: int = 1,
         nice: int = 0,
         start_timeout_s: float = START_TIMEOUT_S,
+        false_alerts_per_hour: float | None = None,
+        state_save_s: float = 60.0,
     ):
         self.mv = mv
         self._lock = threading.Lock()  # one batch at a time on the pipe; close waits for the batch in hand
@@ -90,7 +93,19 @@ class ScoringProcess:
             target=_serve,
             name=f"otad-score-{mv.version}",
             daemon=True,
-            args=(child, str(path), k, alert_pvalue, max_rows, threads, nice, os.getpid(), BOUNDARY_VERSION),
+            args=(
+                child,
+                str(path),
+                k,
+                alert_pvalue,
+                max_rows,
+                threads,
+                nice,
+                os.getpid(),
+                BOUNDARY_VERSION,
+                false_alerts_per_hour,
+                state_save_s,
+            ),
         )
         self._proc.start()
         child.close()
@@ -131,7 +146,7 @@ class ScoringProcess:
 
     @property
     def threshold(self) -> float:
-        return self.mv.detector.threshold_
+        return float(pvalue_to_score(self.mv.ensemble.alert_pvalue))
 
     def score(self, rows: list[Row], now_unix_nano: int | None = None) -> ScoredBatch:
         """As `Scorer.score`; the anomalies carry these very `rows`.
@@ -148,8 +163,10 @@ class ScoringProcess:
             reply = self._recv(None)
         if reply[0] != "ok":
             raise ScoringProcessError(f"scoring failed in the scoring process: {reply[1]}")
-        _, emb, raw, scores, flagged, found = reply
-        return ScoredBatch(rows, emb, raw, scores, flagged, anomalies_from_columns(found, rows))
+        _, emb, raw, scores, flagged, found, notices, members = reply
+        return ScoredBatch(
+            rows, emb, raw, scores, flagged, anomalies_from_columns(found, rows), notices, members
+        )
 
     def _recv(self, timeout_s: float | None) -> tuple[Any, ...]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -194,6 +211,8 @@ def _serve(
     nice: int = 0,
     parent_pid: int | None = None,
     boundary_version: int = BOUNDARY_VERSION,
+    false_alerts_per_hour: float | None = None,
+    state_save_s: float = 60.0,
 ) -> None:
     """The child's loop: check the parent's `boundary_version`, load the model, then answer
     `("score", row columns, now)` until `("stop",)` or EOF. It exits at once when `parent_pid` stops being its
@@ -212,8 +231,15 @@ def _serve(
     from model.scorer import Scorer
 
     try:
-        mv = ModelVersion.load(Path(path), k=k, alert_pvalue=alert_pvalue, max_rows=max_rows)
+        mv = ModelVersion.load(
+            Path(path),
+            k=k,
+            alert_pvalue=alert_pvalue,
+            max_rows=max_rows,
+            false_alerts_per_hour=false_alerts_per_hour,
+        )
         scorer = Scorer(mv, threads=threads)
+        scorer.restore(Path(path))
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -225,13 +251,24 @@ def _serve(
         except (EOFError, OSError):
             return  # the service is gone
         if msg[0] == "stop":
+            scorer.save(Path(path))
             return
         _, columns, now = msg
         reply: tuple[Any, ...]
         try:
             scored = scorer.score(rows_from_columns(columns), now)
             found = anomalies_to_columns(scored.anomalies, np.flatnonzero(scored.is_anomaly).tolist())
-            reply = ("ok", scored.embeddings, scored.raw, scored.scores, scored.is_anomaly, found)
+            reply = (
+                "ok",
+                scored.embeddings,
+                scored.raw,
+                scored.scores,
+                scored.is_anomaly,
+                found,
+                scored.notices,
+                scored.members,
+            )
+            scorer.save_if_due(Path(path), state_save_s)
         except Exception:
             reply = ("failed", traceback.format_exc(limit=8))
         try:

@@ -120,6 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         rows,
         k=settings.knn_k,
         alert_pvalue=settings.alert_pvalue,
+        detectors=settings.detector_names,
+        combiner=settings.combiner,
+        false_alerts_per_hour=settings.false_alerts_per_hour,
         embed_dim=settings.embed_dim,
         max_rows=settings.reference_max_rows,
         train_config=TrainConfig(epochs=args.epochs or settings.train_epochs, seed=settings.seed),
@@ -128,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = mv.save(settings.models_dir)
     sys.stdout.write(
         f"model {mv.version} saved to {path} (best epoch {mv.meta['best_epoch']}, "
-        f"{mv.meta['reference_rows']} reference vectors, threshold {mv.detector.threshold_:.1f}/100, "
+        f"{mv.meta['reference_rows']} reference vectors, detectors {'+'.join(mv.ensemble.names)}, "
         f"trained until {mv.meta['train_end_unix_nano']})\n"
     )
     return 0
@@ -250,6 +253,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate.run(args)
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Runs the source checkout's benchmarks/detection.py with the given arguments (not in a wheel)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "detection.py"
+    if not script.is_file():
+        sys.stderr.write("otad benchmark needs a source checkout: benchmarks/detection.py is not installed\n")
+        return 2
+    import subprocess
+
+    return subprocess.call([sys.executable, str(script), *args.args])
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The `otad` command line.
@@ -317,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_anomalies)
+
+    # Every argument goes to the script, options too: this parser has no option prefix of its own.
+    p = sub.add_parser(
+        "benchmark",
+        help="the detection benchmark (source checkout; --help: its options)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_benchmark)
 
     try:
         from sim import simulate

@@ -100,6 +100,11 @@ class Metrics:
             ["stage", "cause"],
             registry=r,
         )
+        self.new_sources = Counter(
+            "otad_new_sources",
+            "Sources (service and signal) first seen after training: learned during a warm-up, not alerted on",
+            registry=r,
+        )
         self.transport_refusals = Counter(
             "otad_transport_refused_requests",
             "Requests refused before their items were read (undecodable, over the size limit, bad encoding)",

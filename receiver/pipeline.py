@@ -299,6 +299,9 @@ class Pipeline:
         t0 = time.perf_counter()
         scored = scorer.score(rows)
         self.metrics.stage_seconds.labels("featurize_embed_score").observe(time.perf_counter() - t0)
+        for notice in scored.notices:  # one line per new source, not one anomaly per row of it
+            logger.info("%s", notice)
+            self.metrics.new_sources.inc()
         columns = scored_columns(rows, scored.scores, scored.is_anomaly, reference=False)
         while len(self._in_flight) >= 2:
             self._in_flight.popleft().result()

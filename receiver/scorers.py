@@ -26,6 +26,8 @@ def new_scorer(s: Settings, mv: ModelVersion) -> Scorer | ScoringProcess:
                 max_rows=s.reference_max_rows,
                 threads=s.torch_threads,
                 nice=s.background_nice,
+                false_alerts_per_hour=s.false_alerts_per_hour,
+                state_save_s=s.state_save_s,
             )
         except ScoringProcessError as exc:
             logger.error("%s; scoring in the service process instead", exc)
@@ -33,7 +35,9 @@ def new_scorer(s: Settings, mv: ModelVersion) -> Scorer | ScoringProcess:
         logger.warning(
             "model %s is not saved under %s; scoring in the service process", mv.version, path.parent
         )
-    return Scorer(mv, threads=s.torch_threads)
+    scorer = Scorer(mv, threads=s.torch_threads)
+    scorer.restore(path)
+    return scorer
 
 
 def close_scorer(scorer: Scorer | ScoringProcess | None) -> None:

@@ -148,6 +148,7 @@ def load_model(settings: Settings, *, incompatible_ok: bool = False) -> ModelVer
             Path(settings.models_dir),
             k=settings.knn_k,
             alert_pvalue=settings.alert_pvalue,
+            false_alerts_per_hour=settings.false_alerts_per_hour,
             max_rows=settings.reference_max_rows,
         )
     except ContractVersionError as exc:

@@ -42,7 +42,15 @@ class Settings(BaseSettings):
     batch_wait_ms: int = Field(200, ge=1)  # longest a row waits for its batch to fill
     retry_after_s: int = Field(5, ge=1)  # RetryInfo delay when the queue is full
     knn_k: int = Field(10, ge=1, le=200)  # neighbours for the k-NN distance
-    alert_pvalue: float = Field(1e-3, gt=0, lt=0.5)  # tail probability at the threshold
+    alert_pvalue: float = Field(1e-3, gt=0, lt=0.5)  # the highest p-value that alerts (slow streams)
+    # Expected false alerts per hour of each (service, signal) at the threshold: a row alerts when its combined
+    # p-value is below this divided by the stream's rows per hour (and below alert_pvalue).
+    false_alerts_per_hour: float = Field(0.5, gt=0, le=1000)
+    # The ensemble's members (docs/detection.md) and how their p-values are combined.
+    detectors: str = "knn,pattern,isolation,latency,errors,series"
+    combiner: Literal["cauchy", "minp", "fisher"] = "cauchy"
+    # The scoring process saves its learned state (baselines, reference growth, first-seen sources) this often.
+    state_save_s: float = Field(60.0, ge=1)
     reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index
     train_epochs: int = Field(30, ge=1)  # upper bound; early stopping usually ends sooner
     train_max_rows: int = Field(
@@ -87,6 +95,21 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{v!r} is not HOST:PORT (for example localhost:4317)")
         return v
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors(cls, v: str) -> str:
+        from model.detectors import REGISTRY
+
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        unknown = [n for n in names if n not in REGISTRY]
+        if unknown or not names:
+            raise ValueError(f"{v!r} must name detectors among {', '.join(REGISTRY)} (comma-separated)")
+        return ",".join(dict.fromkeys(names))
+
+    @property
+    def detector_names(self) -> tuple[str, ...]:
+        return tuple(self.detectors.split(","))
 
     @field_validator("log_level")
     @classmethod

@@ -1,0 +1,73 @@
+"""Detectors: the member API (`base`), the members, and the ensemble that combines them.
+
+`REGISTRY` maps a member's name (as `OTAD_DETECTORS` spells it) to its module and class, imported on use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from model.detectors.base import Detector, Frame
+from model.detectors.ensemble import Ensemble
+from model.detectors.recent import RecentCalibration
+
+REGISTRY = {
+    "knn": ("model.detectors.knn", "KnnMember"),
+    "pattern": ("model.detectors.pattern", "PatternFrequency"),
+    "isolation": ("model.detectors.isolation", "IsolationMember"),
+    "latency": ("model.detectors.operation", "LatencyDetector"),
+    "errors": ("model.detectors.operation", "ErrorRateDetector"),
+    "series": ("model.detectors.series", "SeriesDetector"),
+}
+DEFAULT_MEMBERS = ("knn", "pattern", "isolation", "latency", "errors", "series")
+
+
+def member_class(name: str) -> type[Detector]:
+    try:
+        module, cls = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}: one of {', '.join(REGISTRY)}") from None
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def new_member(name: str, **kwargs: Any) -> Detector:
+    """A fresh member; `knn` takes k and max_rows, the others their defaults."""
+    cls = member_class(name)
+    if name == "knn":
+        return cls(**kwargs)  # type: ignore[call-arg]
+    return cls()
+
+
+def build(
+    names: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
+    *,
+    combiner: str = "cauchy",
+    false_alerts_per_hour: float = 0.5,
+    alert_pvalue: float = 1e-3,
+    k: int = 10,
+    max_rows: int = 100_000,
+) -> Ensemble:
+    """An unfitted ensemble of the named members."""
+    members = [new_member(n, k=k, max_rows=max_rows) if n == "knn" else new_member(n) for n in names]
+    return Ensemble(members, combiner, false_alerts_per_hour, alert_pvalue)
+
+
+def ensemble_from_state(values: dict[str, Any], arrays: dict[str, np.ndarray]) -> Ensemble:
+    """The ensemble `Ensemble.state()` saved, members and online state included."""
+    members = []
+    for j, spec in enumerate(values["members"]):
+        mine = {k: arrays[f"m{j}.{k}"] for k in spec["arrays"]}
+        members.append(member_class(spec["name"]).from_state(spec["values"], mine))
+    ens = Ensemble(members, values["combiner"], values["false_alerts_per_hour"], values["alert_pvalue"])
+    ens.entities = {k: list(v) for k, v in values["entities"].items()}
+    ens.recent = {
+        key: RecentCalibration.from_state(v, arrays, f"r{key}.")
+        for key, v in values.get("recent", {}).items()
+    }
+    return ens
+
+
+__all__ = ["DEFAULT_MEMBERS", "REGISTRY", "Detector", "Ensemble", "Frame", "build", "ensemble_from_state"]

@@ -1,0 +1,385 @@
+"""Per-operation members: a request's latency against its own operation's baseline, and a failure against the
+failure rate its operation and service usually have.
+
+Both keep online state per (service, operation), score each row against the state before it and then learn it,
+forget by time (so a busy and a quiet operation behave alike) and learn slowly from what they flag, so an
+incident inside the training window or a long one while serving does not become its own baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections import OrderedDict, deque
+from typing import Any, ClassVar
+
+import numpy as np
+
+from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
+from model.detectors.base import Detector, Frame, State
+from model.detectors.operation_stats import (
+    EPS_MS,
+    ERR_MEMORY,
+    ERR_WINDOW_MAX,
+    ERR_WINDOW_NS,
+    EXCESS_P,
+    MIN_OBS,
+    NS_PER_MIN,
+    OUTLIER_SLOW,
+    PRIOR_ROWS,
+    SCALE_FLOOR,
+    WARM_MULT,
+    Tail,
+    binomial_tail,
+    lru,
+    observe,
+    pack,
+    robust_z,
+    unpack,
+)
+
+
+def op_keys(frame: Frame) -> list[str]:
+    """Each row's operation key as a stable string: service, then the derived `operation_key` (or, for a row
+    without one, its signal and class), joined by a unit separator; computed once per frame for both members."""
+    keys = frame.cache.get("operation.keys")
+    if keys is None:
+        keys = frame.cache["operation.keys"] = [
+            "\x1f".join(map(str, (row.service, *_op_parts(d))))
+            for row, d in zip(frame.rows, frame.derived, strict=True)
+        ]
+    return keys
+
+
+def _op_parts(d: dict[str, Any]) -> tuple[object, ...]:
+    op = d.get("operation_key")
+    return tuple(op) if isinstance(op, tuple | list) else (d.get("signal"), d.get("class_uid"))
+
+
+def op_label(frame: Frame, i: int) -> str:
+    """The row's operation in its own words: span/RPC name, log template text and HTTP method and route."""
+    d = frame.derived[i]
+    what = d.get("trace.span.operation") or d.get("api.operation")
+    t = d.get("template")
+    if not what and isinstance(t, str) and t.isdigit() and int(t) < len(frame.contract.templates):
+        what = repr(frame.contract.templates[int(t)][:60])
+    route = d.get("url_template")
+    http = " ".join(str(p) for p in (d.get("http_request.http_method"), route) if p)
+    if what and route and str(route) in str(what):
+        return str(what)
+    label = " ".join(p for p in (str(what or ""), http) if p)
+    return label or f"class {frame.rows[i].class_uid}"
+
+
+class _PerOperation(Detector):
+    """Online state per operation, per service and over everything: LRU tables of flat entries
+    [LAYOUT[0] floats, LAYOUT[1] ints, a sequence of LAYOUT[2]-tuples], persisted as arrays."""
+
+    LAYOUT: ClassVar[tuple[int, int, int]]
+
+    def __init__(self, tau_min: float, max_keys: int) -> None:
+        self.tau_ns = tau_min * NS_PER_MIN
+        self.max_keys = max_keys
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ops: OrderedDict[str, list[Any]] = OrderedDict()
+        self.services: OrderedDict[str, list[Any]] = OrderedDict()
+        self.all: list[Any] = self._new(0)
+
+    @staticmethod
+    @abstractmethod
+    def _new(t: int) -> list[Any]: ...
+
+    @staticmethod
+    @abstractmethod
+    def _sequence(chunk: np.ndarray) -> Any: ...
+
+    def state(self) -> State:
+        values: dict[str, Any] = {"tau_ns": self.tau_ns, "max_keys": self.max_keys}
+        arrays: dict[str, np.ndarray] = {}
+        for name, table in (("op", self.ops), ("svc", self.services), ("all", OrderedDict(all=self.all))):
+            values[name] = list(table)
+            arrays.update({name + k: v for k, v in pack(table, *self.LAYOUT).items()})
+        return values, arrays
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> Detector:
+        det = cls(max_keys=int(values["max_keys"]))  # type: ignore[call-arg]
+        det.tau_ns = float(values["tau_ns"])
+        tables = {}
+        for name in ("op", "svc", "all"):
+            tables[name] = unpack(values[name], arrays, name)
+            for e in tables[name].values():
+                e[-1] = cls._sequence(e[-1])
+        det.ops, det.services, det.all = tables["op"], tables["svc"], tables["all"]["all"]
+        return det
+
+
+def measured(row: Any, derived: dict[str, Any]) -> bool:
+    """The latency is a measurement (a span's duration, a duration attribute), not a number read from a
+    message: "over 9108 s" in a message may be a period as well as a latency, so this member leaves those to
+    the members that judge the whole record."""
+    return row.fields.get("duration") is not None or derived.get("message.duration_ms") != derived.get(
+        "latency_ms"
+    )
+
+
+class LatencyDetector(_PerOperation):
+    """A row's latency against its (service, operation)'s robust baseline of log latency: the upper-tail robust
+    z, calibrated on the training window's z's. Only slowness counts: a much faster request is a cache hit, an
+    early return or a failure (which the error member judges), none of them a latency anomaly.
+
+    A new operation (fewer than MIN_OBS observations) is judged against its service's (or, for a new service,
+    all services') latency distribution, after dividing its latency by WARM_MULT: only an extreme value alerts.
+    """
+
+    name: ClassVar[str] = "latency"
+    global_novelty: ClassVar[bool] = False
+    LAYOUT = (3, 2, 1)  # [location, scale, weight, observations, last time, warm-up values]
+
+    def __init__(self, tau_min: float = 30.0, max_keys: int = 50_000) -> None:
+        super().__init__(tau_min, max_keys)
+        self.own, self.parent = Tail(), Tail()
+
+    @staticmethod
+    def _new(t: int) -> list[Any]:
+        return [0.0, 1.0, 0.0, 0, t, []]
+
+    @staticmethod
+    def _sequence(chunk: np.ndarray) -> Any:
+        return [float(v) for v in chunk.ravel()]
+
+    def fit(self, frame: Frame) -> LatencyDetector:
+        self._reset()
+        self._seed(frame)
+        z, zp, shifted, _ = self._run(frame)
+        self.own, self.parent = Tail.fit(z), Tail.fit(zp[~shifted])
+        self.fit_raw_ = z
+        return self
+
+    def _seed(self, frame: Frame) -> None:
+        """Start every baseline of the training window from its median/MAD over the whole window, so one whose
+        first rows fall inside an incident does not spend the window recovering from it (fit only)."""
+        groups: dict[tuple[int, str], list[float]] = {}
+        first: dict[tuple[int, str], int] = {}
+        for row, d, key in zip(frame.rows, frame.derived, op_keys(frame), strict=True):
+            lat = d.get("latency_ms")
+            if isinstance(lat, int | float) and lat >= 0.0 and not math.isinf(lat) and measured(row, d):
+                for group in ((0, key), (1, row.service), (2, "")):
+                    groups.setdefault(group, []).append(math.log(lat + EPS_MS))
+                    first.setdefault(group, row.time_unix_nano)
+        span = max(frame.rows[-1].time_unix_nano - frame.rows[0].time_unix_nano, 1) if len(frame) else 1
+        for (level, key), xs in groups.items():
+            if len(xs) < MIN_OBS:
+                continue
+            v = np.asarray(xs)
+            m = float(np.median(v))
+            w = max(float(MIN_OBS), len(xs) * min(1.0, self.tau_ns / span))  # its observations in one tau
+            scale = max(1.4826 * float(np.median(np.abs(v - m))), SCALE_FLOOR)
+            entry: list[Any] = [m, scale, w, MIN_OBS, first[(level, key)], []]
+            if level == 2:
+                self.all = entry
+            else:
+                lru(self.ops if level == 0 else self.services, key, entry, self.max_keys)
+
+    def _run(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]:
+        """Per row: own z, parent z (shifted by WARM_MULT where the operation is new), parent scale and the
+        (median ms, scale) of the baseline it was measured against; learns every row."""
+        n = len(frame)
+        z, zp, shifted = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
+        ref: list[tuple[float, float]] = [(math.nan, math.nan)] * n
+        shift, keys = math.log(WARM_MULT), op_keys(frame)
+        for i, (row, d) in enumerate(zip(frame.rows, frame.derived, strict=True)):
+            lat = d.get("latency_ms")
+            if not isinstance(lat, int | float) or not lat >= 0.0 or math.isinf(lat) or not measured(row, d):
+                continue
+            x, t = math.log(lat + EPS_MS), row.time_unix_nano
+            svc = lru(self.services, row.service, self._new(t), self.max_keys)
+            op = lru(self.ops, keys[i], self._new(t), self.max_keys)
+            par = svc if svc[3] >= MIN_OBS else self.all
+            z[i] = robust_z(op, x)
+            if op[3] >= MIN_OBS:
+                ref[i], zp[i] = (op[0], op[1]), robust_z(par, x)
+            elif par[3] >= MIN_OBS:
+                ref[i], zp[i], shifted[i] = (par[0], par[1]), robust_z(par, x, shift), True
+            for entry in (op, svc, self.all):
+                observe(entry, x, t, self.tau_ns)
+        frame.cache[self.name] = (z, ref, shifted)
+        return z, zp, shifted, ref
+
+    def score_samples(self, frame: Frame) -> np.ndarray:
+        z, zp, shifted, _ = self._run(frame)
+        raw = z.copy()
+        if shifted.any():  # a new operation: its shifted parent tail probability, on the own z scale
+            raw[shifted] = self.own.isf(self.parent.sf(zp[shifted]))
+        return raw
+
+    def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
+        return self.own.sf(raw)
+
+    def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
+        lat, service, label = (
+            float(frame.derived[i].get("latency_ms") or 0.0),
+            frame.rows[i].service,
+            op_label(frame, i),
+        )
+        cached = frame.cache.get(self.name)
+        m, s = cached[1][i] if cached else (math.nan, math.nan)
+        if not math.isfinite(m):
+            return f"latency {_ms(lat)} ms of {label} in {service}"
+        new = (
+            bool(cached[2][i]) if cached else False
+        )  # a new operation is measured against its service's (or all) operations
+        tail = self.parent if new else self.own
+        usual = math.exp(m) - EPS_MS
+        p99 = math.exp(m + s * float(tail.isf(np.asarray([0.01]))[0])) - EPS_MS
+        whose = f"{service}'s operations ({label} is new)" if new else f"{label} in {service}"
+        times = lat / max(usual, EPS_MS)
+        return (
+            f"latency {_ms(lat)} ms, {times:,.0f}x the usual {_ms(usual)} ms of {whose} (p99 {_ms(p99)} ms)"
+        )
+
+    def state(self) -> State:
+        values, arrays = super().state()
+        for name, tail in (("own", self.own), ("parent", self.parent)):
+            arrays[name + "_qs"], values[name + "_beta"] = tail.qs, tail.beta
+        return values, arrays
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> LatencyDetector:
+        det = super().from_state(values, arrays)
+        assert isinstance(det, LatencyDetector)
+        det.own = Tail(np.asarray(arrays["own_qs"], dtype=np.float64), float(values["own_beta"]))
+        det.parent = Tail(np.asarray(arrays["parent_qs"], dtype=np.float64), float(values["parent_beta"]))
+        return det
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
+
+
+class ErrorRateDetector(_PerOperation):
+    """A failed row whose recent window (last 60 s, at most 100 rows) holds more failures than its baseline rate
+    predicts: the exact binomial tail of the window's failure count, for its operation (span or RPC name and
+    route; for rows without one, the kind of record) and for its service's rows of the same signal, whichever
+    is smaller (Bonferroni x2). A busy operation's burst stands out in its own window, a burst spread over a
+    service's rare operations in the service's. The operation's rate is the time-forgetting failure share with
+    PRIOR_ROWS rows of its service's rate as prior (the service's with all services'), so a new or rarely seen
+    operation starts from its service's rate and an operation that never failed in much history makes its first
+    failures informative. Rows that did not fail, and metric points, get p = 1.
+    """
+
+    name: ClassVar[str] = "errors"
+    global_novelty: ClassVar[bool] = False
+    LAYOUT = (
+        2,
+        4,
+        2,
+    )  # [failures, rows (decayed), rows seen, last time, excess until, window failures, window]
+
+    def __init__(self, tau_min: float = 60.0, max_keys: int = 50_000) -> None:
+        super().__init__(tau_min, max_keys)
+        self.calibration: Calibration | None = None
+
+    @staticmethod
+    def _new(t: int) -> list[Any]:
+        return [0.0, 0.0, 0, t, 0, 0, deque()]
+
+    @staticmethod
+    def _sequence(chunk: np.ndarray) -> Any:
+        return deque((int(a), int(b)) for a, b in chunk)
+
+    def fit(self, frame: Frame) -> ErrorRateDetector:
+        """Run over the training window, then calibrate the binomial statistic on it: failures cluster (one
+        fault logs several lines, a retry fails twice), so the exact tail of independent trials overstates
+        how rare a burst is. The p-value is the share of training rows whose statistic was at least as high,
+        over time blocks, so an incident in the window does not make its repeats look ordinary."""
+        self._reset()
+        raw = self.fit_raw_ = self.score_samples(frame)
+        ok = ~np.isnan(raw)
+        self.calibration = Calibration.fit(raw[ok], frame.times_ns[ok]) if ok.any() else None
+        return self
+
+    def score_samples(self, frame: Frame) -> np.ndarray:
+        raw = np.full(len(frame), np.nan)
+        info: dict[int, tuple[str, int, int, float, float]] = {}
+        keys = op_keys(frame)
+        for i, (row, d) in enumerate(zip(frame.rows, frame.derived, strict=True)):
+            if row.signal == "metrics":
+                continue
+            t, failed = row.time_unix_nano, bool(d.get("failed"))
+            svc = lru(self.services, f"{row.service}\x1f{row.signal}", self._new(t), self.max_keys)
+            op = lru(self.ops, keys[i], self._new(t), self.max_keys)
+            rate_all = (self.all[0] + 0.5) / (self.all[1] + 1.0)
+            rate_svc = (svc[0] + PRIOR_ROWS * rate_all) / (svc[1] + PRIOR_ROWS)
+            rate_op = (op[0] + PRIOR_ROWS * rate_svc) / (op[1] + PRIOR_ROWS)
+            raw[i] = 0.0
+            for e in (op, svc):
+                self._window(e, t, failed)
+            if failed:
+                tests = [
+                    (binomial_tail(e[5], len(e[6]), r), e, r) for e, r in ((op, rate_op), (svc, rate_svc))
+                ]
+                for p, e, _ in tests:
+                    if p < EXCESS_P:
+                        e[4] = t + ERR_WINDOW_NS
+                p, e, r = min(tests, key=lambda x: x[0])
+                raw[i] = -math.log10(max(min(1.0, 2.0 * p), 1e-300))
+                info[i] = ("op" if e is op else "svc", e[5], len(e[6]), r, (t - e[6][0][0]) / 1e9)
+            slow = t < op[4] or t < svc[4]
+            for e in (op, svc, self.all):
+                self._learn(e, t, failed, 1.0 / OUTLIER_SLOW if slow else 1.0)
+        frame.cache[self.name] = info
+        return raw
+
+    @staticmethod
+    def _window(e: list[Any], t: int, failed: bool) -> None:
+        win: deque[tuple[int, int]] = e[6]
+        while win and (win[0][0] < t - ERR_WINDOW_NS or len(win) >= ERR_WINDOW_MAX):
+            e[5] -= win.popleft()[1]
+        win.append((t, int(failed)))
+        e[5] += int(failed)
+
+    def _learn(self, e: list[Any], t: int, failed: bool, w: float) -> None:
+        """Decay the failure and row sums by the time since the last row (never below ERR_MEMORY rows), add this."""
+        if t > e[3] and e[1] > ERR_MEMORY:
+            keep = max(math.exp(-(t - e[3]) / self.tau_ns), ERR_MEMORY / e[1])
+            e[0] *= keep
+            e[1] *= keep
+        e[0] += w if failed else 0.0
+        e[1] += w
+        e[2] += 1
+        e[3] = max(e[3], t)
+
+    def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64)
+        clean = np.nan_to_num(raw)
+        p = np.clip(10.0**-clean, 1e-300, 1.0)
+        if self.calibration is not None:
+            p = np.maximum(p, self.calibration.pvalue(clean))  # never rarer than the binomial tail says
+        return np.where(np.isnan(raw) | (clean <= 0.0), 1.0, np.clip(p, 1e-300, 1.0))
+
+    def state(self) -> State:
+        values, arrays = super().state()
+        values["calibrated"] = self.calibration is not None
+        if self.calibration is not None:
+            arrays.update(calibration_to_arrays(self.calibration, "cal_"))
+        return values, arrays
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> ErrorRateDetector:
+        det = super().from_state(values, arrays)
+        assert isinstance(det, ErrorRateDetector)
+        det.calibration = calibration_from_arrays(arrays, "cal_") if values.get("calibrated") else None
+        return det
+
+    def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
+        row = frame.rows[i]
+        what = "requests" if row.signal == "traces" else "log records"
+        got = frame.cache.get(self.name, {}).get(i)
+        if got is None:
+            return f"a failed {what[:-1]} of {op_label(frame, i)} in {row.service}"
+        level, k, n, rate, secs = got
+        whose = f"{op_label(frame, i)} in {row.service}" if level == "op" else f"{row.service}"
+        return f"{k} of the last {n} {what} of {whose} failed within {secs:.0f} s; it usually fails {100 * rate:.2g} %"

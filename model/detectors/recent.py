@@ -1,0 +1,78 @@
+"""Recent-traffic calibration: a member's p-value must also be extreme against the traffic it sees now.
+
+Each member is calibrated on its training window. Real telemetry drifts and has heavier tails than any
+training window shows: a member whose training calibration calls one row in a hundred of today's ordinary
+traffic a one-in-a-million event would flood the ensemble. For every (member, signal) the ensemble keeps
+the member's recent raw scores (seeded with its out-of-sample training scores) and a calibration of them
+over time blocks (model.calibration: an incident in a few blocks does not set the tail, so a recurring
+incident is not absorbed); the p-value used is the larger of the training one and the share of recent
+scores at least as high (an empirical null, in Efron's sense, kept online). Beyond every recent score the
+member's own p-value stands: recent traffic then holds no evidence against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
+
+WINDOW = 50_000  # recent raw scores kept per (member, signal)
+MIN_ROWS = 50  # below this many recent scores the training calibration stands alone
+REFIT_EVERY = 5_000  # rows between refits of the recent calibration
+
+
+class RecentCalibration:
+    """A ring buffer of one member's raw scores (and their times) for one signal, and its calibration."""
+
+    def __init__(self) -> None:
+        self.raw = np.zeros(WINDOW, dtype=np.float64)
+        self.times = np.zeros(WINDOW, dtype=np.int64)
+        self.size = 0
+        self.head = 0
+        self.since_fit = 0
+        self.calibration: Calibration | None = None
+
+    def add(self, raw: np.ndarray, times: np.ndarray) -> None:
+        ok = ~np.isnan(raw)
+        raw, times = raw[ok][-WINDOW:], times[ok][-WINDOW:]
+        for lo in range(0, len(raw), WINDOW):
+            part = slice(lo, lo + WINDOW)
+            n = len(raw[part])
+            idx = (self.head + np.arange(n)) % WINDOW
+            self.raw[idx], self.times[idx] = raw[part], times[part]
+            self.head = (self.head + n) % WINDOW
+            self.size = min(WINDOW, self.size + n)
+        self.since_fit += len(raw)
+        if self.size >= MIN_ROWS and (self.calibration is None or self.since_fit >= REFIT_EVERY):
+            self.calibration = Calibration.fit(self.raw[: self.size], self.times[: self.size])
+            self.since_fit = 0
+
+    def pvalues(self, raw: np.ndarray) -> np.ndarray | None:
+        if self.calibration is None:
+            return None
+        return np.where(np.isnan(raw), 1.0, self.calibration.share_at_least(np.nan_to_num(raw)))
+
+    def state(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        values = {"size": self.size, "head": self.head, "since_fit": self.since_fit}
+        arrays = {
+            prefix + "raw": self.raw[: self.size].copy(),
+            prefix + "times": self.times[: self.size].copy(),
+        }
+        values["calibrated"] = self.calibration is not None
+        if self.calibration is not None:
+            arrays.update(calibration_to_arrays(self.calibration, prefix + "cal_"))
+        return values, arrays
+
+    @classmethod
+    def from_state(
+        cls, values: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str
+    ) -> RecentCalibration:
+        rc = cls()
+        rc.size, rc.head, rc.since_fit = int(values["size"]), int(values["head"]), int(values["since_fit"])
+        rc.raw[: rc.size] = arrays[prefix + "raw"]
+        rc.times[: rc.size] = arrays[prefix + "times"]
+        if values.get("calibrated"):
+            rc.calibration = calibration_from_arrays(arrays, prefix + "cal_")
+        return rc

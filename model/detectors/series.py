@@ -1,0 +1,400 @@
+"""Metric data points judged as series: per-series online baselines and a few calibrated change tests.
+
+A series' expected value is the median of its last values or, once a period is found in its history, the median
+of the values one, two and three periods back; a shift becomes the new normal once it fills half that window.
+Three tests look at residuals in robust SDs: a spike (this point), a level shift or trend (exponential mean) and
+a variance change (log exponential mean square). Each is calibrated on the series' own past values of it
+(quantiles below its top decile, a generalised Pareto tail above) and the three p-values are combined by
+Bonferroni. After an alert the series is in an episode and alerts again only on much stronger evidence: the
+alert is about the change, not about each point after it.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from model.detectors.base import Detector, Frame, State
+
+TESTS = ("spike", "level", "variance")
+N_TESTS = len(TESTS)
+A_LEVEL, A_VAR = 1.0 / 8.0, 1.0 / 16.0  # exponential weights of the level and variance tests
+SD_LEVEL = math.sqrt(A_LEVEL / (2.0 - A_LEVEL))  # SD of an exponential mean of N(0, 1) values
+CLIP_Z = 3.0  # level and variance tests clip residuals here (Huber-style): one spike is not a level change
+XI_MAX = 0.9  # cap on the fitted tail shape
+SEASONAL_GAIN, SEASONAL_KEEP = 0.8, 0.9  # a period is taken if it cuts the residual scale 20 %, kept to 10 %
+GRID = 33  # quantiles kept of each test's calibration values below its tail threshold
+EPS, TINY = 1e-12, float(np.finfo(np.float64).tiny)
+TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is fitted to
+# Scalar state of a series, in this order in the saved arrays.
+FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p")
+INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
+_CONFIG = "max_series history calib level_window refresh min_points alert_p worse quiet_p refractory".split()
+
+
+@dataclass(slots=True, eq=False)
+class _Series:
+    """The online state of one series: ring buffers, running statistics and the fitted calibration."""
+
+    vals: np.ndarray  # ring buffer of values
+    res: np.ndarray  # ring buffer of residuals (for the scale)
+    cal: np.ndarray  # (tests, calib) ring buffer of past test values (for the p-values)
+    tails: list[list[float]]  # per test [u, beta, xi, tail share, cap], see _fit_tails
+    grid: list[list[float]]  # per test, quantiles of the calibration values below u
+    level: float = 0.0
+    scale: float = 0.0
+    ew_level: float = 0.0
+    ew_var: float = 1.0
+    episode_p: float = 1.0
+    n: int = 0
+    pos: int = 0
+    n_res: int = 0
+    n_cal: int = 0
+    cal_pos: int = 0
+    period: int = 0
+    quiet: int = 0
+    in_episode: int = 0
+    fitted: int = 0
+    pending: list[list[float]] = field(default_factory=list)  # test values not yet in `cal`
+
+    @classmethod
+    def new(cls, history: int, calib: int) -> _Series:
+        tails = [[math.inf, 1.0, 0.0, 1.0, math.inf] for _ in range(N_TESTS)]
+        grid = [[0.0] * GRID for _ in range(N_TESTS)]
+        cal = np.zeros((N_TESTS, calib), np.float32)
+        return cls(np.zeros(history), np.zeros(min(history, 256)), cal, tails, grid)
+
+
+class SeriesDetector(Detector):
+    """Per-series online change detection on metric values, with calibrated p-values and alert episodes.
+
+    `min_points` is the warm-up of every series: it cannot alert before it has a level (`level_window` points)
+    and as many scored points of its own again, so that each test's tail, extrapolated from the top decile of
+    its calibration values, rests on at least 8 of them (fewer make the fitted shape meaningless).
+    """
+
+    name: ClassVar[str] = "series"
+    global_novelty: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        max_series: int = 2000,
+        history: int = 1024,
+        calib: int = 1024,
+        level_window: int = 64,
+        refresh: int = 8,
+        min_points: int = 128,
+        alert_p: float = 1e-3,
+        worse: float = 1e-2,
+        quiet_p: float = 0.01,
+        refractory: int = 16,
+    ) -> None:
+        self.max_series = max_series  # series tracked at once; the least recently seen is dropped
+        self.history = history  # values kept per series (bounds the longest period found: history / 3)
+        self.calib = calib  # past test values per series the p-values are calibrated on
+        self.level_window = level_window  # the median baseline: a shift is the new normal after half of it
+        self.refresh = refresh  # the level is refitted every `refresh` points, scale and tails every 4x that
+        self.min_points = min_points
+        self.alert_p = alert_p  # the ensemble's alert level: a p below it opens an episode
+        self.worse = worse  # in an episode, p must beat `worse` x the episode's best p to alert again
+        self.quiet_p = quiet_p  # the episode ends after `refractory` points in a row with p >= quiet_p
+        self.refractory = refractory
+        self.series: dict[str, _Series] = {}
+
+    def fit(self, frame: Frame) -> SeriesDetector:
+        self.series.clear()
+        self.fit_raw_ = self.score_samples(frame)
+        return self
+
+    def score_samples(self, frame: Frame) -> np.ndarray:
+        n = len(frame)
+        raw = np.full(n, np.nan)
+        details: dict[int, tuple[Any, ...]] = {}
+        for i in range(n):
+            row, d = frame.rows[i], frame.derived[i]
+            key, x = d.get("series"), d.get("series_value")
+            ok = row.signal == "metrics" and key is not None
+            if not ok or not isinstance(x, float | int) or not math.isfinite(x):
+                continue
+            st = self._get(str(key))
+            out = self._step(st, float(x))
+            if out is not None:
+                raw[i] = -math.log10(out[0])
+                details[i] = out[1]
+        frame.cache["series.details"] = details
+        return raw
+
+    def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64)
+        return np.where(np.isnan(raw), 1.0, np.power(10.0, -np.nan_to_num(raw)))
+
+    def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
+        detail = frame.cache.get("series.details", {}).get(i)
+        if detail is None:
+            return f"series value unusual for this series (p={p:.2g})"
+        return _explain(detail, str(frame.rows[i].fields.get("metric.unit", "")))
+
+    def _get(self, key: str) -> _Series:
+        st = self.series.pop(key, None) or _Series.new(self.history, self.calib)
+        self.series[key] = st  # (re)inserted last: the dict is in least-recently-seen order
+        while len(self.series) > self.max_series:
+            del self.series[next(iter(self.series))]
+        return st
+
+    def _step(self, st: _Series, x: float) -> tuple[float, tuple[Any, ...]] | None:
+        """Score `x` against the series' state, then learn it. None while the series is in its warm-up."""
+        result = None
+        if st.n >= self.level_window:
+            pred = self._predict(st)
+            z = (x - pred) / st.scale
+            stats = self._update_stats(st, z)
+            if st.n >= self.min_points and st.fitted:
+                p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
+                test = min(range(N_TESTS), key=p_tests.__getitem__)
+                p = self._episode(st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)))  # Bonferroni
+                result = (
+                    p,
+                    (test, x, pred, st.scale, z, st.ew_level, st.ew_var, st.period, self.level_window),
+                )
+            self._add_calibration(st, stats)
+            st.res[st.n_res % len(st.res)] = x - pred
+            st.n_res += 1
+        self._push(st, x)
+        return result
+
+    def _predict(self, st: _Series) -> float:
+        if st.period:
+            h, period = len(st.vals), st.period
+            a, b, c = (float(st.vals[(st.pos - k * period) % h]) for k in (1, 2, 3))
+            return a + b + c - max(a, b, c) - min(a, b, c)  # median of three
+        return st.level
+
+    @staticmethod
+    def _update_stats(st: _Series, z: float) -> tuple[float, float, float]:
+        """Update the exponential statistics with the standardised residual z and return the three test values."""
+        zc = min(max(z, -CLIP_Z), CLIP_Z)
+        st.ew_level += A_LEVEL * (zc - st.ew_level)
+        st.ew_var += A_VAR * (zc * zc - st.ew_var)
+        return abs(z), abs(st.ew_level) / SD_LEVEL, abs(math.log(st.ew_var + 1e-6))
+
+    @staticmethod
+    def _tail_p(tail: list[float], grid: list[float], s: float) -> float:
+        """Calibrated P(stat >= s): a generalised Pareto tail above u, the interpolated quantile grid below."""
+        u, beta, xi, share, _ = tail
+        if s > u:
+            y = (s - u) / beta
+            return share * (math.exp(-y) if xi < 1e-6 else (1.0 + xi * y) ** (-1.0 / xi))
+        i = bisect_left(grid, s)
+        if i == 0:
+            return 1.0
+        lo, hi = grid[i - 1], grid[i]
+        frac = (i - 1 + ((s - lo) / (hi - lo) if hi > lo else 0.0)) / (GRID - 1)
+        return 1.0 - frac * (1.0 - share)
+
+    def _episode(self, st: _Series, p: float) -> float:
+        """Mute repeat alerts of one episode unless the evidence gets `worse`-fold stronger."""
+        if st.in_episode:
+            out = min(1.0, self.alert_p * p / (st.episode_p * self.worse))
+            st.episode_p = min(st.episode_p, p)
+            st.quiet = st.quiet + 1 if p >= self.quiet_p else 0
+            if st.quiet >= self.refractory:
+                st.in_episode, st.episode_p = 0, 1.0
+            return out
+        if p < self.alert_p:
+            st.in_episode, st.episode_p, st.quiet = 1, p, 0
+        return p
+
+    @staticmethod
+    def _add_calibration(st: _Series, stats: tuple[float, ...]) -> None:
+        """Learn every point, each statistic winsorised at its alert level: anomalies keep their rank in the
+        calibration (censoring them would thin the tail and spiral) but cannot stretch the fitted tail."""
+        st.pending.append([min(s, t[4], 1e30) for s, t in zip(stats, st.tails, strict=True)])  # float32-safe
+
+    @staticmethod
+    def _flush(st: _Series) -> None:
+        """Move the pending test values into the calibration ring (batched: one numpy write per refit)."""
+        if not st.pending:
+            return
+        c, rows = st.cal.shape[1], st.pending[-st.cal.shape[1] :]
+        idx = (st.cal_pos + np.arange(len(rows))) % c
+        st.cal[:, idx] = np.asarray(rows, dtype=np.float32).T
+        st.cal_pos = int(idx[-1] + 1) % c
+        st.n_cal = min(st.n_cal + len(st.pending), c)
+        st.pending.clear()
+
+    def _push(self, st: _Series, x: float) -> None:
+        st.vals[st.pos] = x
+        st.pos = (st.pos + 1) % len(st.vals)
+        st.n += 1
+        w = self.level_window
+        if st.n >= w and (st.n % self.refresh == 0 or not st.scale):
+            recent = np.sort(_last(st.vals, st.pos, w))
+            st.level = 0.5 * float(recent[(w - 1) // 2] + recent[w // 2])
+            if st.n % (self.refresh * 4) == 0 or not st.scale:
+                self._refit(st)
+
+    def _refit(self, st: _Series) -> None:
+        """Refit the scale, the calibration tails and (less often) the period from the ring buffers."""
+        early = _last(st.vals, st.pos, self.level_window) - st.level
+        st.scale = _robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
+        if not st.n_res:  # the variance statistic starts at the spread of the first window (0 for a flat one)
+            st.ew_var = float(np.mean(np.minimum((early / st.scale) ** 2, CLIP_Z**2)))
+        self._flush(st)
+        if st.n_cal >= 32:
+            self._fit_tails(st)
+        if st.n % (self.refresh * 32) == 0:
+            self._fit_period(st)
+
+    def _fit_tails(self, st: _Series) -> None:
+        """Per test: threshold u at the top decile (at least 8 values above), a generalised Pareto fit to the
+        excesses, the quantile grid below u, and the cap at which the test alone would reach `alert_p`."""
+        m = st.n_cal
+        srt = np.sort(st.cal[:, :m], axis=1).astype(np.float64)
+        k = max(8, int(m * TAIL_SHARE))
+        share = (k + 1.0) / (m + 1.0)
+        q = min(self.alert_p / share, 1.0)
+        u = srt[:, m - k - 1]
+        beta, xi = _fit_gpd(srt[:, m - k :] - u[:, None])
+        y = np.where(xi < 1e-6, -math.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
+        cap = u + beta * y
+        st.tails = np.stack([u, beta, xi, np.full(N_TESTS, share), cap], axis=1).tolist()
+        st.grid = srt[:, np.linspace(0, m - k - 1, GRID).round().astype(np.int64)].tolist()
+        st.fitted = 1
+
+    def _fit_period(self, st: _Series) -> None:
+        """Use the strongest autocorrelation period when it clearly explains the series better than its level."""
+        x = _last(st.vals, st.pos, min(st.n, len(st.vals)))
+        found, w = _find_period(x), self.level_window
+        new = _seasonal_gain(x, found, w) if found else (1.0, None, None)
+        cur = _seasonal_gain(x, st.period, w) if st.period else (1.0, None, None)
+        if st.period and cur[0] < SEASONAL_KEEP and cur[0] <= new[0]:
+            return  # hysteresis: the period in use stays while it still helps, so the model does not flip
+        period, res = (found, new[1]) if new[0] < SEASONAL_GAIN else (0, cur[2])
+        if (
+            period != st.period and res is not None
+        ):  # re-take the residuals behind the scale for the new model
+            m = min(len(res), len(st.res))
+            st.res[:m], st.n_res = res[-m:], m
+        st.period = period
+
+    def state(self) -> State:
+        sts = list(self.series.values())
+        for st in sts:
+            self._flush(st)
+        config = {k: getattr(self, k) for k in _CONFIG}
+        shapes = {"vals": (self.history,), "res": (min(self.history, 256),), "cal": (N_TESTS, self.calib)}
+        shapes |= {"tails": (N_TESTS, 5), "grid": (N_TESTS, GRID)}
+        n = len(sts)
+        arrays: dict[str, np.ndarray] = {
+            k: np.array([getattr(t, k) for t in sts], np.float64).reshape(n, *v) for k, v in shapes.items()
+        }
+        arrays["floats"] = np.array([[getattr(t, f) for f in FLOATS] for t in sts]).reshape(n, len(FLOATS))
+        arrays["ints"] = np.array([[getattr(t, f) for f in INTS] for t in sts], np.int64).reshape(
+            n, len(INTS)
+        )
+        return {"config": config, "keys": list(self.series)}, arrays
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> SeriesDetector:
+        det = cls(**values["config"])
+        for i, key in enumerate(values["keys"]):
+            st = _Series.new(det.history, det.calib)
+            for name in ("vals", "res", "cal"):
+                getattr(st, name)[:] = arrays[name][i]
+            for f, v in zip(FLOATS, arrays["floats"][i].tolist(), strict=True):
+                setattr(st, f, v)
+            for f, v in zip(INTS, arrays["ints"][i].tolist(), strict=True):
+                setattr(st, f, v)
+            st.tails, st.grid = arrays["tails"][i].tolist(), arrays["grid"][i].tolist()
+            det.series[key] = st
+        return det
+
+
+def _last(ring: np.ndarray, pos: int, n: int) -> np.ndarray:
+    """A copy of the last n values of a ring buffer whose next write position is pos, oldest first."""
+    if n <= pos:
+        return ring[pos - n : pos].copy()
+    return np.concatenate((ring[len(ring) - (n - pos) :], ring[:pos]))
+
+
+def _robust_scale(r: np.ndarray, level: float) -> float:
+    """1.4826 MAD, falling back to the mean absolute deviation, then to a tiny share of the level."""
+    med = float(np.median(r))
+    dev = np.abs(r - med)
+    mad = 1.4826 * float(np.median(dev))
+    if mad > 0.0:
+        return mad
+    mean_dev = 1.2533 * float(np.mean(dev))
+    return mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY)
+
+
+def _fit_gpd(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised Pareto scale and shape of each row of sorted excesses y by probability-weighted moments
+    (Hosking & Wallis 1987), the shape kept in [0, XI_MAX]: a tail is never taken as bounded, so extrapolation
+    errs on the safe side."""
+    k = y.shape[1]
+    a0 = y.mean(axis=1)
+    a1 = (y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean(axis=1)
+    d = a0 - 2.0 * a1
+    ok = (a0 > EPS) & (d > EPS)
+    safe = np.where(ok, d, 1.0)
+    xi = np.where(ok, np.clip(2.0 - a0 / safe, 0.0, XI_MAX), 0.0)
+    sigma = np.where(xi > 0, 2.0 * a0 * a1 / safe, a0)
+    return np.maximum(sigma, 0.1), xi
+
+
+def _find_period(x: np.ndarray, min_lag: int = 4, min_acf: float = 0.3) -> int:
+    """The lag of the highest local maximum of the autocorrelation within a third of the history, or 0."""
+    n = len(x)
+    if n < 3 * min_lag + 3:
+        return 0
+    f = np.fft.rfft(x - np.mean(x), 2 * n)
+    acf = np.fft.irfft(f * np.conj(f))[: n // 3 + 1]
+    if acf[0] <= EPS:
+        return 0
+    acf = acf / acf[0]
+    lags = np.arange(min_lag, len(acf) - 1)
+    peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1]) & (acf[lags] > min_acf)]
+    return int(peaks[np.argmax(acf[peaks])]) if len(peaks) else 0
+
+
+def _seasonal_gain(
+    x: np.ndarray, period: int, window: int
+) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """Robust scale of seasonal-median residuals over that of rolling-level residuals (lower = seasonal helps),
+    and both residual series."""
+    start = max(3 * period, window)
+    if len(x) - start < 32:
+        return 1.0, None, None
+    t = np.arange(start, len(x))
+    s_res = x[t] - np.median(np.stack([x[t - k * period] for k in (1, 2, 3)]), axis=0)
+    l_res = x[t] - np.median(np.lib.stride_tricks.sliding_window_view(x, window)[t - window], axis=1)
+    return _robust_scale(s_res, 0.0) / max(_robust_scale(l_res, 0.0), EPS), s_res, l_res
+
+
+def _fmt(v: float, unit: str) -> str:
+    num = f"{v:,.0f}" if 100 <= abs(v) < 1e9 else f"{v:.3g}"
+    return f"{num} {unit}" if unit and unit != "1" else num
+
+
+def _explain(detail: tuple[Any, ...], unit: str) -> str:
+    """One clause in plain words: what changed, by how much, against which baseline."""
+    test, x, pred, scale, z, ew_level, ew_var, period, window = detail
+    basis = f"seasonal value {_fmt(pred, unit)} (same time in the last 3 periods of {period} points)"
+    if not period:
+        basis = f"level of {_fmt(pred, unit)} (median of the last {window} points)"
+    if TESTS[test] == "spike":
+        side = "above" if z > 0 else "below"
+        return f"value {_fmt(x, unit)} is {abs(z):.3g} robust SDs {side} this series' {basis}"
+    if TESTS[test] == "level":
+        recent = pred + ew_level * scale
+        ratio = f"{recent / pred:.2g}x, " if pred > 0 and recent > 0 else ""
+        return f"level shift: recent points average {_fmt(recent, unit)} ({ratio}{abs(ew_level):.1f} robust SDs) vs the {basis}"
+    spread = math.sqrt(max(ew_var, 0.0))
+    return (
+        f"variance change: recent points vary {spread:.2g}x this series' usual spread of {_fmt(scale, unit)}"
+    )

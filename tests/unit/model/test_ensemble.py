@@ -1,0 +1,93 @@
+"""The ensemble: p-value combination, the false-alerts-per-hour threshold, new-source warm-up, state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from model.detectors import Frame, ensemble_from_state
+from model.detectors.ensemble import WARMUP_ROWS, WARMUP_S, Ensemble, combine
+from model.detectors.pattern import PatternFrequency
+from model.extract import derive
+from model.features import FeatureContract
+from tests.helpers import make_rows
+
+
+def test_combinations_are_valid_p_values_under_the_null() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(200_000, 3))
+    applicable = np.ones_like(p, dtype=bool)
+    for how in ("cauchy", "minp", "fisher"):
+        c = combine(p, applicable, how)
+        assert ((c > 0) & (c <= 1)).all()
+        # Independent uniform members: each combination alerts at about its nominal rate or less.
+        assert (c <= 1e-3).mean() <= 1.5e-3, how
+
+
+def test_combination_ignores_members_without_an_opinion() -> None:
+    p = np.asarray([[1e-6, 1.0, 1.0], [0.5, 0.5, 0.5]])
+    only_first = np.asarray([[True, False, False], [False, False, False]])
+    for how in ("cauchy", "minp", "fisher"):
+        c = combine(p, only_first, how)
+        assert c[0] == pytest.approx(1e-6, rel=0.05), how
+        assert c[1] == 1.0
+
+
+def test_cauchy_is_not_cancelled_by_a_member_that_finds_the_row_ordinary() -> None:
+    p = np.asarray([[1e-6, 1.0 - 1e-12]])
+    assert combine(p, np.ones_like(p, dtype=bool), "cauchy")[0] < 1e-5
+
+
+def _frame(rows) -> Frame:
+    contract, _ = FeatureContract.fit(rows)
+    derived = [derive(r, None) for r in rows]
+    n = len(rows)
+    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), contract)
+
+
+def test_threshold_is_false_alerts_per_hour_over_the_stream_rate() -> None:
+    rows = make_rows(2000)  # one row every 50 ms: 72,000 rows per hour over both services
+    ens = Ensemble([PatternFrequency()], false_alerts_per_hour=0.5, alert_pvalue=1e-3).fit(_frame(rows))
+    later = make_rows(400, seed=1, start=rows[-1].time_unix_nano + 50_000_000)
+    result = ens.score(_frame(later))
+    per_service_hour = 36_000  # the two services share the stream evenly
+    expected = 0.5 / per_service_hour
+    assert np.median(result.threshold) == pytest.approx(expected, rel=0.3)
+    slow = Ensemble([PatternFrequency()], false_alerts_per_hour=1000.0, alert_pvalue=1e-3).fit(_frame(rows))
+    assert (slow.score(_frame(later)).threshold == 1e-3).all()  # never above alert_pvalue
+
+
+def test_new_service_warms_up_with_one_notice_then_is_judged() -> None:
+    rows = make_rows(2000)
+    ens = Ensemble([PatternFrequency(min_rows=1)], alert_pvalue=1e-2).fit(_frame(rows))
+    start = rows[-1].time_unix_nano + 50_000_000
+    new = [
+        dataclasses.replace(r, service="new-svc") for r in make_rows(WARMUP_ROWS + 200, seed=2, start=start)
+    ]
+    notices, alerts, warm = [], 0, []
+    for i in range(0, len(new), 100):
+        result = ens.score(_frame(new[i : i + 100]))
+        notices += result.notices
+        alerts += int(result.alert.sum())
+        warm.append(result.warm)
+    warm_all = np.concatenate(warm)
+    assert len(notices) == 1 and "new-svc" in notices[0]
+    assert alerts == 0
+    assert warm_all[:WARMUP_ROWS].all()
+    elapsed_s = (new[-1].time_unix_nano - new[0].time_unix_nano) / 1e9
+    assert warm_all[-1] == (elapsed_s < WARMUP_S)  # both the row count and the time must pass
+    # The pattern member learned the new service while it warmed up: its ordinary rows are ordinary now.
+    assert ens.members[0].groups["new-svc\x1flogs"].total == len(new)
+
+
+def test_ensemble_state_round_trip_continues_identically() -> None:
+    rows = make_rows(3000)
+    ens = Ensemble([PatternFrequency()]).fit(_frame(rows[:2000]))
+    twin = ensemble_from_state(*ens.state())
+    a = ens.score(_frame(rows[2000:]))
+    b = twin.score(_frame(rows[2000:]))
+    np.testing.assert_array_equal(a.combined, b.combined)
+    np.testing.assert_array_equal(a.threshold, b.threshold)
+    assert twin.entities == ens.entities

@@ -1,0 +1,156 @@
+"""Per-operation latency and error-rate members on synthetic rows: spikes, recurring incidents, failure bursts
+against each operation's own rate, new operations' warm-up, state round-trip and the key cap."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from model.detectors.base import Frame
+from model.detectors.operation import ErrorRateDetector, LatencyDetector
+from model.features import FeatureContract
+from model.schema import Row
+
+T0 = 1_800_000_000 * 10**9
+SEC = 10**9
+
+
+def rows_frame(events: list[tuple[float, str, str, float, bool]]) -> Frame:
+    """A frame of (seconds, service, operation, latency ms, failed) span rows, sorted by time."""
+    events = sorted(events, key=lambda e: e[0])
+    rows, derived = [], []
+    for j, (t, service, op, ms, failed) in enumerate(events):
+        rows.append(Row(f"u{j}", "traces", T0 + int(t * SEC), service, 4002, 1, 1, 2 if failed else 1))
+        route = f"/{op.lower()}"
+        derived.append(
+            {
+                "signal": "traces",
+                "service": service,
+                "latency_ms": ms,
+                "operation_key": (f"GET {route}", route, "GET"),
+                "trace.span.operation": f"GET {route}",
+                "url_template": route,
+                "http_request.http_method": "GET",
+                "failed": failed,
+            }
+        )
+    n = len(rows)
+    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), FeatureContract())
+
+
+def traffic(
+    rng: np.random.Generator, t0: float, t1: float, service: str, op: str, ms: float, fail: float = 0.0
+) -> list[tuple[float, str, str, float, bool]]:
+    """About 2 requests a second of lognormal latency around `ms` (sd 25 %) failing at rate `fail`."""
+    ts = np.sort(rng.uniform(t0, t1, int(2 * (t1 - t0))))
+    lat = ms * np.exp(rng.normal(0.0, 0.25, len(ts)))
+    return [
+        (float(t), service, op, float(x), bool(rng.random() < fail)) for t, x in zip(ts, lat, strict=True)
+    ]
+
+
+def score(det: LatencyDetector | ErrorRateDetector, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    raw = det.score_samples(frame)
+    return raw, det.pvalues(frame, raw)
+
+
+def ops_of(frame: Frame) -> np.ndarray:
+    return np.asarray([d["operation_key"][1] for d in frame.derived])
+
+
+def test_latency_spike_on_one_operation_and_not_another_slower_one() -> None:
+    rng = np.random.default_rng(0)
+    train = traffic(rng, 0, 3600, "shop", "Fast", 20.0) + traffic(rng, 0, 3600, "shop", "Slow", 400.0)
+    det = LatencyDetector().fit(rows_frame(train))
+    later = traffic(rng, 3600, 4200, "shop", "Fast", 20.0) + traffic(rng, 3600, 4200, "shop", "Slow", 400.0)
+    later += [(3900 + k, "shop", "Fast", 300.0, False) for k in range(5)]
+    frame = rows_frame(later)
+    raw, p = score(det, frame)
+    spike = np.asarray([d["latency_ms"] == 300.0 for d in frame.derived])
+    assert (p[spike] < 1e-4).all()
+    assert (p[ops_of(frame) == "/slow"] < 1e-3).mean() < 0.005
+    clause = det.explain(frame, int(np.flatnonzero(spike)[0]), float(raw[spike][0]), float(p[spike][0]))
+    assert "latency 300 ms" in clause and "x the usual" in clause and "GET /fast in shop" in clause
+
+
+def test_recurring_incidents_in_training_do_not_become_normal() -> None:
+    rng = np.random.default_rng(1)
+    train = traffic(rng, 0, 7200, "shop", "Api", 50.0)
+    train = [(t, s, o, ms * 10 if t % 1800 < 300 else ms, f) for t, s, o, ms, f in train]  # 5 min in 30 slow
+    det = LatencyDetector().fit(rows_frame(train))
+    later = traffic(rng, 7200, 7800, "shop", "Api", 50.0)
+    _, p = score(det, rows_frame([(t, s, o, ms * 10, f) for t, s, o, ms, f in later if t < 7500]))
+    assert (p < 1e-3).mean() > 0.9
+
+
+def test_failure_burst_against_each_operations_own_rate() -> None:
+    rng = np.random.default_rng(2)
+    train = traffic(rng, 0, 3600, "auth", "Login", 30.0, fail=0.10)
+    train += traffic(rng, 0, 3600, "checkout", "Pay", 80.0, fail=0.002)
+    det = ErrorRateDetector().fit(rows_frame(train))
+    later = traffic(rng, 3600, 4200, "auth", "Login", 30.0, fail=0.10)
+    later += traffic(rng, 3600, 4200, "checkout", "Pay", 80.0, fail=0.10)
+    frame = rows_frame(later)
+    raw, p = score(det, frame)
+    failed = np.asarray([d["failed"] for d in frame.derived])
+    assert (p[~failed] == 1.0).all()
+    pay, login = failed & (ops_of(frame) == "/pay"), failed & (ops_of(frame) == "/login")
+    assert (p[pay] < 1e-3).mean() > 0.5
+    assert (p[login] < 1e-3).mean() < 0.01
+    i = int(np.flatnonzero(pay & (p < 1e-3))[0])
+    clause = det.explain(frame, i, float(raw[i]), float(p[i]))
+    assert "requests of GET /pay in checkout failed within" in clause and "it usually fails 0." in clause
+
+
+def test_error_pvalues_are_calibrated_on_steady_failures() -> None:
+    rng = np.random.default_rng(3)
+    events = traffic(rng, 0, 7200, "a", "X", 10.0, fail=0.02) + traffic(
+        rng, 0, 7200, "b", "Y", 10.0, fail=0.2
+    )
+    det = ErrorRateDetector().fit(rows_frame([e for e in events if e[0] < 3600]))
+    _, p = score(det, rows_frame([e for e in events if e[0] >= 3600]))
+    assert (p <= 1e-2).mean() <= 1e-2 and (p <= 1e-3).mean() <= 2e-3
+
+
+def test_new_operation_is_silent_in_warm_up_but_an_extreme_latency_alerts() -> None:
+    rng = np.random.default_rng(4)
+    det = LatencyDetector().fit(rows_frame(traffic(rng, 0, 3600, "shop", "Home", 20.0)))
+    later = traffic(rng, 3600, 3612, "shop", "Report", 100.0)  # 5x the service's usual, ordinary for itself
+    later.append((3613.0, "shop", "Export", 60_000.0, False))  # 3000x: beyond anything of the service
+    later.append((3614.0, "other", "New", 40.0, False))  # a new service: measured against all services
+    frame = rows_frame(later)
+    raw, p = score(det, frame)
+    ops = ops_of(frame)
+    assert len(later) > 20 and (p[ops == "/report"] > 1e-2).all()
+    assert p[ops == "/export"][0] < 1e-4 and p[ops == "/new"][0] > 1e-2
+    i = int(np.flatnonzero(ops == "/export")[0])
+    assert "the usual 20 ms of shop's operations (GET /export is new)" in det.explain(frame, i, raw[i], p[i])
+    ordinary = np.asarray([-1.0, 0.0, 2.0, 5.0, 10.0])
+    assert np.all(np.diff(det.pvalues(frame, ordinary)) <= 0)  # higher raw, smaller p
+
+
+def test_state_round_trip_continues_exactly() -> None:
+    rng = np.random.default_rng(5)
+    events = traffic(rng, 0, 1200, "shop", "A", 20.0, 0.05) + traffic(rng, 0, 1200, "shop", "B", 90.0, 0.01)
+    train, rest = rows_frame([e for e in events if e[0] < 600]), sorted(e for e in events if e[0] >= 600)
+    half = len(rest) // 2
+    for cls in (LatencyDetector, ErrorRateDetector):
+        one = cls().fit(train)
+        whole = one.score_samples(rows_frame(rest))
+        two = cls().fit(train)
+        first = two.score_samples(rows_frame(rest[:half]))
+        values, arrays = two.state()
+        twin = cls.from_state(values, arrays)
+        second = twin.score_samples(rows_frame(rest[half:]))
+        np.testing.assert_array_equal(np.concatenate([first, second]), whole)
+
+
+def test_key_cap_keeps_the_most_recent_operations() -> None:
+    events = [(float(k), "shop", f"Op{k}", 10.0, k % 3 == 0) for k in range(50)]
+    for cls in (LatencyDetector, ErrorRateDetector):
+        det = cls(max_keys=8).fit(rows_frame(events))
+        assert len(det.ops) == 8 and next(reversed(det.ops)).endswith("/op49\x1fGET")
+        values, arrays = det.state()
+        assert len(cls.from_state(values, arrays).ops) == 8
+        assert math.isfinite(float(det.pvalues(rows_frame(events[:1]), np.asarray([1.0]))[0]))

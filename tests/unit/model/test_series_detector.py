@@ -1,0 +1,156 @@
+"""The series detector: changes flagged promptly with small p, calibrated quiet on normal series, warm-up,
+non-metric rows, episodes, adaptation to a new normal, exact state round trip and memory caps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from model.detectors.base import Frame
+from model.detectors.series import SeriesDetector
+from model.schema import METRIC_OBSERVATION, Row, Signal, Value
+
+ALERT = 1e-3
+
+
+def frame_of(values: np.ndarray, key: str | None = "s", signal: Signal = "metrics", t0: int = 0) -> Frame:
+    unit: dict[str, Value] = {"metric.unit": "ms"}
+    rows = [
+        Row(f"u{i}", signal, i * 60_000_000_000, "svc", METRIC_OBSERVATION, 0, 1, 0, unit)
+        for i in range(t0, t0 + len(values))
+    ]
+    derived = [{"series": key, "series_value": float(v)} for v in values]
+    n = len(values)
+    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), None)  # type: ignore[arg-type]
+
+
+def pvalues(det: SeriesDetector, values: np.ndarray, **kw: Any) -> np.ndarray:
+    fr = frame_of(values, **kw)
+    return det.pvalues(fr, det.score_samples(fr))
+
+
+def noise(n: int, seed: int, sd: float = 5.0, level: float = 100.0) -> np.ndarray:
+    return level + sd * np.random.default_rng(seed).normal(size=n)
+
+
+def first_alert(p: np.ndarray) -> int:
+    hits = np.flatnonzero(p < ALERT)
+    return int(hits[0]) if len(hits) else 10**9
+
+
+def test_level_shift_flagged_promptly_then_becomes_normal() -> None:
+    det = SeriesDetector()
+    pvalues(det, noise(800, 0))
+    after = noise(400, 1) + 25.0  # +5 SDs, kept: a new normal
+    p = pvalues(det, after)
+    assert first_alert(p) <= 3
+    assert (p[:60] < ALERT).sum() <= 2  # one episode, not a flood
+    assert (p[-150:] < ALERT).sum() == 0  # the new level has become normal
+
+
+def test_spike_flagged_at_the_point() -> None:
+    det = SeriesDetector()
+    pvalues(det, noise(800, 2))
+    x = noise(20, 3)
+    x[5] += 60.0  # +12 SDs, one point
+    p = pvalues(det, x)
+    assert p[5] < 1e-5 and (np.delete(p, 5) < ALERT).sum() <= 1
+
+
+def test_variance_change_flagged_promptly() -> None:
+    det = SeriesDetector()
+    pvalues(det, noise(800, 4))
+    p = pvalues(det, noise(100, 5, sd=25.0))
+    assert first_alert(p) <= 10
+
+
+def test_trend_change_flagged_promptly() -> None:
+    det = SeriesDetector()
+    pvalues(det, noise(800, 6))
+    p = pvalues(det, noise(100, 7) + 2.5 * np.arange(100))  # half an SD per point
+    assert first_alert(p) <= 20
+
+
+def test_stationary_series_rarely_flags() -> None:
+    det = SeriesDetector()
+    rng = np.random.default_rng(8)
+    gaussian = pvalues(det, noise(6000, 9), key="g")
+    heavy = pvalues(det, 50.0 + 3.0 * rng.standard_t(3, size=6000), key="t")
+    for p in (gaussian[500:], heavy[500:]):
+        assert (p < ALERT).sum() <= 15  # about 5.5 expected at a calibrated 1e-3
+        assert 0.05 < (p < 0.1).mean() < 0.15
+
+
+def test_seasonal_series_learns_its_period() -> None:
+    det = SeriesDetector()
+    t = np.arange(4000)
+    x = 100.0 + 40.0 * np.sin(2 * np.pi * t / 48) + np.random.default_rng(10).normal(size=len(t))
+    x[3500] += 12.0  # within the series' overall range, but 12 SDs off its seasonal value
+    p = pvalues(det, x)
+    assert det.series["s"].period == 48
+    assert (np.delete(p[1000:], 2500) < ALERT).sum() <= 8
+    assert p[3500] < 1e-4
+
+
+def test_new_series_is_silent_during_warm_up() -> None:
+    det = SeriesDetector()
+    det.fit(frame_of(noise(500, 11), key="old"))
+    wild = np.random.default_rng(12).lognormal(0.0, 3.0, size=det.min_points)
+    p = pvalues(det, wild, key="new")
+    assert (p == 1.0).all()
+    later = pvalues(det, np.concatenate([noise(300, 13), [1e6]]), key="new")
+    assert later[-1] < ALERT  # once warmed up, it judges on its own baseline
+
+
+def test_non_metric_and_valueless_rows_get_nan() -> None:
+    det = SeriesDetector()
+    kws: list[dict[str, Any]] = [{"signal": "logs"}, {"key": None}]
+    for kw in kws:
+        fr = frame_of(noise(300, 14), **kw)
+        raw = det.score_samples(fr)
+        assert np.isnan(raw).all() and (det.pvalues(fr, raw) == 1.0).all()
+    fr = frame_of(noise(3, 15))
+    fr.derived[1]["series_value"] = None
+    assert np.isnan(det.score_samples(fr)[1])
+
+
+def test_state_round_trip_continues_identically() -> None:
+    x = np.concatenate([noise(1500, 16), noise(500, 17) + 30.0])
+    keys = ["a", "b"]
+    whole = SeriesDetector()
+    ref = [whole.score_samples(frame_of(x, key=k)) for k in keys]
+    first, later = SeriesDetector(), SeriesDetector
+    for k in keys:
+        first.score_samples(frame_of(x[:1100], key=k))
+    values, arrays = first.state()
+    values = json.loads(json.dumps(values, allow_nan=False))
+    twin = later.from_state(values, {k: np.array(v) for k, v in arrays.items()})
+    for k, r in zip(keys, ref, strict=True):
+        np.testing.assert_array_equal(twin.score_samples(frame_of(x[1100:], key=k, t0=1100)), r[1100:])
+
+
+def test_memory_caps_hold() -> None:
+    det = SeriesDetector(max_series=5, history=128, calib=64)
+    for j in range(10):
+        pvalues(det, noise(400, 20 + j), key=f"k{j}")
+    assert list(det.series) == [f"k{j}" for j in range(5, 10)]  # the least recently seen were dropped
+    for st in det.series.values():
+        assert st.vals.shape == (128,) and st.cal.shape == (3, 64) and len(st.pending) <= 64
+
+
+def test_explain_names_the_change_with_units() -> None:
+    det = SeriesDetector()
+    pvalues(det, noise(800, 30))
+    x = noise(5, 31)
+    x[2] = 400.0
+    fr = frame_of(x)
+    raw = det.score_samples(fr)
+    clause = det.explain(fr, 2, float(raw[2]), float(det.pvalues(fr, raw)[2]))
+    assert "400 ms" in clause and "robust SDs above" in clause
+
+
+def test_flat_series_alerts_only_on_its_change() -> None:
+    p = pvalues(SeriesDetector(), np.r_[np.full(500, 5.0), 6.0, np.full(50, 5.0)])
+    assert list(np.flatnonzero(p < ALERT)) == [500]
