@@ -43,14 +43,39 @@ def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
     return 100.0 * (-np.log10(p)) / (-math.log10(P_FLOOR))
 
 
+XI_MAX = (
+    0.9  # the generalised Pareto shape is kept in [0, XI_MAX]: never a bounded tail, never an infinite mean
+)
+
+
+def gpd_fit(excess: np.ndarray) -> tuple[float, float]:
+    """Generalised Pareto (scale, shape) of threshold excesses by probability-weighted moments (Hosking & Wallis
+    1987), the shape in [0, XI_MAX]. Real score tails are heavier than exponential: an exponential fitted to
+    the top percent calls a distance three times the tail's scale one-in-a-billion when it is one in a few
+    thousand."""
+    y = np.sort(np.asarray(excess, dtype=np.float64))
+    k = len(y)
+    if k < 3 or y.mean() <= 0:
+        return max(float(y.mean()) if k else 0.0, 1e-9), 0.0
+    a0 = float(y.mean())
+    a1 = float((y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean())
+    d = a0 - 2.0 * a1
+    if d <= 1e-12:
+        return a0, 0.0
+    xi = float(np.clip(2.0 - a0 / d, 0.0, XI_MAX))
+    sigma = 2.0 * a0 * a1 / d if xi > 0 else a0
+    return max(sigma, 1e-9), xi
+
+
 @dataclass
 class Calibration:
-    """Tail model of reference distances."""
+    """Tail model of reference distances: empirical up to the tail's start, generalised Pareto beyond."""
 
     sorted_scores: np.ndarray
     tail_u: float
     tail_beta: float
     tail_q: float = TAIL_Q
+    tail_xi: float = 0.0
 
     @classmethod
     def fit(cls, scores: np.ndarray, times: np.ndarray | None = None) -> Calibration:
@@ -65,8 +90,10 @@ class Calibration:
         q = float(np.clip(1.0 - TAIL_MIN / max(len(s), 1), TAIL_Q_MIN, TAIL_Q))
         u = float(np.quantile(s, q)) if len(s) else 0.0
         excess = s[s > u] - u
-        beta = float(excess.mean()) if len(excess) else max(u * 0.1, 1e-6)
-        return cls(s, u, max(beta, 1e-9), q)
+        if not len(excess):
+            return cls(s, u, max(u * 0.1, 1e-6), q)
+        beta, xi = gpd_fit(excess)
+        return cls(s, u, max(beta, 1e-9), q, xi)
 
     @classmethod
     def _fit_blocks(cls, scores: np.ndarray, times: np.ndarray, n_blocks: int) -> Calibration:
@@ -78,19 +105,27 @@ class Calibration:
         levels = (np.arange(CAL_GRID) + 0.5) / CAL_GRID
         grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), CAL_BLOCK_Q, axis=0)
         us = np.asarray([np.quantile(b, q) for b in blocks])
-        betas = np.asarray(
-            [(b[b > u] - u).mean() if (b > u).any() else 0.0 for b, u in zip(blocks, us, strict=True)]
+        fits = np.asarray(
+            [gpd_fit(b[b > u] - u) if (b > u).any() else (0.0, 0.0) for b, u in zip(blocks, us, strict=True)]
         )
-        u, beta = float(np.quantile(us, CAL_BLOCK_Q)), float(np.quantile(betas, CAL_BLOCK_Q))
-        return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q)
+        u = float(np.quantile(us, CAL_BLOCK_Q))
+        # The tail's start and scale at the CAL_BLOCK_Q-th block; its shape is the distribution's, and the median
+        # over blocks is its estimate (a high quantile of per-block shape estimates would be their noise).
+        beta, xi = float(np.quantile(fits[:, 0], CAL_BLOCK_Q)), float(np.median(fits[:, 1]))
+        return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q, xi)
 
     def pvalue(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
         n = len(self.sorted_scores)
         above = n - np.searchsorted(self.sorted_scores, raw, side="left")
         p_emp = (above + 1) / (n + 1)
-        p_tail = (1 - self.tail_q) * np.exp(-(raw - self.tail_u) / self.tail_beta)
-        return np.where(raw > self.tail_u, np.minimum(p_emp, p_tail), p_emp)
+        p_tail = (1 - self.tail_q) * self._tail_sf(np.maximum(raw - self.tail_u, 0.0) / self.tail_beta)
+        return np.where(raw > self.tail_u, p_tail, p_emp)
+
+    def _tail_sf(self, y: np.ndarray) -> np.ndarray:
+        if self.tail_xi < 1e-6:
+            return np.exp(-y)
+        return np.power(1.0 + self.tail_xi * y, -1.0 / self.tail_xi)
 
     def share_at_least(self, raw: np.ndarray) -> np.ndarray:
         """The share of the calibration scores at or above raw (0 beyond the largest): no extrapolation."""
@@ -105,19 +140,23 @@ class Calibration:
         """The raw distance whose tail probability is p (inverse of `pvalue`)."""
         if p >= 1 - self.tail_q:
             return float(np.quantile(self.sorted_scores, 1 - p)) if len(self.sorted_scores) else 0.0
-        return self.tail_u + self.tail_beta * math.log((1 - self.tail_q) / p)
+        r = (1 - self.tail_q) / p
+        if self.tail_xi < 1e-6:
+            return self.tail_u + self.tail_beta * math.log(r)
+        return self.tail_u + self.tail_beta * (r**self.tail_xi - 1.0) / self.tail_xi
 
 
 def calibration_to_arrays(cal: Calibration, prefix: str) -> dict[str, np.ndarray]:
     """A calibration as named arrays (for a state file: never pickled)."""
     return {
         prefix + "scores": cal.sorted_scores,
-        prefix + "tail": np.asarray([cal.tail_u, cal.tail_beta, cal.tail_q], dtype=np.float64),
+        prefix + "tail": np.asarray([cal.tail_u, cal.tail_beta, cal.tail_q, cal.tail_xi], dtype=np.float64),
     }
 
 
 def calibration_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> Calibration:
     tail = arrays[prefix + "tail"]
+    xi = float(tail[3]) if len(tail) > 3 else 0.0
     return Calibration(
-        arrays[prefix + "scores"].astype(np.float64), float(tail[0]), float(tail[1]), float(tail[2])
+        arrays[prefix + "scores"].astype(np.float64), float(tail[0]), float(tail[1]), float(tail[2]), xi
     )

@@ -297,12 +297,17 @@ class KnnDetector:
             "uids": np.asarray(self.uids_, dtype=np.str_),
             "calibration": self.calibration_.sorted_scores,
             "tail": np.asarray(
-                [self.calibration_.tail_u, self.calibration_.tail_beta, self.calibration_.tail_q]
+                [
+                    self.calibration_.tail_u,
+                    self.calibration_.tail_beta,
+                    self.calibration_.tail_q,
+                    self.calibration_.tail_xi,
+                ]
             ),
             "groups": np.asarray(list(self.group_calibrations_), dtype=np.str_),
             **{f"calibration_{i}": c.sorted_scores for i, c in enumerate(self.group_calibrations_.values())},
             **{
-                f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q])
+                f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q, c.tail_xi])
                 for i, c in enumerate(self.group_calibrations_.values())
             },
         }
@@ -335,4 +340,5 @@ def _calibration(sorted_scores: np.ndarray, tail: np.ndarray) -> Calibration:
         float(tail[0]),
         float(tail[1]),
         float(tail[2]) if len(tail) > 2 else TAIL_Q,
+        float(tail[3]) if len(tail) > 3 else 0.0,
     )

@@ -156,7 +156,7 @@ def fit_version(
     alert_pvalue: float = 1e-3,
     detectors: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
     combiner: str = "cauchy",
-    false_alerts_per_hour: float = 0.5,
+    false_alerts_per_hour: float = 10.0,
     embed_dim: int = 32,
     train_config: TrainConfig | None = None,
     max_rows: int = 100_000,

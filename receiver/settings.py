@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     alert_pvalue: float = Field(1e-3, gt=0, lt=0.5)  # the highest p-value that alerts (slow streams)
     # Expected false alerts per hour of each (service, signal) at the threshold: a row alerts when its combined
     # p-value is below this divided by the stream's rows per hour (and below alert_pvalue).
-    false_alerts_per_hour: float = Field(0.5, gt=0, le=1000)
+    false_alerts_per_hour: float = Field(10.0, gt=0, le=1000)
     # The ensemble's members (docs/detection.md) and how their p-values are combined.
     detectors: str = "knn,pattern,isolation,latency,errors,series"
     combiner: Literal["cauchy", "minp", "fisher"] = "cauchy"

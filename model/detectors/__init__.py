@@ -45,7 +45,7 @@ def build(
     names: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
     *,
     combiner: str = "cauchy",
-    false_alerts_per_hour: float = 0.5,
+    false_alerts_per_hour: float = 10.0,
     alert_pvalue: float = 1e-3,
     k: int = 10,
     max_rows: int = 100_000,

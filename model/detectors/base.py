@@ -90,6 +90,9 @@ class Detector(ABC):
     global_novelty: ClassVar[bool] = False
     # The member's prior weight in the combination (model.detectors.ensemble.combine).
     weight: ClassVar[float] = 1.0
+    # Whether the ensemble checks the member's p-values against recent traffic (model.detectors.recent); a
+    # member whose p-values are conformal over its own online history needs no such check.
+    recent_check: ClassVar[bool] = True
     # Out-of-sample raw scores of the training rows (each scored before it was learned, or held out), set by
     # fit when the member has them: they seed the ensemble's recent-traffic calibration (model.detectors.recent).
     fit_raw_: np.ndarray | None = None

@@ -104,7 +104,7 @@ class Ensemble:
         self,
         members: list[Detector],
         combiner: str = "cauchy",
-        false_alerts_per_hour: float = 0.5,
+        false_alerts_per_hour: float = 10.0,
         alert_pvalue: float = 1e-3,
     ) -> None:
         if combiner not in COMBINERS:
@@ -127,7 +127,7 @@ class Ensemble:
         signals = frame.signals
         for j, m in enumerate(self.members):
             m.fit(frame)
-            if m.fit_raw_ is not None and len(m.fit_raw_) == len(frame):
+            if m.recent_check and m.fit_raw_ is not None and len(m.fit_raw_) == len(frame):
                 self._remember(j, np.asarray(m.fit_raw_, dtype=np.float64), signals, frame.times_ns)
         times = frame.times_ns / 1e9
         span = max(float(times.max() - times.min()), 60.0) if len(times) else 60.0
@@ -191,8 +191,10 @@ class Ensemble:
             if member.global_novelty:
                 r[warm] = np.nan
             raw[:, j] = r
-            p[:, j] = self._recent_pvalues(j, r, member.pvalues(frame, r), signals)
-            if learn:
+            p[:, j] = member.pvalues(frame, r)
+            if member.recent_check:
+                p[:, j] = self._recent_pvalues(j, r, p[:, j], signals)
+            if learn and member.recent_check:
                 self._remember(j, r, signals, frame.times_ns)
         applicable = ~np.isnan(raw)
         combined = combine(p, applicable, self.combiner, np.asarray([m.weight for m in self.members]))

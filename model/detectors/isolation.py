@@ -33,10 +33,9 @@ class IsolationMember(Detector):
     name = "isolation"
     global_novelty = True
     signals = frozenset({"logs", "traces"})
-    weight = float(__import__("os").environ.get("W_NOVEL", "1"))
 
     def __init__(
-        self, n_estimators: int = 100, max_rows: int = 4096, refit_every: int = 4096, seed: int = 0
+        self, n_estimators: int = 100, max_rows: int = 4096, refit_every: int = 20_000, seed: int = 0
     ) -> None:
         self.n_estimators = n_estimators
         self.max_rows = max_rows
@@ -103,9 +102,11 @@ class IsolationMember(Detector):
     def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
         """The value furthest from the reservoir's typical one, in the row's own terms."""
         x = features(frame)[i]
-        ref = self.reservoir if len(self.reservoir) else self.fit_rows
-        med = np.median(ref, axis=0)
-        mad = np.median(np.abs(ref - med), axis=0) + 0.5
+        if "isolation.typical" not in frame.cache:
+            ref = self.reservoir if len(self.reservoir) else self.fit_rows
+            med = np.median(ref, axis=0)
+            frame.cache["isolation.typical"] = (med, np.median(np.abs(ref - med), axis=0) + 0.5)
+        med, mad = frame.cache["isolation.typical"]
         j = int(np.argmax(np.abs(x - med) / mad))
         contract = frame.contract
         names = contract.numeric_names()

@@ -77,7 +77,6 @@ class KnnMember(Detector):
     name = "knn"
     global_novelty = True
     signals = frozenset({"logs", "traces"})
-    weight = float(__import__("os").environ.get("W_NOVEL", "1"))
 
     def __init__(self, k: int = 10, max_rows: int = 100_000, detector: KnnDetector | None = None) -> None:
         self.k = k

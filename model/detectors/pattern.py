@@ -47,6 +47,19 @@ SEVERITY = {
 HALVE_ABOVE = 2_000_000  # a group's total count is halved past this: relative frequencies stay, history fades
 
 
+_MASKED: dict[str, str] = {}  # message -> its masked tokens (a bounded cache: masking is the costly part)
+_MASKED_MAX = 65_536
+
+
+def _masked(message: str) -> str:
+    key = _MASKED.get(message)
+    if key is None:
+        if len(_MASKED) >= _MASKED_MAX:
+            _MASKED.clear()
+        key = _MASKED[message] = "~" + " ".join(tokenize(message))[:160]
+    return key
+
+
 def signature(derived: dict[str, Any]) -> str:
     """The row's pattern: its discrete columns; a message no template fits is keyed by its masked tokens."""
     parts = []
@@ -56,7 +69,7 @@ def signature(derived: dict[str, Any]) -> str:
             continue
         if name == "template" and value == "<unseen>":
             message = derived.get("_message")
-            value = "~" + " ".join(tokenize(message))[:160] if isinstance(message, str) else value
+            value = _masked(message) if isinstance(message, str) else value
         parts.append(f"{value}")
     return "|".join(parts)
 
@@ -147,6 +160,7 @@ class PatternFrequency(Detector):
     name = "pattern"
     global_novelty = True
     signals = frozenset({"logs", "traces"})
+    recent_check = False  # conformal over its own counts, which grow with every row
 
     def __init__(self, min_rows: int = 200) -> None:
         self.min_rows = min_rows

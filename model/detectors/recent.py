@@ -45,7 +45,9 @@ class RecentCalibration:
             self.head = (self.head + n) % WINDOW
             self.size = min(WINDOW, self.size + n)
         self.since_fit += len(raw)
-        if self.size >= MIN_ROWS and (self.calibration is None or self.since_fit >= REFIT_EVERY):
+        # Refit after REFIT_EVERY rows, or after a tenth of the window is new while the window is small.
+        due = self.since_fit >= min(REFIT_EVERY, max(MIN_ROWS, self.size // 10))
+        if self.size >= MIN_ROWS and (self.calibration is None or due):
             self.calibration = Calibration.fit(self.raw[: self.size], self.times[: self.size])
             self.since_fit = 0
 

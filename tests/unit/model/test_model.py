@@ -71,8 +71,8 @@ def test_fit_save_load_score_and_explain(tmp_path):
 
 
 def test_deviant_rows_are_those_far_from_their_own_baseline():
-    from model.features import FeatureContract
     from model.detectors.knn import DEVIANT_UNITS, deviant_rows
+    from model.features import FeatureContract
 
     contract, derived = FeatureContract.fit(make_rows(400))
     num, _ = contract.encode(derived)
