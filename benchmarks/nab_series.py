@@ -1,0 +1,113 @@
+"""The series detector on NAB, as the service runs it: fit on the first rows of the interleaved stream, then score
+every later row online, in batches, with no look-ahead.
+
+Needs the OTLP/JSON made by `python ../shared/devdata/nab_to_otlp.py ../shared/devdata/raw/nab /tmp/nab`.
+Writes `series,time_ms,score,is_anomaly` (flag: p < --alert-p) and prints NAB's scores (nab_score.py, with
+--sweep), the calibration on points outside NAB's windows (share of p <= a for a few a), and µs per point.
+
+    python benchmarks/nab_series.py [--nab /tmp/nab] [--fit-rows 5000] [--batch 1000] [--out detections.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.detectors.base import Frame  # noqa: E402
+from model.detectors.series import SeriesDetector  # noqa: E402
+from model.extract import derive  # noqa: E402
+from receiver.jsonfiles import read_rows  # noqa: E402
+
+DEVDATA = Path(__file__).resolve().parents[2] / "shared" / "devdata"
+
+
+def frame_of(rows: list, derived: list) -> Frame:
+    n = len(rows)
+    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), None)  # type: ignore[arg-type]
+
+
+def run(rows: list, derived: list, fit_rows: int, batch: int, det: SeriesDetector) -> tuple[np.ndarray, str]:
+    """Fit on the first `fit_rows`, score the rest in batches: p-values (NaN for fit rows) and the cost per row."""
+    det.fit(frame_of(rows[:fit_rows], derived[:fit_rows]))
+    p = np.full(len(rows), np.nan)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for a in range(fit_rows, len(rows), batch):
+        fr = frame_of(rows[a : a + batch], derived[a : a + batch])
+        p[a : a + batch] = det.pvalues(fr, det.score_samples(fr))
+    n = max(len(rows) - fit_rows, 1)
+    wall, cpu = 1e6 * (time.perf_counter() - t0) / n, 1e6 * (time.process_time() - c0) / n
+    return p, f"{cpu:.1f} µs CPU, {wall:.1f} µs wall per scored point"
+
+
+def calibration(names: list[str], times: np.ndarray, p: np.ndarray, points: Path) -> dict[str, float]:
+    """Share of scored points outside every NAB window with p <= a (should be about a when calibrated)."""
+    in_window = {}
+    with points.open() as fh:
+        for r in csv.DictReader(fh):
+            in_window[(r["series"], int(r["time_ms"]))] = r["in_window"] == "1"
+    mask = np.array([not in_window.get((s, int(t)), False) for s, t in zip(names, times, strict=True)])
+    q = p[mask & ~np.isnan(p)]
+    out: dict[str, float] = {"points": float(len(q))}
+    for a in (0.1, 0.01, 1e-3, 1e-4):
+        out[f"p<={a:g}"] = float(np.mean(q <= a))
+        out[f"count p<{a:g}"] = float(np.sum(q < a))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nab", type=Path, default=Path("/tmp/nab"))
+    ap.add_argument("--fit-rows", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--alert-p", type=float, default=1e-3)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/nab_series_detections.csv"))
+    args = ap.parse_args()
+
+    rows = read_rows([args.nab / "metrics_interleaved.jsonl"])
+    derived = [derive(r, None) for r in rows]
+    filled = sum(d.get("series") is not None and d.get("series_value") is not None for d in derived)
+    print(f"rows {len(rows)}, with series and value {filled}")
+    names = [str(r.fields.get("unmapped.series")) for r in rows]  # the NAB file stem, for scoring only
+    times = np.array([r.time_ms for r in rows], dtype=np.int64)
+
+    p, us = run(rows, derived, args.fit_rows, args.batch, SeriesDetector())
+    with args.out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["series", "time_ms", "score", "is_anomaly"])
+        for i in range(args.fit_rows, len(rows)):
+            pi = 1.0 if np.isnan(p[i]) else p[i]
+            w.writerow([names[i], int(times[i]), f"{-np.log10(pi):.6g}", int(pi < args.alert_p)])
+    print(us)
+    calib = calibration(
+        names[args.fit_rows :], times[args.fit_rows :], p[args.fit_rows :], args.nab / "points.csv"
+    )
+    print("calibration outside windows:", json.dumps(calib))
+    score = DEVDATA / "nab_score.py"
+    cmd = [
+        sys.executable,
+        str(score),
+        str(args.nab / "windows.csv"),
+        str(args.nab / "points.csv"),
+        str(args.out),
+    ]
+    res = json.loads(subprocess.run([*cmd, "--sweep"], check=True, capture_output=True, text=True).stdout)
+    print(json.dumps(res, indent=1))
+    nab = ", ".join(f"{k} {v['score']:.2f}" for k, v in res["nab"].items())
+    swept = ", ".join(f"{k} {v['score']:.2f}" for k, v in res["nab_swept"].items())
+    print(f"NAB at p < {args.alert_p:g}: {nab}; swept: {swept}")
+    print(
+        f"window recall {res['window_recall']:.3f}, fp/1000 {res['fp_per_1000']:.3f}, point AUROC {res['auroc']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
