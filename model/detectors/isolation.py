@@ -86,14 +86,14 @@ class IsolationMember(Detector):
         """Reservoir-sample the normal rows (Algorithm R, seeded); refit after `refit_every` of them."""
         x = features(frame)[np.asarray(normal, dtype=bool)]
         rng = np.random.default_rng(self.seed + self.seen)
-        for row in x:
-            self.seen += 1
-            if len(self.reservoir) < self.max_rows:
-                self.reservoir = np.vstack([self.reservoir, row[None, :]])
-            else:
-                j = int(rng.integers(0, self.seen))
-                if j < self.max_rows:
-                    self.reservoir[j] = row
+        free = max(self.max_rows - len(self.reservoir), 0)
+        if free:  # fill first, in one copy
+            self.reservoir = np.vstack([self.reservoir, x[:free]])
+        draws = rng.integers(0, self.seen + free + 1 + np.arange(len(x) - min(free, len(x))))
+        for row, j in zip(x[free:], draws, strict=True):
+            if j < self.max_rows:
+                self.reservoir[j] = row
+        self.seen += len(x)
         self.since_refit += len(x)
         if self.since_refit >= self.refit_every and len(self.reservoir) >= 200:
             self._fit_split(self.reservoir, None)

@@ -129,18 +129,15 @@ class _Group:
         n1 = self.total + 1.0
         return -np.log10((1.0 + rarer) / n1) - np.log10((1.0 + severe) / n1)
 
-    def pvalue(self, sig: str, severity: int) -> float:
-        """(1 + history rows whose nonconformity is at least this row's) / (rows + 1)."""
+    def pvalues(self, sigs: list[str], severity: list[int]) -> np.ndarray:
+        """(1 + history rows whose nonconformity is at least each row's) / (rows + 1)."""
         if self._dirty:
             self._build()
-        a = float(
-            self._nonconformity(np.asarray([float(self.counts.get(sig, 0))]), np.asarray([float(severity)]))[
-                0
-            ]
-        )
+        counts = np.fromiter((self.counts.get(sg, 0) for sg in sigs), dtype=np.float64, count=len(sigs))
+        a = self._nonconformity(counts, np.asarray(severity, dtype=np.float64))
         scores, at_least = self._a
-        k = int(np.searchsorted(scores, a - 1e-12, side="left"))
-        above = float(at_least[k]) if k < len(scores) else 0.0
+        k = np.searchsorted(scores, a - 1e-12, side="left")
+        above = np.where(k < len(scores), at_least[np.minimum(k, len(scores) - 1)], 0.0)
         return (1.0 + above) / (self.total + 1.0)
 
     def severe_share(self, severity: int) -> float:
@@ -184,10 +181,14 @@ class PatternFrequency(Detector):
     def score_samples(self, frame: Frame) -> np.ndarray:
         """-log10 of the p-value; NaN for a group too young to judge (its rows are new: warm-up)."""
         out = np.full(len(frame), np.nan)
-        for i, (g, s, sev) in enumerate(zip(*self._keys(frame), strict=True)):
+        by_group: dict[str, list[int]] = {}
+        groups, sigs, sevs = self._keys(frame)
+        for i, g in enumerate(groups):
+            by_group.setdefault(g, []).append(i)
+        for g, idx in by_group.items():
             group = self.groups.get(g)
             if group is not None and group.total >= self.min_rows:
-                out[i] = -np.log10(group.pvalue(s, sev))
+                out[idx] = -np.log10(group.pvalues([sigs[i] for i in idx], [sevs[i] for i in idx]))
         return out
 
     def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
