@@ -1,0 +1,48 @@
+"""The detection benchmark's offline protocol (benchmarks/detection.py) on a tiny BGL prefix: the table has
+otad's row and the baselines' rows, every figure in range, and the JSON holds them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import detection
+
+DEVDATA = Path(__file__).resolve().parents[2].parent / "shared" / "devdata"
+
+
+@pytest.mark.skipif(
+    not (DEVDATA / "raw" / "bgl" / "BGL_2k.log").is_file(),
+    reason=f"no devdata at {DEVDATA} (BGL_2k.log and bgl_to_otlp.py): the benchmark's datasets live outside the repo",
+)
+def test_offline_protocol_on_a_bgl_prefix(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    argv = ["--datasets", "bgl", "--offline-only", "--bgl-lines", "400", "--work", str(tmp_path / "work")]
+    assert detection.main([*argv, "--devdata", str(DEVDATA), "--out", str(out)]) == 0
+
+    table = capsys.readouterr().out
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| bgl")
+    ]
+    detectors = {r[2] for r in rows}
+    assert {"otad", "severity", "template_freq", "iforest"} <= detectors, table
+    for r in rows:
+        for cell in r[5:10]:  # AUROC, AP, P, R, F1: a number in [0, 1] or "—"/empty
+            if re.fullmatch(r"-?\d+\.\d+", cell):
+                assert 0.0 <= float(cell) <= 1.0, r
+
+    res = json.loads(out.read_text())
+    off = res["datasets"]["bgl"]["offline"]
+    assert off["train_rows"] == 200 and off["test_rows"] == 200
+    figures = off["signals"]["all"]
+    otad = figures["otad"]
+    assert otad["rows"] == 200 and otad["labelled"] > 0
+    assert otad["auroc"] is None or 0.0 <= otad["auroc"] <= 1.0
+    assert set(figures["baselines"]) == {"severity", "template_freq", "iforest", "op_latency_z", "rolling_z"}
+    assert 0.0 <= figures["baselines"]["severity"]["auroc"] <= 1.0
+    assert res["machine"]["commit"] and res["table_markdown"] == table.split("\nwall time")[0]
