@@ -65,7 +65,7 @@ def save_state(
         token = secrets.token_hex(8)
         arrays_file = f"{_ARRAYS_PREFIX}{token}.npz"
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, allow_pickle=False, **members)
+        np.savez(buffer, allow_pickle=False, **members)  # uncompressed: a stop must not wait on zlib
         data = buffer.getvalue()
         _write_synced(path / arrays_file, data)
         header = {

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     detectors: str = "knn,pattern,isolation,latency,errors,series"
     combiner: Literal["cauchy", "minp", "fisher"] = "cauchy"
     # The scoring process saves its learned state (baselines, reference growth, first-seen sources) this often.
-    state_save_s: float = Field(60.0, ge=1)
+    state_save_s: float = Field(300.0, ge=1)
     reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index
     train_epochs: int = Field(30, ge=1)  # upper bound; early stopping usually ends sooner
     train_max_rows: int = Field(
