@@ -78,12 +78,12 @@ class Calibration:
     tail_xi: float = 0.0
 
     @classmethod
-    def fit(cls, scores: np.ndarray, times: np.ndarray | None = None) -> Calibration:
+    def fit(cls, scores: np.ndarray, times: np.ndarray | None = None, grid: int = CAL_GRID) -> Calibration:
         """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
         scores = np.asarray(scores, dtype=np.float64)
         n_blocks = min(CAL_BLOCKS_MAX, len(scores) // CAL_BLOCK_ROWS)
         if times is not None and n_blocks >= CAL_BLOCKS_MIN:
-            return cls._fit_blocks(scores, np.asarray(times), n_blocks)
+            return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid)
         s = np.sort(scores)
         # At least ~TAIL_MIN exceedances for the tail fit: with a small reference set the 99th percentile
         # leaves two or three points, and their spread alone would set the whole tail.
@@ -96,13 +96,15 @@ class Calibration:
         return cls(s, u, max(beta, 1e-9), q, xi)
 
     @classmethod
-    def _fit_blocks(cls, scores: np.ndarray, times: np.ndarray, n_blocks: int) -> Calibration:
+    def _fit_blocks(
+        cls, scores: np.ndarray, times: np.ndarray, n_blocks: int, grid: int = CAL_GRID
+    ) -> Calibration:
         """At every quantile level, and for the tail's start and mean excess, the CAL_BLOCK_Q-th value over time
         blocks. An incident fills the top of the blocks it falls in only, so new rows like it stay beyond the
         threshold instead of being calibrated as normal."""
         blocks = np.array_split(scores[np.argsort(times, kind="stable")], n_blocks)
         q = float(np.clip(1.0 - TAIL_MIN / len(blocks[0]), TAIL_Q_MIN, TAIL_Q))
-        levels = (np.arange(CAL_GRID) + 0.5) / CAL_GRID
+        levels = (np.arange(grid) + 0.5) / grid
         grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), CAL_BLOCK_Q, axis=0)
         us = np.asarray([np.quantile(b, q) for b in blocks])
         fits = np.asarray(

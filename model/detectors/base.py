@@ -42,7 +42,10 @@ class Frame:
 
     @property
     def signals(self) -> np.ndarray:
-        return np.asarray([r.signal for r in self.rows], dtype=np.str_)
+        got = self.cache.get("signals")
+        if got is None:
+            got = self.cache["signals"] = np.asarray([r.signal for r in self.rows], dtype=np.str_)
+        return got
 
     @property
     def services(self) -> list[str]:
@@ -50,7 +53,10 @@ class Frame:
 
     @property
     def times_ns(self) -> np.ndarray:
-        return np.asarray([r.time_unix_nano for r in self.rows], dtype=np.int64)
+        got = self.cache.get("times")
+        if got is None:
+            got = self.cache["times"] = np.asarray([r.time_unix_nano for r in self.rows], dtype=np.int64)
+        return got
 
     def take(self, idx: np.ndarray) -> Frame:
         """The sub-frame of rows `idx` (in the given order)."""

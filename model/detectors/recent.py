@@ -20,7 +20,8 @@ from model.calibration import Calibration, calibration_from_arrays, calibration_
 
 WINDOW = 50_000  # recent raw scores kept per (member, signal)
 MIN_ROWS = 50  # below this many recent scores the training calibration stands alone
-REFIT_EVERY = 5_000  # rows between refits of the recent calibration
+REFIT_EVERY = 20_000  # rows between refits of the recent calibration
+GRID = 2_000  # quantile levels of its typical distribution (the check needs shares down to about 1e-3)
 
 
 class RecentCalibration:
@@ -48,7 +49,7 @@ class RecentCalibration:
         # Refit after REFIT_EVERY rows, or after a tenth of the window is new while the window is small.
         due = self.since_fit >= min(REFIT_EVERY, max(MIN_ROWS, self.size // 10))
         if self.size >= MIN_ROWS and (self.calibration is None or due):
-            self.calibration = Calibration.fit(self.raw[: self.size], self.times[: self.size])
+            self.calibration = Calibration.fit(self.raw[: self.size], self.times[: self.size], GRID)
             self.since_fit = 0
 
     def pvalues(self, raw: np.ndarray) -> np.ndarray | None:
