@@ -117,7 +117,10 @@ class Scorer:
         """Score a batch; anomalies are stamped `now_unix_nano` (default: now)."""
         torch.set_num_threads(self.threads)
         if not rows:
-            return ScoredBatch([], np.zeros((0, self.mv.config.embed_dim), np.float32), *_empty(3), [])
+            empty = np.zeros(0)
+            return ScoredBatch(
+                [], np.zeros((0, self.mv.config.embed_dim), np.float32), empty, empty, empty.astype(bool), []
+            )
         order = np.argsort([r.time_unix_nano for r in rows], kind="stable")  # members see time order
         rows_t = [rows[i] for i in order]
         derived, num, cat = self.featurize(rows_t)
@@ -227,7 +230,3 @@ class Scorer:
         if spec.log:
             x = float(np.sign(x) * np.expm1(abs(x)))
         return f"{x:.4g}"
-
-
-def _empty(k: int) -> list[np.ndarray]:
-    return [np.zeros(0)] * (k - 1) + [np.zeros(0, dtype=bool)]

@@ -30,14 +30,14 @@ def member_class(name: str) -> type[Detector]:
         module, cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown detector {name!r}: one of {', '.join(REGISTRY)}") from None
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls)
 
 
 def new_member(name: str, **kwargs: Any) -> Detector:
     """A fresh member; `knn` takes k and max_rows, the others their defaults."""
     cls = member_class(name)
     if name == "knn":
-        return cls(**kwargs)  # type: ignore[call-arg]
+        return cls(**kwargs)
     return cls()
 
 
