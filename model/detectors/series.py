@@ -78,7 +78,7 @@ class SeriesDetector(Detector):
     """
 
     name: ClassVar[str] = "series"
-    global_novelty: ClassVar[bool] = False
+    recent_check: ClassVar[bool] = False  # calibrated online on each series' own history
 
     def __init__(
         self,
