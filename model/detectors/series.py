@@ -323,13 +323,9 @@ def _last(ring: np.ndarray, pos: int, n: int) -> np.ndarray:
 
 def _robust_scale(r: np.ndarray, level: float) -> float:
     """1.4826 MAD, falling back to the mean absolute deviation, then to a tiny share of the level."""
-    med = float(np.median(r))
-    dev = np.abs(r - med)
-    mad = 1.4826 * float(np.median(dev))
-    if mad > 0.0:
-        return mad
-    mean_dev = 1.2533 * float(np.mean(dev))
-    return mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY)
+    dev = np.abs(r - float(np.median(r)))
+    mad, mean_dev = 1.4826 * float(np.median(dev)), 1.2533 * float(np.mean(dev))
+    return mad if mad > 0.0 else (mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY))
 
 
 def _fit_gpd(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -389,6 +385,8 @@ def _explain(detail: tuple[Any, ...], unit: str) -> str:
         basis = f"level of {_fmt(pred, unit)} (median of the last {window} points)"
     if TESTS[test] == "spike":
         side = "above" if z > 0 else "below"
+        if abs(z) > 1e6:  # the series did not vary at all before this point
+            return f"value {_fmt(x, unit)} after a flat series at {_fmt(pred, unit)}"
         return f"value {_fmt(x, unit)} is {abs(z):.3g} robust SDs {side} this series' {basis}"
     if TESTS[test] == "level":
         recent = pred + ew_level * scale
