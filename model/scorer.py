@@ -154,6 +154,17 @@ class Scorer:
             members,
         )
 
+    def judged_anomalies(self, now_unix_nano: int | None = None) -> tuple[np.ndarray, list[Anomaly]]:
+        """Scores of the model's own training rows (in `mv.judged` order) and the anomalies among them."""
+        if self.mv.judged is None:
+            return np.zeros(0), []
+        frame, result = self.mv.judged
+        scores = pvalue_to_score(result.combined)
+        now = now_unix_nano or time.time_ns()
+        return scores, [
+            self._anomaly(frame, result, int(i), scores, now) for i in np.flatnonzero(result.alert)
+        ]
+
     def _anomaly(self, frame: Frame, result: EnsembleResult, i: int, scores: np.ndarray, now: int) -> Anomaly:
         row, derived = frame.rows[i], frame.derived[i]
         clauses = self.mv.ensemble.explain(frame, result, i)

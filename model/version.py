@@ -9,7 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from model.detector import KnnDetector
 from model.detectors import DEFAULT_MEMBERS, Ensemble, Frame, build, ensemble_from_state
+from model.detectors.ensemble import EnsembleResult
 from model.detectors.knn import KnnMember, detection_vectors
 from model.encoder import Embedder, EncoderConfig, TabularResNet
 from model.features import ContractVersionError, FeatureContract
@@ -42,6 +43,9 @@ class ModelVersion:
     ref_num: np.ndarray  # features of the k-NN member's unique reference vectors, for explanations
     ref_cat: np.ndarray
     meta: dict[str, Any]  # training figures, saved in model.json
+    # The training rows as the ensemble saw them, and its judgement of them (out-of-sample member scores):
+    # the service reports the anomalies among its cold-start rows from these, then drops them. Not saved.
+    judged: tuple[Frame, EnsembleResult] | None = field(default=None, repr=False)
 
     @property
     def detector(self) -> KnnDetector | None:
@@ -210,4 +214,5 @@ def fit_version(
         "signals": dict(Counter(r.signal for r in rows)),
     }
     rep = knn.rep_rows_ if knn is not None else np.zeros(0, dtype=np.int64)
-    return ModelVersion(version, contract, config, result.model, ensemble, num[rep], cat[rep], meta)
+    judged = (frame, ensemble.fit_result_) if ensemble.fit_result_ is not None else None
+    return ModelVersion(version, contract, config, result.model, ensemble, num[rep], cat[rep], meta, judged)

@@ -81,7 +81,7 @@ class Pipeline:
         self._last_progress = time.monotonic()  # rows stored, or nothing to do
         self._busy = False
         self._worker = threading.Thread(target=self._run, name="otad-pipeline", daemon=True)
-        self.staging = Staging(settings, store, self.writer, metrics, self.offer, self._stop)
+        self.staging = Staging(settings, store, self.writer, metrics, self.offer, self._stop, self._report)
         self._scorer: Scorer | ScoringProcess | None = None
         self._process_failures = 0  # consecutive batches the scoring process died on
         self.processed = 0
@@ -287,6 +287,10 @@ class Pipeline:
             self._busy = False
 
     # ----- processing -----
+    def _report(self, anomalies: list[Anomaly]) -> None:
+        """Store and emit anomalies found outside the scoring path (the first model's own training rows)."""
+        self.anomaly_count += self.writer.anomalies(anomalies, self.emitter)
+
     def process(self, rows: list[Row], on_stored: Sequence[OnStored] = ()) -> None:
         scorer = self._scorer
         if scorer is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.schema import Row, row_from_dict
+from model.schema import Anomaly, Row, row_from_dict
 from model.scorer import Scorer
 from model.train import TrainConfig
 from model.version import CURRENT, ModelVersion, fit_version, promote_version
@@ -53,8 +53,10 @@ class Staging:
         metrics: Metrics,
         offer: Offer,
         stop: threading.Event,
+        report: Callable[[list[Anomaly]], None] | None = None,
     ) -> None:
         self.settings, self.store, self.writer, self.metrics = settings, store, writer, metrics
+        self._report = report  # stores and emits the anomalies found among the cold-start rows
         self._offer, self._stop = offer, stop
         self.rows = self._count()  # rows staged by this and earlier runs
         self._train_at = settings.bootstrap_rows  # backlog size that starts the next training attempt
@@ -176,15 +178,24 @@ class Staging:
         self._trained = (mv, [r.uid for r in rows])  # the worker switches it in between batches
 
     def _store_reference(self, mv: ModelVersion, rows: list[Row]) -> None:
-        """Embed the training rows into the version's collection as the reference window."""
+        """Embed the training rows into the version's collection as the reference window, with the scores the
+        ensemble gave them out of sample; the anomalies among them are reported (stored and emitted once)."""
         scorer = Scorer(mv, learn=False)
+        judged, found = scorer.judged_anomalies()
+        flagged = {a.row.uid for a in found}
+        score_of = dict(zip([r.uid for r in mv.judged[0].rows], judged, strict=True)) if mv.judged else {}
         self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
         for start in range(0, len(rows), 4096):
             part = rows[start : start + 4096]
             _, num, cat = scorer.featurize(part)
             emb = scorer.embedder.embed(num, cat)
-            zeros = np.zeros(len(part))
-            self.writer.scored(mv.version, part, scored_columns(part, zeros, zeros, reference=True), emb)
+            scores = np.asarray([score_of.get(r.uid, 0.0) for r in part])
+            alerts = np.asarray([r.uid in flagged for r in part], dtype=np.float64)
+            self.writer.scored(mv.version, part, scored_columns(part, scores, alerts, reference=True), emb)
+        mv.judged = None  # the training frame is large; the judgement is stored now
+        if found and self._report is not None:
+            logger.info("%d anomalies among the %d rows the first model trained on", len(found), len(rows))
+            self._report(found)
 
     def take_trained(self) -> ModelVersion | None:
         """The newly trained model, once; the worker activates it and then calls `switched_in`."""

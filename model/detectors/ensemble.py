@@ -118,6 +118,7 @@ class Ensemble:
         # (service, signal) -> [decayed row count, last time s, first seen s, rows seen, known at training]
         self.entities: dict[str, list[float]] = {}
         self.recent: dict[str, RecentCalibration] = {}  # "<member index>/<signal>" -> its recent calibration
+        self.fit_result_: EnsembleResult | None = None  # the training rows judged (not saved)
 
     @property
     def names(self) -> list[str]:
@@ -136,7 +137,26 @@ class Ensemble:
             n = keys.count(key)
             # Seeded at the training window's mean rate, as if that rate had always held.
             self.entities[key] = [n / span * RATE_TAU_S, float(times.max()), float(times.min()), n, 1.0]
+        self.fit_result_ = self._judge_training(frame, keys)
         return self
+
+    def _judge_training(self, frame: Frame, keys: list[str]) -> EnsembleResult:
+        """The training rows judged by the members' out-of-sample scores (each row scored before it was learned,
+        or held out): an incident inside the cold-start window is reported, not silently learned. Members
+        without such scores have no opinion on training rows."""
+        n, m = len(frame), len(self.members)
+        raw, p, signals = np.full((n, m), np.nan), np.ones((n, m)), frame.signals
+        for j, member in enumerate(self.members):
+            if member.fit_raw_ is not None and len(member.fit_raw_) == n:
+                r = np.asarray(member.fit_raw_, dtype=np.float64).copy()
+                r[~np.isin(signals, list(member.signals))] = np.nan
+                raw[:, j], p[:, j] = r, member.pvalues(frame, r)
+        weights = np.asarray([mem.weight for mem in self.members])
+        combined = combine(p, ~np.isnan(raw), self.combiner, weights)
+        per_hour = np.asarray([self.entities[k][0] / RATE_TAU_S * 3600.0 for k in keys])
+        thresholds = np.minimum(self.alert_pvalue, self.false_alerts_per_hour / np.maximum(per_hour, 1.0))
+        alert = combined <= thresholds
+        return EnsembleResult(self.names, raw, p, combined, thresholds, alert, np.zeros(n, dtype=bool))
 
     def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> None:
         for signal in np.unique(signals):
