@@ -91,3 +91,17 @@ def test_ensemble_state_round_trip_continues_identically() -> None:
     np.testing.assert_array_equal(a.combined, b.combined)
     np.testing.assert_array_equal(a.threshold, b.threshold)
     assert twin.entities == ens.entities
+
+
+def test_an_incident_inside_the_training_window_is_reported_not_learned() -> None:
+    from model.detectors.series import SeriesDetector
+    from tests.unit.model.test_series_detector import frame_of
+
+    values = np.random.default_rng(4).normal(100.0, 5.0, 600)
+    values[400] = 400.0  # a spike among the rows the first model trains on
+    ens = Ensemble([SeriesDetector()], false_alerts_per_hour=10.0, alert_pvalue=1e-3).fit(frame_of(values))
+    judged = ens.fit_result_
+    assert judged is not None
+    assert 400 in np.flatnonzero(judged.alert).tolist()
+    assert judged.alert.sum() <= 3  # the ordinary rows of the window are not reported
+    assert not np.isnan(judged.raw[450:, 0]).any()  # every row after the warm-up has an out-of-sample score
