@@ -104,7 +104,7 @@ class _Windows:
         self.events: OrderedDict[object, deque[int]] = OrderedDict()
 
     def add_and_count(self, key: object, t_ms: int) -> int:
-        q = _lru_entry(self.events, key, deque, self.max_keys)
+        q = lru_entry(self.events, key, deque, self.max_keys)
         horizon = t_ms - self.window_ms
         while q and q[0] < horizon:
             q.popleft()
@@ -272,7 +272,7 @@ class ContextTracker:
         if not isinstance(duration, int | float) or not math.isfinite(duration) or duration < 0 or op is None:
             return NAN
         key = (values.get("service"), op)
-        s = _lru_entry(self.latency, key, _Series, self.max_keys)
+        s = lru_entry(self.latency, key, _Series, self.max_keys)
         x = math.log1p(float(duration))
         # sd floor 0.1 (about 10% of the duration): a perfectly steady operation does not make noise huge.
         sd = max(math.sqrt(s.var), 0.1)
@@ -298,7 +298,7 @@ class ContextTracker:
         The baseline is the service's failure share, forgetting by time (tau 30 min); while the window is in
         excess it learns 10x slower, so a ten-minute burst does not become the norm.
         """
-        s = _lru_entry(self.fail_rate, service, _Series, self.max_keys)
+        s = lru_entry(self.fail_rate, service, _Series, self.max_keys)
         fails = _peek(self.service_fail, service, t_ms)  # includes this row when it failed
         expected = s.mean * (rows + 1)
         z = (fails - expected) / math.sqrt(expected + 1.0)
@@ -313,7 +313,7 @@ class ContextTracker:
         return max(-50.0, min(50.0, z))
 
     def _series(self, key: str, x: float, t_ms: int) -> dict[str, float]:
-        s = _lru_entry(self.series, key, _Series, self.max_keys)
+        s = lru_entry(self.series, key, _Series, self.max_keys)
         if s.n < self.warmup:
             feats = dict.fromkeys(SERIES, NAN)
         else:
@@ -347,7 +347,7 @@ class ContextTracker:
         return feats
 
 
-def _lru_entry(table: OrderedDict[Any, _V], key: object, factory: Callable[[], _V], max_keys: int) -> _V:
+def lru_entry(table: OrderedDict[Any, _V], key: object, factory: Callable[[], _V], max_keys: int) -> _V:
     """The entry for key (created by factory when new), marked most recent; the oldest key goes past max_keys."""
     entry = table.get(key)
     if entry is None:

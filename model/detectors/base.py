@@ -52,6 +52,14 @@ class Frame:
         return [r.service for r in self.rows]
 
     @property
+    def sources(self) -> list[str]:
+        """Each row's source, "service\x1fsignal": the unit of warm-up, rates and pattern counts."""
+        got = self.cache.get("sources")
+        if got is None:
+            got = self.cache["sources"] = [f"{r.service}\x1f{r.signal}" for r in self.rows]
+        return got
+
+    @property
     def times_ns(self) -> np.ndarray:
         got = self.cache.get("times")
         if got is None:

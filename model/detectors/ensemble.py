@@ -132,7 +132,7 @@ class Ensemble:
                 self._remember(j, np.asarray(m.fit_raw_, dtype=np.float64), signals, frame.times_ns)
         times = frame.times_ns / 1e9
         span = max(float(times.max() - times.min()), 60.0) if len(times) else 60.0
-        keys = _keys(frame)
+        keys = frame.sources
         for key in set(keys):
             n = keys.count(key)
             # Seeded at the training window's mean rate, as if that rate had always held.
@@ -181,7 +181,7 @@ class Ensemble:
         thresholds = np.empty(len(frame))
         warm = np.zeros(len(frame), dtype=bool)
         notices = []
-        for i, (key, row) in enumerate(zip(_keys(frame), frame.rows, strict=True)):
+        for i, (key, row) in enumerate(zip(frame.sources, frame.rows, strict=True)):
             t = row.time_unix_nano / 1e9
             e = self.entities.get(key)
             if e is None:
@@ -253,7 +253,3 @@ class Ensemble:
             values["members"].append({"name": member.name, "values": v, "arrays": sorted(a)})
             arrays.update({f"m{j}.{k}": arr for k, arr in a.items()})
         return values, arrays
-
-
-def _keys(frame: Frame) -> list[str]:
-    return [f"{r.service}\x1f{r.signal}" for r in frame.rows]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections import OrderedDict, deque
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 
 from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
+from model.context import lru_entry
 from model.detectors.base import Detector, Frame, State
 from model.detectors.operation_stats import (
     EPS_MS,
@@ -31,7 +33,6 @@ from model.detectors.operation_stats import (
     WARM_MULT,
     Tail,
     binomial_tail,
-    lru,
     observe,
     pack,
     robust_z,
@@ -181,7 +182,7 @@ class LatencyDetector(_PerOperation):
             if level == 2:
                 self.all = entry
             else:
-                lru(self.ops if level == 0 else self.services, key, entry, self.max_keys)
+                lru_entry(self.ops if level == 0 else self.services, key, partial(list, entry), self.max_keys)
 
     def _run(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]:
         """Per row: own z, parent z (shifted by WARM_MULT where the operation is new), parent scale and the
@@ -195,8 +196,8 @@ class LatencyDetector(_PerOperation):
             if not isinstance(lat, int | float) or not lat >= 0.0 or math.isinf(lat) or not measured(row, d):
                 continue
             x, t = math.log(lat + EPS_MS), row.time_unix_nano
-            svc = lru(self.services, row.service, self._new(t), self.max_keys)
-            op = lru(self.ops, keys[i], self._new(t), self.max_keys)
+            svc = lru_entry(self.services, row.service, partial(self._new, t), self.max_keys)
+            op = lru_entry(self.ops, keys[i], partial(self._new, t), self.max_keys)
             par = svc if svc[3] >= MIN_OBS else self.all
             z[i] = robust_z(op, x)
             if op[3] >= MIN_OBS:
@@ -304,13 +305,13 @@ class ErrorRateDetector(_PerOperation):
     def score_samples(self, frame: Frame) -> np.ndarray:
         raw = np.full(len(frame), np.nan)
         info: dict[int, tuple[str, int, int, float, float]] = {}
-        keys = op_keys(frame)
+        keys, sources = op_keys(frame), frame.sources
         for i, (row, d) in enumerate(zip(frame.rows, frame.derived, strict=True)):
             if row.signal == "metrics":
                 continue
             t, failed = row.time_unix_nano, bool(d.get("failed"))
-            svc = lru(self.services, f"{row.service}\x1f{row.signal}", self._new(t), self.max_keys)
-            op = lru(self.ops, keys[i], self._new(t), self.max_keys)
+            svc = lru_entry(self.services, sources[i], partial(self._new, t), self.max_keys)
+            op = lru_entry(self.ops, keys[i], partial(self._new, t), self.max_keys)
             rate_all = (self.all[0] + 0.5) / (self.all[1] + 1.0)
             rate_svc = (svc[0] + PRIOR_ROWS * rate_all) / (svc[1] + PRIOR_ROWS)
             rate_op = (op[0] + PRIOR_ROWS * rate_svc) / (op[1] + PRIOR_ROWS)

@@ -28,18 +28,6 @@ PRIOR_ROWS = 20.0  # strength of the service's (or all services') rate as prior 
 EXCESS_P = 1e-3  # a window this improbable is an incident: its rows learn OUTLIER_SLOW times slower
 
 
-def lru(table: OrderedDict[str, list[Any]], key: str, new: list[Any], cap: int) -> list[Any]:
-    """The entry for key (`new` when absent), marked most recent; past `cap` keys the least recent one goes."""
-    entry = table.get(key)
-    if entry is None:
-        entry = table[key] = new
-        if len(table) > cap:
-            table.popitem(last=False)
-    else:
-        table.move_to_end(key)
-    return entry
-
-
 class Tail:
     """P(Z >= z) of training z's: empirical in the bulk, exponential beyond the TAIL_FROM quantile. Rows the
     baselines treated as outliers (z >= OUTLIER_Z: the training window's incidents among them) are left out, and

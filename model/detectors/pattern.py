@@ -167,8 +167,11 @@ class PatternFrequency(Detector):
     def _keys(frame: Frame) -> tuple[list[str], list[str], list[int]]:
         cached = frame.cache.get("pattern.keys")
         if cached is None:
-            groups = [f"{r.service}\x1f{r.signal}" for r in frame.rows]
-            cached = (groups, [signature(d) for d in frame.derived], [r.severity_id for r in frame.rows])
+            cached = (
+                frame.sources,
+                [signature(d) for d in frame.derived],
+                [r.severity_id for r in frame.rows],
+            )
             frame.cache["pattern.keys"] = cached
         return cached
 
