@@ -31,6 +31,17 @@ class AnomaliesMixin(StoreCore):
         """Which of these finding uids are already stored (a replay must not emit them again)."""
         return self._existing(col.ANOMALIES_COLLECTION, uids)
 
+    def delete_anomalies_before(self, detected_ms: int) -> int:
+        """Delete anomaly events detected before ``detected_ms`` (retention); returns how many were deleted."""
+        name = col.ANOMALIES_COLLECTION
+        res = self._call(
+            f"delete from {name}",
+            lambda c: c.delete(
+                name, timeout=self._timeout, **self._filter("detected_ms < {cut}", {"cut": int(detected_ms)})
+            ),
+        )
+        return int(res.get("delete_count", 0)) if isinstance(res, dict) else 0
+
     def count_anomalies(self) -> int:
         """Anomaly events stored (read with Strong consistency)."""
         return self._count(col.ANOMALIES_COLLECTION)

@@ -7,7 +7,7 @@ per model version keeps embeddings of different models from ever being compared.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -192,6 +192,36 @@ class RowsMixin(StoreCore):
     def existing_row_uids(self, model_version: str, uids: list[str]) -> set[str]:
         """Which of these row uids are already stored in the rows collection of ``model_version``."""
         return self._existing(self._rows_name(model_version), uids)
+
+    def iter_rows(
+        self,
+        model_version: str,
+        filter: str = "",
+        filter_params: dict[str, Any] | None = None,
+        output_fields: list[str] | None = None,
+        batch: int = 4096,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of rows of ``model_version`` matching the filter template, in no set order."""
+        name = self._rows_name(model_version)
+        fields = list(output_fields or col.ROW_FIELDS)
+        for page in self._iterate(name, filter, filter_params, fields, batch):
+            yield [col.decode_row(r) for r in page]
+
+    def has_rows_collection(self, model_version: str) -> bool:
+        """Whether the rows collection of ``model_version`` exists."""
+        name = col.rows_collection_name(model_version)
+        return bool(self._call(f"look up {name}", lambda c: c.has_collection(name, timeout=self._timeout)))
+
+    def delete_rows_before(self, model_version: str, time_ms: int, *, keep_reference: bool = True) -> int:
+        """Delete rows of ``model_version`` older than ``time_ms`` (retention); the reference rows stay with
+        ``keep_reference``. Returns how many Milvus reports deleted."""
+        name = self._rows_name(model_version)
+        template = "time_ms < {cut}" + (" and is_reference == false" if keep_reference else "")
+        res = self._call(
+            f"delete from {name}",
+            lambda c: c.delete(name, timeout=self._timeout, **self._filter(template, {"cut": int(time_ms)})),
+        )
+        return int(res.get("delete_count", 0)) if isinstance(res, dict) else 0
 
     def drop_rows_collection(self, model_version: str) -> None:
         """Drop the rows collection of ``model_version`` (no error when it does not exist)."""
