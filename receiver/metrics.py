@@ -112,6 +112,38 @@ class Metrics:
             registry=r,
         )
 
+        # Model life cycle (receiver/lifecycle.py, model/drift.py).
+        self.drift_features = Gauge(
+            "otad_drift_feature_share",
+            "Share of features drifted from the training reference (KS/chi-square, BH-controlled, PSI-gated)",
+            registry=r,
+        )
+        self.drift_embedding = Gauge(
+            "otad_drift_embedding_ratio",
+            "Mean distance of recent embeddings to the reference over held-out reference rows (1 = no drift)",
+            registry=r,
+        )
+        self.drift_new_templates = Gauge(
+            "otad_drift_new_template_rate",
+            "Share of recent log messages no training template matches",
+            registry=r,
+        )
+        self.drift_active = Gauge(
+            "otad_drift_active", "Drift past its threshold (hysteresis), 0 or 1", registry=r
+        )
+        self.retrains = Counter(
+            "otad_model_retrains",
+            "Retrained versions by outcome (promoted, discarded, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.retention_deleted = Counter(
+            "otad_retention_deleted",
+            "Rows and anomaly events deleted by OTAD_RETENTION_DAYS",
+            ["kind"],
+            registry=r,
+        )
+
 
 class HealthServer:
     """/metrics (Prometheus), /healthz (process alive), /readyz (accepting data) on OTAD_METRICS_ENDPOINT."""

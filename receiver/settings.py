@@ -87,6 +87,20 @@ class Settings(BaseSettings):
     pipeline_stall_s: float = Field(
         60.0, gt=0
     )  # rows waiting and none stored this long: /readyz says not ready
+    # Model life cycle (docs/lifecycle.md): retraining from stored rows, a challenger, drift, retention.
+    auto_retrain: bool = False  # retrain on drift (and every OTAD_RETRAIN_INTERVAL_H when set) unasked
+    retrain_interval_h: float = Field(0.0, ge=0)  # with OTAD_AUTO_RETRAIN: retrain this often; 0: on drift
+    challenger_rows: int = Field(20_000, ge=100)  # rows a retrained version scores in shadow, then judged
+    challenger_alert_factor: float = Field(3.0, gt=1)  # its alert rate may be this many times the current's
+    drift_check_s: float = Field(300.0, ge=1)  # how often drift is measured
+    drift_window_rows: int = Field(5000, ge=200)  # recent rows (and reference rows) a drift check compares
+    drift_fdr: float = Field(0.01, gt=0, lt=1)  # false-discovery rate of the per-feature tests (BH)
+    drift_psi_min: float = Field(0.1, ge=0)  # a significant feature counts as drifted from this PSI on
+    drift_high: float = Field(0.2, gt=0, le=1)  # drift turns on after OTAD_DRIFT_CHECKS checks above this
+    drift_low: float = Field(0.1, ge=0, le=1)  # and off again below this one
+    drift_checks: int = Field(3, ge=1)  # consecutive checks above OTAD_DRIFT_HIGH that turn drift on
+    retention_days: float = Field(0.0, ge=0)  # rows and anomaly events older than this are deleted; 0: kept
+    models_keep: int = Field(3, ge=1)  # model versions kept (the current one included); older are pruned
 
     @field_validator("grpc_endpoint", "http_endpoint", "query_endpoint", "metrics_endpoint")
     @classmethod
@@ -142,6 +156,11 @@ class Settings(BaseSettings):
                 "set OTAD_EXPORT_INSECURE=false to export over TLS"
             )
         self.export_header_map  # noqa: B018 (validates the syntax at start-up)
+        if self.drift_low > self.drift_high:
+            raise ValueError(
+                f"OTAD_DRIFT_LOW ({self.drift_low}) must be <= OTAD_DRIFT_HIGH ({self.drift_high}); "
+                "lower OTAD_DRIFT_LOW or raise OTAD_DRIFT_HIGH"
+            )
         if self.spool_segment_bytes > self.spool_max_bytes:
             raise ValueError(
                 f"OTAD_SPOOL_SEGMENT_BYTES ({self.spool_segment_bytes}) must be <= OTAD_SPOOL_MAX_BYTES "
