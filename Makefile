@@ -16,7 +16,7 @@ TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 SRC  := receiver model storage sim
 LINT := $(SRC) tests benchmarks
 
-.PHONY: setup run test test-fast lint lock bench clean
+.PHONY: setup run test test-fast lint lock proto bench clean
 
 # torch, then everything in requirements.lock; then otad itself (editable, no dependency resolution).
 $(DEPS): requirements.lock
@@ -57,6 +57,12 @@ lock: $(DEPS)
 	@! grep -nE '^(nvidia-|triton==)' requirements.lock || { \
 		echo "requirements.lock pins CUDA packages: run make lock TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"; \
 		exit 1; }
+
+# otad's own API: regenerate receiver/api/gen/ from proto/otad/v1/*.proto (grpcio-tools) and lint the .proto
+# files with buf (docs/api.md). tests/unit/receiver/test_api_proto.py fails when the committed code is stale.
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+	cd proto && ../$(BIN)/buf lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
