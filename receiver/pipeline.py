@@ -25,7 +25,7 @@ from model.worker import ScoringProcess, ScoringProcessError
 from receiver.consumer import NoRoomError, Received
 from receiver.emit import AnomalyEmitter
 from receiver.metrics import Metrics
-from receiver.scorers import close_scorer, new_scorer
+from receiver.scorers import AnyScorer, PipelineHooks, close_scorer, new_scorer
 from receiver.settings import Settings
 from receiver.staging import Staging
 from receiver.writer import Writer, scored_columns
@@ -84,10 +84,11 @@ class Pipeline:
         self.staging = Staging(settings, store, self.writer, metrics, self.offer, self._stop, self._report)
         self._scorer: Scorer | ScoringProcess | None = None
         self._process_failures = 0  # consecutive batches the scoring process died on
+        self.hooks: PipelineHooks | None = None  # receiver/lifecycle.py: hot swap and shadow scoring
         self.processed = 0
         self.anomaly_count = 0
         if model is not None:
-            self._activate(model)
+            self.activate(model)
         else:
             self.staging.discard_unpromoted()
         # Storing overlaps with scoring the next batch (Milvus calls release the GIL part of the time);
@@ -132,6 +133,8 @@ class Pipeline:
         return (
             "scoring" if self._scorer is not None else "training" if self.staging.training else "collecting"
         )
+
+    scorer = property(lambda self: self._scorer, doc="The current version's scorer (None before the first).")
 
     @property
     def stalled(self) -> bool:
@@ -226,7 +229,7 @@ class Pipeline:
                 else:
                     if not self._in_hand:
                         self._last_progress = time.monotonic()  # idle is not stalled
-                    if self.staging.take_trained() is not None:
+                    if self.staging.take_trained() is not None or (self.hooks and self.hooks.pending()):
                         break  # a new model waits to be switched in
                     self._cond.wait(0.5)
             if self._stop.is_set() and batch:
@@ -252,8 +255,10 @@ class Pipeline:
         while not self._stop.is_set():
             trained = self.staging.take_trained()
             if trained is not None:  # on this thread, so no batch is half collected
-                self._activate(trained)
+                self.activate(trained)
                 self.staging.switched_in()
+            if self.hooks is not None:
+                self.hooks.between_batches()  # may switch to another version (receiver/lifecycle.py)
             batch, callbacks = self._take()
             if batch:
                 self._handle(batch, callbacks)
@@ -303,6 +308,8 @@ class Pipeline:
         t0 = time.perf_counter()
         scored = scorer.score(rows)
         self.metrics.stage_seconds.labels("featurize_embed_score").observe(time.perf_counter() - t0)
+        if self.hooks is not None:
+            self.hooks.scored(rows, scored)  # drift window, challenger in shadow
         for notice in scored.notices:  # one line per new source, not one anomaly per row of it
             logger.info("%s", notice)
             self.metrics.new_sources.inc()
@@ -369,13 +376,16 @@ class Pipeline:
         _notify(callbacks)
 
     # ----- the scorer -----
-    def _activate(self, mv: ModelVersion) -> None:
+    def activate(self, mv: ModelVersion, scorer: AnyScorer | None = None) -> AnyScorer | None:
+        """Score with `mv` from the next batch; the old scorer closes, or is returned when `scorer` is given."""
         self.store.ensure_rows_collection(mv.version, mv.config.embed_dim)
-        old, self._scorer = self._scorer, new_scorer(self.settings, mv)
-        close_scorer(old)
+        old, self._scorer = self._scorer, scorer or new_scorer(self.settings, mv)
+        if scorer is None:
+            close_scorer(old)
         settle_heap()  # the model and its state are long-lived now
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(mv.version, "scoring").set(1)
+        return old if scorer is not None else None
 
     def _restart_scorer(self) -> None:
         old = self._scorer

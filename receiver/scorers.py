@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Protocol
 
-from model.scorer import Scorer
+from model.schema import Row
+from model.scorer import ScoredBatch, Scorer
 from model.version import ModelVersion
 from model.worker import ScoringProcess, ScoringProcessError
 from receiver.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+AnyScorer = Scorer | ScoringProcess
+
+
+class PipelineHooks(Protocol):
+    """What the pipeline's worker thread calls, for the model life cycle (receiver/lifecycle.py)."""
+
+    def pending(self) -> bool:
+        """A version waits to take over (an idle pipeline then wakes to switch)."""
+        ...
+
+    def between_batches(self) -> None:
+        """No batch is in hand: switch versions here (`Pipeline.activate`)."""
+        ...
+
+    def scored(self, rows: list[Row], scored: ScoredBatch) -> None:
+        """A batch the current version scored (before it is stored)."""
+        ...
 
 
 def new_scorer(s: Settings, mv: ModelVersion) -> Scorer | ScoringProcess:

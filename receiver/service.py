@@ -16,6 +16,7 @@ from receiver import otad_version
 from receiver.consumer import Consumer
 from receiver.emit import AnomalyEmitter
 from receiver.ingest import SpooledIngest, open_spooled_ingest
+from receiver.lifecycle import ModelLifecycle
 from receiver.metrics import HealthServer, Metrics
 from receiver.otlp.servers import build_servers, load_security
 from receiver.otlp.tls import emitter_credentials
@@ -75,6 +76,7 @@ class Service:
         try:
             model = load_model(settings, incompatible_ok=True)
             self.pipeline = Pipeline(settings, self.store, self.emitter, self.metrics, version, model)
+            self.lifecycle = ModelLifecycle(settings, self.store, self.pipeline, self.metrics)
             consumer: Consumer = self.pipeline
             if settings.spool_enabled:
                 self.ingest = consumer = open_spooled_ingest(settings, self.pipeline, self.metrics)
@@ -99,6 +101,7 @@ class Service:
     def start(self) -> None:
         self.emitter.start()
         self.pipeline.start()
+        self.lifecycle.start()
         if self.ingest is not None:
             self.ingest.start()
         settle_heap(collect=True)  # before the first request: it walks the whole heap once
@@ -128,6 +131,7 @@ class Service:
         self.pipeline.draining = True
         self.http.stop(min(grace_s, 5.0))
         self.grpc.stop(min(grace_s, 5.0))
+        self.lifecycle.stop()  # a retrain ends at its next epoch; a challenger is discarded
         self.pipeline.stop(grace_s)
         if self.ingest is not None:
             self.ingest.stop()

@@ -31,13 +31,14 @@ class AnomaliesMixin(StoreCore):
         """Which of these finding uids are already stored (a replay must not emit them again)."""
         return self._existing(col.ANOMALIES_COLLECTION, uids)
 
-    def delete_anomalies_before(self, detected_ms: int) -> int:
-        """Delete anomaly events detected before ``detected_ms`` (retention); returns how many were deleted."""
+    def delete_anomalies_before(self, time_ms: int) -> int:
+        """Delete anomaly events about rows older than ``time_ms`` (retention, by the source row's time, as for
+        the rows); returns how many were deleted."""
         name = col.ANOMALIES_COLLECTION
         res = self._call(
             f"delete from {name}",
             lambda c: c.delete(
-                name, timeout=self._timeout, **self._filter("detected_ms < {cut}", {"cut": int(detected_ms)})
+                name, timeout=self._timeout, **self._filter("time_ms < {cut}", {"cut": int(time_ms)})
             ),
         )
         return int(res.get("delete_count", 0)) if isinstance(res, dict) else 0
