@@ -92,7 +92,6 @@ def _progress(record: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.schema import row_from_dict
     from model.train import TrainConfig
     from model.version import fit_version
 
@@ -102,11 +101,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     if args.input:
         rows = read_rows(args.input)
-    else:
+    else:  # the current version's stored rows (not those it flagged); before the first model, the backlog
+        from receiver.retrain import stored_training_rows
+
         store = open_store(settings)
-        rows = [row_from_dict(d["row"]) for part in store.iter_backlog() for d in part]
-        store.close()
-        rows.sort(key=lambda r: r.time_unix_nano)
+        try:
+            rows = stored_training_rows(store, settings, args.max_rows)
+        finally:
+            store.close()
     if args.train_fraction < 1.0 and rows:
         t0, t1 = rows[0].time_unix_nano, rows[-1].time_unix_nano
         cut = t0 + int((t1 - t0) * args.train_fraction)
