@@ -79,21 +79,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def read_rows(paths: list[Path]):
     """Map every record of OTLP/JSON files to rows (sorted by time). Rejections are reported, not hidden."""
     from receiver.jsonfiles import read_rows as read_json_rows
+    from receiver.progress import read_with_progress
 
-    return read_json_rows(paths)
-
-
-def _progress(record: dict) -> None:
-    sys.stderr.write(
-        f"  epoch {record['epoch']:>3}  train {record['train_loss']:.4f}  "
-        f"(contrastive {record['contrastive']:.3f}, reconstruction {record['reconstruction']:.3f})  "
-        f"val {record['val_loss']:.4f}  {record['seconds']:.1f}s\n"
-    )
+    return read_with_progress(paths, read_json_rows)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from model.train import TrainConfig
     from model.version import fit_version
+    from receiver.progress import epoch_progress
 
     settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
     from receiver.service import open_store
@@ -128,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         embed_dim=settings.embed_dim,
         max_rows=settings.reference_max_rows,
         train_config=TrainConfig(epochs=args.epochs or settings.train_epochs, seed=settings.seed),
-        progress=_progress,
+        progress=epoch_progress(args.epochs or settings.train_epochs),
     )
     path = mv.save(settings.models_dir)
     sys.stdout.write(
@@ -152,7 +146,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 2
     rows = read_rows(args.input)
     scorer = Scorer(mv, learn=not args.no_learn, threads=2)
-    out, start, step = [], time.monotonic(), 4096
+    from receiver.progress import Progress
+
+    out, step, bar = [], 4096, Progress(len(rows), "scoring")
     for i in range(0, len(rows), step):
         part = rows[i : i + step]
         scored = scorer.score(part)
@@ -169,10 +165,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                     "is_anomaly": int(a),
                 }
             )
-        done = min(i + step, len(rows))
-        if (i // step) % 10 == 0 or done == len(rows):
-            rate = done / max(time.monotonic() - start, 1e-9)
-            sys.stderr.write(f"  scored {done}/{len(rows)} rows ({rate:,.0f} rows/s)\n")
+        bar.update(len(part))
+    bar.close()
     write_score_file(args.output, out)
     flagged = sum(o["is_anomaly"] for o in out)
     sys.stdout.write(
@@ -371,12 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
             add_help=False,
         )
         p.add_argument("args", nargs=argparse.REMAINDER, action=_NeedsSimExtra, help=argparse.SUPPRESS)
+    from receiver import cli_tools
+
+    cli_tools.register(sub)  # validate, report, demo; anomalies --follow
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from receiver.cli_tools import run  # unknown OTAD_* warned; operator mistakes as one line
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -74,16 +74,20 @@ def _map(mapper: RowMapper, signal: Signal, request: SignalRequest | LightMessag
     return mapper.map_metrics(cast(ExportMetricsServiceRequest, request))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, progress: Callable[[int], object] | None = None) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
+            if progress is not None:
+                progress(len(line))  # characters: bytes for the ASCII that OTLP/JSON mostly is
             if line.strip():
                 yield lineno, line
 
 
-def _chunks(path: Path) -> Iterator[tuple[str, list[tuple[int, str]]]]:
+def _chunks(
+    path: Path, progress: Callable[[int], object] | None = None
+) -> Iterator[tuple[str, list[tuple[int, str]]]]:
     chunk, size = [], 0
-    for lineno, line in _lines(path):
+    for lineno, line in _lines(path, progress):
         chunk.append((lineno, line))
         size += len(line)
         if size >= CHUNK_BYTES:
@@ -145,6 +149,7 @@ class _Reader:
         self.mapper = RowMapper()
         self.rows: list[Row] = []
         self.rejected = self.ignored = 0
+        self.progress: Callable[[int], object] | None = None  # called with each line's length
 
     def add(self, path, lineno: int, batch: MappedBatch) -> None:
         self.rows.extend(batch.rows)
@@ -157,11 +162,11 @@ class _Reader:
         self.add(path, lineno, _map(self.mapper, signal, request))
 
     def read(self, path: Path) -> None:
-        for lineno, line in _lines(path):
+        for lineno, line in _lines(path, self.progress):
             self.map(path, lineno, *_decode(str(path), lineno, line))
 
     def read_parallel(self, path: Path, pool) -> None:
-        for entries in pool.imap(_map_chunk, _chunks(path)):
+        for entries in pool.imap(_map_chunk, _chunks(path, self.progress)):
             for entry in entries:
                 lineno, signal = entry[0], entry[1]
                 if signal == "metrics":
@@ -182,10 +187,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def read_rows(paths: list[Path], workers: int = 0) -> list[Row]:
+def read_rows(
+    paths: list[Path], workers: int = 0, progress: Callable[[int], object] | None = None
+) -> list[Row]:
     """Every record of OTLP/JSON files (Collector file-exporter format) as rows, sorted by time.
 
     `workers`: processes decoding and mapping in parallel (e.g. `usable_cores()`); 0 reads in this process.
+    `progress`: called with the length of each line read (a progress bar over the files' sizes).
     Rejected items are logged per line and counted, never hidden.
 
     Raises:
@@ -195,6 +203,7 @@ def read_rows(paths: list[Path], workers: int = 0) -> list[Row]:
     if "fork" not in multiprocessing.get_all_start_methods():
         workers = 0
     reader = _Reader()
+    reader.progress = progress
     with gc_paused():
         if workers:
             # fork: the workers start at once with the decoder and mapper imported (spawn would import them again,
