@@ -154,6 +154,21 @@ class Scorer:
             members,
         )
 
+    def learn_normal(self, rows: list[Row]) -> int:
+        """Add rows an operator marked normal to the k-NN member's reference (feedback); returns how many
+        were new there. The context tracker sees them as it sees any row."""
+        det = self.mv.detector
+        if det is None or not rows:
+            return 0
+        torch.set_num_threads(self.threads)
+        _, num, cat = self.featurize(rows)
+        vectors = detection_vectors(self.mv.contract, self.embedder.embed(num, cat), num, cat)
+        added = np.asarray(det.add(vectors, [r.uid for r in rows]), dtype=np.int64)
+        if len(added):
+            self.mv.ref_num = np.concatenate([self.mv.ref_num, num[added]])
+            self.mv.ref_cat = np.concatenate([self.mv.ref_cat, cat[added]])
+        return int(len(added))
+
     def judged_anomalies(self, now_unix_nano: int | None = None) -> tuple[np.ndarray, list[Anomaly]]:
         """Scores of the model's own training rows (in `mv.judged` order) and the anomalies among them."""
         if self.mv.judged is None:

@@ -168,6 +168,22 @@ class ScoringProcess:
             rows, emb, raw, scores, flagged, anomalies_from_columns(found, rows), notices, members
         )
 
+    def learn_normal(self, rows: list[Row]) -> int:
+        """As `Scorer.learn_normal`, in the child (operator feedback: the rows join the normal reference).
+
+        Raises:
+            ScoringProcessError: the child died or failed.
+        """
+        with self._lock:
+            try:
+                self._conn.send(("learn", rows_to_columns(rows)))
+            except (OSError, ValueError) as exc:
+                raise ScoringProcessError(f"the scoring process is gone: {exc}") from None
+            reply = self._recv(None)
+        if reply[0] != "ok":
+            raise ScoringProcessError(f"learning failed in the scoring process: {reply[1]}")
+        return int(reply[1])
+
     def _recv(self, timeout_s: float | None) -> tuple[Any, ...]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._conn.poll(0.5):
@@ -253,8 +269,11 @@ def _serve(
         if msg[0] == "stop":
             scorer.save(Path(path))
             return
-        _, columns, now = msg
         reply: tuple[Any, ...]
+        if msg[0] == "learn":  # operator feedback: ("learn", row columns) -> ("ok", rows added)
+            conn.send(_learn(scorer, msg[1]))
+            continue
+        _, columns, now = msg
         try:
             scored = scorer.score(rows_from_columns(columns), now)
             found = anomalies_to_columns(scored.anomalies, np.flatnonzero(scored.is_anomaly).tolist())
@@ -275,6 +294,14 @@ def _serve(
             conn.send(reply)
         except (OSError, ValueError):
             return
+
+
+def _learn(scorer: Any, columns: Any) -> tuple[Any, ...]:
+    """Rows an operator marked normal join the normal reference: ("ok", rows added) or ("failed", why)."""
+    try:
+        return ("ok", scorer.learn_normal(rows_from_columns(columns)))
+    except Exception:
+        return ("failed", traceback.format_exc(limit=8))
 
 
 def _exit_with_parent(parent_pid: int) -> None:

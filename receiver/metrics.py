@@ -111,6 +111,12 @@ class Metrics:
             ["signal", "transport", "reason"],
             registry=r,
         )
+        self.feedback_silenced = Counter(
+            "otad_feedback_silenced_anomalies",
+            "Anomalies stored but not reported: look-alikes of operator feedback (receiver/feedback.py)",
+            ["kind", "signal"],
+            registry=r,
+        )
 
         # Model life cycle (receiver/lifecycle.py, model/drift.py).
         self.drift_features = Gauge(

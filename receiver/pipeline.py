@@ -85,6 +85,7 @@ class Pipeline:
         self._scorer: Scorer | ScoringProcess | None = None
         self._process_failures = 0  # consecutive batches the scoring process died on
         self.hooks: PipelineHooks | None = None  # receiver/lifecycle.py: hot swap and shadow scoring
+        self.screen: Callable[..., list[Anomaly]] | None = None  # receiver/feedback.py, set by the Service
         self.processed = 0
         self.anomaly_count = 0
         if model is not None:
@@ -310,6 +311,7 @@ class Pipeline:
         self.metrics.stage_seconds.labels("featurize_embed_score").observe(time.perf_counter() - t0)
         if self.hooks is not None:
             self.hooks.scored(rows, scored)  # drift window, challenger in shadow
+        scored.anomalies = self.screen(scorer, scored) if self.screen else scored.anomalies  # feedback
         for notice in scored.notices:  # one line per new source, not one anomaly per row of it
             logger.info("%s", notice)
             self.metrics.new_sources.inc()

@@ -13,6 +13,7 @@ from model.features import ContractVersionError
 from model.heap import settle_heap
 from model.version import ModelVersion
 from receiver import otad_version
+from receiver.api.server import build_api
 from receiver.consumer import Consumer
 from receiver.emit import AnomalyEmitter
 from receiver.ingest import SpooledIngest, open_spooled_ingest
@@ -83,6 +84,8 @@ class Service:
             self.grpc, self.http = build_servers(
                 settings, security, consumer, self.metrics, self.pipeline.has_room
             )
+            # otad's API (docs/api.md) on OTAD_QUERY_ENDPOINT and under /v1/otad/; feedback in the pipeline
+            self.feedback, self.api = build_api(self, security)
         except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
             self.store.close()
             if self.lite is not None:
@@ -106,6 +109,7 @@ class Service:
             self.ingest.start()
         settle_heap(collect=True)  # before the first request: it walks the whole heap once
         self.grpc.start()
+        self.api.start()
         self.http.start()
         self.health.start()
         st = self.pipeline.status()
@@ -131,6 +135,7 @@ class Service:
         self.pipeline.draining = True
         self.http.stop(min(grace_s, 5.0))
         self.grpc.stop(min(grace_s, 5.0))
+        self.api.stop(min(grace_s, 2.0))
         self.lifecycle.stop()  # a retrain ends at its next epoch; a challenger is discarded
         self.pipeline.stop(grace_s)
         if self.ingest is not None:

@@ -6,6 +6,8 @@ Three kinds of collection:
 - ``otad_rows_<version>``: embedded rows, one collection per model version, so embeddings of different
   versions are never compared; every row also carries ``model_version``.
 - ``otad_anomalies``: every anomaly event, kept.
+- ``otad_feedback``: operator feedback (MarkNormal, Suppress) with the source row's embedding, zero-padded to
+  ``FEEDBACK_DIM`` (padding changes no cosine similarity, so versions with other embedding widths fit).
 
 Milvus refuses a collection without a vector field, so the backlog and anomaly collections carry a 2-d
 ``embedding`` placeholder (always ``PLACEHOLDER_VECTOR``, with a FLAT index that costs nothing to build).
@@ -50,6 +52,8 @@ __all__ = [
 
 BACKLOG_COLLECTION = "otad_backlog"
 ANOMALIES_COLLECTION = "otad_anomalies"
+FEEDBACK_COLLECTION = "otad_feedback"
+FEEDBACK_DIM = 1024  # the widest embedding a feedback entry holds
 ROWS_PREFIX = "otad_rows_"
 
 PLACEHOLDER_DIM = 2
@@ -118,6 +122,11 @@ FIELD_TYPES: dict[str, tuple[DataType, dict[str, Any]]] = {
     "threshold": (DataType.FLOAT, {}),
     "explanation": (DataType.VARCHAR, {"max_length": EXPLANATION_MAX}),
     "event": (DataType.JSON, {}),
+    "kind": (DataType.VARCHAR, {"max_length": SIGNAL_MAX}),  # normal | suppress
+    "created_ms": (DataType.INT64, {}),
+    "expires_ms": (DataType.INT64, {}),  # 0: never
+    "revoked": (DataType.BOOL, {}),
+    "record": (DataType.JSON, {}),  # the rest of a feedback entry: who, why, radius, the source row
 }
 # Scalar fields per collection, in schema order; each schema ends with the ``embedding`` vector field.
 _COMMON_FIELDS = ["uid", "signal", "service", "class_uid", "time_ms"]
@@ -132,6 +141,17 @@ ANOMALY_FIELDS = [
     "model_version",
     "explanation",
     "event",
+]
+FEEDBACK_FIELDS = [
+    "uid",
+    "kind",
+    "source_uid",
+    "service",
+    "created_ms",
+    "expires_ms",
+    "model_version",
+    "revoked",
+    "record",
 ]
 
 
@@ -157,6 +177,11 @@ def rows_schema(dim: int) -> CollectionSchema:
 def anomalies_schema() -> CollectionSchema:
     """Schema of ``otad_anomalies``: one row per anomaly event, keyed by the finding uid."""
     return _schema(ANOMALY_FIELDS, PLACEHOLDER_DIM)
+
+
+def feedback_schema() -> CollectionSchema:
+    """Schema of ``otad_feedback``: one entry per feedback, its embedding padded to ``FEEDBACK_DIM``."""
+    return _schema(FEEDBACK_FIELDS, FEEDBACK_DIM)
 
 
 def encode_row(row: Any) -> str:

@@ -9,14 +9,15 @@ and every pymilvus failure leaves as ``StorageError``.
 
 from __future__ import annotations
 
-from storage.anomalies import AnomaliesMixin
+from storage.anomaly_query import AnomalyQueryMixin
 from storage.backlog import BacklogMixin
+from storage.feedback import FeedbackMixin
 from storage.rows import RowsMixin
 
 __all__ = ["MilvusStore"]
 
 
-class MilvusStore(BacklogMixin, RowsMixin, AnomaliesMixin):
+class MilvusStore(BacklogMixin, RowsMixin, AnomalyQueryMixin, FeedbackMixin):
     """Backlog, per-model-version rows and anomaly events in Milvus (Lite or server).
 
     The store owns the process's one ``MilvusClient``: build it in the composition root, close it at

@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 
 import uvicorn
@@ -114,10 +115,13 @@ class _App:
         self.in_flight = 0
         self.max_in_flight = MAX_IN_FLIGHT
         self.read_timeout_s = READ_TIMEOUT_S
+        self.api: Callable[..., Awaitable[None]] | None = None  # otad's API as JSON, set by the Service
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
+        if self.api is not None and scope["path"].startswith("/v1/otad/"):  # otad's API: receiver/api/
+            return await self.api(self, scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         as_json = _media_type(headers.get("content-type", "")) == JSON
         spec = PATHS.get(scope["path"])

@@ -15,7 +15,7 @@ from receiver.otlp.tls import ServerTls, load_server_tls
 from receiver.rows.mapper import RowMapper
 from receiver.settings import Settings
 
-__all__ = ["Security", "build_servers", "load_security"]
+__all__ = ["Security", "build_servers", "grpc_server_options", "load_security"]
 
 Security = tuple[ServerTls | None, BearerAuth | None]
 
@@ -27,6 +27,20 @@ def load_security(settings: Settings) -> Security:
         ConfigError: unusable TLS files or token file (one sentence naming the variable and the fix).
     """
     return load_server_tls(settings), BearerAuth.from_settings(settings)
+
+
+def grpc_server_options(settings: Settings, security: Security, metrics: Metrics) -> GrpcServerOptions:
+    """The gRPC transport settings, TLS and bearer-token interceptor of every otad gRPC server (OTLP and API)."""
+    tls, auth = security
+    return GrpcServerOptions(
+        max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        keepalive_time_s=settings.grpc_keepalive_time_s,
+        keepalive_timeout_s=settings.grpc_keepalive_timeout_s,
+        keepalive_min_time_s=settings.grpc_keepalive_min_time_s,
+        max_connection_age_s=settings.grpc_max_connection_age_s,
+        credentials=tls.grpc_credentials() if tls else None,
+        interceptors=(GrpcAuthInterceptor(auth, metrics),) if auth else (),
+    )
 
 
 def build_servers(
@@ -43,15 +57,7 @@ def build_servers(
     """
     tls, auth = security
     export = ExportHandler(consumer, RowMapper(), metrics, settings.retry_after_s, has_room)
-    options = GrpcServerOptions(
-        max_concurrent_streams=settings.grpc_max_concurrent_streams,
-        keepalive_time_s=settings.grpc_keepalive_time_s,
-        keepalive_timeout_s=settings.grpc_keepalive_timeout_s,
-        keepalive_min_time_s=settings.grpc_keepalive_min_time_s,
-        max_connection_age_s=settings.grpc_max_connection_age_s,
-        credentials=tls.grpc_credentials() if tls else None,
-        interceptors=(GrpcAuthInterceptor(auth, metrics),) if auth else (),
-    )
+    options = grpc_server_options(settings, security, metrics)
     grpc_server = OtlpGrpcServer(
         settings.grpc_endpoint, export, max_recv_mib=settings.max_recv_mib, options=options
     )

@@ -1,0 +1,382 @@
+"""Operator feedback that takes effect at once: MarkNormal and Suppress entries, kept in Milvus, applied to every
+scored batch.
+
+An entry holds the embedding of the row it was given on. After a batch is scored (`screen`, on the pipeline
+thread), an anomaly whose embedding lies within an active entry's radius (cosine distance) and in its scope is
+not reported: it is stored in the anomalies collection with its score and `event.suppressed_by`, counted in
+`otad_feedback_silenced_anomalies`, and never emitted. MarkNormal also sends the row (and, when asked, its
+stored look-alikes) to the scorer, which adds them to the k-NN member's normal reference (in the scoring child,
+a small "learn" message). Embeddings are version-specific: each entry records its model version, and when
+the scoring version changes its row is taken from the new version's rows collection, or re-embedded
+(`model.embedding.RowEmbedder`), before it is matched again. docs/api.md describes the API side.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.embedding import RowEmbedder
+from model.schema import Anomaly, Row, row_from_dict
+from model.scorer import ScoredBatch, Scorer
+from model.worker import ScoringProcess
+from receiver.events import finding_uid
+from receiver.metrics import Metrics
+from storage import MilvusStore, StorageError
+from storage.collection import ROW_FIELDS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RADIUS = 0.05  # cosine distance within which an anomaly is a look-alike of a feedback entry
+SUPPRESS_TTL_S = 86_400  # a Suppress without a TTL lasts a day
+LOOKALIKES_MAX = 200  # stored look-alikes a MarkNormal adds to the normal reference
+_EXPLANATION_BYTES = 4000
+KINDS = ("normal", "suppress")
+
+
+@dataclass(frozen=True, slots=True)
+class FoundRow:
+    """A stored row: its content, its embedding under `version`, and the anomaly event on it, if any."""
+
+    row: dict[str, Any]
+    vector: np.ndarray | None
+    version: str
+    anomaly: dict[str, Any] | None
+
+
+def find_row(store: MilvusStore, uid: str, versions: list[str]) -> FoundRow:
+    """The stored row with this uid (or the source row of the anomaly with this uid), searched in the anomaly's
+    model version and then `versions`.
+
+    Raises:
+        LookupError: no such row is stored.
+    """
+    anomaly = store.anomaly_by_uid(uid)
+    source = str(anomaly["source_uid"]) if anomaly else uid
+    order = ([str(anomaly["model_version"])] if anomaly else []) + versions
+    for version in dict.fromkeys(v for v in order if v):
+        try:
+            hits = store.query_rows(
+                version, "uid == {u}", {"u": source}, output_fields=[*ROW_FIELDS, "embedding"], limit=1
+            )
+        except StorageError:
+            continue  # no rows collection for that version
+        if hits:
+            hit = hits[0]
+            vector = hit.get("embedding")
+            return FoundRow(
+                {**hit, "row": hit["row"]},
+                np.asarray(vector, dtype=np.float32) if vector is not None else None,
+                version,
+                anomaly,
+            )
+    raise LookupError(f"no stored row or anomaly with uid {uid!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Active:
+    """An active entry as the matcher needs it: scope, expiry and the unit embedding under `version`."""
+
+    uid: str
+    kind: str
+    service: str
+    expires_ms: int
+    version: str
+    radius: float
+    unit: np.ndarray | None
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> _Active:
+        vector = entry.get("embedding")
+        unit = None
+        if vector is not None and len(vector) and float(np.linalg.norm(vector)) > 0:
+            unit = np.asarray(vector, dtype=np.float32) / float(np.linalg.norm(vector))
+        return cls(
+            str(entry["uid"]),
+            str(entry["kind"]),
+            str(entry["service"]),
+            int(entry["expires_ms"]),
+            str(entry["model_version"]),
+            float(entry["record"].get("radius") or DEFAULT_RADIUS),
+            unit,
+        )
+
+
+def is_active(entry: dict[str, Any], now_ms: int) -> bool:
+    return not entry["revoked"] and (not entry["expires_ms"] or entry["expires_ms"] > now_ms)
+
+
+class Feedback:
+    """The feedback entries of one service: created and revoked from API threads, applied on the pipeline thread.
+
+    Args:
+        store: the service's Milvus store.
+        metrics: the service's metrics.
+        models_dir: saved model versions (for re-embedding a row under another version).
+        current_version: the version scoring now (None before the first model).
+    """
+
+    def __init__(
+        self,
+        store: MilvusStore,
+        metrics: Metrics,
+        models_dir: Path,
+        current_version: Callable[[], str | None],
+    ):
+        self.store, self.metrics, self.models_dir = store, metrics, Path(models_dir)
+        self.current_version = current_version
+        self._lock = threading.Lock()
+        self._learn: list[Row] = []  # rows marked normal, for the scorer (taken on the pipeline thread)
+        self._embedder: RowEmbedder | None = None
+        now = _now_ms()
+        self._active = {e["uid"]: _Active.of(e) for e in store.feedback_entries() if is_active(e, now)}
+
+    # ----- the API side (any thread) -----
+    def create(
+        self,
+        kind: str,
+        uid: str,
+        *,
+        service: str = "",
+        ttl_s: int = 0,
+        by: str = "",
+        reason: str = "",
+        radius: float = 0.0,
+        include_lookalikes: bool = False,
+        authenticated_as: str = "",
+    ) -> dict[str, Any]:
+        """Store a new entry for the row (or anomaly) `uid` and apply it from the next batch on.
+
+        Raises:
+            LookupError: no such row. ValueError: a bad argument.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"feedback kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if ttl_s < 0 or radius < 0 or radius > 2:
+            raise ValueError("ttl_seconds must be >= 0 and radius within [0, 2] (cosine distance)")
+        current = self.current_version()
+        found = find_row(self.store, uid, [current] if current else [])
+        if kind == "suppress":
+            service = "" if service == "*" else (service or str(found.row["service"]))
+            ttl_s = ttl_s or SUPPRESS_TTL_S
+        version, vector = self._vector_for(found, current)
+        radius = radius or DEFAULT_RADIUS
+        learn: list[Row] = []
+        if kind == "normal":
+            learn = [row_from_dict(found.row["row"])]
+            if include_lookalikes and vector is not None:
+                learn += self._lookalikes(version, vector, radius, str(found.row["uid"]))
+        now = _now_ms()
+        entry: dict[str, Any] = {
+            "uid": uuid.uuid4().hex[:16],
+            "kind": kind,
+            "source_uid": str(found.row["uid"]),
+            "service": service,
+            "created_ms": now,
+            "expires_ms": now + ttl_s * 1000 if ttl_s else 0,
+            "model_version": version,
+            "revoked": False,
+            "record": {
+                "by": by or authenticated_as or "anonymous",
+                "reason": reason,
+                "authenticated_as": authenticated_as,
+                "radius": radius,
+                "include_lookalikes": include_lookalikes,
+                "reference_rows": len(learn),
+                "row": found.row["row"],
+            },
+            "embedding": vector,
+        }
+        self.store.upsert_feedback(entry, vector)
+        with self._lock:
+            self._active[entry["uid"]] = _Active.of(entry)
+            self._learn.extend(learn)
+        logger.info(
+            "feedback %s (%s) on row %s by %s: %s",
+            entry["uid"],
+            kind,
+            entry["source_uid"],
+            entry["record"]["by"],
+            reason or "no reason given",
+        )
+        return entry
+
+    def revoke(self, uid: str, *, by: str = "", reason: str = "") -> dict[str, Any]:
+        """End an entry; it stays stored, marked revoked with who and why.
+
+        Raises:
+            LookupError: no such entry.
+        """
+        found = self.store.feedback_entries(uid=uid)
+        if not found:
+            raise LookupError(f"no feedback entry {uid!r}")
+        entry = found[0]
+        if not entry["revoked"]:
+            entry["revoked"] = True
+            entry["record"].update(revoked_ms=_now_ms(), revoked_by=by or "anonymous", revoke_reason=reason)
+            self.store.upsert_feedback(entry, entry.get("embedding"))
+            logger.info("feedback %s revoked by %s: %s", uid, by or "anonymous", reason or "no reason given")
+        with self._lock:
+            self._active.pop(uid, None)
+        return entry
+
+    def entries(self, *, include_inactive: bool = False, service: str = "", kind: str = "") -> list[dict]:
+        """Stored entries, newest first."""
+        now = _now_ms()
+        return [
+            e
+            for e in self.store.feedback_entries()
+            if (include_inactive or is_active(e, now))
+            and (not service or e["service"] == service)
+            and (not kind or e["kind"] == kind)
+        ]
+
+    def _vector_for(self, found: FoundRow, current: str | None) -> tuple[str, np.ndarray | None]:
+        """The row's embedding under the current version (stored, else re-embedded), or its own version's."""
+        if current is None or found.version == current:
+            return found.version, found.vector
+        return current, self._embed(current, found.row["row"])
+
+    def _embed(self, version: str, row: dict[str, Any]) -> np.ndarray | None:
+        try:
+            if self._embedder is None or self._embedder.version != version:
+                self._embedder = RowEmbedder(self.models_dir / version)
+            return self._embedder.embed([row_from_dict(row)])[0]
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("cannot embed a feedback row under model %s: %s", version, exc)
+            return None
+
+    def _lookalikes(self, version: str, vector: np.ndarray, radius: float, source_uid: str) -> list[Row]:
+        hits = self.store.search(version, vector, LOOKALIKES_MAX, output_fields=["row"])[0]
+        return [row_from_dict(h["row"]) for h in hits if h["distance"] <= radius and h["uid"] != source_uid]
+
+    # ----- the pipeline side (its worker thread) -----
+    def screen(self, scorer: Scorer | ScoringProcess, scored: ScoredBatch) -> list[Anomaly]:
+        """The batch's anomalies that no active entry silences; the silenced ones are stored, not reported.
+
+        Rows marked normal since the last batch are handed to `scorer` first (they join the normal reference).
+        """
+        self._hand_over(scorer)
+        if not scored.anomalies or not self._active:
+            return scored.anomalies
+        active = self._for_version(scorer.mv.version)
+        if not active:
+            return scored.anomalies
+        units = np.stack([e.unit for e in active if e.unit is not None])
+        index = {r.uid: i for i, r in enumerate(scored.rows)}
+        kept: list[Anomaly] = []
+        muted: list[tuple[Anomaly, _Active]] = []
+        for a in scored.anomalies:
+            i = index.get(a.row.uid)
+            match = None if i is None else _match(active, units, scored.embeddings[i], a.row.service)
+            if match is None:
+                kept.append(a)
+            else:
+                muted.append((a, match))
+        if muted:
+            self._store_muted(muted)
+        return kept
+
+    def _hand_over(self, scorer: Scorer | ScoringProcess) -> None:
+        with self._lock:
+            rows, self._learn = self._learn, []
+        if rows:
+            added = scorer.learn_normal(rows)
+            logger.info("feedback: %d row(s) marked normal, %d new in the normal reference", len(rows), added)
+
+    def _for_version(self, version: str) -> list[_Active]:
+        """Active entries with a unit embedding under `version` (re-embedding stale ones once)."""
+        now = _now_ms()
+        with self._lock:
+            entries = list(self._active.values())
+        out = []
+        for e in entries:
+            if e.expires_ms and e.expires_ms <= now:
+                continue
+            if e.version != version:
+                e = self._re_embed(e, version)
+            if e.unit is not None and e.version == version:
+                out.append(e)
+        return out
+
+    def _re_embed(self, e: _Active, version: str) -> _Active:
+        stored = self.store.feedback_entries(uid=e.uid)
+        if not stored:
+            return e
+        entry = stored[0]
+        try:
+            found = find_row(self.store, entry["source_uid"], [version])
+            vector = found.vector if found.version == version else None
+        except LookupError:
+            vector = None
+        if vector is None:
+            vector = self._embed(version, entry["record"]["row"])
+        entry["model_version"] = version
+        self.store.upsert_feedback(entry, vector)
+        fresh = _Active.of({**entry, "embedding": vector})
+        with self._lock:
+            if e.uid in self._active:
+                self._active[e.uid] = fresh
+        logger.info("feedback %s re-embedded for model %s", e.uid, version)
+        return replace(fresh)
+
+    def _store_muted(self, muted: list[tuple[Anomaly, _Active]]) -> None:
+        uids = [finding_uid(a) for a, _ in muted]
+        seen = self.store.existing_anomaly_uids(uids)
+        records = [_record(uid, a, e) for uid, (a, e) in zip(uids, muted, strict=True) if uid not in seen]
+        self.store.upsert_anomalies(records)
+        for a, e in muted:
+            self.metrics.feedback_silenced.labels(e.kind, a.row.signal).inc()
+
+
+def _match(active: list[_Active], units: np.ndarray, vector: np.ndarray, service: str) -> _Active | None:
+    """The nearest active entry within its radius and scope, or None."""
+    norm = float(np.linalg.norm(vector))
+    if norm == 0:
+        return None
+    distances = 1.0 - units @ (np.asarray(vector, dtype=np.float32) / norm)
+    for j in np.argsort(distances):
+        e = active[int(j)]
+        if distances[j] <= e.radius and (not e.service or e.service == service):
+            return e
+    return None
+
+
+def _record(uid: str, a: Anomaly, e: _Active) -> dict[str, Any]:
+    """The anomalies-collection record of a silenced anomaly (no finding: it was never reported)."""
+    text = a.explanation.encode("utf-8", "surrogatepass")[:_EXPLANATION_BYTES].decode("utf-8", "ignore")
+    return {
+        "uid": uid,
+        "source_uid": a.row.uid,
+        "signal": a.row.signal,
+        "service": a.row.service[:128],
+        "class_uid": a.row.class_uid,
+        "time_ms": a.row.time_ms,
+        "detected_ms": a.detected_unix_nano // 1_000_000,
+        "score": a.score,
+        "threshold": a.threshold,
+        "model_version": a.model_version,
+        "explanation": text,
+        "event": {
+            "suppressed_by": e.uid,
+            "feedback_kind": e.kind,
+            "neighbors": list(a.neighbors),
+            "trace_id": a.row.trace_id,
+            "span_id": a.row.span_id,
+            "raw_score": a.raw_score,
+            "detector": a.detector,
+            "evidence": [list(x) for x in a.evidence],
+        },
+    }
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
