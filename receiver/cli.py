@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -214,34 +212,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def cmd_anomalies(args: argparse.Namespace) -> int:
-    settings = load_settings(data_dir=args.data_dir, milvus_uri=args.milvus_uri)
-    from receiver.service import open_store
-
-    store = open_store(settings)
-    try:
-        items = store.latest_anomalies(args.limit, service=args.service, min_score=args.min_score)
-    finally:
-        store.close()
-    if args.json:
-        sys.stdout.write(json.dumps(items, default=str, indent=1) + "\n")
-        return 0
-    if not items:
-        sys.stdout.write("no anomalies stored yet\n")
-        return 0
-    for a in items:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["time_ms"] / 1000))
-        sys.stdout.write(
-            f"{when}Z  {a['score']:5.1f}  {a['signal']:<7} {a['service']:<16} {a['explanation']}\n"
-        )
-        neighbors = (a.get("event") or {}).get("neighbors") or []
-        if neighbors:
-            sys.stdout.write(
-                f"{'':22}nearest normal rows: {', '.join(neighbors[:3])}  (source uid {a['source_uid']})\n"
-            )
-    return 0
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     from sim import simulate
 
@@ -320,14 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("anomalies", help="list the latest anomaly events")
-    common(p, milvus=True)
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--service", default=None)
-    p.add_argument("--min-score", type=float, default=None)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_anomalies)
-
     # Every argument goes to the script, options too: this parser has no option prefix of its own.
     p = sub.add_parser(
         "benchmark",
@@ -365,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
             add_help=False,
         )
         p.add_argument("args", nargs=argparse.REMAINDER, action=_NeedsSimExtra, help=argparse.SUPPRESS)
-    from receiver import cli_tools
+    from receiver import cli_api, cli_tools
 
+    cli_api.register(sub)  # otad's API: anomalies, anomaly, similar, feedback, models (docs/api.md)
     cli_tools.register(sub)  # validate, report, demo; anomalies --follow
     return parser
 

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from receiver.api.calls import Api
-from receiver.api.gen import anomalies_pb2, feedback_pb2, models_pb2
+from receiver.api.methods import METHODS, SERVICES
 from receiver.feedback import Feedback
 from receiver.otlp.auth import failure_message
 from receiver.otlp.grpc_options import GrpcServerOptions
@@ -36,13 +36,6 @@ __all__ = ["METHODS", "ApiGrpcServer", "ApiHttp", "build_api", "identity"]
 
 logger = logging.getLogger(__name__)
 
-SERVICES = (
-    anomalies_pb2.DESCRIPTOR.services_by_name["AnomalyService"],
-    feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"],
-    models_pb2.DESCRIPTOR.services_by_name["ModelService"],
-)
-# "/otad.v1.AnomalyService/ListAnomalies" -> the method's descriptor
-METHODS: dict[str, MethodDescriptor] = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 HTTP_PREFIX = "/v1/otad/"
 _MAX_BODY = 1 << 20
 _HTTP_STATUS = {
