@@ -7,8 +7,10 @@ Three figures, each computed on two contiguous windows featurized and embedded b
   counts as drifted when its test is significant *and* its population stability index (PSI) is at least
   `psi_min` (with thousands of rows a test finds trivial shifts; PSI is the effect size). The figure is the
   share of features drifted.
-- **embedding drift**: the mean cosine distance of recent rows to their nearest reference row, divided by the
-  same for held-out reference rows (about 1 without drift; an MMD-like proxy that needs no kernel width).
+- **embedding drift**: the squared maximum mean discrepancy (MMD) between the reference and recent
+  embeddings (RBF kernel, median-distance bandwidth; about 0 without drift). Next to it, *coverage*: the mean
+  cosine distance of recent rows to their nearest reference row over the same for held-out reference rows
+  (about 1; larger when traffic leaves the reference's neighbourhood; the challenger's separation rule).
 - **new-template rate**: the share of recent log messages no training template matches.
 
 `Hysteresis` turns a figure into an on/off state: on after `checks` consecutive values above `high`, off
@@ -63,7 +65,8 @@ class DriftReport:
     drifted: list[str] = field(default_factory=list)  # names of the drifted features, largest PSI first
     feature_share: float = 0.0  # drifted / features
     max_psi: float = 0.0
-    embedding: float = 1.0  # nearest-reference distance ratio (1 = like held-out reference rows)
+    embedding: float = 0.0  # MMD^2 between reference and recent embeddings (0 = one distribution)
+    coverage: float = 1.0  # nearest-reference distance ratio (1 = as close as held-out reference rows)
     new_template_rate: float = 0.0
     reference_rows: int = 0
     recent_rows: int = 0
@@ -158,6 +161,29 @@ def embedding_drift(ref: np.ndarray, cur: np.ndarray, seed: int = 0) -> float:
     return float(_nearest(cur, index) / max(base, 1e-6))
 
 
+def mmd(ref: np.ndarray, cur: np.ndarray, seed: int = 0, max_rows: int = 1000) -> float:
+    """Squared maximum mean discrepancy between two embedding samples (RBF kernel, median-distance bandwidth,
+    unbiased estimate over at most `max_rows` rows a side): about 0 for one distribution, larger as they part."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(ref, dtype=np.float64), np.asarray(cur, dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
+        return 0.0
+    x = x[rng.choice(len(x), min(len(x), max_rows), replace=False)]
+    y = y[rng.choice(len(y), min(len(y), max_rows), replace=False)]
+    z = np.concatenate([x, y])
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    h = float(np.median(d2[np.triu_indices(len(z), 1)])) or 1.0
+    k = np.exp(-d2 / h)
+    m, n = len(x), len(y)
+    kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -196,7 +222,8 @@ def compare(
         drifted=[names[i] for i in order],
         feature_share=float(drifted.mean()) if len(names) else 0.0,
         max_psi=float(psi_arr.max()) if len(psi_arr) else 0.0,
-        embedding=embedding_drift(ref.emb, cur.emb),
+        embedding=mmd(ref.emb, cur.emb),
+        coverage=embedding_drift(ref.emb, cur.emb),
         new_template_rate=cur.new_template_rate,
         reference_rows=len(ref),
         recent_rows=len(cur),

@@ -125,8 +125,8 @@ class Metrics:
             registry=r,
         )
         self.drift_embedding = Gauge(
-            "otad_drift_embedding_ratio",
-            "Mean distance of recent embeddings to the reference over held-out reference rows (1 = no drift)",
+            "otad_drift_embedding_mmd",
+            "Squared MMD between the reference and recent embeddings (0 = no drift)",
             registry=r,
         )
         self.drift_new_templates = Gauge(

@@ -55,7 +55,9 @@ class DriftMonitor:
         """One drift check of `mv`; returns the report (None until there is a full window) and whether the
         switch turned on with it."""
         with self._lock:
-            if mv.version != self._version:
+            if self._version is None:
+                self._version = mv.version  # the first version (the cold start switched it in)
+            elif mv.version != self._version:
                 self.reset(mv.version)
             recent = list(self.recent)
             if len(recent) < self.settings.drift_window_rows:
@@ -81,7 +83,7 @@ class DriftMonitor:
             self.metrics.drift_active.set(int(self.hysteresis.active))
             if turned_on:
                 logger.warning(
-                    "drift: %.0f%% of features drifted (%s), new-template rate %.1f%%, embedding ratio %.2f",
+                    "drift: %.0f%% of features drifted (%s), new-template rate %.1f%%, embedding MMD %.3f",
                     100 * report.feature_share,
                     ", ".join(report.drifted[:5]) or "none",
                     100 * report.new_template_rate,

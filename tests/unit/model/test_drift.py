@@ -14,6 +14,7 @@ from model.drift import (
     compare,
     embedding_drift,
     ks_pvalue,
+    mmd,
     psi,
     psi_categorical,
 )
@@ -64,6 +65,19 @@ def test_embedding_ratio_is_about_one_without_drift_and_larger_with_it():
     moved = other[rng.integers(0, 4, 1000)] + 0.1 * rng.normal(size=(1000, 16))
     assert 0.8 < embedding_drift(ref, same) < 1.25
     assert embedding_drift(ref, moved) > 3.0
+
+
+def test_mmd_is_about_zero_for_one_distribution_and_sees_a_changed_mix():
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(4, 16))
+
+    def sample(n, p):
+        return centres[rng.choice(4, n, p=p)] + 0.2 * rng.normal(size=(n, 16))
+
+    ref = sample(1000, [0.25] * 4)
+    assert abs(mmd(ref, sample(1000, [0.25] * 4))) < 0.005
+    # The same clusters in another mix: nearest-neighbour distances barely change, the MMD does.
+    assert mmd(ref, sample(1000, [0.7, 0.1, 0.1, 0.1])) > 0.02
 
 
 def _window(rng, n, shift=0.0, cats=(0.5, 0.5)):
