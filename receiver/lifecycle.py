@@ -70,6 +70,7 @@ class ModelLifecycle:
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="otad-lifecycle", daemon=True)
         self.last_switch_s: float | None = None  # the pipeline thread's time for the last switch
+        self.last_drain_s = 0.0  # and before it, waiting for the challenger's last shadow batches
         # Feedback hook (issue 13, the API's MarkNormal/Suppress): given the challenger's model version,
         # return (passes, why), or None when there is no feedback to judge by. TODO(feedback): set by the
         # feedback store once it exists, e.g. the challenger must not alert on rows marked normal.
@@ -111,6 +112,7 @@ class ModelLifecycle:
         try:
             if h.challenger is not None:
                 h.challenger.stop()  # every batch so far is in its state
+            self.last_drain_s, t0 = time.perf_counter() - t0, time.perf_counter()
             old = self.pipeline.activate(h.mv, h.scorer)
         except StorageError as exc:  # its rows collection cannot be opened: stay with the old version
             h.error = f"cannot switch to {h.mv.version}: {exc}"
@@ -149,6 +151,7 @@ class ModelLifecycle:
             "reason": events[-1]["reason"] if events else None,
             "last_event": events[-1] if events else None,
             "last_switch_s": self.last_switch_s,
+            "last_drain_s": self.last_drain_s,
             "auto_retrain": self.settings.auto_retrain,
         }
 
@@ -329,11 +332,11 @@ class ModelLifecycle:
         if ch is None:
             return
         ch.close()
+        self._drop(ch.mv.version)
         logger.info("challenger %s discarded: %s", ch.mv.version, why)
         self.metrics.retrains.labels("discarded").inc()
-        self._job_update(state="discarded", why=why, finished=time.time())
         self.registry.event("discarded", ch.mv.version, why)
-        self._drop(ch.mv.version)
+        self._job_update(state="discarded", why=why, finished=time.time())
 
     def _drop(self, version: str) -> None:
         try:

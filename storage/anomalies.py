@@ -11,6 +11,7 @@ from typing import Any
 
 from storage import collection as col
 from storage.core import MAX_QUERY_WINDOW, StoreCore
+from storage.rows import deleted_count
 
 __all__ = ["AnomaliesMixin"]
 
@@ -41,7 +42,7 @@ class AnomaliesMixin(StoreCore):
                 name, timeout=self._timeout, **self._filter("time_ms < {cut}", {"cut": int(time_ms)})
             ),
         )
-        return int(res.get("delete_count", 0)) if isinstance(res, dict) else 0
+        return deleted_count(res)
 
     def count_anomalies(self) -> int:
         """Anomaly events stored (read with Strong consistency)."""

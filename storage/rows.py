@@ -221,7 +221,7 @@ class RowsMixin(StoreCore):
             f"delete from {name}",
             lambda c: c.delete(name, timeout=self._timeout, **self._filter(template, {"cut": int(time_ms)})),
         )
-        return int(res.get("delete_count", 0)) if isinstance(res, dict) else 0
+        return deleted_count(res)
 
     def drop_rows_collection(self, model_version: str) -> None:
         """Drop the rows collection of ``model_version`` (no error when it does not exist)."""
@@ -229,6 +229,14 @@ class RowsMixin(StoreCore):
         self._dims.pop(name, None)
         self._schemas.pop(name, None)
         self._call(f"drop {name}", lambda c: c.drop_collection(name, timeout=self._timeout))
+
+
+def deleted_count(res: Any) -> int:
+    """How many entities a delete removed: Milvus answers a dict with ``delete_count``, Milvus Lite the list
+    of deleted primary keys."""
+    if isinstance(res, Mapping):
+        return int(res.get("delete_count", 0))
+    return len(res) if isinstance(res, list) else 0
 
 
 def _hit(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
