@@ -1,78 +1,63 @@
-"""Emit stage: anomaly events (receiver/events.py) pushed over OTLP/gRPC to the user's Collector or backend.
+"""Emit stage: anomaly events (receiver/events.py) pushed over OTLP (gRPC or HTTP/protobuf) to the user's Collector.
 
 The export follows the OTLP client rules
 (opentelemetry-proto docs/specification.md, "Failures" and "Partial Success"; the Collector's
 exporter/otlpexporter/otlp.go `shouldRetry`): retryable codes only, jittered exponential backoff under
-one deadline per batch, honour `google.rpc.RetryInfo`, and never retry a partial success.
-Events that cannot be exported are not lost: the caller has already stored every anomaly.
+one deadline per batch, honour the server's delay (`google.rpc.RetryInfo`, `Retry-After`), and never retry a
+partial success. One attempt on the wire is `receiver/emit_transport.py`'s; where and how (OTEL_EXPORTER_OTLP_*,
+OTAD_EXPORT_*) is `receiver/export_config.py`'s. Events that cannot be exported are not lost: the caller has
+already stored every anomaly.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 
+from receiver.aggregate import EventLimits, FindingAggregator
+from receiver.emit_transport import (
+    RETRYABLE_CODES,
+    Failure,
+    GrpcLogsTransport,
+    HttpLogsTransport,
+    Transport,
+    retry_delay,
+)
 from receiver.events import AnomalyEvent, _clip, build_request
+from receiver.export_config import resolve_export
+from receiver.otlp.tls import emitter_credentials, emitter_ssl_context
 from receiver.ratelog import warn_limited
+
+if TYPE_CHECKING:
+    from receiver.metrics import Metrics
+    from receiver.settings import Settings
+
+__all__ = ["RETRYABLE_CODES", "AnomalyEmitter", "emitter_from_settings", "retry_delay"]
 
 logger = logging.getLogger(__name__)
 
-# OTLP/gRPC retryable codes; RESOURCE_EXHAUSTED only when the server sent RetryInfo.
-RETRYABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 _BACKOFF_INITIAL_S, _BACKOFF_MAX_S, _JITTER = 0.5, 5.0, 0.2
 _LOG_REPEAT_S = 60.0  # identical warning lines are logged at most once per this interval
 
 
-# ---------------------------------------------------------------- the export
-
-
-def retry_delay(error: grpc.RpcError) -> float | None:
-    """The server's `google.rpc.RetryInfo` delay in seconds, from `grpc-status-details-bin`; None if absent."""
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    key: str
-    value: bytes  # grpc-stubs give a _Metadatum class; at runtime each is a (key, value) namedtuple
-    for key, value in trailing or ():  # type: ignore[misc]
-        if key != "grpc-status-details-bin":
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            # types-protobuf: Message.DESCRIPTOR may be the upb Descriptor, which Any.Is does not accept (it does)
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):  # type: ignore[arg-type]
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return max(0.0, info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
-    return None
-
-
 class AnomalyEmitter:
-    """Pushes anomaly events to an OTLP/gRPC logs endpoint from a background thread.
+    """Pushes anomaly events to an OTLP logs endpoint (gRPC or HTTP/protobuf) from a background thread.
 
     `emit` never blocks on the network: events wait in a bounded buffer (oldest dropped when full) and a
     worker sends them in batches. Every outcome is counted in `stats` and reported to `on_result(outcome, n)`
     with outcome one of sent / failed / dropped / partial. With `endpoint=None` nothing is exported and
-    events are only counted as `stored_only` (the caller stores every anomaly anyway).
+    events are only counted as `stored_only` (the caller stores every anomaly anyway). `endpoint` is a
+    HOST:PORT target for `protocol="grpc"`, the logs URL for `"http/protobuf"`. An `aggregator`
+    (receiver/aggregate.py) is what the writer asks which events to send; the emitter only carries it.
     """
 
     def __init__(
@@ -87,17 +72,26 @@ class AnomalyEmitter:
         max_buffer: int = 10_000,
         batch_size: int = 512,
         on_result: Callable[[str, int], None] | None = None,
+        protocol: str = "grpc",
+        ssl_context: ssl.SSLContext | None = None,
+        resource: Mapping[str, str] | None = None,
+        name_attribute: bool = False,
+        aggregator: FindingAggregator | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if batch_size < 1 or max_buffer < batch_size:
             raise ValueError(f"need 1 <= batch_size ({batch_size}) <= max_buffer ({max_buffer})")
-        self.endpoint, self.version, self.insecure = endpoint, version, insecure
-        self._credentials = (
-            credentials  # TLS with these (e.g. a private CA) when not insecure; None: system CAs
-        )
+        if protocol not in ("grpc", "http/protobuf"):
+            raise ValueError(f"protocol must be grpc or http/protobuf, got {protocol!r}")
+        self.endpoint, self.version, self.insecure, self.protocol = endpoint, version, insecure, protocol
+        self._credentials = credentials  # gRPC TLS with these (e.g. a private CA); None: system CAs
+        self._ssl_context = ssl_context  # the same for OTLP/HTTP
         self.timeout_s, self.max_buffer, self.batch_size = timeout_s, max_buffer, batch_size
-        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+        self._headers = dict(headers or {})
+        self._resource = dict(resource or {})
+        self._name_attribute = name_attribute
+        self.aggregator = aggregator
         self._on_result = on_result
         self._buffer: deque[AnomalyEvent] = deque()
         self._cond = threading.Condition()
@@ -106,9 +100,7 @@ class AnomalyEmitter:
         self._closed = False
         self._shutdown_deadline = float("inf")
         self._thread: threading.Thread | None = None
-        self._channel: grpc.Channel | None = None
-        self._stub: LogsServiceStub | None = None
-        self._call: grpc.Future | None = None
+        self._transport: Transport | None = None
         self._stats = dict.fromkeys(
             ("sent", "failed", "dropped", "partial_rejected", "retries", "stored_only"), 0
         )
@@ -120,26 +112,36 @@ class AnomalyEmitter:
         with self._stats_lock:
             return dict(self._stats)
 
+    @property
+    def buffered(self) -> int:
+        """Events waiting to be sent (the export queue's size; its capacity is `max_buffer`)."""
+        return len(self._buffer) + self._inflight
+
     def start(self) -> None:
-        """Open the channel and start the worker thread (no-op without an endpoint, or when started)."""
+        """Open the connection and start the worker thread (no-op without an endpoint, or when started)."""
         if self.endpoint is None or self._thread is not None or self._closed:
             return
-        # Reconnect at the pace of our own backoff rather than gRPC's default (up to 120 s).
-        options = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
-        if self.insecure:
-            self._channel = grpc.insecure_channel(self.endpoint, options=options)
+        if self.protocol == "grpc":
+            self._transport = GrpcLogsTransport(
+                self.endpoint, insecure=self.insecure, credentials=self._credentials, headers=self._headers
+            )
         else:
-            credentials = self._credentials or grpc.ssl_channel_credentials()
-            self._channel = grpc.secure_channel(self.endpoint, credentials, options=options)
-        self._stub = LogsServiceStub(self._channel)
+            context = None if self.endpoint.startswith("http://") else self._ssl_context
+            self._transport = HttpLogsTransport(self.endpoint, headers=self._headers, ssl_context=context)
         self._thread = threading.Thread(target=self._run, name="otad-emitter", daemon=True)
         self._thread.start()
         logger.info(
-            "anomaly events export to %s (insecure=%s, timeout %.1fs)",
+            "anomaly events export to %s (%s, insecure=%s, timeout %.1fs)",
             self.endpoint,
+            self.protocol,
             self.insecure,
             self.timeout_s,
         )
+
+    def close_findings(self) -> None:
+        """At shutdown, before `flush`: the last Update of every finding with anomalies not yet reported."""
+        if self.aggregator is not None:
+            self.emit(self.aggregator.flush())
 
     def emit(self, anomalies: Sequence[AnomalyEvent]) -> None:
         """Queue events for export without blocking; when the buffer is full the oldest are dropped."""
@@ -193,9 +195,8 @@ class AnomalyEmitter:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
-            call = self._call
-            if self._thread.is_alive() and call is not None:  # a call still in flight past our deadline
-                call.cancel()
+            if self._thread.is_alive() and self._transport is not None:  # a call in flight past our deadline
+                self._transport.cancel()
                 self._thread.join(0.5)
         with self._cond:
             left = len(self._buffer)
@@ -207,8 +208,8 @@ class AnomalyEmitter:
                 left,
                 self.endpoint,
             )
-        if self._channel is not None:
-            self._channel.close()
+        if self._transport is not None:
+            self._transport.close()
 
     # -- worker
 
@@ -232,48 +233,38 @@ class AnomalyEmitter:
                     self._cond.notify_all()
 
     def _export(self, batch: list[AnomalyEvent]) -> None:
-        request = build_request(batch, self.version)
+        request = build_request(batch, self.version, self._resource, name_attribute=self._name_attribute)
         deadline = min(time.monotonic() + self.timeout_s, self._shutdown_deadline)
         attempt = 0
         while True:
-            error = self._attempt(request, batch, deadline)
-            if error is None:
+            failure = self._attempt(request, batch, deadline)
+            if failure is None:
                 return
-            code = error.code() if hasattr(error, "code") else grpc.StatusCode.CANCELLED
-            delay = retry_delay(error)
-            retryable = code in RETRYABLE_CODES or (
-                code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
-            )
+            delay = failure.delay
             if delay is None:
                 backoff = min(_BACKOFF_INITIAL_S * 2**attempt, _BACKOFF_MAX_S)
                 delay = backoff * random.uniform(1 - _JITTER, 1 + _JITTER)
-            if not retryable or self._stop.is_set() or time.monotonic() + delay >= deadline:
+            if not failure.retryable or self._stop.is_set() or time.monotonic() + delay >= deadline:
                 return self._give_up(
-                    batch, code, error, "not retryable" if not retryable else "deadline reached"
+                    batch, failure, "not retryable" if not failure.retryable else "deadline reached"
                 )
             self._count("retries", 1)
             if self._stop.wait(delay):
-                return self._give_up(batch, code, error, "shutting down")
+                return self._give_up(batch, failure, "shutting down")
             attempt += 1
 
-    def _attempt(self, request: ExportLogsServiceRequest, batch: list[AnomalyEvent], deadline: float):
-        """One Export call; returns None when handled (sent, partly sent), else the RpcError."""
+    def _attempt(
+        self, request: ExportLogsServiceRequest, batch: list[AnomalyEvent], deadline: float
+    ) -> Failure | None:
+        """One Export call; returns None when handled (sent, partly sent), else the failure."""
         timeout = max(0.001, deadline - time.monotonic())
-        assert self._stub is not None  # start() sets it before it starts the worker thread
+        assert self._transport is not None  # start() sets it before it starts the worker thread
         with self._cond:
             if self._stop.is_set() and self._shutdown_deadline <= time.monotonic():
-                return _Cancelled()
-            self._call = self._stub.Export.future(
-                request, timeout=timeout, metadata=self._metadata, compression=grpc.Compression.Gzip
-            )
-        try:
-            response = self._call.result()
-        except grpc.RpcError as error:
-            return error
-        except grpc.FutureCancelledError:
-            return _Cancelled()
-        finally:
-            self._call = None
+                return Failure("CANCELLED", False, None, "cancelled by shutdown")
+        response = self._transport.send(request, timeout)
+        if isinstance(response, Failure):
+            return response
         rejected = response.partial_success.rejected_log_records
         message = response.partial_success.error_message
         if rejected or message:  # the spec: a client MUST NOT retry a partial success
@@ -289,19 +280,16 @@ class AnomalyEmitter:
         self._result("sent", len(batch) - min(rejected, len(batch)))
         return None
 
-    def _give_up(
-        self, batch: list[AnomalyEvent], code: grpc.StatusCode, error: grpc.RpcError, why: str
-    ) -> None:
+    def _give_up(self, batch: list[AnomalyEvent], failure: Failure, why: str) -> None:
         self._result("failed", len(batch))
-        details = error.details() if hasattr(error, "details") else ""
         self._warn_limited(
-            f"fail:{code.name}:{why}",
+            f"fail:{failure.code}:{why}",
             "could not export %d anomaly events to %s: %s (%s: %s); they remain stored and queryable",
             len(batch),
             self.endpoint,
-            code.name,
+            failure.code,
             why,
-            _clip(details or "", 200),
+            _clip(failure.details or "", 200),
         )
 
     # -- counters and logs
@@ -323,11 +311,59 @@ class AnomalyEmitter:
         warn_limited(logger, f"emit:{id(self)}:{key}", msg, *args, interval_s=_LOG_REPEAT_S)
 
 
-class _Cancelled(grpc.RpcError):
-    """The call was cancelled by `shutdown`."""
+def emitter_from_settings(
+    settings: Settings, version: str, metrics: Metrics | None = None, environ: Mapping[str, str] | None = None
+) -> AnomalyEmitter:
+    """The service's emitter: the export resolved by the OTel SDK conventions (receiver/export_config.py), its
+    TLS material read, the finding aggregation by OTAD_EVENT_*, outcomes counted in `metrics`.
 
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.CANCELLED
+    Raises:
+        ConfigError: an export setting or file is unusable; the sentence names the variable.
+    """
+    config = resolve_export(settings, environ)
+    grpc_tls = config.protocol == "grpc"
+    counters = _exporter_counters(metrics)
+    aggregator = FindingAggregator(
+        EventLimits(settings.event_window_s, settings.event_max_per_window, settings.event_max_per_minute),
+        version,
+        on_outcome=(lambda outcome, n: metrics.events.labels(outcome).inc(n)) if metrics else None,
+    )
+    emitter = AnomalyEmitter(
+        config.endpoint,
+        version=version,
+        insecure=config.insecure,
+        credentials=emitter_credentials(config) if grpc_tls else None,
+        ssl_context=None if grpc_tls else emitter_ssl_context(config),
+        headers=config.headers,
+        timeout_s=config.timeout_s,
+        protocol=config.protocol,
+        resource=config.resource,
+        name_attribute=settings.event_name_attribute,
+        aggregator=aggregator,
+        on_result=counters,
+    )
+    if metrics is not None:
+        metrics.exporter_queue_size.set_function(lambda: emitter.buffered)
+        metrics.exporter_queue_capacity.set(emitter.max_buffer)
+    if config.endpoint is not None:
+        logger.info("anomaly events: %s", config.describe())
+    return emitter
 
-    def details(self) -> str:
-        return "cancelled by shutdown"
+
+def _exporter_counters(metrics: Metrics | None) -> Callable[[str, int], None] | None:
+    """`on_result` counting into otad_exporter_sent / send_failed / enqueue_failed _log_records."""
+    if metrics is None:
+        return None
+    by_outcome = {
+        "sent": metrics.exporter_sent,
+        "failed": metrics.exporter_send_failed,
+        "partial": metrics.exporter_send_failed,  # rejected in a partial success: not retried, so failed
+        "dropped": metrics.exporter_enqueue_failed,
+    }
+
+    def count(outcome: str, n: int) -> None:
+        counter = by_outcome.get(outcome)
+        if counter is not None:
+            counter.inc(n)
+
+    return count

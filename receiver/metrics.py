@@ -8,8 +8,18 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from receiver.metrics_items import SignalCounters
 
 logger = logging.getLogger(__name__)
 
@@ -23,22 +33,25 @@ class Metrics:
         long: a flat list of metric declarations, one statement each.
         """
         self.registry = r = CollectorRegistry()
-        self.accepted = Counter("otad_accepted_items", "Items accepted", ["signal", "transport"], registry=r)
-        self.rejected = Counter(
-            "otad_rejected_items",
-            "Items rejected (partial_success)",
-            ["signal", "reason", "transport"],
-            registry=r,
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
+        PlatformCollector(registry=r)  # python_info
+        # Receiver items in the Collector's units (otelcol_receiver_*): otad_receiver_accepted_log_records,
+        # _spans, _metric_points; `.labels(signal, ...)` picks the unit (receiver/metrics_items.py).
+        self.accepted = SignalCounters(
+            "otad_receiver_accepted", "Items accepted and queued", ["transport"], registry=r
         )
-        self.refused = Counter(
-            "otad_refused_items",
-            "Items refused with UNAVAILABLE (client retries)",
-            ["signal", "reason", "transport"],
+        self.rejected = SignalCounters(
+            "otad_receiver_rejected", "Items rejected in a partial success", ["reason", "transport"], r
+        )
+        self.refused = SignalCounters(
+            "otad_receiver_refused",
+            "Items refused with UNAVAILABLE / 503 (the client retries)",
+            ["reason", "transport"],
             registry=r,
         )
         self.requests = Counter(
-            "otad_export_requests",
-            "Export requests by outcome (ok, partial, or the status code)",
+            "otad_receiver_requests",
+            "Export requests received, by outcome (ok, partial, or the status code)",
             ["signal", "transport", "outcome"],
             registry=r,
         )
@@ -54,13 +67,41 @@ class Metrics:
             ["signal"],
             registry=r,
         )
-        self.queue_rows = Gauge("otad_queue_rows", "Rows waiting in the ingest queue", registry=r)
+        self.queue_rows = Gauge("otad_pipeline_queue_size", "Rows waiting in the ingest queue", registry=r)
+        self.queue_capacity = Gauge(
+            "otad_pipeline_queue_capacity", "Rows the ingest queue holds (OTAD_QUEUE_ROWS)", registry=r
+        )
         self.rows_processed = Counter(
             "otad_rows_processed", "Rows through the pipeline", ["state"], registry=r
         )
         self.anomalies = Counter("otad_anomalies", "Anomaly events found", ["signal"], registry=r)
-        self.export = Counter(
-            "otad_export_events", "Anomaly events by export outcome", ["outcome"], registry=r
+        # The anomaly-event exporter in the Collector's words (otelcol_exporter_*), events being log records.
+        self.exporter_sent = Counter(
+            "otad_exporter_sent_log_records", "Anomaly events the backend accepted", registry=r
+        )
+        self.exporter_send_failed = Counter(
+            "otad_exporter_send_failed_log_records",
+            "Anomaly events given up (not retryable, deadline reached, or rejected in a partial success)",
+            registry=r,
+        )
+        self.exporter_enqueue_failed = Counter(
+            "otad_exporter_enqueue_failed_log_records",
+            "Anomaly events dropped from a full export buffer or at shutdown (still stored)",
+            registry=r,
+        )
+        self.exporter_queue_size = Gauge(
+            "otad_exporter_queue_size", "Anomaly events waiting to be sent", registry=r
+        )
+        self.exporter_queue_capacity = Gauge(
+            "otad_exporter_queue_capacity", "Anomaly events the export buffer holds", registry=r
+        )
+        self.events = Counter(
+            "otad_anomaly_events",
+            "Anomalies by what the finding aggregation did: created / updated (an event sent), aggregated "
+            "(folded into a later event of its finding), rate_limited (an event held back by "
+            "OTAD_EVENT_MAX_PER_MINUTE, sent later)",
+            ["outcome"],
+            registry=r,
         )
         self.stage_seconds = Histogram(
             "otad_stage_seconds",
@@ -70,7 +111,7 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.export_seconds = Histogram(
-            "otad_export_request_seconds",
+            "otad_receiver_request_seconds",
             "Export RPC handling time",
             ["signal"],
             registry=r,
@@ -106,7 +147,7 @@ class Metrics:
             registry=r,
         )
         self.transport_refusals = Counter(
-            "otad_transport_refused_requests",
+            "otad_receiver_refused_requests",
             "Requests refused before their items were read (undecodable, over the size limit, bad encoding)",
             ["signal", "transport", "reason"],
             registry=r,

@@ -339,6 +339,7 @@ class Pipeline:
             self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t1)
             if anomalies:
                 self.anomaly_count += self.writer.anomalies(anomalies, self.emitter)
+            self.writer.advance(rows, self.emitter)  # findings quiet since then send their last Update
         except StorageError as exc:
             self.metrics.errors.labels("storage").inc()
             logger.error("storing %d scored rows failed: %s; re-queued", len(rows), exc)

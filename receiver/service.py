@@ -15,12 +15,11 @@ from model.version import ModelVersion
 from receiver import otad_version
 from receiver.api.server import build_api
 from receiver.consumer import Consumer
-from receiver.emit import AnomalyEmitter
+from receiver.emit import emitter_from_settings
 from receiver.ingest import SpooledIngest, open_spooled_ingest
 from receiver.lifecycle import ModelLifecycle
 from receiver.metrics import HealthServer, Metrics
 from receiver.otlp.servers import build_servers, load_security
-from receiver.otlp.tls import emitter_credentials
 from receiver.pipeline import Pipeline
 from receiver.settings import Settings
 from storage import MilvusStore
@@ -55,24 +54,15 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        security, export_credentials = (
-            load_security(settings),
-            emitter_credentials(settings),
-        )  # before any start
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        security = load_security(settings)  # before any start
         self.metrics = Metrics()
+        version = otad_version()
+        # OTEL_EXPORTER_OTLP_* / OTAD_EXPORT_* resolved and their files read before any start, too.
+        self.emitter = emitter_from_settings(settings, version, self.metrics)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics.queue_capacity.set(settings.queue_rows)
         self.lite = None
         self.store = open_store(settings, serve=True, owner=self)
-        version = otad_version()
-        self.emitter = AnomalyEmitter(
-            settings.export_endpoint,
-            version=version,
-            insecure=settings.export_insecure,
-            credentials=export_credentials,
-            headers=settings.export_header_map,
-            timeout_s=settings.export_timeout_s,
-            on_result=lambda outcome, n: self.metrics.export.labels(outcome).inc(n),
-        )
         self.ingest: SpooledIngest | None = None
         try:
             model = load_model(settings, incompatible_ok=True)
@@ -123,7 +113,7 @@ class Service:
             st["state"],
             st["model_version"],
             self.settings.resolved_milvus_uri,
-            self.settings.export_endpoint or "(stored only)",
+            self.emitter.endpoint or "(stored only)",
         )
         if st["state"] == "collecting":
             logger.info(
@@ -140,6 +130,7 @@ class Service:
         self.pipeline.stop(grace_s)
         if self.ingest is not None:
             self.ingest.stop()
+        self.emitter.close_findings()  # the last Update of every finding with unreported anomalies
         self.emitter.flush(min(grace_s, 5.0))
         self.emitter.shutdown(2.0)
         gc.unfreeze()  # what was frozen at start can be collected again (matters when a process runs several)

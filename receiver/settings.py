@@ -23,11 +23,21 @@ class Settings(BaseSettings):
     http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address
     query_endpoint: str = "localhost:4320"  # otad's own gRPC API (reserved)
     metrics_endpoint: str = "localhost:9464"  # Prometheus /metrics, /healthz, /readyz
-    export_endpoint: str | None = None  # OTLP/gRPC target for anomaly events; unset = stored only
-    export_insecure: bool = True  # plaintext export (development default)
-    export_timeout_s: float = Field(10.0, gt=0)  # one deadline for all attempts of one export
+    # Anomaly-event export (receiver/export_config.py): each OTAD_EXPORT_* overrides OTEL_EXPORTER_OTLP_LOGS_*,
+    # which overrides OTEL_EXPORTER_OTLP_*; unset everywhere = the default in the comment.
+    export_endpoint: str | None = None  # HOST:PORT or http(s):// URL for anomaly events; unset = stored only
+    export_protocol: Literal["grpc", "http/protobuf"] | None = None  # default grpc
+    export_insecure: bool | None = None  # plaintext; default: from the URL scheme (HOST:PORT: true)
+    export_timeout_s: float | None = Field(None, gt=0)  # one deadline for all attempts of one export; 10
     export_ca_file: Path | None = None  # CA bundle to verify the export endpoint (TLS); None: system CAs
-    export_headers: SecretStr | None = None  # extra export headers, "authorization=Bearer x,tenant=a"
+    export_client_cert_file: Path | None = None  # PEM client certificate for mTLS to the export endpoint
+    export_client_key_file: Path | None = None  # its PEM private key
+    export_headers: SecretStr | None = None  # extra export headers, "authorization=Bearer%20x,tenant=a"
+    # Anomaly events (receiver/aggregate.py): repeats of one pattern within the window update one finding.
+    event_window_s: float = Field(300.0, ge=0)  # a finding ends after this quiet time; 0: one event per anomaly
+    event_max_per_window: int = Field(3, ge=1)  # events per finding per window (its Create included)
+    event_max_per_minute: int = Field(60, ge=1)  # events per minute overall; the rest wait (never dropped)
+    event_name_attribute: bool = False  # also the deprecated `event.name` attribute (backends without EventName)
     milvus_uri: str | None = None  # None: Milvus Lite file <data_dir>/milvus.db; http://host:19530: a server
     milvus_token: SecretStr | None = None  # for a Milvus server with auth
     milvus_timeout_s: float = Field(30.0, gt=0)  # every Milvus call carries it
@@ -150,7 +160,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "OTAD_TLS_CLIENT_CA_FILE (mTLS) needs TLS: set OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE"
             )
-        if self.export_ca_file is not None and self.export_insecure:
+        if self.export_ca_file is not None and self.export_insecure is True:
             raise ValueError(
                 "OTAD_EXPORT_CA_FILE is set but OTAD_EXPORT_INSECURE is true (plaintext); "
                 "set OTAD_EXPORT_INSECURE=false to export over TLS"
@@ -170,7 +180,10 @@ class Settings(BaseSettings):
 
     @property
     def export_header_map(self) -> dict[str, str]:
-        """OTAD_EXPORT_HEADERS as a dict with lower-case keys (gRPC metadata keys are lower case)."""
+        """OTAD_EXPORT_HEADERS as a dict with lower-case keys (gRPC metadata keys are lower case), values
+        percent-decoded as OTEL_EXPORTER_OTLP_HEADERS are."""
+        from urllib.parse import unquote
+
         if self.export_headers is None:
             return {}
         headers: dict[str, str] = {}
@@ -182,7 +195,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "OTAD_EXPORT_HEADERS must be KEY=VALUE pairs separated by commas, for example authorization=Bearer x,tenant=a"
                 )
-            headers[key.strip().lower()] = value.strip()
+            headers[unquote(key.strip()).lower()] = unquote(value.strip())
         return headers
 
     @property

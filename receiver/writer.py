@@ -16,7 +16,7 @@ import numpy as np
 
 from model.schema import Anomaly, Row, row_to_dict
 from receiver.emit import AnomalyEmitter
-from receiver.events import AnomalyEvent, finding_uid
+from receiver.events import AnomalyEvent, anomaly_uid
 from receiver.metrics import Metrics
 from receiver.ratelog import warn_limited
 from storage import MilvusStore, StorageError
@@ -179,17 +179,23 @@ class Writer:
         self.write_isolating("rows", rows, write, lambda i: row_to_dict(rows[i]))
 
     def anomalies(self, anomalies: Sequence[Anomaly], emitter: AnomalyEmitter) -> int:
-        """Store the anomalies' events and hand them to the emitter; returns how many were new.
+        """Store every anomaly and hand the events due to the emitter; returns how many anomalies were new.
 
-        A replay (or a client's retry) re-scores rows already scored: an event already stored was already
-        handed to the emitter, so it is neither stored again nor re-sent.
+        A replay (or a client's retry) re-scores rows already scored: an anomaly already stored was already
+        handed on, so it is neither stored again nor re-sent. Repeats of one pattern are folded into one
+        finding by the emitter's aggregator (receiver/aggregate.py): each anomaly is stored with its
+        finding's uid and count, and only the finding's Create and Update events are sent.
         """
-        uids = [finding_uid(a) for a in anomalies]
+        uids = [anomaly_uid(a) for a in anomalies]
         seen = self.store.existing_anomaly_uids(uids)
         fresh = [a for a, uid in zip(anomalies, uids, strict=True) if uid not in seen]
         if not fresh:
             return 0
-        events = [AnomalyEvent.of(a, self.otad_version) for a in fresh]  # the finding, built once
+        aggregator = emitter.aggregator
+        if aggregator is not None:
+            events, send = aggregator.add(fresh)  # the findings, built once
+        else:
+            events = send = [AnomalyEvent.of(a, self.otad_version) for a in fresh]
         records = []
         for event in events:
             a = event.anomaly
@@ -224,5 +230,11 @@ class Writer:
             lambda idx: self.store.upsert_anomalies([records[i] for i in idx]),
             lambda i: records[i],
         )
-        emitter.emit(events)
+        emitter.emit(send)
         return len(fresh)
+
+    def advance(self, rows: Sequence[Row], emitter: AnomalyEmitter) -> None:
+        """Tell the aggregator how far the records' time has come: findings quiet since then send their last
+        Update (a batch without anomalies closes findings too)."""
+        if emitter.aggregator is not None and rows:
+            emitter.emit(emitter.aggregator.advance(max(r.time_unix_nano for r in rows) // 1_000_000))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import grpc
 
+from receiver.export_config import ExportConfig, resolve_export
 from receiver.settings import ConfigError, Settings
 
-__all__ = ["ServerTls", "emitter_credentials", "load_server_tls"]
+__all__ = ["ServerTls", "emitter_credentials", "emitter_ssl_context", "load_server_tls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +84,62 @@ def load_server_tls(settings: Settings) -> ServerTls | None:
     return tls
 
 
-def emitter_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
-    """TLS credentials for the anomaly-event export; None means plaintext (OTAD_EXPORT_INSECURE=true)."""
-    if settings.export_insecure:
+def _export_config(source: Settings | ExportConfig) -> ExportConfig:
+    return source if isinstance(source, ExportConfig) else resolve_export(source, environ={})
+
+
+def _variable(config: ExportConfig, name: str, fallback: str) -> str:
+    return config.sources.get(name, fallback)
+
+
+def emitter_credentials(source: Settings | ExportConfig) -> grpc.ChannelCredentials | None:
+    """gRPC TLS credentials for the anomaly-event export (CA bundle, client certificate and key for mTLS);
+    None means plaintext. Settings alone are resolved without the OTEL_* environment (tests).
+
+    Raises:
+        ConfigError: a file is missing or not PEM; the sentence names the variable it came from.
+    """
+    config = _export_config(source)
+    if config.insecure:
         return None
-    ca = None
-    if settings.export_ca_file is not None:
-        ca = _read(settings.export_ca_file, "OTAD_EXPORT_CA_FILE", "CA bundle")
-    return grpc.ssl_channel_credentials(root_certificates=ca)
+    ca, key, cert = _export_pem(config)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def _export_pem(config: ExportConfig) -> tuple[bytes | None, bytes | None, bytes | None]:
+    ca = key = cert = None
+    if config.ca_file is not None:
+        ca = _read(config.ca_file, _variable(config, "ca", "OTAD_EXPORT_CA_FILE"), "CA bundle")
+    if config.client_cert_file is not None and config.client_key_file is not None:
+        cert = _read(
+            config.client_cert_file,
+            _variable(config, "cert", "OTAD_EXPORT_CLIENT_CERT_FILE"),
+            "client certificate (chain)",
+        )
+        key = _read(
+            config.client_key_file, _variable(config, "key", "OTAD_EXPORT_CLIENT_KEY_FILE"), "private key"
+        )
+    return ca, key, cert
+
+
+def emitter_ssl_context(source: Settings | ExportConfig) -> ssl.SSLContext | None:
+    """The same TLS material for the OTLP/HTTP export; None means plaintext.
+
+    Raises:
+        ConfigError: as `emitter_credentials`, or the client certificate and key do not belong together.
+    """
+    config = _export_config(source)
+    if config.insecure:
+        return None
+    _export_pem(config)  # readable and PEM, with the variable named if not
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if config.client_cert_file is not None and config.client_key_file is not None:
+        try:
+            context.load_cert_chain(config.client_cert_file, config.client_key_file)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"{_variable(config, 'cert', 'OTAD_EXPORT_CLIENT_CERT_FILE')} and "
+                f"{_variable(config, 'key', 'OTAD_EXPORT_CLIENT_KEY_FILE')} do not form a usable pair "
+                f"({exc.reason}); use the key that belongs to the certificate"
+            ) from None
+    return context

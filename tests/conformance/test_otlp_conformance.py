@@ -313,7 +313,7 @@ def test_sdk_exporters_deliver_every_signal(plain, transport):
     assert {r["signal"] for r in rows} == {"logs", "traces", "metrics"}
     log_row = next(r for r in rows if r["uid"] == f"log-sdk-{transport}")
     assert log_row["fields"]["message"] == f"hello sdk-{transport}"
-    assert counter(plain, "otad_accepted_items_total", signal="metrics", transport=transport) >= 1
+    assert counter(plain, "otad_receiver_accepted_metric_points_total", transport=transport) >= 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -334,8 +334,7 @@ def test_empty_json_request_succeeds(plain):
 def test_partial_success_counts_and_names_the_first_bad_item(plain, transport):
     before = counter(
         plain,
-        "otad_rejected_items_total",
-        signal="traces",
+        "otad_receiver_rejected_spans_total",
         reason="invalid trace_id length 2 (want 16)",
         transport=transport,
     )
@@ -347,7 +346,7 @@ def test_partial_success_counts_and_names_the_first_bad_item(plain, transport):
     rejected = sum(
         s.value
         for m in plain.metrics.registry.collect()
-        if m.name == "otad_rejected_items"
+        if m.name == "otad_receiver_rejected_spans"
         for s in m.samples
         if s.name.endswith("_total") and s.labels["transport"] == transport
     )
@@ -462,10 +461,10 @@ def test_oversized_content_length_gets_413_before_the_body_is_read(plain):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_full_queue_is_unavailable_with_a_retry_delay(plain, transport):
     before = counter(
-        plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport
+        plain, "otad_receiver_refused_log_records_total", reason="queue_full", transport=transport
     )
     requests_before = counter(
-        plain, "otad_export_requests_total", signal="logs", transport=transport, outcome="unavailable"
+        plain, "otad_receiver_requests_total", signal="logs", transport=transport, outcome="unavailable"
     )
     answer = export(transport, plain, "logs", logs_request(1200, "overload"))  # queue_rows is 1000
     assert answer.code == grpc.StatusCode.UNAVAILABLE
@@ -473,12 +472,12 @@ def test_full_queue_is_unavailable_with_a_retry_delay(plain, transport):
     if transport == "http":
         assert answer.http_status == 503 and answer.headers["retry-after"] == "5"
     assert (
-        counter(plain, "otad_refused_items_total", signal="logs", reason="queue_full", transport=transport)
+        counter(plain, "otad_receiver_refused_log_records_total", reason="queue_full", transport=transport)
         > before
     )
     assert (
         counter(
-            plain, "otad_export_requests_total", signal="logs", transport=transport, outcome="unavailable"
+            plain, "otad_receiver_requests_total", signal="logs", transport=transport, outcome="unavailable"
         )
         == requests_before + 1
     )
@@ -544,14 +543,14 @@ def test_wrong_content_type_method_and_path(plain):
     answer = http_call(port, "/v1/logs", b"not gzip at all", headers={"Content-Encoding": "gzip"})
     assert answer.http_status == 400
     assert (
-        counter(plain, "otad_export_requests_total", signal="unknown", transport="http", outcome="not_found")
+        counter(plain, "otad_receiver_requests_total", signal="unknown", transport="http", outcome="not_found")
         >= 1
     )
 
 
 def test_too_many_http_requests_in_flight_is_503_with_retry_after(plain):
     before = counter(
-        plain, "otad_refused_items_total", signal="logs", reason="too_many_requests", transport="http"
+        plain, "otad_receiver_refused_log_records_total", reason="too_many_requests", transport="http"
     )
     plain.http.app.max_in_flight = 0  # every request is then one too many
     try:
@@ -561,7 +560,7 @@ def test_too_many_http_requests_in_flight_is_503_with_retry_after(plain):
     assert answer.http_status == 503 and answer.headers["retry-after"] == "5" and answer.retry_delay_s() == 5
     assert (
         counter(
-            plain, "otad_refused_items_total", signal="logs", reason="too_many_requests", transport="http"
+            plain, "otad_receiver_refused_log_records_total", reason="too_many_requests", transport="http"
         )
         == before + 1
     )

@@ -3,7 +3,7 @@
 Each refusal kind goes to a real otad service (conftest `plain`) from a real client: grpcio (with its own gzip and
 deflate), http.client, and, for what neither can send (a grpc-encoding grpc core does not know, a call without a
 message, a deadline that passes before the message), HTTP/2 frames written by hand. Each test checks the status
-the client got, `otad_transport_refused_requests{reason}`, `otad_export_requests{outcome}` and the warning line.
+the client got, `otad_receiver_refused_requests{reason}`, `otad_receiver_requests{outcome}` and the warning line.
 The last test measures the RSS of a separate serving process (benchmarks/bench_refusal_memory.py).
 """
 
@@ -50,10 +50,10 @@ def bomb() -> bytes:
 def counts(service, transport: str, reason: str, outcome: str) -> tuple[float, float]:
     registry = service.metrics.registry
     refused = registry.get_sample_value(
-        "otad_transport_refused_requests_total", {"signal": "logs", "transport": transport, "reason": reason}
+        "otad_receiver_refused_requests_total", {"signal": "logs", "transport": transport, "reason": reason}
     )
     requests = registry.get_sample_value(
-        "otad_export_requests_total", {"signal": "logs", "transport": transport, "outcome": outcome}
+        "otad_receiver_requests_total", {"signal": "logs", "transport": transport, "outcome": outcome}
     )
     return refused or 0.0, requests or 0.0
 

@@ -168,7 +168,7 @@ def test_rotel_forwards_every_signal_to_otad(rotel_runs, plain, tmp_path, protoc
 def test_rotel_forwards_over_tls_with_a_bearer_token(rotel_runs, tls_auth, tokens, tmp_path):
     before = (
         tls_auth.metrics.registry.get_sample_value(
-            "otad_export_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}
+            "otad_receiver_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}
         )
         or 0
     )
@@ -194,7 +194,7 @@ def test_rotel_forwards_over_tls_with_a_bearer_token(rotel_runs, tls_auth, token
         proc.terminate()
         proc.wait(10)
     after = tls_auth.metrics.registry.get_sample_value(
-        "otad_export_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}
+        "otad_receiver_requests_total", {"signal": "logs", "transport": "grpc", "outcome": "ok"}
     )
     assert after > before
 

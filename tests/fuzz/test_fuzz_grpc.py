@@ -64,18 +64,19 @@ def service(tmp_path_factory):
 
 def counted(svc, signal: str) -> dict[str, float]:
     """The service's own counters for one signal (summed over reasons)."""
+    unit = {"logs": "log_records", "traces": "spans", "metrics": "metric_points"}[signal]
     out = {"accepted": 0.0, "rejected": 0.0, "ignored": 0.0}
     for family in svc.metrics.registry.collect():
         key = {
-            "otad_accepted_items": "accepted",
-            "otad_rejected_items": "rejected",
+            f"otad_receiver_accepted_{unit}": "accepted",
+            f"otad_receiver_rejected_{unit}": "rejected",
             "otad_ignored_items": "ignored",
         }.get(family.name)
         if key:
             out[key] += sum(
                 s.value
                 for s in family.samples
-                if s.name.endswith("_total") and s.labels.get("signal") == signal
+                if s.name.endswith("_total") and s.labels.get("signal", signal) == signal
             )
     return out
 

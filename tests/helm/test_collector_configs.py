@@ -100,7 +100,8 @@ def _paths(node, prefix: str = "") -> set[str]:
 
 def test_the_real_event_has_the_documented_shape(emitted):
     assert emitted["scope"] == "otad" and emitted["event_name"] == "otad.anomaly"
-    assert {"anomaly.score", "anomaly.source.signal", "event.name"} <= emitted["attributes"]
+    assert {"anomaly.score", "anomaly.source.signal", "anomaly.finding.uid"} <= emitted["attributes"]
+    assert "event.name" not in emitted["attributes"]  # deprecated; only with OTAD_EVENT_NAME_ATTRIBUTE=true
     assert "service.name" in emitted["resource"] and emitted["trace_id"] == bytes(range(1, 17)).hex()
 
 

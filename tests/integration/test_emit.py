@@ -144,7 +144,6 @@ def test_event_matches_the_contract():
     a = attrs(record.attributes)
     kinds = {k: v.WhichOneof("value") for k, v in a.items()}
     assert kinds == {
-        "event.name": "string_value",
         "anomaly.score": "double_value",
         "anomaly.raw_score": "double_value",
         "anomaly.threshold": "double_value",
@@ -155,8 +154,13 @@ def test_event_matches_the_contract():
         "anomaly.source.ocsf.class_uid": "int_value",
         "anomaly.explanation": "string_value",
         "anomaly.neighbors": "array_value",
+        "anomaly.finding.uid": "string_value",
+        "anomaly.finding.count": "int_value",
     }
-    assert a["event.name"].string_value == EVENT_NAME
+    assert "event.name" not in a  # the deprecated attribute only with OTAD_EVENT_NAME_ATTRIBUTE=true
+    _, named = build_event(AnomalyEvent.of(anomaly, VERSION), name_attribute=True)
+    assert attrs(named.attributes)["event.name"].string_value == EVENT_NAME
+    assert a["anomaly.finding.count"].int_value == 1
     assert (
         a["anomaly.score"].double_value,
         a["anomaly.raw_score"].double_value,
@@ -212,6 +216,10 @@ def test_event_matches_the_contract():
     ]
     assert body["trace"] == {"uid": TRACE, "span": {"uid": SPAN}}
     assert body["unmapped"] == {"anomaly.source.signal": "logs"}
+    assert (body["confidence_id"], body["confidence"], body["count"]) == (2, "Medium", 1)
+    assert info["first_seen_time"] == info["last_seen_time"] == body["start_time"] == body["end_time"]
+    assert body["evidences"] == [{"data": {"message": "card declined for user 1234"}, "name": "payments"}]
+    assert body["resources"] == [{"type": "service", "name": "payments"}, {"type": "host", "name": "pay-1"}]
 
 
 def test_top_band_is_error_and_high():

@@ -125,7 +125,7 @@ def test_health_and_empty_request(service):
     )
     status = json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read())
     assert status["state"] == "collecting" and status["bootstrap_rows"] == 600
-    assert b"otad_accepted_items" in urllib.request.urlopen(url + "/metrics", timeout=5).read()
+    assert b"otad_receiver_accepted_log_records" in urllib.request.urlopen(url + "/metrics", timeout=5).read()
 
 
 def test_gzip_logs_are_accepted_and_counted(service):
@@ -209,29 +209,26 @@ def test_cold_start_trains_then_emits_anomaly_events(service, sink):
         )
     ]
     logs.Export(logs_request(normal + slow), timeout=5)
-    assert sink.wait_for(
-        lambda: any(
-            kv.key == "anomaly.source.uid" and kv.value.string_value == "slow-1"
-            for _, _, rec in sink.log_records()
-            for kv in rec.attributes
-        ),
-        timeout=30,
-    )
-    flagged = {
-        kv.value.string_value
-        for _, _, rec in sink.log_records()
-        for kv in rec.attributes
-        if kv.key == "anomaly.source.uid"
-    }
+    # Repeats of one pattern are one finding: a record is named by the finding's related_events (receiver/aggregate.py).
+    service.emitter.close_findings()
+    assert sink.wait_for(lambda: "slow-1" in {u for _, u in sources(sink)}, timeout=30)
+    flagged = {u for _, u in sources(sink)}
     assert len(flagged - {"slow-1"}) <= 3, flagged  # normal rows are not flooding the sink
-    resource, scope, record = next(
-        x for x in sink.log_records() if any(kv.value.string_value == "slow-1" for kv in x[2].attributes)
-    )
+    resource, scope, record = next(x for x, u in sources(sink) if u == "slow-1")
     assert record.event_name == "otad.anomaly" and scope.name == "otad"
     assert {kv.key: kv.value.string_value for kv in resource.attributes}["service.name"] == "checkout"
     assert service.pipeline.wait_idle(10)
     stored = service.store.latest_anomalies(10)
     assert any(a["source_uid"] == "slow-1" for a in stored)
+
+
+def sources(sink) -> list[tuple[tuple, str]]:
+    """(event, source uid) for every source record an anomaly event names (its finding's related_events)."""
+    out = []
+    for event in sink.log_records():
+        for related in json.loads(event[2].body.string_value)["finding_info"]["related_events"]:
+            out.append((event, related["uid"]))
+    return out
 
 
 def test_model_of_another_contract_version_means_a_cold_start_not_a_crash(tmp_path, sink):

@@ -57,7 +57,10 @@ def test_defaults_are_plaintext_without_auth():
         ({"tls_cert_file": "c.pem"}, ["OTAD_TLS_CERT_FILE is set but OTAD_TLS_KEY_FILE is not"]),
         ({"tls_key_file": "k.pem"}, ["OTAD_TLS_KEY_FILE is set but OTAD_TLS_CERT_FILE is not"]),
         ({"tls_client_ca_file": "ca.pem"}, ["OTAD_TLS_CLIENT_CA_FILE", "set OTAD_TLS_CERT_FILE"]),
-        ({"export_ca_file": "ca.pem"}, ["OTAD_EXPORT_CA_FILE", "set OTAD_EXPORT_INSECURE=false"]),
+        (
+            {"export_ca_file": "ca.pem", "export_insecure": True},
+            ["OTAD_EXPORT_CA_FILE", "set OTAD_EXPORT_INSECURE=false"],
+        ),
         ({"export_headers": "authorization"}, ["OTAD_EXPORT_HEADERS must be KEY=VALUE"]),
     ],
 )

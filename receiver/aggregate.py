@@ -1,0 +1,249 @@
+"""Emit stage, before the sender: repeats of one anomaly pattern update one finding instead of each being an event.
+
+A *pattern* is general, never dataset-specific: the service, the signal, the detectors that fired and the source
+record's discrete signature (its message with the variable parts masked, its operation, route template, method,
+status class and severity). Anomalies of one pattern whose times are within `window_s` of the previous one are one
+finding: its first event is activity Create; later anomalies raise its `count` and `last_seen` and are reported by
+Update events, at most `max_per_window` per finding per window (spaced at least `window_s / max_per_window`
+apart), plus one closing Update once the finding has been quiet for `window_s` with anomalies not yet reported.
+A global bound, `max_per_minute`, holds events back (never drops them) when many findings are open at once: a
+held-back Create or closing Update goes out in a later minute, so every finding is reported at least once.
+
+Time is the records' own (the latest record time seen, across all rows), so a replay aggregates like live
+traffic. Every anomaly is stored whatever happens here (receiver/writer.py); only the emission is aggregated.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from model.extract import url_template
+from model.schema import Anomaly, content_uid
+from model.templates import tokenize
+from receiver.events import AnomalyEvent, Occurrence
+
+__all__ = ["EventLimits", "FindingAggregator", "pattern_key"]
+
+_SIGNATURE_TOKENS = 12  # masked message tokens in a log record's signature
+_MAX_OPEN = 10_000  # open findings kept; beyond it the quietest is closed early
+_MAX_PENDING_SOURCES = 200  # source uids kept per finding between two of its events
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """OTAD_EVENT_WINDOW_S, OTAD_EVENT_MAX_PER_WINDOW, OTAD_EVENT_MAX_PER_MINUTE; window 0: no aggregation."""
+
+    window_s: float = 300.0
+    max_per_window: int = 3
+    max_per_minute: int = 60
+
+    def __post_init__(self) -> None:
+        if self.window_s < 0 or self.max_per_window < 1 or self.max_per_minute < 1:
+            raise ValueError(f"need window_s >= 0 and both maxima >= 1, got {self}")
+
+
+def pattern_key(anomaly: Anomaly) -> tuple[str, ...]:
+    """What makes two anomalies "the same": service, signal, detectors that fired, the record's signature."""
+    row, f = anomaly.row, anomaly.row.fields
+    message = f.get("message")
+    text = " ".join(tokenize(message)[:_SIGNATURE_TOKENS]) if isinstance(message, str) else ""
+    route = f.get("http_request.route") or f.get("http_request.url.path")
+    code = f.get("http_response.code")
+    code_class = (
+        f"{int(code) // 100}xx" if isinstance(code, int | float) and not isinstance(code, bool) else ""
+    )
+    operation = f.get("trace.span.operation") or f.get("api.operation") or f.get("metric.name") or ""
+    return (
+        row.service,
+        row.signal,
+        "+".join(sorted(set(anomaly.detector.split("+")))),
+        str(row.class_uid),
+        _DIGITS.sub("0", str(operation))[:128],
+        url_template(str(route)) if route else "",
+        str(f.get("http_request.http_method") or ""),
+        code_class,
+        str(row.status_id),
+        str(row.severity_id),
+        text[:256],
+    )
+
+
+@dataclass(slots=True)
+class _Finding:
+    uid: str
+    pattern_uid: str
+    first_seen_ms: int
+    last_seen_ms: int
+    latest: Anomaly
+    count: int = 0
+    reported: int = 0  # count as of its last event
+    events: int = 0
+    period_start_ms: int = 0
+    period_events: int = 0
+    last_event_ms: int = 0
+    sources: list[str] = field(default_factory=list)  # since its last event
+
+    @property
+    def pending(self) -> bool:
+        return self.count > self.reported
+
+
+class FindingAggregator:
+    """Turns anomalies into the events to send (Create / Update), per pattern; thread-safe.
+
+    `on_outcome(outcome, n)` counts: created, updated (events sent), aggregated (anomalies folded into a later
+    event), rate_limited (events held back by the global bound, sent later).
+    """
+
+    def __init__(
+        self, limits: EventLimits, version: str, on_outcome: Callable[[str, int], None] | None = None
+    ) -> None:
+        self.limits, self.version = limits, version
+        self._window_ms = int(limits.window_s * 1000)
+        self._gap_ms = self._window_ms // limits.max_per_window
+        self._open: dict[tuple[str, ...], _Finding] = {}
+        self._minute: tuple[int, int] = (-1, 0)  # (event-time minute, events sent in it)
+        self._clock_ms = 0
+        self._lock = threading.Lock()
+        self._on_outcome = on_outcome
+
+    @property
+    def open_findings(self) -> int:
+        return len(self._open)
+
+    def add(self, anomalies: Sequence[Anomaly]) -> tuple[list[AnomalyEvent], list[AnomalyEvent]]:
+        """Fold anomalies into their findings.
+
+        Returns:
+            (stored, send): every anomaly's event as it is stored (with its finding's uid and count), and the
+            events to send now (Creates, Updates, closing Updates of findings this batch's time closed).
+        """
+        if self._window_ms == 0:  # no aggregation: each anomaly its own finding, as before
+            events = [AnomalyEvent.of(a, self.version) for a in anomalies]
+            self._count("created", len(events))
+            return events, events
+        stored: list[AnomalyEvent] = []
+        send: list[AnomalyEvent] = []
+        with self._lock:
+            for anomaly in sorted(anomalies, key=lambda a: a.row.time_unix_nano):
+                t = anomaly.row.time_ms
+                self._clock_ms = max(self._clock_ms, t)
+                key = pattern_key(anomaly)
+                f = self._open.get(key)
+                if f is not None and t - f.last_seen_ms > self._window_ms:
+                    send += self._close(key, f, force=True)
+                    f = None
+                if f is None:
+                    f = self._new(key, anomaly)
+                f.count += 1
+                f.latest = anomaly if t >= f.last_seen_ms else f.latest
+                f.first_seen_ms, f.last_seen_ms = min(f.first_seen_ms, t), max(f.last_seen_ms, t)
+                if len(f.sources) < _MAX_PENDING_SOURCES:
+                    f.sources.append(anomaly.row.uid)
+                stored.append(AnomalyEvent.of(anomaly, self.version, self._occurrence(f, related=False)))
+                event = self._maybe_send(f, t)
+                if event is not None:
+                    send.append(event)
+                else:
+                    self._count("aggregated", 1)
+            send += self._sweep()
+        return stored, send
+
+    def advance(self, time_ms: int) -> list[AnomalyEvent]:
+        """Move the clock to a batch's latest record time; the closing Updates (and held-back events) now due."""
+        if self._window_ms == 0:
+            return []
+        with self._lock:
+            self._clock_ms = max(self._clock_ms, time_ms)
+            return self._sweep()
+
+    def flush(self) -> list[AnomalyEvent]:
+        """At shutdown: the last event of every finding with anomalies not yet reported (no rate bound)."""
+        with self._lock:
+            out = [self._event(f) for f in self._open.values() if f.pending]
+            self._open.clear()
+        return out
+
+    # -- internals (under the lock)
+
+    def _new(self, key: tuple[str, ...], anomaly: Anomaly) -> _Finding:
+        if len(self._open) >= _MAX_OPEN:  # bounded memory: the quietest finding ends early
+            quiet = min(self._open, key=lambda k: self._open[k].last_seen_ms)
+            del self._open[quiet]
+        t = anomaly.row.time_ms
+        pattern_uid = content_uid("pattern", *key)
+        f = _Finding(content_uid("finding", pattern_uid, t), pattern_uid, t, t, anomaly, period_start_ms=t)
+        self._open[key] = f
+        return f
+
+    def _maybe_send(self, f: _Finding, t: int) -> AnomalyEvent | None:
+        """The event this anomaly triggers now, if any (Create first; Updates within the per-window budget)."""
+        if f.events:
+            if t - f.period_start_ms >= self._window_ms:
+                f.period_start_ms, f.period_events = t, 0
+            if f.period_events >= self.limits.max_per_window or t - f.last_event_ms < self._gap_ms:
+                return None
+        if not self._take_budget():
+            self._count("rate_limited", 1)
+            return None
+        f.period_events += 1
+        f.last_event_ms = t
+        return self._event(f)
+
+    def _sweep(self) -> list[AnomalyEvent]:
+        """Close quiet findings (a last Update if they have unreported anomalies); send held-back Creates."""
+        out: list[AnomalyEvent] = []
+        for key, f in list(self._open.items()):
+            if self._clock_ms - f.last_seen_ms > self._window_ms:
+                out += self._close(key, f, force=False)
+            elif not f.events and self._take_budget():  # a Create the global bound held back
+                out.append(self._event(f))
+        return out
+
+    def _close(self, key: tuple[str, ...], f: _Finding, *, force: bool) -> list[AnomalyEvent]:
+        """End a finding; its closing Update when it has unreported anomalies and the budget allows (or `force`:
+        the same pattern starts a new finding now, so this one's last word cannot wait)."""
+        if not f.pending:
+            del self._open[key]
+            return []
+        if not force and not self._take_budget():
+            self._count("rate_limited", 1)
+            return []  # stays open until a minute with room
+        del self._open[key]
+        return [self._event(f)]
+
+    def _event(self, f: _Finding) -> AnomalyEvent:
+        event = AnomalyEvent.of(f.latest, self.version, self._occurrence(f, related=True))
+        self._count("updated" if f.events else "created", 1)
+        f.events += 1
+        f.reported = f.count
+        f.sources = []
+        return event
+
+    def _occurrence(self, f: _Finding, *, related: bool) -> Occurrence:
+        return Occurrence(
+            f.uid,
+            2 if f.events else 1,
+            f.count,
+            f.first_seen_ms,
+            f.last_seen_ms,
+            f.pattern_uid,
+            tuple(f.sources) if related else (f.latest.row.uid,),
+        )
+
+    def _take_budget(self) -> bool:
+        minute = self._clock_ms // 60_000
+        if minute != self._minute[0]:
+            self._minute = (minute, 0)
+        if self._minute[1] >= self.limits.max_per_minute:
+            return False
+        self._minute = (minute, self._minute[1] + 1)
+        return True
+
+    def _count(self, outcome: str, n: int) -> None:
+        if self._on_outcome is not None and n:
+            self._on_outcome(outcome, n)

@@ -1,0 +1,148 @@
+"""Finding aggregation (receiver/aggregate.py): repeats of one pattern update one finding, bounded, nothing lost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model.schema import Anomaly, Row
+from receiver.aggregate import EventLimits, FindingAggregator, pattern_key
+from receiver.events import build_event
+
+T0_MS = 1_762_041_600_000
+
+
+def anomaly(
+    i: int,
+    t_s: float,
+    *,
+    service: str = "checkout",
+    message: str = "payment 4411 declined for order 9",
+    detector: str = "pattern+errors",
+) -> Anomaly:
+    row = Row(
+        uid=f"r{i}",
+        signal="logs",
+        time_unix_nano=int((T0_MS + t_s * 1000) * 1_000_000),
+        service=service,
+        class_uid=6003,
+        activity_id=1,
+        severity_id=4,
+        status_id=2,
+        fields={"message": message.replace("4411", str(4000 + i))},
+    )
+    return Anomaly(row, 80.0, 1e-5, 50.0, detector, "v1", "unusual", (), (), row.time_unix_nano)
+
+
+def run(agg: FindingAggregator, anomalies: list[Anomaly]) -> list[dict]:
+    """Feed one anomaly per batch, advancing the clock as the pipeline does; the sent findings' bodies."""
+    sent = []
+    for a in anomalies:
+        _, send = agg.add([a])
+        sent += send
+        sent += agg.advance(a.row.time_ms)
+    return [e.finding for e in sent]
+
+
+def counting() -> tuple[dict[str, int], object]:
+    counts: dict[str, int] = {}
+
+    def on(outcome: str, n: int) -> None:
+        counts[outcome] = counts.get(outcome, 0) + n
+
+    return counts, on
+
+
+def test_the_pattern_ignores_variable_parts_and_separates_what_differs():
+    assert pattern_key(anomaly(1, 0)) == pattern_key(anomaly(2, 5))  # numbers in the message are masked
+    assert pattern_key(anomaly(1, 0)) != pattern_key(anomaly(1, 0, service="cart"))
+    assert pattern_key(anomaly(1, 0)) != pattern_key(anomaly(1, 0, detector="latency"))
+    assert pattern_key(anomaly(1, 0)) != pattern_key(anomaly(1, 0, message="disk full on /var"))
+    assert pattern_key(anomaly(1, 0, detector="errors+pattern")) == pattern_key(anomaly(1, 0))
+
+
+def test_repeats_within_the_window_update_one_finding():
+    counts, on = counting()
+    agg = FindingAggregator(EventLimits(window_s=300, max_per_window=3, max_per_minute=100), "t", on)
+    sent = run(agg, [anomaly(i, i * 2.0) for i in range(60)])  # 60 anomalies over 2 minutes
+    sent += [e.finding for e in agg.advance(T0_MS + 1000 * 1000)]  # time passes: the finding closes
+    assert [f["activity_id"] for f in sent] == [1, 2, 2]  # Create, one Update at >= 100 s, the closing Update
+    assert len({f["finding_info"]["uid"] for f in sent}) == 1
+    last = sent[-1]
+    assert last["count"] == 60 and last["type_uid"] == 200402 and last["activity_name"] == "Update"
+    assert last["finding_info"]["first_seen_time"] == T0_MS
+    assert last["finding_info"]["last_seen_time"] == T0_MS + 118_000
+    # Every source record is named by exactly one event of the finding.
+    named = [r["uid"] for f in sent for r in f["finding_info"]["related_events"]]
+    assert sorted(named) == sorted(f"r{i}" for i in range(60))
+    assert counts == {"created": 1, "updated": 2, "aggregated": 59 - 1}
+    assert agg.open_findings == 0
+
+
+def test_a_long_incident_is_bounded_per_window():
+    agg = FindingAggregator(EventLimits(window_s=60, max_per_window=2, max_per_minute=1000), "t")
+    sent = run(agg, [anomaly(i, i * 1.0) for i in range(600)])  # one every second for 10 minutes
+    sent += [e.finding for e in agg.flush()]
+    assert len({f["finding_info"]["uid"] for f in sent}) == 1
+    assert len(sent) <= 2 * 10 + 1
+    assert sent[-1]["count"] == 600
+
+
+def test_after_a_quiet_window_the_same_pattern_is_a_new_finding():
+    agg = FindingAggregator(EventLimits(window_s=60, max_per_window=3, max_per_minute=100), "t")
+    sent = run(agg, [anomaly(1, 0), anomaly(2, 1), anomaly(3, 500)])
+    creates = [f for f in sent if f["activity_id"] == 1]
+    assert len(creates) == 2 and creates[0]["finding_info"]["uid"] != creates[1]["finding_info"]["uid"]
+    # the first finding's repeat was reported by its closing Update before the second began
+    assert [f["count"] for f in sent] == [1, 2, 1]
+    assert sent[2]["unmapped"]["anomaly.pattern.uid"] == sent[0]["unmapped"]["anomaly.pattern.uid"]
+
+
+def test_the_global_rate_bound_holds_events_back_and_loses_no_finding():
+    counts, on = counting()
+    agg = FindingAggregator(EventLimits(window_s=30, max_per_window=3, max_per_minute=5), "t", on)
+    # 40 different patterns in the same second: only 5 events in that minute.
+    burst = [anomaly(i, 0.5, service=f"svc-{i}") for i in range(40)]
+    _, first = agg.add(burst)
+    assert len(first) == 5 and counts["rate_limited"] >= 35
+    sent = [e.finding for e in first]
+    for minute in range(1, 12):  # later traffic moves the clock; held-back findings go out, 5 a minute
+        sent += [e.finding for e in agg.advance(T0_MS + minute * 60_000)]
+    services = {f["finding_info"]["related_events"][0]["uid"] for f in sent}
+    assert services == {f"r{i}" for i in range(40)}  # every finding reported at least once
+    assert agg.open_findings == 0
+
+
+def test_window_zero_is_one_event_per_anomaly():
+    agg = FindingAggregator(EventLimits(window_s=0), "t")
+    stored, send = agg.add([anomaly(i, i) for i in range(5)])
+    assert len(stored) == len(send) == 5 and all(f.finding["count"] == 1 for f in send)
+    assert len({e.finding_uid for e in send}) == 5
+
+
+def test_every_anomaly_is_stored_with_its_finding():
+    agg = FindingAggregator(EventLimits(window_s=300), "t")
+    stored, send = agg.add([anomaly(i, i) for i in range(10)])
+    assert len(stored) == 10 and len(send) == 1
+    assert {e.finding_uid for e in stored} == {send[0].finding_uid}
+    assert [e.count for e in stored] == list(range(1, 11))
+    assert len({e.uid for e in stored}) == 10  # the stored records keep their own uid
+
+
+def test_the_update_event_carries_the_finding_on_the_wire():
+    agg = FindingAggregator(EventLimits(window_s=300, max_per_window=3), "t")
+    _, send = agg.add([anomaly(i, i * 60.0) for i in range(3)])
+    _, record = build_event(send[-1])
+    attrs = {kv.key: kv.value for kv in record.attributes}
+    body = json.loads(record.body.string_value)
+    assert record.event_name == "otad.anomaly" and "event.name" not in attrs
+    assert attrs["anomaly.finding.uid"].string_value == body["finding_info"]["uid"]
+    assert attrs["anomaly.finding.count"].int_value == body["count"] == 3
+    assert body["activity_id"] == 2 and body["status"] == "In Progress"
+
+
+@pytest.mark.parametrize("bad", [dict(window_s=-1), dict(max_per_window=0), dict(max_per_minute=0)])
+def test_limits_are_checked(bad):
+    with pytest.raises(ValueError):
+        EventLimits(**bad)
