@@ -21,6 +21,7 @@ from model.features import OOV
 from model.schema import Anomaly, Row
 from model.statefile import StateFileError, load_state, save_state
 from model.version import ONLINE_STATE, ModelVersion
+from model.vocabulary import label, ratio, show, subject
 
 logger = logging.getLogger(__name__)
 
@@ -181,29 +182,36 @@ class Scorer:
         ]
 
     def _anomaly(self, frame: Frame, result: EnsembleResult, i: int, scores: np.ndarray, now: int) -> Anomaly:
+        """The anomaly with its explanation: one sentence in the user's words (the record itself, then what
+        the strongest member saw), the other members' findings and the nearest normal records after it."""
         row, derived = frame.rows[i], frame.derived[i]
         clauses = self.mv.ensemble.explain(frame, result, i)
         names = [name for name, _ in clauses]
         nbrs = frame.cache.get("knn.neighbors")
         evidence: list[tuple[str, str, str]] = []
         neighbors: tuple[str, ...] = ()
+        looks_like: list[str] = []
         det = self.mv.detector
         if nbrs is not None and det is not None and len(nbrs):
             neighbors = tuple(det.neighbor_uids(nbrs[i], 5))
             if "knn" in names:
                 evidence = self.explain(derived, frame.num[i], frame.cat[i], nbrs[i])
+                looks_like = self._neighbor_content(nbrs[i])
         text = []
         for name, clause in clauses:
             if name == "knn" and evidence:
-                clause = "unlike its nearest normal records: " + ", ".join(
-                    f"{f} {o} vs typical {t}" for f, o, t in evidence
+                clause = "unlike its nearest normal records: " + "; ".join(
+                    f"{f} {o}, typically {t}" for f, o, t in evidence
                 )
             text.append(clause)
-        why = "; ".join(text) or "an unusual combination of otherwise common values"
+        first = text[0] if text else "an unusual combination of otherwise common values"
+        sentence = f"Unusual {WHAT[row.signal]} from {row.service}{subject(row, derived)}: {first}."
+        if len(text) > 1:
+            sentence += " Also: " + "; ".join(text[1:]) + "."
         p = float(result.combined[i])
-        sentence = (
-            f"Unusual {WHAT[row.signal]} from {row.service} (score {scores[i]:.0f}/100, p {p:.1e}): {why}."
-        )
+        sentence += f" (score {scores[i]:.0f}/100, p {p:.1e}, by {', '.join(names) or 'the ensemble'})"
+        if looks_like:
+            sentence += " Nearest normal records: " + "; ".join(looks_like) + "."
         return Anomaly(
             row,
             float(scores[i]),
@@ -216,6 +224,32 @@ class Scorer:
             tuple(evidence),
             now,
         )
+
+    def _neighbor_content(self, nbrs: np.ndarray, limit: int = 3) -> list[str]:
+        """The nearest normal records as content (their message pattern, route, status), not as uids."""
+        contract, out = self.mv.contract, []
+        cols = {name: j for j, name in enumerate(contract.categorical)}
+        for idx in nbrs[nbrs >= 0]:
+            if idx >= len(self.mv.ref_cat):
+                continue
+            parts = []
+            for name in ("template", "url_template", "trace.span.operation", "status_code"):
+                j = cols.get(name)
+                code = int(self.mv.ref_cat[idx, j]) if j is not None else 0
+                if code < 2:  # missing or never seen
+                    continue
+                value = contract.vocab[name][code - 2]
+                if name == "template" and value.isdigit() and int(value) < len(contract.templates):
+                    value = contract.templates[int(value)]
+                parts.append(
+                    f"{label(name)} {show(name, value)[:100]!r}" if name != "template" else repr(value[:100])
+                )
+            text = ", ".join(parts)
+            if text and text not in out:
+                out.append(text)
+            if len(out) >= limit:
+                break
+        return out
 
     def explain(
         self, derived: dict[str, Any], num: np.ndarray, cat: np.ndarray, nbrs: np.ndarray, top: int = 3
@@ -230,8 +264,14 @@ class Scorer:
         for j, name in enumerate(self.num_names):
             dev = abs(float(num[j]) - float(med[j]))
             if dev >= 1.5:
+                typical = self._typical_numeric(j, float(med[j]))
+                if name.endswith(".missing"):  # a presence flag: present / missing, nothing to scale
+                    flag = "missing" if derived.get(name[: -len(".missing")]) is None else "present"
+                    cand.append((dev, label(name), flag, str(typical)))
+                    continue
+                value = derived.get(name)
                 cand.append(
-                    (dev, name, contract.display(derived, name), self._typical_numeric(j, float(med[j])))
+                    (dev, label(name), show(name, value) + ratio(value, typical, name), show(name, typical))
                 )
         ref_cat = self.mv.ref_cat[nb]
         for j, name in enumerate(contract.categorical):
@@ -243,11 +283,12 @@ class Scorer:
                 )
                 if name == "template" and typical.isdigit():
                     typical = repr(contract.templates[int(typical)][:60])
-                cand.append((3.0, name, contract.display(derived, name), typical[:60]))
+                observed = contract.display(derived, name) if name == "template" else derived.get(name)
+                cand.append((3.0, label(name), show(name, observed), show(name, typical)))
         cand.sort(key=lambda c: -c[0])
         return [(n, o, t) for _, n, o, t in cand[:top]]
 
-    def _typical_numeric(self, j: int, scaled: float) -> str:
+    def _typical_numeric(self, j: int, scaled: float) -> float | str:
         specs = self.mv.contract.numeric
         if j >= len(specs):
             return "present" if scaled < 0.5 else "missing"
@@ -255,4 +296,4 @@ class Scorer:
         x = scaled * spec.scale + spec.center
         if spec.log:
             x = float(np.sign(x) * np.expm1(abs(x)))
-        return f"{x:.4g}"
+        return x

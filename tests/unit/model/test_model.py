@@ -65,8 +65,15 @@ def test_fit_save_load_score_and_explain(tmp_path):
     assert a.scores[-1] >= mv.detector.threshold_ > np.median(a.scores[:-1])
     anomaly = next(x for x in a.anomalies if x.row.uid == "odd")
     features = {f for f, _, _ in anomaly.evidence}
-    assert features & {"duration", "severity_id", "status_id", "src_endpoint.location.country"}
-    assert anomaly.explanation.startswith("Unusual log record from a") and anomaly.neighbors
+    assert features & {"duration", "severity", "status", "src_endpoint.location.country"}
+    # one sentence in the user's words first: the record itself, what fired; never an internal feature name
+    text = anomaly.explanation
+    assert (
+        text.startswith("Unusual log record from a ('GET /items/3 served in 40000 ms'") and anomaly.neighbors
+    )
+    assert "ctx." not in text and "40,000 ms" in text
+    if "knn" in anomaly.detector:  # the nearest normal records as content (their message pattern), not uids
+        assert "Nearest normal records: '" in text and not any(n in text for n in anomaly.neighbors)
     assert (a.is_anomaly[:-1]).mean() < 0.05
 
 
