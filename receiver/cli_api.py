@@ -107,7 +107,7 @@ def _feedback_flags(p: argparse.ArgumentParser, ttl_help: str) -> None:
     p.add_argument("--ttl", type=_duration_s, default=0, help=ttl_help + "; 30m, 2h, 7d also work")
     p.add_argument("--by", default="", help="who gives it (default: the token's fingerprint)")
     p.add_argument("--reason", default="")
-    p.add_argument("--radius", type=float, default=0.0, help="cosine distance of a look-alike (default 0.05)")
+    p.add_argument("--radius", type=float, default=0.0, help="cosine distance of a look-alike (default 0.02)")
 
 
 def _duration_s(text: str) -> int:
