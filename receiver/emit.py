@@ -113,6 +113,11 @@ class AnomalyEmitter:
             return dict(self._stats)
 
     @property
+    def alive(self) -> bool:
+        """False when the worker thread died while it should be running (a bug: /healthz says so)."""
+        return self._thread is None or self._closed or self._thread.is_alive()
+
+    @property
     def buffered(self) -> int:
         """Events waiting to be sent (the export queue's size; its capacity is `max_buffer`)."""
         return len(self._buffer) + self._inflight

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,9 +11,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from receiver.metrics_items import SignalCounters
 
@@ -192,44 +186,4 @@ class Metrics:
         )
 
 
-class HealthServer:
-    """/metrics (Prometheus), /healthz (process alive), /readyz (accepting data) on OTAD_METRICS_ENDPOINT."""
-
-    def __init__(self, endpoint: str, metrics: Metrics, status: Callable[[], dict]):
-        host, _, port = endpoint.rpartition(":")
-        registry = metrics.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                if self.path.startswith("/metrics"):
-                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path.startswith("/healthz"):
-                    body, ctype, code = json.dumps(status()).encode(), "application/json", 200
-                elif self.path.startswith("/readyz"):
-                    st = status()
-                    body, ctype, code = (
-                        json.dumps(st).encode(),
-                        "application/json",
-                        200 if st.get("ready") else 503,
-                    )
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="otad-health", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+# HealthServer moved to receiver/health.py (TLS, bearer auth, honest /healthz and /readyz).

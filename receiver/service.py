@@ -16,9 +16,11 @@ from receiver import otad_version
 from receiver.api.server import build_api
 from receiver.consumer import Consumer
 from receiver.emit import emitter_from_settings
+from receiver.health import HealthServer, MilvusWatch
 from receiver.ingest import SpooledIngest, open_spooled_ingest
 from receiver.lifecycle import ModelLifecycle
-from receiver.metrics import HealthServer, Metrics
+from receiver.metrics import Metrics
+from receiver.metrics_items import ModelCollector
 from receiver.otlp.servers import build_servers, load_security
 from receiver.pipeline import Pipeline
 from receiver.settings import Settings
@@ -81,7 +83,28 @@ class Service:
             if self.lite is not None:
                 self.lite.stop()
             raise
-        self.health = HealthServer(settings.metrics_endpoint, self.metrics, self.pipeline.status)
+        self.metrics.registry.register(ModelCollector(self._model_meta, settings.detector_names))
+        tls, auth = security
+        self.milvus = MilvusWatch(self.store.ping)
+        self.health = HealthServer(
+            settings.metrics_endpoint,
+            self.metrics.registry,
+            self.status,
+            ssl_context=tls.ssl_context() if settings.metrics_tls and tls else None,
+            auth=auth if settings.metrics_auth else None,
+        )
+
+    def _model_meta(self) -> dict | None:
+        mv = getattr(self.pipeline.scorer, "mv", None)
+        return getattr(mv, "meta", None)
+
+    def status(self) -> dict:
+        """/healthz and /readyz: the pipeline's status, `alive` (its threads run) and Milvus reachability."""
+        st = self.pipeline.status()
+        alive = self.pipeline.alive and self.emitter.alive
+        st.update(alive=alive, milvus_reachable=self.milvus.reachable)
+        st["ready"] = bool(st["ready"] and alive and self.milvus.reachable)
+        return st
 
     @property
     def grpc_port(self) -> int:
@@ -101,6 +124,7 @@ class Service:
         self.grpc.start()
         self.api.start()
         self.http.start()
+        self.milvus.start()
         self.health.start()
         st = self.pipeline.status()
         logger.info(
@@ -134,6 +158,7 @@ class Service:
         self.emitter.flush(min(grace_s, 5.0))
         self.emitter.shutdown(2.0)
         gc.unfreeze()  # what was frozen at start can be collected again (matters when a process runs several)
+        self.milvus.stop()
         self.health.stop()
         self.store.close()
         if self.lite is not None:

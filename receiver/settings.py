@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     http_endpoint: str = "localhost:4318"  # OTLP/HTTP listen address
     query_endpoint: str = "localhost:4320"  # otad's own gRPC API (reserved)
     metrics_endpoint: str = "localhost:9464"  # Prometheus /metrics, /healthz, /readyz
+    metrics_tls: bool = False  # serve the metrics port over TLS with OTAD_TLS_CERT_FILE / OTAD_TLS_KEY_FILE
+    metrics_auth: bool = False  # /metrics needs a bearer token of OTAD_AUTH_TOKENS / _FILE (probes stay open)
     # Anomaly-event export (receiver/export_config.py): each OTAD_EXPORT_* overrides OTEL_EXPORTER_OTLP_LOGS_*,
     # which overrides OTEL_EXPORTER_OTLP_*; unset everywhere = the default in the comment.
     export_endpoint: str | None = None  # HOST:PORT or http(s):// URL for anomaly events; unset = stored only
@@ -159,6 +161,16 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError(
                 "OTAD_TLS_CLIENT_CA_FILE (mTLS) needs TLS: set OTAD_TLS_CERT_FILE and OTAD_TLS_KEY_FILE"
+            )
+        if self.metrics_tls and self.tls_cert_file is None:
+            raise ValueError(
+                "OTAD_METRICS_TLS is true but OTAD_TLS_CERT_FILE is not set; set OTAD_TLS_CERT_FILE and "
+                "OTAD_TLS_KEY_FILE (the metrics port uses the OTLP servers' certificate)"
+            )
+        if self.metrics_auth and self.auth_tokens is None and self.auth_token_file is None:
+            raise ValueError(
+                "OTAD_METRICS_AUTH is true but no bearer token is configured; set OTAD_AUTH_TOKENS or "
+                "OTAD_AUTH_TOKEN_FILE"
             )
         if self.export_ca_file is not None and self.export_insecure is True:
             raise ValueError(

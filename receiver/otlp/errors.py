@@ -112,8 +112,8 @@ def to_status(exc_or_outcome: Exception | Outcome) -> grpc.Status:
 
 
 # Refusals made before the export handler runs, by reason: the gRPC code and the HTTP status, chosen here only.
-# The reason is also the `otad_transport_refused_requests` label for those in COUNTED_REFUSALS (auth failures and
-# overload have their own counters; an unknown path or method is a client bug, counted in otad_export_requests).
+# The reason is also the `otad_receiver_refused_requests` label for those in COUNTED_REFUSALS (auth failures and
+# overload have their own counters; an unknown path or method is a client bug, counted in otad_receiver_requests).
 REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
     "undecodable": (grpc.StatusCode.INVALID_ARGUMENT, 400),
     "bad_encoding": (grpc.StatusCode.INVALID_ARGUMENT, 400),  # corrupt gzip/deflate data

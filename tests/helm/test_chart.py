@@ -407,6 +407,31 @@ def test_services_expose_otlp_with_app_protocol_grpc(rendered):
     }  # a ServiceMonitor scrapes each pod once
 
 
+def test_api_port_is_exposed_only_when_enabled(helm, rendered):
+    """otad's API (ports.query): on the Service, the container and 0.0.0.0 by default; disabled, only inside the
+    pod (127.0.0.1) with no Service or container port and no NetworkPolicy rule."""
+
+    def api(docs):
+        services = by_kind(docs, "Service")
+        service_ports = {p["name"] for s in services for p in s["spec"]["ports"]}
+        container_ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+        (configmap,) = by_kind(docs, "ConfigMap")
+        policies = by_kind(docs, "NetworkPolicy")
+        policy_ports = {p["port"] for np in policies for rule in np["spec"]["ingress"] for p in rule["ports"]}
+        return service_ports, container_ports, configmap["data"]["OTAD_QUERY_ENDPOINT"], policy_ports
+
+    service_ports, container_ports, endpoint, _ = api(rendered["defaults"])
+    assert "query" in service_ports and container_ports["query"] == 4320 and endpoint == "0.0.0.0:4320"
+    _, _, _, policy_ports = api(rendered["servicemonitor-networkpolicy-values.yaml"])
+    assert 4320 in policy_ports
+    scenario = CHART / "ci" / "servicemonitor-networkpolicy-values.yaml"
+    off = template(helm, "-f", str(scenario), "--set", "ports.query.enabled=false")
+    service_ports, container_ports, endpoint, policy_ports = api(off)
+    assert "query" not in service_ports and "query" not in container_ports and 4320 not in policy_ports
+    assert endpoint == "127.0.0.1:4320"
+    assert {"otlp", "otlp-http", "metrics"} <= set(container_ports)
+
+
 def test_config_change_rolls_the_pods(helm, rendered):
     def checksum(docs):
         return workload(docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]

@@ -64,9 +64,11 @@ spec:
       args: ["serve"]
       ports:
         {{- range $name, $port := .Values.ports }}
+        {{- if or $port.enabled (ne $name "query") }}{{/* a disabled API listens on 127.0.0.1 only */}}
         - name: {{ $name }}
           containerPort: {{ $port.containerPort }}
           protocol: {{ $port.protocol }}
+        {{- end }}
         {{- end }}
       envFrom:
         - configMapRef:
