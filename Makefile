@@ -16,7 +16,7 @@ TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 SRC  := receiver model storage sim
 LINT := $(SRC) tests benchmarks
 
-.PHONY: setup run test test-fast lint lock proto bench clean
+.PHONY: setup run test test-fast lint lock proto bench demo clean
 
 # torch, then everything in requirements.lock; then otad itself (editable, no dependency resolution).
 $(DEPS): requirements.lock
@@ -66,6 +66,11 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+# The whole path through a real Collector: otad simulate -> rotel -> otad -> a sink that prints each anomaly event
+# as it arrives (a few minutes; options: $(BIN)/otad demo --help).
+demo: $(STAMP)
+	$(BIN)/otad demo
 
 clean:
 	rm -rf $(VENV) otad-data .pytest_cache .mypy_cache
