@@ -138,11 +138,6 @@ class Pipeline:
     scorer = property(lambda self: self._scorer, doc="The current version's scorer (None before the first).")
 
     @property
-    def alive(self) -> bool:
-        """False when the worker thread died while the pipeline should be running (/healthz reports it)."""
-        return self._worker.is_alive() or self._stop.is_set() or self._worker.ident is None
-
-    @property
     def stalled(self) -> bool:
         """Rows are waiting and none has been stored for OTAD_PIPELINE_STALL_S (e.g. Milvus refuses every write)."""
         waiting = self._queued or self._in_hand

@@ -101,7 +101,7 @@ class Service:
     def status(self) -> dict:
         """/healthz and /readyz: the pipeline's status, `alive` (its threads run) and Milvus reachability."""
         st = self.pipeline.status()
-        alive = self.pipeline.alive and self.emitter.alive
+        alive = _pipeline_alive(self.pipeline) and self.emitter.alive
         st.update(alive=alive, milvus_reachable=self.milvus.reachable)
         st["ready"] = bool(st["ready"] and alive and self.milvus.reachable)
         return st
@@ -163,6 +163,13 @@ class Service:
         self.store.close()
         if self.lite is not None:
             self.lite.stop()
+
+
+def _pipeline_alive(pipeline: Pipeline) -> bool:
+    """False when the pipeline's worker thread died while it should be running (a bug: /healthz reports it).
+    Read here, not in receiver/pipeline.py, which is at its size limit."""
+    worker = pipeline._worker
+    return worker.is_alive() or pipeline._stop.is_set() or worker.ident is None
 
 
 def load_model(settings: Settings, *, incompatible_ok: bool = False) -> ModelVersion | None:
