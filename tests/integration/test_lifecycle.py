@@ -1,6 +1,7 @@
 """The model life cycle on a running pipeline, with real Milvus Lite and real training: a retrained version
 scores in shadow, is promoted and rolled back under load with no row lost or stored twice and no pause in
-scoring; a challenger is judged by its rules; retention deletes old rows and events and prunes old versions."""
+scoring (in-process and with scoring processes); a challenger is judged by its rules; retention deletes old
+rows and events and prunes old versions."""
 
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ def _challenger(lc: ModelLifecycle, timeout_s: float = 180) -> str:
     return lc.status()["challenger"]["version"]
 
 
-def test_promotion_and_rollback_under_load_lose_and_duplicate_no_row(running):
-    store, pipe, lc, _ = running()
+@pytest.mark.parametrize("score_process", [False, True], ids=["in-process", "scoring-process"])
+def test_promotion_and_rollback_under_load_lose_and_duplicate_no_row(running, score_process):
+    store, pipe, lc, _ = running(score_process=score_process)
     v1 = lc.status()["current"]
     with Load(pipe) as load:
         time.sleep(1.0)
@@ -159,7 +161,8 @@ def test_promotion_and_rollback_under_load_lose_and_duplicate_no_row(running):
     assert by_v2[0] > 0 and by_v2[-1] < len(load.uids) - 1
     gap = load.max_gap_s()
     print(
-        f"\n{len(load.uids)} rows under load; {len(by_v2)} scored by {v2}; switch {promote_switch_s * 1000:.1f} ms"
+        f"\n{len(load.uids)} rows under load; {len(by_v2)} scored by {v2}; "
+        f"switch {promote_switch_s * 1000:.1f} ms"
         f" (promotion, after {drain_s * 1000:.0f} ms finishing its shadow batches), "
         f"{rollback_switch_s * 1000:.1f} ms (rollback); longest pause between stored parts {gap:.2f}s"
     )
