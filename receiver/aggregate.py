@@ -1,7 +1,7 @@
 """Emit stage, before the sender: repeats of one anomaly pattern update one finding instead of each being an event.
 
-A *pattern* is general, never dataset-specific: the service, the signal, the kind of detector that fired first
-and the source record's outcome (`pattern_key`). Anomalies of one pattern whose times are within `window_s` of the
+A *pattern* is general, never dataset-specific: the service, the signal, the kind of detector that fired and
+the source record's outcome (`pattern_key`). Anomalies of one pattern whose times are within `window_s` of the
 previous one are one finding: its first event is activity Create; later anomalies raise its `count` and `last_seen` and are reported by
 Update events, at most `max_per_window` per finding per window (spaced at least `window_s / max_per_window`
 apart), plus one closing Update once the finding has been quiet for `window_s` with anomalies not yet reported.
@@ -24,7 +24,7 @@ from receiver.events import AnomalyEvent, Occurrence
 __all__ = ["EventLimits", "FindingAggregator", "pattern_key"]
 
 # The members that judge a whole record's content are one kind; the others each judge one aspect.
-_DETECTOR_KIND = {"knn": "content", "pattern": "content", "isolation": "content"}
+_CONTENT_MEMBERS = frozenset({"knn", "pattern", "isolation"})
 _MAX_OPEN = 10_000  # open findings kept; beyond it the quietest is closed early
 _MAX_PENDING_SOURCES = 200  # source uids kept per finding between two of its events
 
@@ -34,7 +34,7 @@ class EventLimits:
     """OTAD_EVENT_WINDOW_S, OTAD_EVENT_MAX_PER_WINDOW, OTAD_EVENT_MAX_PER_MINUTE; window 0: no aggregation."""
 
     window_s: float = 300.0
-    max_per_window: int = 3
+    max_per_window: int = 2
     max_per_minute: int = 60
 
     def __post_init__(self) -> None:
@@ -43,22 +43,23 @@ class EventLimits:
 
 
 def pattern_key(anomaly: Anomaly) -> tuple[str, ...]:
-    """What makes two anomalies "the same": service, signal, the kind of detector that fired first, and the
-    record's outcome (HTTP status class, else OCSF status).
+    """What makes two anomalies "the same": service, signal, the kind of detector that fired, and the record's
+    outcome (failed, refused, or not).
 
-    The detector's kind, not the set that fired: which members join the strongest one varies from record to
-    record within one incident. The operation, route and message are not part of it either: measured on the
-    simulator (docs/evaluation.md), an error burst touches every route of a service and a brute force every user
-    name, and splitting by them made 15-20 findings of one incident; the finding's events name the records.
+    The detector's kind is the first member that fired which judges one aspect (latency, errors, series), else
+    "content" (the members judging the whole record): which content members join varies from record to record
+    within one incident. The outcome is failed (OCSF status failure or HTTP 5xx), refused (HTTP 4xx) or ok. The
+    operation, route and message are not part of the pattern: measured on the simulator (docs/evaluation.md), an
+    error burst touches every route of a service and a brute force every user name, and splitting by them made
+    15-20 findings of one incident; each event names its records (`related_events`, `evidences`).
     """
     row, f = anomaly.row, anomaly.row.fields
-    strongest = anomaly.detector.split("+", 1)[0]
+    fired = anomaly.detector.split("+")
+    kind = next((name for name in fired if name not in _CONTENT_MEMBERS), "content")
     code = f.get("http_response.code")
-    if isinstance(code, int | float) and not isinstance(code, bool):
-        outcome = f"{int(code) // 100}xx"
-    else:
-        outcome = f"status {row.status_id}"
-    return (row.service, row.signal, _DETECTOR_KIND.get(strongest, strongest), outcome)
+    code = int(code) if isinstance(code, int | float) and not isinstance(code, bool) else 0
+    outcome = "failed" if row.status_id == 2 or code >= 500 else "refused" if code >= 400 else "ok"
+    return (row.service, row.signal, kind, outcome)
 
 
 @dataclass(slots=True)

@@ -418,3 +418,48 @@ def test_bad_arguments_are_rejected_clearly():
         AnomalyEmitter("localhost:1", version=VERSION, batch_size=100, max_buffer=10)
     with pytest.raises(ValueError, match="timeout_s"):
         AnomalyEmitter("localhost:1", version=VERSION, timeout_s=0)
+
+
+# ---------------------------------------------------------------- findings at a real sink
+
+
+def test_one_incident_reaches_the_sink_as_a_few_updates_of_one_finding(sink, emitters):
+    """300 anomalies of one pattern in 5 minutes, and one of another: the sink gets one finding per pattern, a
+    bounded number of events, the last with the full count, and no source record named twice."""
+    from dataclasses import replace
+
+    from receiver.aggregate import EventLimits, FindingAggregator
+
+    aggregator = FindingAggregator(EventLimits(window_s=120, max_per_window=2, max_per_minute=60), VERSION)
+    emitter = emitters(sink.endpoint)
+    emitter.aggregator = aggregator
+    emitter.start()
+    base = make_anomaly()
+    t0 = base.row.time_unix_nano
+    burst = [
+        replace(base, row=replace(base.row, uid=f"b{i}", time_unix_nano=t0 + i * 1_000_000_000))
+        for i in range(300)
+    ]
+    other = make_anomaly("other", resource={"service.name": "cart"})
+    other = replace(other, row=replace(other.row, service="cart", time_unix_nano=t0 + 10**9))
+    for i in range(0, 300, 25):  # batches as the pipeline hands them over
+        _, send = aggregator.add(burst[i : i + 25] + ([other] if i == 0 else []))
+        emitter.emit(send)
+        emitter.emit(aggregator.advance(burst[i + 24].row.time_ms))
+    emitter.emit(aggregator.advance(burst[-1].row.time_ms + 600_000))  # quiet since: the findings close
+    assert emitter.flush(5.0)
+    bodies = [json.loads(rec.body.string_value) for _, _, rec in sink.log_records()]
+    by_finding: dict[str, list[dict]] = {}
+    for body in bodies:
+        by_finding.setdefault(body["finding_info"]["uid"], []).append(body)
+    assert len(by_finding) == 2
+    (incident,) = [b for b in by_finding.values() if b[0]["resources"][0]["name"] == "payments"]
+    assert 2 <= len(incident) <= 2 * 3 + 1  # 300 s of anomalies, 2 events per 120 s window, and the last word
+    assert [b["activity_id"] for b in incident] == [1] + [2] * (len(incident) - 1)
+    assert incident[-1]["count"] == 300
+    assert incident[-1]["finding_info"]["last_seen_time"] == burst[-1].row.time_ms
+    named = [r["uid"] for b in incident for r in b["finding_info"]["related_events"]]
+    assert len(named) == len(set(named)) and set(named) <= {a.row.uid for a in burst}  # each at most once
+    assert all(len(b["finding_info"]["related_events"]) <= 50 for b in incident)  # bounded; `count` has all
+    for _, _, rec in sink.log_records():
+        assert rec.event_name == EVENT_NAME and "event.name" not in attrs(rec.attributes)

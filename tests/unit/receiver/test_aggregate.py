@@ -55,10 +55,10 @@ def counting() -> tuple[dict[str, int], object]:
 
 
 def test_the_pattern_is_service_signal_detector_kind_and_outcome():
-    base = pattern_key(anomaly(1, 0))
-    assert base == ("checkout", "logs", "content", "status 2")  # "pattern" fired first: a content detector
-    assert pattern_key(anomaly(2, 5, message="card 77 declined")) == base  # the message is not part of it
-    assert pattern_key(anomaly(1, 0, detector="knn+errors")) == base  # the same kind first
+    base = pattern_key(anomaly(1, 0, detector="pattern+knn"))
+    assert base == ("checkout", "logs", "content", "failed")  # OCSF status 2: failure
+    assert pattern_key(anomaly(2, 5, message="card 77 declined", detector="knn")) == base  # message not in it
+    assert pattern_key(anomaly(1, 0, detector="knn+errors")) == pattern_key(anomaly(1, 0, detector="errors"))
     assert pattern_key(anomaly(1, 0, detector="errors+pattern")) != base
     assert pattern_key(anomaly(1, 0, detector="latency")) != base
     assert pattern_key(anomaly(1, 0, service="cart")) != base
