@@ -325,6 +325,49 @@ def test_suppress_holds_only_in_its_scope_and_until_its_ttl(service, pki, capsys
     assert reported(service, "pay-c1")  # the TTL is over
 
 
+def test_an_entry_of_another_model_version_is_re_embedded(service, incident):
+    """Embeddings are version-specific: an entry made under another version gets the row's embedding under the
+    version scoring now (from its rows collection) before it is matched, and is stored so."""
+    from receiver.feedback import Feedback
+
+    version = service.pipeline.status()["model_version"]
+    row = service.store.query_rows(
+        version, "uid == {u}", {"u": "slow-a2"}, output_fields=["row", "embedding"]
+    )[0]
+    entry = {
+        "uid": "old-version-entry",
+        "kind": "suppress",
+        "source_uid": "slow-a2",
+        "service": "checkout",
+        "created_ms": int(time.time() * 1000),
+        "expires_ms": int(time.time() * 1000) + 600_000,
+        "model_version": "v-retired",
+        "revoked": False,
+        "record": {"by": "test", "radius": 0.02, "row": row["row"]},
+    }
+    service.store.upsert_feedback(entry, [1.0, 0.0, 0.0])  # another version's (narrower) embedding
+    fresh = Feedback(service.store, service.metrics, service.settings.models_dir, lambda: version)
+    try:
+        (active,) = [e for e in fresh._for_version(version) if e.uid == "old-version-entry"]
+        assert active.version == version
+        expected = [float(x) for x in row["embedding"]]
+        assert (
+            active.unit is not None
+            and abs(float(active.unit @ expected) / (sum(x * x for x in expected) ** 0.5) - 1) < 1e-5
+        )
+        (stored_entry,) = service.store.feedback_entries(uid="old-version-entry")
+        assert stored_entry["model_version"] == version and len(stored_entry["embedding"]) == len(expected)
+    finally:
+        fresh.revoke("old-version-entry", by="test", reason="cleanup")
+
+
+def test_anomalies_reads_the_store_when_no_service_answers(tmp_path, capsys):
+    code = main(["anomalies", "--data-dir", str(tmp_path / "data"), "--endpoint", "localhost:1"])
+    out = capsys.readouterr()
+    assert code == 0 and "no anomalies stored yet" in out.out
+    assert "reading the store directly" in out.err
+
+
 def test_feedback_survives_a_restart(service, pki, capsys):
     """Last in this module: the service restarts on its data dir and finds every entry, audited."""
     code, before = cli(capsys, "feedback", "list", "--all", transport=(service, pki, "grpc"))
@@ -338,7 +381,7 @@ def test_feedback_survives_a_restart(service, pki, capsys):
         code, after = cli(capsys, "feedback", "list", "--all", transport=(again, pki, "http"))
         assert code == 0, after
         assert after["feedback"] == before["feedback"]
-        revoked = next(f for f in after["feedback"] if f.get("revoked"))
-        assert revoked["revoke_reason"] == "test over" and revoked["revoked_by"].startswith("token:")
+        revoked = next(f for f in after["feedback"] if f.get("revoke_reason") == "test over")
+        assert revoked["revoked"] and revoked["revoked_by"].startswith("token:") and not revoked.get("active")
     finally:
         again.stop(5)
