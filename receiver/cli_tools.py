@@ -32,8 +32,9 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(environ):
         if not name.upper().startswith("OTAD_") or name.upper() in known or name.upper() in _NOT_SETTINGS:
             continue
-        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else " (otad ignores it)"
+        # Compared without the shared prefix, which would make any two names look alike.
+        close = difflib.get_close_matches(name.upper()[5:], sorted(k[5:] for k in known), n=1, cutoff=0.7)
+        hint = f"; did you mean OTAD_{close[0]}?" if close else " (otad ignores it)"
         warnings.append(f"otad: warning: {name} is not an otad setting{hint}")
     return warnings
 

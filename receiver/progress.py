@@ -33,11 +33,8 @@ class Progress:
         now = time.monotonic()
         if now - self._said >= self.every_s or self.done >= self.total or note:
             self._said = now
-            rate = self.done / max(now - self._started, 1e-9)
-            sys.stderr.write(
-                f"  {self.desc} {self.done:,.0f}/{self.total:,.0f} {self.unit} ({rate:,.0f}/s) {note}".rstrip()
-                + "\n"
-            )
+            rate = f"({self.done / max(now - self._started, 1e-9):,.0f}/s)" if not note else note
+            sys.stderr.write(f"  {self.desc} {self.done:,.0f}/{self.total:,.0f} {self.unit} {rate}\n")
 
     def close(self) -> None:
         self.bar.close()

@@ -210,7 +210,14 @@ def _timeline(data: ReportData) -> str:
 
 
 def _explanations(data: ReportData, top: int) -> str:
-    best = sorted(data.anomalies, key=lambda a: -a["score"])[:top]
+    # The strongest first, at most two per service and signal: more kinds of anomaly shown.
+    best: list[dict[str, Any]] = []
+    per_stream: dict[tuple[str, str], int] = {}
+    for a in sorted(data.anomalies, key=lambda a: -a["score"]):
+        key = (a["service"], a["signal"])
+        if per_stream.get(key, 0) < 2 and len(best) < top:
+            best.append(a)
+            per_stream[key] = per_stream.get(key, 0) + 1
     items = []
     for a in best:
         neighbors = "".join(f"<li>{esc(n)}</li>" for n in a["neighbors"][:3])
@@ -269,7 +276,10 @@ def render(data: ReportData, top: int = 10) -> str:
     """The whole page as one string (no external reference: the test checks for none)."""
     panels = {
         "timeline": ("Anomalies over time, per service and signal", _timeline(data)),
-        "explanations": (f"Top {top} explanations, with their nearest normal rows", _explanations(data, top)),
+        "explanations": (
+            f"Top {top} explanations (two per service and signal), with their nearest normal rows",
+            _explanations(data, top),
+        ),
         "scores": (
             "Score distributions (0-100; per detector member: -log10 p on the same scale)",
             _scores(data),

@@ -105,7 +105,8 @@ def lines(
     for name, (a, b) in (points or {}).items():
         parts.append(
             f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="4" fill="{ANOMALY}"><title>{esc(name)}</title></circle>'
-            f'<text x="{sx(a) + 6:.1f}" y="{sy(b) - 6:.1f}" font-size="10">{esc(name)}</text>'
+            f'<text x="{sx(a) + (-6 if a > 0.5 * (min(xs) + max(xs)) else 6):.1f}" y="{sy(b) + 14:.1f}" '
+            f'text-anchor="{"end" if a > 0.5 * (min(xs) + max(xs)) else "start"}" font-size="10">{esc(name)}</text>'
         )
     return _svg(width, height, parts + _legend(list(series), width), label)
 
