@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anomaly-rate", type=float, default=0.1)
     ap.add_argument("--bootstrap", type=int, default=5000)
     ap.add_argument("--window-s", type=float, default=300.0)
-    ap.add_argument("--max-per-window", type=int, default=3)
+    ap.add_argument("--max-per-window", type=int, default=2)
     ap.add_argument("--max-per-minute", type=int, default=60)
     ap.add_argument("--patterns", action="store_true", help="list each episode's patterns")
     print(json.dumps(run(ap.parse_args(argv)), indent=1))

@@ -189,8 +189,8 @@ def resolve_export(settings: Settings, environ: Mapping[str, str] | None = None)
     endpoint_pick = _pick(settings, env, "export_endpoint", "ENDPOINT")
     endpoint = None
     if endpoint_pick is not None:
-        if insecure is None and any(files.values()):
-            insecure = False  # a certificate was given: TLS, even for HOST:PORT
+        if insecure is None and any(files.values()) and "://" not in str(endpoint_pick[0]):
+            insecure = False  # HOST:PORT and a certificate given: TLS
         endpoint, insecure = _endpoint(str(endpoint_pick[0]), endpoint_pick[1], protocol, insecure)
         sources["endpoint"] = endpoint_pick[1]
     if insecure and any(files.values()):

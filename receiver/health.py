@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 class MilvusWatch:
     """Pings Milvus every `interval_s` from its own thread; `reachable` is the last answer (no probe waits)."""
 
-    def __init__(self, ping: Callable[[], bool], interval_s: float = 5.0) -> None:
-        self._ping, self.interval_s = ping, interval_s
+    def __init__(
+        self, ping: Callable[[], bool], interval_s: float = 5.0, on_tick: Callable[[], None] | None = None
+    ) -> None:
+        self._ping, self.interval_s, self._on_tick = ping, interval_s, on_tick
         self.reachable = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otad-milvus-watch", daemon=True)
@@ -59,6 +61,11 @@ class MilvusWatch:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.check()
+            if self._on_tick is not None:
+                try:
+                    self._on_tick()
+                except Exception:
+                    logger.exception("publishing the health status failed")
 
 
 class _Server(ThreadingHTTPServer):

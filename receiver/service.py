@@ -9,6 +9,8 @@ import gc
 import logging
 from pathlib import Path
 
+from grpc_health.v1.health_pb2 import HealthCheckResponse
+
 from model.features import ContractVersionError
 from model.heap import settle_heap
 from model.version import ModelVersion
@@ -28,6 +30,7 @@ from storage import MilvusStore
 from storage.lite_process import LiteServerProcess, is_lite_uri, reclaim, running_endpoint
 
 logger = logging.getLogger("otad")
+READINESS_SERVICE = "otad.readiness"  # the gRPC health name of readiness (helm/otad readinessProbe.grpc.service)
 
 
 def open_store(settings: Settings, *, serve: bool = False, owner=None):
@@ -85,7 +88,7 @@ class Service:
             raise
         self.metrics.registry.register(ModelCollector(self._model_meta, settings.detector_names))
         tls, auth = security
-        self.milvus = MilvusWatch(self.store.ping)
+        self.milvus = MilvusWatch(self.store.ping, on_tick=self._publish_health)
         self.health = HealthServer(
             settings.metrics_endpoint,
             self.metrics.registry,
@@ -97,6 +100,13 @@ class Service:
     def _model_meta(self) -> dict | None:
         mv = getattr(self.pipeline.scorer, "mv", None)
         return getattr(mv, "meta", None)
+
+    def _publish_health(self) -> None:
+        """The same answers on gRPC health, for the chart's native gRPC probes: "" is liveness,
+        `otad.readiness` readiness (ignored once the gRPC server is shutting down)."""
+        st, serving, not_serving = self.status(), HealthCheckResponse.SERVING, HealthCheckResponse.NOT_SERVING
+        self.grpc.health.set(READINESS_SERVICE, serving if st["ready"] else not_serving)
+        self.grpc.health.set("", serving if st["alive"] else not_serving)
 
     def status(self) -> dict:
         """/healthz and /readyz: the pipeline's status, `alive` (its threads run) and Milvus reachability."""
@@ -124,6 +134,7 @@ class Service:
         self.grpc.start()
         self.api.start()
         self.http.start()
+        self._publish_health()
         self.milvus.start()
         self.health.start()
         st = self.pipeline.status()
@@ -147,6 +158,7 @@ class Service:
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting (health NOT_SERVING), finish in-flight batches within `grace_s`, checkpoint the spool."""
         self.pipeline.draining = True
+        self.milvus.stop()
         self.http.stop(min(grace_s, 5.0))
         self.grpc.stop(min(grace_s, 5.0))
         self.api.stop(min(grace_s, 2.0))
@@ -158,7 +170,6 @@ class Service:
         self.emitter.flush(min(grace_s, 5.0))
         self.emitter.shutdown(2.0)
         gc.unfreeze()  # what was frozen at start can be collected again (matters when a process runs several)
-        self.milvus.stop()
         self.health.stop()
         self.store.close()
         if self.lite is not None:

@@ -12,6 +12,7 @@ import urllib.request
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
 from receiver.service import Service
@@ -36,6 +37,17 @@ def export_logs(service: Service, n: int = 3) -> None:
     try:
         records = [(1_762_041_600_000_000_000 + i, f"hello {i}", {}, 9) for i in range(n)]
         logs_service_pb2_grpc.LogsServiceStub(channel).Export(log_request(records), timeout=10)
+    finally:
+        channel.close()
+
+
+def grpc_health(service: Service, name: str) -> str:
+    channel = grpc.insecure_channel(f"localhost:{service.grpc_port}")
+    try:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=name), timeout=5
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     finally:
         channel.close()
 
@@ -92,11 +104,15 @@ def test_readyz_is_not_ready_while_milvus_is_unreachable_and_the_spool_still_acc
     try:
         url = f"http://localhost:{service.health.port}/readyz"
         assert get(url)[0] == 200
+        assert grpc_health(service, "otad.readiness") == "SERVING"
         assert service.lite is not None
         service.lite.stop()  # Milvus Lite gone
         assert service.milvus.check() is False
         status, body = get(url)
         assert status == 503 and json.loads(body)["milvus_reachable"] is False
+        service._publish_health()  # what the watcher does after each ping
+        assert grpc_health(service, "otad.readiness") == "NOT_SERVING"  # the chart's readiness probe
+        assert grpc_health(service, "") == "SERVING"  # liveness: no restart for an outage elsewhere
         export_logs(service)  # acknowledged: the rows are in the spool, stored once Milvus is back
     finally:
         service.stop(2)

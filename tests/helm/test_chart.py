@@ -391,7 +391,8 @@ def test_pod_hardening_and_probes(rendered):
             if scenario == "tls-auth-values.yaml":  # kubelet gRPC probes cannot do TLS
                 assert c[probe]["httpGet"]["port"] == "metrics", scenario
             else:
-                assert c[probe]["grpc"] == {"port": 4317}, (scenario, probe)
+                service = {"service": "otad.readiness"} if probe == "readinessProbe" else {}
+                assert c[probe]["grpc"] == {"port": 4317, **service}, (scenario, probe)
 
 
 def test_services_expose_otlp_with_app_protocol_grpc(rendered):

@@ -25,9 +25,15 @@ so a ServiceMonitor scrapes each pod once, through the main Service). */}}
 httpGet:
   path: {{ $path }}
   port: metrics
+  {{- if $root.Values.config.metrics_tls }}
+  scheme: HTTPS
+  {{- end }}
 {{- else }}
 grpc:
   port: {{ index $root.Values.ports "otlp" "containerPort" }}
+  {{- if eq $path "/readyz" }}
+  service: otad.readiness
+  {{- end }}
 {{- end }}
 {{- toYaml $probe | nindent 0 }}
 {{- end }}
