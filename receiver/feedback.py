@@ -55,16 +55,17 @@ class FoundRow:
     anomaly: dict[str, Any] | None
 
 
-def find_row(store: MilvusStore, uid: str, versions: list[str]) -> FoundRow:
+def find_row(store: MilvusStore, uid: str, versions: list[str], *, anomaly_first: bool = True) -> FoundRow:
     """The stored row with this uid (or the source row of the anomaly with this uid), searched in the anomaly's
-    model version and then `versions`.
+    model version and then `versions` (with `anomaly_first=False`: `versions` first).
 
     Raises:
         LookupError: no such row is stored.
     """
     anomaly = store.anomaly_by_uid(uid)
     source = str(anomaly["source_uid"]) if anomaly else uid
-    order = ([str(anomaly["model_version"])] if anomaly else []) + versions
+    own = [str(anomaly["model_version"])] if anomaly else []
+    order = own + versions if anomaly_first else versions + own
     for version in dict.fromkeys(v for v in order if v):
         try:
             hits = store.query_rows(
@@ -167,7 +168,7 @@ class Feedback:
         if ttl_s < 0 or radius < 0 or radius > 2:
             raise ValueError("ttl_seconds must be >= 0 and radius within [0, 2] (cosine distance)")
         current = self.current_version()
-        found = find_row(self.store, uid, [current] if current else [])
+        found = find_row(self.store, uid, [current] if current else [], anomaly_first=False)
         if kind == "suppress":
             service = "" if service == "*" else (service or str(found.row["service"]))
             ttl_s = ttl_s or SUPPRESS_TTL_S
@@ -305,6 +306,8 @@ class Feedback:
         out = []
         for e in entries:
             if e.expires_ms and e.expires_ms <= now:
+                with self._lock:
+                    self._active.pop(e.uid, None)  # expired: stays stored, listed as inactive
                 continue
             if e.version != version:
                 e = self._re_embed(e, version)
@@ -318,7 +321,7 @@ class Feedback:
             return e
         entry = stored[0]
         try:
-            found = find_row(self.store, entry["source_uid"], [version])
+            found = find_row(self.store, entry["source_uid"], [version], anomaly_first=False)
             vector = found.vector if found.version == version else None
         except LookupError:
             vector = None
