@@ -127,6 +127,7 @@ class ApiGrpcServer:
 
     def start(self) -> None:
         self.server.start()
+        logger.info("otad's API: gRPC on port %d, and JSON under /v1/otad/ on the OTLP/HTTP port", self.port)
 
     def stop(self, grace_s: float = 5.0) -> None:
         self.server.stop(grace_s).wait(grace_s + 1)

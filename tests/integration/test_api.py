@@ -325,6 +325,28 @@ def test_suppress_holds_only_in_its_scope_and_until_its_ttl(service, pki, capsys
     assert reported(service, "pay-c1")  # the TTL is over
 
 
+def test_mark_normal_over_http_with_a_scope_and_a_ttl(service, pki, capsys):
+    code, out = cli(
+        capsys,
+        "feedback",
+        "normal",
+        "pay-c1",
+        "--service",
+        "billing",
+        "--ttl",
+        "1m",
+        transport=(service, pki, "http"),
+    )
+    assert code == 0, out
+    entry = out["feedback"]
+    assert entry["service"] == "billing" and entry["source_uid"] == "pay-c1" and entry["active"]
+    assert int(entry["expires_unix_nano"]) - int(entry["created_unix_nano"]) == 60 * 10**9
+    code, out = cli(
+        capsys, "feedback", "revoke", entry["id"], "--by", "bob", transport=(service, pki, "grpc")
+    )
+    assert code == 0 and out["feedback"]["revoked_by"] == "bob" and not out["feedback"].get("active")
+
+
 def test_an_entry_of_another_model_version_is_re_embedded(service, incident):
     """Embeddings are version-specific: an entry made under another version gets the row's embedding under the
     version scoring now (from its rows collection) before it is matched, and is stored so."""
