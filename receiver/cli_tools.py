@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 # Variables with the prefix that are not settings: set by otad for its children, or read by its tests and tools.
-_NOT_SETTINGS = {"OTAD_LITE_NICE", "OTAD_LITE_PARENT_PID", "OTAD_FUZZ_SCALE", "OTAD_BENCH_PROFILE"}
+# OTAD_API_TOKEN is the API client's bearer token (receiver/cli_api.py), not a setting of the service.
+_NOT_SETTINGS = {
+    "OTAD_LITE_NICE",
+    "OTAD_LITE_PARENT_PID",
+    "OTAD_FUZZ_SCALE",
+    "OTAD_BENCH_PROFILE",
+    "OTAD_API_TOKEN",
+}
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -28,6 +35,10 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
 
     environ = os.environ if environ is None else environ
     known = {"OTAD_" + name.upper() for name in Settings.model_fields}
+    for info in Settings.model_fields.values():  # names given by aliases (e.g. AliasChoices) count as known
+        alias = info.validation_alias
+        choices = getattr(alias, "choices", [alias])
+        known |= {c.upper() for c in choices if isinstance(c, str) and c.upper().startswith("OTAD_")}
     warnings = []
     for name in sorted(environ):
         if not name.upper().startswith("OTAD_") or name.upper() in known or name.upper() in _NOT_SETTINGS:

@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class EventPrinter(logs_service_pb2_grpc.LogsServiceServicer):
     """The sink behind otad's emitter: an OTLP/gRPC LogsService that prints one line per anomaly event."""
 
-    def __init__(self, out=sys.stdout) -> None:
-        self.out, self.events, self._lock = out, 0, threading.Lock()
+    def __init__(self, out=sys.stdout, width: int = 160) -> None:
+        self.out, self.width, self.events, self._lock = out, width, 0, threading.Lock()
         self._server: grpc.Server | None = None
         self.port = 0
 
@@ -83,9 +83,12 @@ class EventPrinter(logs_service_pb2_grpc.LogsServiceServicer):
             except (ValueError, KeyError, TypeError):
                 text = record.body.string_value[:200]
         when = time.strftime("%H:%M:%S", time.gmtime(record.time_unix_nano / 1e9))
+        count = attrs["anomaly.finding.count"].int_value if "anomaly.finding.count" in attrs else 1
+        seen = f"x{count}" if count > 1 else ""  # an Update of a finding: its anomalies so far
+        text = text if len(text) <= self.width else text[: self.width - 1] + "…"
         with self._lock:
             self.events += 1
-            self.out.write(f"{when}  {score:5.1f}  {signal:<7} {service:<16} {text}\n")
+            self.out.write(f"{when}  {score:5.1f} {seen:>5}  {signal:<7} {service:<10} {text}\n")
             self.out.flush()
 
 
@@ -132,6 +135,29 @@ def simulate(target: str, args: argparse.Namespace) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def watch(service, out, app_done, settle_s: float = 3.0, timeout_s: float = 600.0) -> None:
+    """Say when otad changes state (collecting, training, scoring) until the application has finished and otad
+    has taken in, trained on and scored everything (nothing new for `settle_s`)."""
+    said, last, quiet_since = "", None, time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = service.pipeline.status()
+        if st["state"] != said:
+            said = st["state"]
+            note = {"collecting": f"collecting {st['bootstrap_rows']} records for the first model",
+                    "training": f"training the first model on {st['backlog_rows']} records",
+                    "scoring": f"scoring with model {st['model_version']}"}.get(said, said)  # fmt: skip
+            out.write(f"otad demo: otad is {note}\n")
+            out.flush()
+        seen = (st["state"], st["processed_rows"], st["backlog_rows"], st["queued_rows"])
+        if seen != last:
+            last, quiet_since = seen, time.monotonic()
+        settled = time.monotonic() - quiet_since >= settle_s and st["state"] != "training"
+        if app_done() and settled and service.pipeline.wait_idle(0.1):
+            return
+        time.sleep(0.2)
+
+
 def run_demo(args: argparse.Namespace, data_dir: Path, out=sys.stdout) -> int:
     """Run the demo; returns the number of anomaly events printed."""
     from receiver.service import Service
@@ -162,9 +188,7 @@ def run_demo(args: argparse.Namespace, data_dir: Path, out=sys.stdout) -> int:
         )
         out.flush()
         app = simulate(target, args)
-        app.wait()
-        time.sleep(1.0)  # rotel's batch timeout
-        service.pipeline.wait_idle(120)
+        watch(service, out, lambda: app.poll() is not None)
         service.emitter.flush(10)
     finally:
         if rotel is not None:
@@ -172,7 +196,11 @@ def run_demo(args: argparse.Namespace, data_dir: Path, out=sys.stdout) -> int:
             rotel.wait(10)
         service.stop(10)
         printer.stop()
-    out.write(f"otad demo: {printer.events} anomaly events; model state {service.pipeline.state}\n")
+    st = service.pipeline.status()
+    out.write(
+        f"otad demo: {printer.events} anomaly events printed; otad scored {st['processed_rows']} records "
+        f"(state {st['state']}, {st['anomalies']} anomalies)\n"
+    )
     return printer.events
 
 

@@ -1,4 +1,4 @@
-"""`otad demo` (what `make demo` runs), short: the simulator sends 60 simulated seconds through rotel (a real
+"""`otad demo` (what `make demo` runs), short: the simulator sends 3 simulated minutes through rotel (a real
 Collector) to otad, which trains its first model on the first records and exports anomaly events to the demo's
 sink, which prints them as they arrive."""
 
@@ -21,14 +21,18 @@ def test_a_short_demo_prints_anomalies_from_the_sink(tmp_path):
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"rotel-agent from the rotel wheel cannot run on this machine: {exc}")
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "demo", "--duration", "60", "--rate", "20", "--speedup", "20",
+        [sys.executable, "-m", "receiver.cli", "demo", "--duration", "180", "--rate", "10", "--speedup", "30",
          "--anomaly-rate", "0.3", "--bootstrap-rows", "1500", "--epochs", "2", "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=420,
     )  # fmt: skip
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert re.search(r"simulator -> rotel 127\.0\.0\.1:\d+ -> otad :\d+ -> sink", out), out[:500]
-    events = [line for line in out.splitlines() if re.match(r"\d\d:\d\d:\d\d +\d+\.\d ", line)]
-    summary = re.search(r"otad demo: (\d+) anomaly events", out)
+    events = [
+        line
+        for line in out.splitlines()
+        if re.match(r"\d\d:\d\d:\d\d +\d+\.\d +(x\d+)? +(logs|traces|metrics) ", line)
+    ]
+    summary = re.search(r"otad demo: (\d+) anomaly events printed", out)
     assert summary and int(summary.group(1)) == len(events) > 0, out[-3000:]
     assert (tmp_path / "rotel.log").exists()

@@ -130,3 +130,30 @@ def test_the_report_is_one_page_with_every_panel_and_nothing_to_fetch():
     assert page.count("<svg") >= 5 and "latency &lt;b&gt;" in page
     assert not re.search(r"<script|<link|<img|src=|href=|url\(|@import", page)
     assert set(re.findall(r"https?://[^\s\"']+", page)) == {"http://www.w3.org/2000/svg"}  # a namespace only
+
+
+def test_anomalies_follow_prints_each_new_anomaly_once(clean_env, tmp_path, monkeypatch, capsys):
+    import argparse
+    import time
+
+    now = int(time.time() * 1000)
+    a1 = {"uid": "f1", "detected_ms": now + 10, "time_ms": now, "score": 91.0, "signal": "logs",
+          "service": "auth", "explanation": "38 failed logins in 60 s"}  # fmt: skip
+    a2 = {**a1, "uid": "f2", "detected_ms": now + 20, "explanation": "latency 2,310 ms"}
+    answers = [[], [a1], [a1, a2], [a2]]
+    asked = []
+
+    class Store:
+        def latest_anomalies(self, limit, *, service=None, min_score=None, since_ms=None):
+            asked.append(since_ms)
+            return answers[len(asked) - 1]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("receiver.service.open_store", lambda settings: Store())
+    args = argparse.Namespace(data_dir=tmp_path, milvus_uri=None, service=None, min_score=None, interval=0.0)
+    assert cli_tools.follow(args, polls=4) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith("38 failed logins in 60 s") and lines[1].endswith("2,310 ms")
+    assert asked[0] == asked[1] >= now - 1 and asked[2] == a1["detected_ms"] and asked[3] == a2["detected_ms"]
