@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import pickle
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from receiver.aggregate import pattern_key  # noqa: E402
+from receiver.aggregate import EventLimits, FindingAggregator, pattern_key  # noqa: E402
 from receiver.service import Service  # noqa: E402
 from receiver.settings import Settings  # noqa: E402
 from tests.otlp_sink import OtlpSink  # noqa: E402
@@ -91,13 +92,22 @@ def run(a: argparse.Namespace) -> dict:
         assert aggregator is not None
         add = aggregator.add
 
+        advance = aggregator.advance
+        ops: list[tuple[str, object]] = []  # every call, for --replay with other limits
+
         def recording_add(anomalies):
+            ops.append(("add", list(anomalies)))
             stored, send = add(anomalies)
             found.extend((e.anomaly.row.uid, e.finding_uid) for e in stored)
             keys.update({e.finding_uid: pattern_key(e.anomaly) for e in stored})
             return stored, send
 
+        def recording_advance(time_ms):
+            ops.append(("advance", time_ms))
+            return advance(time_ms)
+
         aggregator.add = recording_add  # type: ignore[method-assign]
+        aggregator.advance = recording_advance  # type: ignore[method-assign]
         service.start()
         t0 = time.monotonic()
         try:
@@ -117,6 +127,38 @@ def run(a: argparse.Namespace) -> dict:
         for _, _, rec in sink.log_records():
             body = json.loads(rec.body.string_value)
             events.append((body["finding_info"]["uid"], body["activity_id"], rec.time_unix_nano))
+    with open(work / "ops.pkl", "wb") as handle:
+        pickle.dump({"ops": ops, "cut": cut, "minutes": a.minutes, "seed": a.seed}, handle)
+    out = tally(work, found, events, keys, cut, a)
+    out["wall_seconds"] = round(wall, 1)
+    return out
+
+
+def replay(a: argparse.Namespace) -> dict:
+    """The aggregation of a recorded run (--replay WORK) again, with other limits; no service, same anomalies."""
+    work = Path(a.replay)
+    with open(work / "ops.pkl", "rb") as handle:
+        rec = pickle.load(handle)  # noqa: S301 (our own file)
+    a.minutes, a.seed = rec["minutes"], rec["seed"]
+    agg = FindingAggregator(EventLimits(a.window_s, a.max_per_window, a.max_per_minute), "replay")
+    found: list[tuple[str, str]] = []
+    keys: dict[str, tuple] = {}
+    sent = []
+    for op, arg in rec["ops"]:
+        if op == "add":
+            stored, send = agg.add(arg)
+            found.extend((e.anomaly.row.uid, e.finding_uid) for e in stored)
+            keys.update({e.finding_uid: pattern_key(e.anomaly) for e in stored})
+            sent += send
+        else:
+            sent += agg.advance(arg)
+    sent += agg.flush()
+    events = [(e.finding_uid, e.finding["activity_id"], e.anomaly.row.time_unix_nano) for e in sent]
+    return tally(work, found, events, keys, rec["cut"], a)
+
+
+def tally(work: Path, found: list, events: list, keys: dict, cut: int, a: argparse.Namespace) -> dict:
+    """long: the figures of one run: per hour, per episode."""
     of, eps = episodes(work / "labels.csv")
     ep_findings: dict[int, set[str]] = defaultdict(set)
     ep_anomalies: dict[int, int] = defaultdict(int)
@@ -164,7 +206,6 @@ def run(a: argparse.Namespace) -> dict:
         "max_events_per_episode": max((p["events_after"] for p in detected), default=0),
         "max_anomalies_per_episode": max((p["anomalies_before"] for p in detected), default=0),
         "per_episode": per_episode,
-        "wall_seconds": round(wall, 1),
         "work": str(work),
     }
 
@@ -180,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-per-window", type=int, default=2)
     ap.add_argument("--max-per-minute", type=int, default=60)
     ap.add_argument("--patterns", action="store_true", help="list each episode's patterns")
-    print(json.dumps(run(ap.parse_args(argv)), indent=1))
+    ap.add_argument("--replay", default=None, help="a previous run's work dir: aggregate its anomalies again")
+    a = ap.parse_args(argv)
+    print(json.dumps(replay(a) if a.replay else run(a), indent=1))
     return 0
 
 

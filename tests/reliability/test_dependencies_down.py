@@ -146,6 +146,7 @@ def test_export_endpoint_down_events_are_retried_and_kept(tmp_path):
             metrics_endpoint="localhost:0",
             export_endpoint=f"localhost:{port}",
             export_timeout_s=3,
+            event_window_s=0,  # one event per anomaly: the second must be sent on its own (receiver/aggregate.py)
             bootstrap_rows=600,
             train_epochs=4,
             batch_wait_ms=20,
