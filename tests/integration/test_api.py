@@ -394,8 +394,14 @@ def test_feedback_survives_a_restart(service, pki, capsys):
     """Last in this module: the service restarts on its data dir and finds every entry, audited."""
     code, before = cli(capsys, "feedback", "list", "--all", transport=(service, pki, "grpc"))
     assert code == 0 and len(before["feedback"]) >= 2
+    code, err = cli(capsys, "models", "promote", "v-unknown", transport=(service, pki, "http"))
+    assert code == 1 and "NOT_FOUND" in err
+    code, job = cli(capsys, "models", "retrain", "--reason", "api test", transport=(service, pki, "grpc"))
+    assert code == 0 and job["id"].startswith("retrain-"), job
+    code, status = cli(capsys, "models", "status", transport=(service, pki, "http"))
+    assert code == 0 and status["details"]["last_retrain"]["job"] == job["id"], status
     settings = service.settings
-    service.stop(5)
+    service.stop(5)  # the retrain stops at its next epoch
     service.stop = lambda *_: None  # the fixture's stop is done
     again = Service(settings)
     again.start()
