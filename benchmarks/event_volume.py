@@ -86,6 +86,7 @@ def run(a: argparse.Namespace) -> dict:
             event_window_s=a.window_s,
             event_max_per_window=a.max_per_window,
             event_max_per_minute=a.max_per_minute,
+            event_wait_s=a.wait_s,
         )
         service = Service(settings)
         aggregator = service.emitter.aggregator
@@ -140,7 +141,7 @@ def replay(a: argparse.Namespace) -> dict:
     with open(work / "ops.pkl", "rb") as handle:
         rec = pickle.load(handle)  # noqa: S301 (our own file)
     a.minutes, a.seed = rec["minutes"], rec["seed"]
-    agg = FindingAggregator(EventLimits(a.window_s, a.max_per_window, a.max_per_minute), "replay")
+    agg = FindingAggregator(EventLimits(a.window_s, a.max_per_window, a.max_per_minute, a.wait_s), "replay")
     found: list[tuple[str, str]] = []
     keys: dict[str, tuple] = {}
     sent = []
@@ -192,6 +193,7 @@ def tally(work: Path, found: list, events: list, keys: dict, cut: int, a: argpar
             "window_s": a.window_s,
             "max_per_window": a.max_per_window,
             "max_per_minute": a.max_per_minute,
+            "wait_s": a.wait_s,
         },
         "anomalies": len(found),
         "events": len(events),
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anomaly-rate", type=float, default=0.1)
     ap.add_argument("--bootstrap", type=int, default=5000)
     ap.add_argument("--window-s", type=float, default=300.0)
-    ap.add_argument("--max-per-window", type=int, default=2)
+    ap.add_argument("--max-per-window", type=int, default=1)
+    ap.add_argument("--wait-s", type=float, default=60.0)
     ap.add_argument("--max-per-minute", type=int, default=60)
     ap.add_argument("--patterns", action="store_true", help="list each episode's patterns")
     ap.add_argument("--replay", default=None, help="a previous run's work dir: aggregate its anomalies again")

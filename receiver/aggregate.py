@@ -1,12 +1,13 @@
 """Emit stage, before the sender: repeats of one anomaly pattern update one finding instead of each being an event.
 
-A *pattern* is general, never dataset-specific: the service, the signal, the kind of detector that fired and
-the source record's outcome (`pattern_key`). Anomalies of one pattern whose times are within `window_s` of the
-previous one are one finding: its first event is activity Create; later anomalies raise its `count` and `last_seen` and are reported by
-Update events, at most `max_per_window` per finding per window (spaced at least `window_s / max_per_window`
-apart), plus one closing Update once the finding has been quiet for `window_s` with anomalies not yet reported.
-A global bound, `max_per_minute`, holds events back (never drops them) when many findings are open at once: a
-held-back Create or closing Update goes out in a later minute, so every finding is reported at least once.
+A *pattern* is general, never dataset-specific: the service, the signal, the source record's outcome and, when
+it did not fail, the kind of detector that fired (`pattern_key`). Anomalies of one pattern less than `window_s`
+apart are one finding. Its first event, activity Create, waits `wait_s` for the first repeats (as Alertmanager's
+group_wait does), so a short burst is one event with its count; later anomalies raise `count` and `last_seen` and
+are reported by Update events, at most `max_per_window` per finding per window (spaced `window_s /
+max_per_window` apart), plus one closing Update once the finding has been quiet for `window_s` with anomalies not
+yet reported. A global bound, `max_per_minute`, holds events back (never drops them) when many findings are open
+at once: a held-back Create or closing Update goes out in a later minute, so every finding is reported.
 
 Time is the records' own (the latest record time seen, across all rows), so a replay aggregates like live
 traffic. Every anomaly is stored whatever happens here (receiver/writer.py); only the emission is aggregated.
@@ -31,35 +32,38 @@ _MAX_PENDING_SOURCES = 200  # source uids kept per finding between two of its ev
 
 @dataclass(frozen=True, slots=True)
 class EventLimits:
-    """OTAD_EVENT_WINDOW_S, OTAD_EVENT_MAX_PER_WINDOW, OTAD_EVENT_MAX_PER_MINUTE; window 0: no aggregation."""
+    """OTAD_EVENT_WINDOW_S, _MAX_PER_WINDOW, _MAX_PER_MINUTE, _WAIT_S; window 0: no aggregation."""
 
     window_s: float = 300.0
-    max_per_window: int = 2
+    max_per_window: int = 1
     max_per_minute: int = 60
+    wait_s: float = 60.0  # the Create waits this long for the first repeats (Alertmanager's group_wait)
 
     def __post_init__(self) -> None:
-        if self.window_s < 0 or self.max_per_window < 1 or self.max_per_minute < 1:
-            raise ValueError(f"need window_s >= 0 and both maxima >= 1, got {self}")
+        if self.window_s < 0 or self.max_per_window < 1 or self.max_per_minute < 1 or self.wait_s < 0:
+            raise ValueError(f"need window_s, wait_s >= 0 and both maxima >= 1, got {self}")
 
 
 def pattern_key(anomaly: Anomaly) -> tuple[str, ...]:
-    """What makes two anomalies "the same": service, signal, the kind of detector that fired, and the record's
-    outcome (failed, refused, or not).
+    """What makes two anomalies "the same": service, signal, the record's outcome (failed, refused, or ok) and,
+    for records that did not fail, the kind of detector that fired.
 
-    The detector's kind is the first member that fired which judges one aspect (latency, errors, series), else
-    "content" (the members judging the whole record): which content members join varies from record to record
-    within one incident. The outcome is failed (OCSF status failure or HTTP 5xx), refused (HTTP 4xx) or ok. The
-    operation, route and message are not part of the pattern: measured on the simulator (docs/evaluation.md), an
-    error burst touches every route of a service and a brute force every user name, and splitting by them made
-    15-20 findings of one incident; each event names its records (`related_events`, `evidences`).
+    The outcome is failed (OCSF status failure or HTTP 5xx), refused (HTTP 4xx) or ok. A failing record is a
+    failure whichever member noticed it; among the others the kind tells slow (latency) from unusual (content:
+    the members judging the whole record, whichever of them joins) from a metric series' change. The operation,
+    route and message are not part of the pattern: measured on the simulator (docs/evaluation.md), an error
+    burst touches every route of a service and a brute force every user name, and splitting by them made 15-20
+    findings of one incident; each event names its records (`related_events`, `evidences`).
     """
     row, f = anomaly.row, anomaly.row.fields
-    fired = anomaly.detector.split("+")
-    kind = next((name for name in fired if name not in _CONTENT_MEMBERS), "content")
     code = f.get("http_response.code")
     code = int(code) if isinstance(code, int | float) and not isinstance(code, bool) else 0
     outcome = "failed" if row.status_id == 2 or code >= 500 else "refused" if code >= 400 else "ok"
-    return (row.service, row.signal, kind, outcome)
+    fired = anomaly.detector.split("+")
+    kind = (
+        next((name for name in fired if name not in _CONTENT_MEMBERS), "content") if outcome == "ok" else ""
+    )
+    return (row.service, row.signal, outcome, kind)
 
 
 @dataclass(slots=True)
@@ -95,6 +99,7 @@ class FindingAggregator:
         self.limits, self.version = limits, version
         self._window_ms = int(limits.window_s * 1000)
         self._gap_ms = self._window_ms // limits.max_per_window
+        self._wait_ms = int(limits.wait_s * 1000)
         self._open: dict[tuple[str, ...], _Finding] = {}
         self._minute: tuple[int, int] = (-1, 0)  # (event-time minute, events sent in it)
         self._clock_ms = 0
@@ -177,9 +182,14 @@ class FindingAggregator:
                 f.period_start_ms, f.period_events = t, 0
             if f.period_events >= self.limits.max_per_window or t - f.last_event_ms < self._gap_ms:
                 return None
+        elif self._clock_ms - f.first_seen_ms < self._wait_ms:
+            return None  # the Create waits for the first repeats (sent by _sweep once the wait is over)
         if not self._take_budget():
             self._count("rate_limited", 1)
             return None
+        return self._emit(f, t)
+
+    def _emit(self, f: _Finding, t: int) -> AnomalyEvent:
         f.period_events += 1
         f.last_event_ms = t
         return self._event(f)
@@ -190,8 +200,10 @@ class FindingAggregator:
         for key, f in list(self._open.items()):
             if self._clock_ms - f.last_seen_ms > self._window_ms:
                 out += self._close(key, f, force=False)
-            elif not f.events and self._take_budget():  # a Create the global bound held back
-                out.append(self._event(f))
+            elif not f.events and self._clock_ms - f.first_seen_ms >= self._wait_ms and self._take_budget():
+                out.append(
+                    self._emit(f, self._clock_ms)
+                )  # a Create past its wait (or held back by the bound)
         return out
 
     def _close(self, key: tuple[str, ...], f: _Finding, *, force: bool) -> list[AnomalyEvent]:

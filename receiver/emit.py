@@ -329,7 +329,12 @@ def emitter_from_settings(
     grpc_tls = config.protocol == "grpc"
     counters = _exporter_counters(metrics)
     aggregator = FindingAggregator(
-        EventLimits(settings.event_window_s, settings.event_max_per_window, settings.event_max_per_minute),
+        EventLimits(
+            settings.event_window_s,
+            settings.event_max_per_window,
+            settings.event_max_per_minute,
+            settings.event_wait_s,
+        ),
         version,
         on_outcome=(lambda outcome, n: metrics.events.labels(outcome).inc(n)) if metrics else None,
     )

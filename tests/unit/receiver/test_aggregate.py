@@ -20,6 +20,7 @@ def anomaly(
     service: str = "checkout",
     message: str = "payment 4411 declined for order 9",
     detector: str = "pattern+errors",
+    status_id: int = 2,
 ) -> Anomaly:
     row = Row(
         uid=f"r{i}",
@@ -29,7 +30,7 @@ def anomaly(
         class_uid=6003,
         activity_id=1,
         severity_id=4,
-        status_id=2,
+        status_id=status_id,
         fields={"message": message.replace("4411", str(4000 + i))},
     )
     return Anomaly(row, 80.0, 1e-5, 50.0, detector, "v1", "unusual", (), (), row.time_unix_nano)
@@ -54,19 +55,30 @@ def counting() -> tuple[dict[str, int], object]:
     return counts, on
 
 
-def test_the_pattern_is_service_signal_detector_kind_and_outcome():
-    base = pattern_key(anomaly(1, 0, detector="pattern+knn"))
-    assert base == ("checkout", "logs", "content", "failed")  # OCSF status 2: failure
-    assert pattern_key(anomaly(2, 5, message="card 77 declined", detector="knn")) == base  # message not in it
-    assert pattern_key(anomaly(1, 0, detector="knn+errors")) == pattern_key(anomaly(1, 0, detector="errors"))
-    assert pattern_key(anomaly(1, 0, detector="errors+pattern")) != base
-    assert pattern_key(anomaly(1, 0, detector="latency")) != base
-    assert pattern_key(anomaly(1, 0, service="cart")) != base
+def test_the_pattern_is_service_signal_outcome_and_for_ok_records_the_detector_kind():
+    failed = pattern_key(anomaly(1, 0, detector="pattern+knn"))
+    assert failed == ("checkout", "logs", "failed", "")  # OCSF status 2: a failure, whichever member saw it
+    assert pattern_key(anomaly(2, 5, message="card 77 declined", detector="errors")) == failed
+    assert pattern_key(anomaly(1, 0, service="cart")) != failed
+    ok = pattern_key(anomaly(1, 0, detector="knn+pattern", status_id=1))
+    assert ok == ("checkout", "logs", "ok", "content")
+    assert pattern_key(anomaly(1, 0, detector="isolation", status_id=1)) == ok  # content members are one kind
+    assert pattern_key(anomaly(1, 0, detector="knn+latency", status_id=1))[3] == "latency"
+    assert pattern_key(anomaly(1, 0, detector="series", status_id=1))[3] == "series"
+
+
+def test_the_create_waits_for_the_first_repeats():
+    agg = FindingAggregator(EventLimits(window_s=300, max_per_window=1, max_per_minute=100, wait_s=60), "t")
+    sent = run(agg, [anomaly(i, i * 2.0) for i in range(60)])  # 60 anomalies over 2 minutes
+    sent += [e.finding for e in agg.advance(T0_MS + 1000 * 1000)]
+    assert [(f["activity_id"], f["count"]) for f in sent] == [(1, 31), (2, 60)]  # at 60 s, then the last word
+    assert sent[0]["time"] == T0_MS + 60_000  # the event is about the latest record at the time
 
 
 def test_repeats_within_the_window_update_one_finding():
     counts, on = counting()
-    agg = FindingAggregator(EventLimits(window_s=300, max_per_window=3, max_per_minute=100), "t", on)
+    limits = EventLimits(window_s=300, max_per_window=3, max_per_minute=100, wait_s=0)
+    agg = FindingAggregator(limits, "t", on)
     sent = run(agg, [anomaly(i, i * 2.0) for i in range(60)])  # 60 anomalies over 2 minutes
     sent += [e.finding for e in agg.advance(T0_MS + 1000 * 1000)]  # time passes: the finding closes
     assert [f["activity_id"] for f in sent] == [1, 2, 2]  # Create, one Update at >= 100 s, the closing Update
@@ -83,7 +95,7 @@ def test_repeats_within_the_window_update_one_finding():
 
 
 def test_a_long_incident_is_bounded_per_window():
-    agg = FindingAggregator(EventLimits(window_s=60, max_per_window=2, max_per_minute=1000), "t")
+    agg = FindingAggregator(EventLimits(window_s=60, max_per_window=2, max_per_minute=1000, wait_s=10), "t")
     sent = run(agg, [anomaly(i, i * 1.0) for i in range(600)])  # one every second for 10 minutes
     sent += [e.finding for e in agg.flush()]
     assert len({f["finding_info"]["uid"] for f in sent}) == 1
@@ -92,7 +104,7 @@ def test_a_long_incident_is_bounded_per_window():
 
 
 def test_after_a_quiet_window_the_same_pattern_is_a_new_finding():
-    agg = FindingAggregator(EventLimits(window_s=60, max_per_window=3, max_per_minute=100), "t")
+    agg = FindingAggregator(EventLimits(window_s=60, max_per_window=3, max_per_minute=100, wait_s=0), "t")
     sent = run(agg, [anomaly(1, 0), anomaly(2, 1), anomaly(3, 500)])
     creates = [f for f in sent if f["activity_id"] == 1]
     assert len(creates) == 2 and creates[0]["finding_info"]["uid"] != creates[1]["finding_info"]["uid"]
@@ -103,7 +115,7 @@ def test_after_a_quiet_window_the_same_pattern_is_a_new_finding():
 
 def test_the_global_rate_bound_holds_events_back_and_loses_no_finding():
     counts, on = counting()
-    agg = FindingAggregator(EventLimits(window_s=30, max_per_window=3, max_per_minute=5), "t", on)
+    agg = FindingAggregator(EventLimits(window_s=30, max_per_window=3, max_per_minute=5, wait_s=0), "t", on)
     # 40 different patterns in the same second: only 5 events in that minute.
     burst = [anomaly(i, 0.5, service=f"svc-{i}") for i in range(40)]
     _, first = agg.add(burst)
@@ -126,14 +138,16 @@ def test_window_zero_is_one_event_per_anomaly():
 def test_every_anomaly_is_stored_with_its_finding():
     agg = FindingAggregator(EventLimits(window_s=300), "t")
     stored, send = agg.add([anomaly(i, i) for i in range(10)])
-    assert len(stored) == 10 and len(send) == 1
+    assert len(stored) == 10 and send == []  # the Create waits (60 s) for repeats
+    send = agg.advance(T0_MS + 70_000)
+    assert len(send) == 1 and send[0].count == 10
     assert {e.finding_uid for e in stored} == {send[0].finding_uid}
     assert [e.count for e in stored] == list(range(1, 11))
     assert len({e.uid for e in stored}) == 10  # the stored records keep their own uid
 
 
 def test_the_update_event_carries_the_finding_on_the_wire():
-    agg = FindingAggregator(EventLimits(window_s=300, max_per_window=3), "t")
+    agg = FindingAggregator(EventLimits(window_s=300, max_per_window=3, wait_s=0), "t")
     _, send = agg.add([anomaly(i, i * 60.0) for i in range(3)])
     _, record = build_event(send[-1])
     attrs = {kv.key: kv.value for kv in record.attributes}
@@ -144,7 +158,9 @@ def test_the_update_event_carries_the_finding_on_the_wire():
     assert body["activity_id"] == 2 and body["status"] == "In Progress"
 
 
-@pytest.mark.parametrize("bad", [dict(window_s=-1), dict(max_per_window=0), dict(max_per_minute=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(window_s=-1), dict(max_per_window=0), dict(max_per_minute=0), dict(wait_s=-1)]
+)
 def test_limits_are_checked(bad):
     with pytest.raises(ValueError):
         EventLimits(**bad)
