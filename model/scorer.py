@@ -170,6 +170,13 @@ class Scorer:
             self.mv.ref_cat = np.concatenate([self.mv.ref_cat, cat[added]])
         return int(len(added))
 
+    def embed_rows(self, rows: list[Row]) -> np.ndarray:
+        """(n, embed_dim) embeddings of rows as this scorer sees them now (feedback re-embeds its row when the
+        version changes); the context tracker sees them as it sees any row."""
+        torch.set_num_threads(self.threads)
+        _, num, cat = self.featurize(rows)
+        return self.embedder.embed(num, cat)
+
     def judged_anomalies(self, now_unix_nano: int | None = None) -> tuple[np.ndarray, list[Anomaly]]:
         """Scores of the model's own training rows (in `mv.judged` order) and the anomalies among them."""
         if self.mv.judged is None:

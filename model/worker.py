@@ -174,15 +174,27 @@ class ScoringProcess:
         Raises:
             ScoringProcessError: the child died or failed.
         """
+        return int(self._feedback("learn", rows))
+
+    def embed_rows(self, rows: list[Row]) -> np.ndarray:
+        """As `Scorer.embed_rows`, in the child (feedback re-embeds its row for a new version).
+
+        Raises:
+            ScoringProcessError: the child died or failed.
+        """
+        return np.asarray(self._feedback("embed", rows), dtype=np.float32)
+
+    def _feedback(self, kind: str, rows: list[Row]) -> Any:
+        """The two feedback messages: (kind, row columns) -> ("ok", result) or ("failed", why)."""
         with self._lock:
             try:
-                self._conn.send(("learn", rows_to_columns(rows)))
+                self._conn.send((kind, rows_to_columns(rows)))
             except (OSError, ValueError) as exc:
                 raise ScoringProcessError(f"the scoring process is gone: {exc}") from None
             reply = self._recv(None)
         if reply[0] != "ok":
-            raise ScoringProcessError(f"learning failed in the scoring process: {reply[1]}")
-        return int(reply[1])
+            raise ScoringProcessError(f"{kind} failed in the scoring process: {reply[1]}")
+        return reply[1]
 
     def _recv(self, timeout_s: float | None) -> tuple[Any, ...]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -270,8 +282,8 @@ def _serve(
             scorer.save(Path(path))
             return
         reply: tuple[Any, ...]
-        if msg[0] == "learn":  # operator feedback: ("learn", row columns) -> ("ok", rows added)
-            conn.send(_learn(scorer, msg[1]))
+        if msg[0] in ("learn", "embed"):  # operator feedback: (kind, row columns) -> ("ok", result)
+            conn.send(_feedback(scorer, msg[0], msg[1]))
             continue
         _, columns, now = msg
         try:
@@ -296,10 +308,12 @@ def _serve(
             return
 
 
-def _learn(scorer: Any, columns: Any) -> tuple[Any, ...]:
-    """Rows an operator marked normal join the normal reference: ("ok", rows added) or ("failed", why)."""
+def _feedback(scorer: Any, kind: str, columns: Any) -> tuple[Any, ...]:
+    """learn: rows an operator marked normal join the normal reference (("ok", rows added)); embed: their
+    embeddings (("ok", array)); ("failed", why) when it fails."""
     try:
-        return ("ok", scorer.learn_normal(rows_from_columns(columns)))
+        rows = rows_from_columns(columns)
+        return ("ok", scorer.learn_normal(rows) if kind == "learn" else scorer.embed_rows(rows))
     except Exception:
         return ("failed", traceback.format_exc(limit=8))
 

@@ -172,7 +172,7 @@ class Feedback:
         if kind == "suppress":
             service = "" if service == "*" else (service or str(found.row["service"]))
             ttl_s = ttl_s or SUPPRESS_TTL_S
-        version, vector = self._vector_for(found, current)
+        version, vector = found.version, found.vector  # another version's: re-embedded at the next batch
         radius = radius or DEFAULT_RADIUS
         learn: list[Row] = []
         if kind == "normal":
@@ -244,18 +244,18 @@ class Feedback:
             and (not kind or e["kind"] == kind)
         ]
 
-    def _vector_for(self, found: FoundRow, current: str | None) -> tuple[str, np.ndarray | None]:
-        """The row's embedding under the current version (stored, else re-embedded), or its own version's."""
-        if current is None or found.version == current:
-            return found.version, found.vector
-        return current, self._embed(current, found.row["row"])
-
-    def _embed(self, version: str, row: dict[str, Any]) -> np.ndarray | None:
+    def _embed(
+        self, version: str, row: dict[str, Any], scorer: Scorer | ScoringProcess | None
+    ) -> np.ndarray | None:
+        """The row's embedding under `version`: by the scorer (its context, as the rows it scores), else by the
+        version's encoder alone (a fresh context)."""
         try:
+            if scorer is not None and scorer.mv.version == version:
+                return scorer.embed_rows([row_from_dict(row)])[0]
             if self._embedder is None or self._embedder.version != version:
                 self._embedder = RowEmbedder(self.models_dir / version)
             return self._embedder.embed([row_from_dict(row)])[0]
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # a scorer failure shows on its next batch; the entry waits for another try
             logger.warning("cannot embed a feedback row under model %s: %s", version, exc)
             return None
 
@@ -272,7 +272,7 @@ class Feedback:
         self._hand_over(scorer)
         if not scored.anomalies or not self._active:
             return scored.anomalies
-        active = self._for_version(scorer.mv.version)
+        active = self._for_version(scorer.mv.version, scorer)
         if not active:
             return scored.anomalies
         units = np.stack([e.unit for e in active if e.unit is not None])
@@ -298,7 +298,7 @@ class Feedback:
             self.learned += added
             logger.info("feedback: %d row(s) marked normal, %d new in the normal reference", len(rows), added)
 
-    def _for_version(self, version: str) -> list[_Active]:
+    def _for_version(self, version: str, scorer: Scorer | ScoringProcess | None = None) -> list[_Active]:
         """Active entries with a unit embedding under `version` (re-embedding stale ones once)."""
         now = _now_ms()
         with self._lock:
@@ -310,12 +310,13 @@ class Feedback:
                     self._active.pop(e.uid, None)  # expired: stays stored, listed as inactive
                 continue
             if e.version != version:
-                e = self._re_embed(e, version)
+                e = self._re_embed(e, version, scorer)
             if e.unit is not None and e.version == version:
                 out.append(e)
         return out
 
-    def _re_embed(self, e: _Active, version: str) -> _Active:
+    def _re_embed(self, e: _Active, version: str, scorer: Scorer | ScoringProcess | None) -> _Active:
+        """The entry under `version`: its row's embedding stored with that version's rows, else re-embedded."""
         stored = self.store.feedback_entries(uid=e.uid)
         if not stored:
             return e
@@ -326,7 +327,9 @@ class Feedback:
         except LookupError:
             vector = None
         if vector is None:
-            vector = self._embed(version, entry["record"]["row"])
+            vector = self._embed(version, entry["record"]["row"], scorer)
+        if vector is None:
+            return e
         entry["model_version"] = version
         self.store.upsert_feedback(entry, vector)
         fresh = _Active.of({**entry, "embedding": vector})

@@ -348,39 +348,55 @@ def test_mark_normal_over_http_with_a_scope_and_a_ttl(service, pki, capsys):
 
 
 def test_an_entry_of_another_model_version_is_re_embedded(service, incident):
-    """Embeddings are version-specific: an entry made under another version gets the row's embedding under the
-    version scoring now (from its rows collection) before it is matched, and is stored so."""
-    from receiver.feedback import Feedback
+    """Embeddings are version-specific: an entry made under another version gets its row's embedding under the
+    version scoring now before it is matched, and is stored so: the row as that version stored it, or (a row it
+    never stored) as the scoring child embeds it now, which lands within the radius of the incident's repeats."""
+    import numpy as np
+
+    from receiver.feedback import DEFAULT_RADIUS, Feedback
 
     version = service.pipeline.status()["model_version"]
-    row = service.store.query_rows(
+    hit = service.store.query_rows(
         version, "uid == {u}", {"u": "slow-a2"}, output_fields=["row", "embedding"]
     )[0]
-    entry = {
-        "uid": "old-version-entry",
-        "kind": "suppress",
-        "source_uid": "slow-a2",
-        "service": "checkout",
-        "created_ms": int(time.time() * 1000),
-        "expires_ms": int(time.time() * 1000) + 600_000,
-        "model_version": "v-retired",
-        "revoked": False,
-        "record": {"by": "test", "radius": 0.02, "row": row["row"]},
-    }
-    service.store.upsert_feedback(entry, [1.0, 0.0, 0.0])  # another version's (narrower) embedding
+    expected = np.asarray(hit["embedding"], dtype=np.float32)
+    expected /= np.linalg.norm(expected)
+    ghost = {**hit["row"], "uid": "never-stored"}
+    now = int(time.time() * 1000)
+    for uid, source, row in (("old-stored", "slow-a2", hit["row"]), ("old-ghost", "never-stored", ghost)):
+        entry = {
+            "uid": uid,
+            "kind": "suppress",
+            "source_uid": source,
+            "service": "checkout",
+            "created_ms": now,
+            "expires_ms": now + 600_000,
+            "model_version": "v-retired",
+            "revoked": False,
+            "record": {"by": "test", "radius": DEFAULT_RADIUS, "row": row},
+        }
+        service.store.upsert_feedback(entry, [1.0, 0.0, 0.0])  # another version's (narrower) embedding
     fresh = Feedback(service.store, service.metrics, service.settings.models_dir, lambda: version)
     try:
-        (active,) = [e for e in fresh._for_version(version) if e.uid == "old-version-entry"]
-        assert active.version == version
-        expected = [float(x) for x in row["embedding"]]
-        assert (
-            active.unit is not None
-            and abs(float(active.unit @ expected) / (sum(x * x for x in expected) ** 0.5) - 1) < 1e-5
-        )
-        (stored_entry,) = service.store.feedback_entries(uid="old-version-entry")
-        assert stored_entry["model_version"] == version and len(stored_entry["embedding"]) == len(expected)
+        active = {e.uid: e for e in fresh._for_version(version, service.pipeline.scorer)}
+        assert active["old-stored"].version == active["old-ghost"].version == version
+        assert abs(float(active["old-stored"].unit @ expected) - 1) < 1e-5  # the stored embedding itself
+        # Re-embedded by the scoring child in today's context, the row lies with the incident's recent repeats
+        # (measured 0.003-0.005 from slow-b1/c1; 0.023 from slow-a2, scored in the context of its first day).
+        for later in ("slow-b1", "slow-c1"):
+            (other,) = service.store.query_rows(
+                version, "uid == {u}", {"u": later}, output_fields=["embedding"]
+            )
+            v = np.asarray(other["embedding"], dtype=np.float32)
+            assert 1 - float(active["old-ghost"].unit @ v) / float(np.linalg.norm(v)) <= DEFAULT_RADIUS
+        for uid in active:
+            (stored_entry,) = service.store.feedback_entries(uid=uid)
+            assert stored_entry["model_version"] == version and len(stored_entry["embedding"]) == len(
+                expected
+            )
     finally:
-        fresh.revoke("old-version-entry", by="test", reason="cleanup")
+        for uid in ("old-stored", "old-ghost"):
+            fresh.revoke(uid, by="test", reason="cleanup")
 
 
 def test_anomalies_reads_the_store_when_no_service_answers(tmp_path, capsys):
