@@ -7,8 +7,9 @@ not reported: it is stored in the anomalies collection with its score and `event
 `otad_feedback_silenced_anomalies`, and never emitted. MarkNormal also sends the row (and, when asked, its
 stored look-alikes) to the scorer, which adds them to the k-NN member's normal reference (in the scoring child,
 a small "learn" message). Embeddings are version-specific: each entry records its model version, and when
-the scoring version changes its row is taken from the new version's rows collection, or re-embedded
-(`model.embedding.RowEmbedder`), before it is matched again. docs/api.md describes the API side.
+the scoring version changes its row is taken from the new version's rows collection, or re-embedded by the
+scorer (an "embed" message to the scoring child: the context its look-alikes are scored in; the version's encoder
+alone, `model.embedding.RowEmbedder`, is the fallback), before it is matched again. docs/api.md: the API side.
 """
 
 from __future__ import annotations
