@@ -11,7 +11,9 @@ The rules (`judge`), each on the shadow window:
 - **reference separation**: recent traffic sits no further from the challenger's reference than 1.25 times as
   far as it sits from the current version's (model/drift.py `embedding_drift`, each in its own version's
   embedding space); a reference that does not cover today's traffic explains anomalies badly.
-- **feedback**, when feedback exists: `ModelLifecycle.feedback_check` (receiver/lifecycle.py).
+- **feedback**, when operators marked rows normal (receiver/feedback.py): the challenger alerts on no more of
+  them than the current version (plus a tenth of them), both from their saved models (`feedback_verdict`, which
+  `ModelLifecycle.feedback_check` can replace).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from model.drift import MAX_EMBED_ROWS, embedding_drift
-from model.schema import Row
-from model.scorer import ScoredBatch
+from model.schema import Row, row_from_dict
+from model.scorer import ScoredBatch, Scorer
 from model.version import ModelVersion
 from receiver.scorers import AnyScorer, close_scorer
 
@@ -93,6 +96,34 @@ def judge(
             f"recent traffic sits far from its reference (ratio {challenger_separation:.2f} > {limit:.2f})"
         )
     return Verdict(not reasons, reasons, figures)
+
+
+def normal_rows(feedback: Any) -> list[Row]:
+    """The rows operators marked normal (active MarkNormal entries of receiver/feedback.py), oldest first."""
+    if feedback is None:
+        return []
+    rows = {}
+    for entry in feedback.entries(kind="normal"):
+        row = (entry.get("record") or {}).get("row")
+        if row:
+            r = row_from_dict(row)
+            rows[r.uid] = r
+    return sorted(rows.values(), key=lambda r: r.time_unix_nano)
+
+
+def feedback_verdict(
+    challenger: Callable[[], ModelVersion], current: Callable[[], ModelVersion], marked_normal: list[Row]
+) -> tuple[bool, str] | None:
+    """The feedback rule: the challenger may not alert on more of the rows operators marked normal than the
+    current version does (plus a tenth of them); both score them from their saved models, learning nothing.
+    The loaders run only when rows are marked normal; None when none are."""
+    if not marked_normal:
+        return None
+    n = len(marked_normal)
+    theirs = int(np.sum(Scorer(challenger(), learn=False).score(marked_normal).is_anomaly))
+    ours = int(np.sum(Scorer(current(), learn=False).score(marked_normal).is_anomaly))
+    figures = f"it alerts on {theirs} of the {n} rows operators marked normal, the current version on {ours}"
+    return theirs <= ours + n // 10, figures
 
 
 class Challenger:

@@ -20,11 +20,12 @@ from typing import Any
 from model.schema import Row
 from model.scorer import ScoredBatch
 from model.version import ModelVersion, promote_version
-from receiver.challenger import Challenger
+from receiver.challenger import Challenger, feedback_verdict, normal_rows
 from receiver.metrics import Metrics
 from receiver.monitor import DriftMonitor
+from receiver.periodic import PeriodicWork
 from receiver.registry import Registry
-from receiver.retention import apply_retention, prune_models
+from receiver.retention import prune_models
 from receiver.retrain import MIN_ROWS, fit, store_reference, training_rows
 from receiver.scorers import AnyScorer, close_scorer, new_scorer
 from receiver.settings import Settings
@@ -33,7 +34,6 @@ from storage import MilvusStore, StorageError
 logger = logging.getLogger(__name__)
 
 SWITCH_TIMEOUT_S = 120.0  # promote/rollback wait this long for the pipeline to switch
-RETENTION_EVERY_S = 3600.0
 
 
 @dataclass
@@ -51,7 +51,7 @@ class _Stopped(Exception):
     pass
 
 
-class ModelLifecycle:
+class ModelLifecycle(PeriodicWork):
     """Versions, the challenger, drift and retention of one service.
 
     Args:
@@ -71,10 +71,14 @@ class ModelLifecycle:
         self._ticker = threading.Thread(target=self._tick, name="otad-lifecycle", daemon=True)
         self.last_switch_s: float | None = None  # the pipeline thread's time for the last switch
         self.last_drain_s = 0.0  # and before it, waiting for the challenger's last shadow batches
-        # Feedback hook (issue 13, the API's MarkNormal/Suppress): given the challenger's model version,
-        # return (passes, why), or None when there is no feedback to judge by. TODO(feedback): set by the
-        # feedback store once it exists, e.g. the challenger must not alert on rows marked normal.
-        self.feedback_check: Any = None
+        # Operator feedback (receiver/feedback.py; the Service sets it): rows marked normal train a retrain,
+        # are taught to a version taking over, judge a challenger (`feedback_check`: mv -> (ok, why) | None).
+        self.feedback: Any = None
+        self.feedback_check: Any = lambda mv: feedback_verdict(
+            lambda: self._load(mv.version),
+            lambda: self._load(self.registry.current() or ""),
+            normal_rows(self.feedback),
+        )
         pipeline.hooks = self
 
     # ----- start / stop -----
@@ -213,15 +217,18 @@ class ModelLifecycle:
         if self.pipeline.scorer is None:
             raise RuntimeError("the service has no model yet; it is training or collecting")
         self._discard_challenger(f"{kind} to {version} instead")
+        mv = self._load(version)
+        self._switch(_Handover(mv, self._teach(new_scorer(self.settings, mv)), kind, reason))  # started first
+
+    def _load(self, version: str) -> ModelVersion:
         s = self.settings
-        mv = ModelVersion.load(
+        return ModelVersion.load(
             Path(s.models_dir) / version,
             k=s.knn_k,
             alert_pvalue=s.alert_pvalue,
             max_rows=s.reference_max_rows,
             false_alerts_per_hour=s.false_alerts_per_hour,
         )
-        self._switch(_Handover(mv, new_scorer(s, mv), kind, reason))  # started before the switch
 
     def _switch(self, h: _Handover) -> None:
         with self._lock:
@@ -242,6 +249,13 @@ class ModelLifecycle:
             self.metrics.retrains.labels("promoted").inc()
             self._job_update(state="promoted", version=h.mv.version, finished=time.time())
         self._prune()
+
+    def _teach(self, scorer: AnyScorer) -> AnyScorer:
+        """Hand the rows operators marked normal to a version about to take over (they join its reference)."""
+        marked = normal_rows(self.feedback)
+        if marked:
+            scorer.learn_normal(marked)
+        return scorer
 
     def _current_version(self) -> str | None:
         scorer = self.pipeline.scorer
@@ -271,6 +285,9 @@ class ModelLifecycle:
             if current is None:
                 raise RuntimeError("no current version")
             rows = training_rows(self.store, current, s.train_max_rows)
+            marked = normal_rows(self.feedback)  # flagged when they arrived, normal by an operator's word
+            known = {r.uid for r in rows}
+            rows = sorted(rows + [r for r in marked if r.uid not in known], key=lambda r: r.time_unix_nano)
             if len(rows) < MIN_ROWS:
                 raise RuntimeError(f"only {len(rows)} stored rows of {current} to train on")
             logger.info("retraining on %d stored rows of %s (%s)", len(rows), current, reason)
@@ -278,7 +295,7 @@ class ModelLifecycle:
             mv.save(s.models_dir, promote=False)
             self._job_update(state="storing reference", version=mv.version, rows=len(rows))
             ref_emb = store_reference(self.store, self.pipeline.writer, mv, rows)
-            scorer = new_scorer(s, mv)
+            scorer = self._teach(new_scorer(s, mv))
         except _Stopped:
             self._job_update(state="stopped")
             if mv is not None:
@@ -345,44 +362,6 @@ class ModelLifecycle:
             logger.error("cannot drop the rows collection of %s: %s", version, exc)
             return
         self.registry.remove(version)
-
-    # ----- periodic work -----
-    def _tick(self) -> None:
-        next_retention = 0.0
-        while not self._stop.wait(min(self.settings.drift_check_s, 60.0) if next_retention else 1.0):
-            try:
-                if time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + RETENTION_EVERY_S
-                    self.apply_retention()
-                self.check_drift()
-            except Exception:
-                logger.exception("the life cycle's periodic work failed")
-
-    def check_drift(self) -> dict | None:
-        """One drift check; with OTAD_AUTO_RETRAIN, a retrain when drift turns on or the interval passed."""
-        scorer = self.pipeline.scorer
-        if scorer is None:
-            return None
-        report, turned_on = self.monitor.check(scorer.mv)
-        s = self.settings
-        if s.auto_retrain and self._challenger is None and not (self._worker and self._worker.is_alive()):
-            trained_at = float(scorer.mv.meta.get("trained_at", time.time()))
-            if turned_on and report is not None:
-                self.retrain(
-                    f"drift: {report.score:.0%} of the reference drifted ({', '.join(report.drifted[:3])})"
-                )
-            elif s.retrain_interval_h and time.time() - trained_at > s.retrain_interval_h * 3600:
-                self.retrain(f"interval: {s.retrain_interval_h:g} h since {scorer.mv.version} was trained")
-        return report.to_dict() if report is not None else None
-
-    def apply_retention(self, now_ms: int | None = None) -> dict[str, int]:
-        """Delete rows and anomaly events older than OTAD_RETENTION_DAYS (nothing when 0)."""
-        if not self.settings.retention_days:
-            return {}
-        deleted = apply_retention(self.store, self.registry.versions(), self.settings.retention_days, now_ms)
-        for kind, n in deleted.items():
-            self.metrics.retention_deleted.labels(kind).inc(n)
-        return deleted
 
     def _prune(self) -> list[str]:
         protect = {v for v in (self._current_version(), self._challenger_version()) if v}

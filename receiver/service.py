@@ -81,6 +81,7 @@ class Service:
             )
             # otad's API (docs/api.md) on OTAD_QUERY_ENDPOINT and under /v1/otad/; feedback in the pipeline
             self.feedback, self.api = build_api(self, security)
+            self.lifecycle.feedback = self.feedback  # rows marked normal train and judge retrained versions
         except BaseException:  # e.g. a port in use: do not leave the Milvus Lite child behind
             self.store.close()
             if self.lite is not None:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
+from model.schema import row_to_dict
+from model.scorer import Scorer
+from receiver.challenger import feedback_verdict
 from receiver.emit import AnomalyEmitter
 from receiver.lifecycle import ModelLifecycle
 from receiver.metrics import Metrics
@@ -215,7 +219,7 @@ def _anomaly(uid: str, time_ms: int, version: str) -> dict:
 
 
 def test_retention_deletes_old_rows_and_events_and_prunes_old_versions(running):
-    store, pipe, lc, metrics = running(models_keep=2, retention_days=1)
+    store, pipe, lc, metrics = running(models_keep=2)  # retention set below: the ticker uses the real clock
     v1 = lc.status()["current"]
     versions = [v1]
     for i in range(2):  # v1 -> v2 -> v3: v1 is beyond OTAD_MODELS_KEEP=2
@@ -239,6 +243,7 @@ def test_retention_deletes_old_rows_and_events_and_prunes_old_versions(running):
     new = _anomaly("new-event", now_ms - 1000, v3)
     store.upsert_anomalies([old, new])
     before = {v: store.count_rows(v) for v in (v2, v3)}
+    lc.settings.retention_days = 1
     deleted = lc.apply_retention(now_ms=now_ms)
     assert deleted["anomalies"] >= 1 and deleted["rows"] > 0
     assert store.existing_anomaly_uids(["old-event", "new-event"]) == {"new-event"}
@@ -252,3 +257,67 @@ def test_retention_deletes_old_rows_and_events_and_prunes_old_versions(running):
         metrics.registry.get_sample_value("otad_retention_deleted_total", {"kind": "rows"}) == deleted["rows"]
     )
     assert col.rows_collection_name(v2) in store._call("list", lambda c: c.list_collections())
+
+
+class MarkedNormal:
+    """The part of receiver/feedback.py's Feedback the life cycle reads: active MarkNormal entries."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def entries(self, *, kind: str = "", **_):
+        return (
+            [{"kind": "normal", "record": {"row": row_to_dict(r)}} for r in self.rows]
+            if kind == "normal"
+            else []
+        )
+
+
+def test_rows_marked_normal_train_a_retrain_and_judge_its_challenger(running):
+    store, pipe, lc, _ = running()
+    odd = [
+        replace(
+            r, uid=f"odd-{i}", fields={**r.fields, "message": "kernel panic at 0xdeadbeef", "duration": 9e5}
+        )
+        for i, r in enumerate(make_rows(20, seed=9, start=LOAD_T0))
+    ]
+    v1 = lc.registry.current()
+    # v1 never saw such rows: it alerts on them; a version that does so more than the current one is refused.
+    assert int(Scorer(lc._load(v1), learn=False).score(odd).is_anomaly.sum()) >= 10
+    loud = feedback_verdict(lambda: lc._load(v1), lambda: _quiet(lc._load(v1)), odd)
+    assert loud is not None and not loud[0] and "marked normal" in loud[1]
+    assert feedback_verdict(lambda: lc._load(v1), lambda: lc._load(v1), []) is None
+    assert pipe.offer(make_rows(300, seed=60, start=LOAD_T0 + 10**9)) and pipe.wait_idle(60)
+    lc.feedback = MarkedNormal(odd)  # an operator said these are normal
+    lc.retrain("feedback")
+    v2 = _challenger(lc)
+    refs = store.query_rows(v2, "is_reference == true and uid in {u}", {"u": [r.uid for r in odd]}, ["uid"])
+    assert len(refs) == len(odd)  # trained on
+    verdict = lc.feedback_check(lc._challenger.mv)
+    assert verdict is not None and verdict[0], verdict  # no louder on them than v1
+    print(f"\nfeedback rule: {verdict[1]}")
+
+
+def _quiet(mv):
+    """A version that alerts on nothing (every p-value threshold at 0)."""
+    mv.ensemble.alert_pvalue = 1e-300
+    mv.ensemble.false_alerts_per_hour = 1e-300
+    return mv
+
+
+def test_drift_turns_on_and_starts_a_retrain_with_auto_retrain(running):
+    store, pipe, lc, metrics = running(auto_retrain=True, drift_window_rows=200, drift_checks=1)
+    assert pipe.offer(make_rows(200, seed=80, start=LOAD_T0)) and pipe.wait_idle(60)
+    flat = lc.check_drift()
+    assert flat is not None and flat["score"] < 0.2 and lc.status()["last_retrain"] is None, flat
+    changed = [
+        replace(r, service="c", fields={**r.fields, "message": f"cache miss for key {i}", "duration": 400.0})
+        for i, r in enumerate(make_rows(200, seed=81, start=LOAD_T0 + 10**10))
+    ]
+    assert pipe.offer(changed) and pipe.wait_idle(60)
+    moved = lc.check_drift()
+    assert moved is not None and moved["score"] > 0.2, moved
+    assert lc.status()["drift"]["active"] and metrics.registry.get_sample_value("otad_drift_active") == 1
+    job = lc.status()["last_retrain"]
+    assert job is not None and job["reason"].startswith("drift:"), job
+    print(f"\ndrift check: {flat['score']:.2f} -> {moved['score']:.2f}; {job['reason']}")
