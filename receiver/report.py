@@ -120,8 +120,9 @@ def _anomaly_of(a, by_uid: dict) -> dict[str, Any]:
     }
 
 
-def from_store(settings, top: int) -> ReportData:
-    """What `otad serve` stored: the anomalies (all, up to 100k) and the current rows' combined scores."""
+def from_store(settings, top: int, map_points: int) -> ReportData:
+    """What `otad serve` stored: the anomalies (up to 100k), and up to 16k of the current model's rows (their
+    combined scores and embeddings); the anomalies' records and nearest normal rows shown by their content."""
     from receiver.service import load_model, open_store
 
     store = open_store(settings)
@@ -130,15 +131,23 @@ def from_store(settings, top: int) -> ReportData:
         mv = load_model(settings)
         version = mv.version if mv is not None else (stored[0]["model_version"] if stored else "none")
         data = ReportData(f"stored events under {settings.data_dir}", version)
+        content: dict[str, str] = {}
         if mv is not None:
-            data.threshold = None
-            rows = store.query_rows(version, "score >= 0", output_fields=["score"], limit=16_384)
-            data.scores["combined"] = np.array([float(r["score"]) for r in rows])
+            fields = ["uid", "score", "is_anomaly", "embedding", "row"]
+            rows = store.query_rows(version, "score >= 0", output_fields=fields, limit=16_384)
             data.rows = store.count_rows(version)
+            content = {str(r["uid"]): summary((r.get("row") or {}).get("fields") or {}) for r in rows}
+            data.scores["combined"] = np.array([float(r["score"]) for r in rows])
+            emb = np.array([r["embedding"] for r in rows], np.float32).reshape(len(rows), -1)
+            flagged = np.array([bool(r["is_anomaly"]) for r in rows], bool)
+            _add_map(data, emb, flagged, [content[str(r["uid"])] for r in rows], map_points)
+            wanted = {u for a in stored[:1000] for u in [a["source_uid"], *_neighbors(a)] if u not in content}
+            uids = {"uids": sorted(wanted)}
+            for r in store.query_rows(version, "uid in {uids}", uids, ["uid", "row"], 2000) if wanted else []:
+                content[str(r["uid"])] = summary((r.get("row") or {}).get("fields") or {})
     finally:
         store.close()
     for a in stored:
-        event = a.get("event") or {}
         data.anomalies.append(
             {
                 "time_ms": int(a["time_ms"]),
@@ -146,13 +155,17 @@ def from_store(settings, top: int) -> ReportData:
                 "signal": a["signal"],
                 "score": float(a["score"]),
                 "explanation": a["explanation"],
-                "record": "",
-                "neighbors": [str(n) for n in event.get("neighbors") or []],
+                "record": content.get(str(a["source_uid"]), ""),
+                "neighbors": [content.get(n) or n for n in _neighbors(a)],
             }
         )
         data.threshold = float(a["threshold"])
     data.anomalies.sort(key=lambda a: a["time_ms"])
     return data
+
+
+def _neighbors(stored: dict[str, Any]) -> list[str]:
+    return [str(n) for n in (stored.get("event") or {}).get("neighbors") or []]
 
 
 def _add_map(data: ReportData, emb: np.ndarray, flagged: np.ndarray, titles: list[str], most: int) -> None:
@@ -309,7 +322,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.input:
         data = from_files(settings, args.input, args.labels, args.top, args.map_points)
     else:
-        data = from_store(settings, args.top)
+        data = from_store(settings, args.top, args.map_points)
     args.output.write_text(render(data, args.top), encoding="utf-8")
     sys.stdout.write(
         f"report written to {args.output} ({data.rows:,} rows, {len(data.anomalies):,} anomalies)\n"

@@ -1,4 +1,4 @@
-"""`otad demo` (what `make demo` runs), short: the simulator sends 3 simulated minutes through rotel (a real
+"""`otad demo` (what `make demo` runs), short, then `otad report` over what its otad stored: the simulator sends 3 simulated minutes through rotel (a real
 Collector) to otad, which trains its first model on the first records and exports anomaly events to the demo's
 sink, which prints them as they arrive."""
 
@@ -36,3 +36,15 @@ def test_a_short_demo_prints_anomalies_from_the_sink(tmp_path):
     summary = re.search(r"otad demo: (\d+) anomaly events printed", out)
     assert summary and int(summary.group(1)) == len(events) > 0, out[-3000:]
     assert (tmp_path / "rotel.log").exists()
+
+    # What the demo's otad stored, drawn by `otad report` without --input (the store, not files).
+    page = tmp_path / "report.html"
+    drawn = subprocess.run(
+        [sys.executable, "-m", "receiver.cli", "report", "--data-dir", str(tmp_path), "--output", str(page)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    html = page.read_text()
+    for panel in ("timeline", "explanations", "scores", "embedding-map"):
+        assert f'<section id="{panel}"><h2>' in html
+    assert html.count('class="explanation"') >= 1 and html.count("<circle") > 100
