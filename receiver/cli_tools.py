@@ -93,7 +93,10 @@ def operator_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError):
         text = str(exc)
         if exc.errno == errno.EADDRINUSE or "address in use" in text or "Address already in use" in text:
-            return f"{text}; is another otad (or another program) listening there?", 1
+            where = (
+                "" if "OTAD_" in text else " (on OTAD_GRPC_ENDPOINT, _HTTP_, _METRICS_ or _QUERY_ENDPOINT)"
+            )
+            return f"{text}{where}; is another otad (or another program) listening there?", 1
         if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
             where = f" {exc.filename}" if exc.filename else ""
             return f"cannot open{where}: {exc.strerror or text}", 2
