@@ -399,6 +399,35 @@ def test_an_entry_of_another_model_version_is_re_embedded(service, incident):
             fresh.revoke(uid, by="test", reason="cleanup")
 
 
+def test_feedback_holds_across_a_promotion(service, pki, capsys):
+    """A retrained version takes over (retrain, then promote by hand through the API): the entry is re-embedded
+    for it and its look-alikes stay silenced, under the new version."""
+    grpc_t = (service, pki, "grpc")
+    code, out = cli(capsys, "feedback", "suppress", "slow-c1", "--ttl", "10m", transport=grpc_t)
+    assert code == 0, out
+    entry = out["feedback"]
+    send_batch(service, [lambda t: slow("slow-d1", t)])
+    assert silenced(service, "slow-d1")
+    old = service.pipeline.status()["model_version"]
+    code, job = cli(capsys, "models", "retrain", "--reason", "feedback across versions", transport=grpc_t)
+    assert code == 0, job
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        code, status = cli(capsys, "models", "status", transport=grpc_t)
+        if status.get("challenger") or (status["details"].get("last_retrain") or {}).get("state") == "failed":
+            break
+        send_batch(service, [], n_normal=50)  # traffic for the challenger to score in shadow
+    assert status.get("challenger"), status
+    code, out = cli(capsys, "models", "promote", status["challenger"], transport=grpc_t)
+    assert code == 0 and out["current"] == status["challenger"] != old, out
+    send_batch(service, [lambda t: slow("slow-e1", t), lambda t: failed("pay-e1", t, "billing")])
+    assert service.pipeline.status()["model_version"] == status["challenger"]
+    assert silenced(service, "slow-e1") and reported(service, "pay-e1")  # pay-e1: out of its scope
+    code, listed = cli(capsys, "feedback", "list", transport=grpc_t)
+    (now,) = [f for f in listed["feedback"] if f["id"] == entry["id"]]
+    assert now["model_version"] == status["challenger"]
+
+
 def test_anomalies_reads_the_store_when_no_service_answers(tmp_path, capsys):
     code = main(["anomalies", "--data-dir", str(tmp_path / "data"), "--endpoint", "localhost:1"])
     out = capsys.readouterr()
