@@ -89,6 +89,7 @@ class ApiGrpcServer:
     """grpc.server on `endpoint` serving AnomalyService, FeedbackService and ModelService (port 0: a free one)."""
 
     def __init__(self, endpoint: str, api: Api, options: GrpcServerOptions, workers: int = 4):
+        self.http: ApiHttp | None = None  # the JSON routes on the OTLP/HTTP server, stopped with this server
         args = [a for a in options.channel_args(4) if a[0] != "grpc.per_message_decompression"]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-api"),
@@ -131,13 +132,17 @@ class ApiGrpcServer:
 
     def stop(self, grace_s: float = 5.0) -> None:
         self.server.stop(grace_s).wait(grace_s + 1)
+        if self.http is not None:
+            self.http.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ApiHttp:
     """The API as JSON on the OTLP/HTTP server: the server's ASGI app hands it every /v1/otad/ request."""
 
-    def __init__(self, api: Api):
+    def __init__(self, api: Api, workers: int = 2):
         self.api = api
+        # Its own threads: a Promote waits for the pipeline to switch, and must not hold an OTLP/HTTP worker.
+        self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otad-api-http")
 
     async def __call__(self, app: Any, scope: dict, receive: Callable, send: Callable) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -155,7 +160,7 @@ class ApiHttp:
             call = _call(self.api, method)
             who = identity(headers.get("authorization"))
             try:
-                response = await loop.run_in_executor(app.pool, call, request, who)
+                response = await loop.run_in_executor(self.pool, call, request, who)
             except Exception as exc:
                 raise _HttpError(*status_of(exc)) from None
             payload = json_format.MessageToJson(
@@ -246,6 +251,8 @@ def build_api(service: Any, security: Security) -> tuple[Feedback, ApiGrpcServer
     api = Api(
         service.store, feedback, current, settings.models_dir, lambda: getattr(service, "lifecycle", None)
     )
-    service.http.app.api = ApiHttp(api)
-    options = grpc_server_options(settings, security, service.metrics)
-    return feedback, ApiGrpcServer(settings.query_endpoint, api, options)
+    server = ApiGrpcServer(
+        settings.query_endpoint, api, grpc_server_options(settings, security, service.metrics)
+    )
+    server.http = service.http.app.api = ApiHttp(api)
+    return feedback, server
