@@ -295,7 +295,12 @@ class Feedback:
         with self._lock:
             rows, self._learn = self._learn, []
         if rows:
-            added = scorer.learn_normal(rows)
+            try:
+                added = scorer.learn_normal(rows)
+            except Exception:
+                with self._lock:  # the scorer failed (the pipeline restarts it): the rows wait for the next
+                    self._learn[:0] = rows
+                raise
             self.learned += added
             logger.info("feedback: %d row(s) marked normal, %d new in the normal reference", len(rows), added)
 
