@@ -235,7 +235,8 @@ class Challenger:
         self._exec.shutdown(wait=False)
 
     def close(self) -> None:
-        """Discard: stop shadowing and close the scorer."""
+        """Discard: stop shadowing and close the scorer (before its directory goes: a scoring process saves its
+        state there when it stops)."""
         self.closed = True
         self._exec.shutdown(wait=False, cancel_futures=True)
-        threading.Thread(target=close_scorer, args=(self.scorer,), name="otad-challenger-close").start()
+        close_scorer(self.scorer)

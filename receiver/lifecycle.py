@@ -83,6 +83,11 @@ class ModelLifecycle(PeriodicWork):
 
     # ----- start / stop -----
     def start(self) -> None:
+        if self.registry.current() is not None:  # versions that piled up before: beyond OTAD_MODELS_KEEP
+            try:
+                self._prune()
+            except Exception:
+                logger.exception("pruning old model versions failed")
         self._ticker.start()
 
     def stop(self) -> None:
@@ -90,10 +95,7 @@ class ModelLifecycle(PeriodicWork):
         worker = self._worker
         if worker is not None and worker.is_alive():
             worker.join(30.0)
-        with self._lock:
-            ch, self._challenger = self._challenger, None
-        if ch is not None:
-            ch.close()
+        self._discard_challenger("the service stopped before it was judged")
         if self._ticker.is_alive():
             self._ticker.join(5.0)
 
