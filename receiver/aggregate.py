@@ -16,6 +16,7 @@ traffic. Every anomaly is stored whatever happens here (receiver/writer.py); onl
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +81,10 @@ class _Finding:
     period_events: int = 0
     last_event_ms: int = 0
     sources: list[str] = field(default_factory=list)  # since its last event
+    first_wall: float = field(
+        default_factory=time.monotonic
+    )  # when it began and last grew, by the wall clock:
+    last_wall: float = field(default_factory=time.monotonic)  # waits end even when no later record arrives
 
     @property
     def pending(self) -> bool:
@@ -135,6 +140,7 @@ class FindingAggregator:
                 if f is None:
                     f = self._new(key, anomaly)
                 f.count += 1
+                f.last_wall = time.monotonic()
                 f.latest = anomaly if t >= f.last_seen_ms else f.latest
                 f.first_seen_ms, f.last_seen_ms = min(f.first_seen_ms, t), max(f.last_seen_ms, t)
                 if len(f.sources) < _MAX_PENDING_SOURCES:
@@ -147,6 +153,13 @@ class FindingAggregator:
                     self._count("aggregated", 1)
             send += self._sweep()
         return stored, send
+
+    def tick(self) -> list[AnomalyEvent]:
+        """The events due by the wall clock alone (the emitter calls it every second, traffic or not)."""
+        if self._window_ms == 0:
+            return []
+        with self._lock:
+            return self._sweep()
 
     def advance(self, time_ms: int) -> list[AnomalyEvent]:
         """Move the clock to a batch's latest record time; the closing Updates (and held-back events) now due."""
@@ -182,7 +195,7 @@ class FindingAggregator:
                 f.period_start_ms, f.period_events = t, 0
             if f.period_events >= self.limits.max_per_window or t - f.last_event_ms < self._gap_ms:
                 return None
-        elif self._clock_ms - f.first_seen_ms < self._wait_ms:
+        elif not self._waited(f, time.monotonic()):
             return None  # the Create waits for the first repeats (sent by _sweep once the wait is over)
         if not self._take_budget():
             self._count("rate_limited", 1)
@@ -195,16 +208,20 @@ class FindingAggregator:
         return self._event(f)
 
     def _sweep(self) -> list[AnomalyEvent]:
-        """Close quiet findings (a last Update if they have unreported anomalies); send held-back Creates."""
+        """Close quiet findings (a last Update if they have unreported anomalies); send the Creates whose wait is
+        over (or that the global bound held back). A wait or a quiet window ends by the records' time or, when
+        no later record comes, by the wall clock."""
         out: list[AnomalyEvent] = []
+        now = time.monotonic()
         for key, f in list(self._open.items()):
-            if self._clock_ms - f.last_seen_ms > self._window_ms:
+            if self._clock_ms - f.last_seen_ms > self._window_ms or now - f.last_wall > self.limits.window_s:
                 out += self._close(key, f, force=False)
-            elif not f.events and self._clock_ms - f.first_seen_ms >= self._wait_ms and self._take_budget():
-                out.append(
-                    self._emit(f, self._clock_ms)
-                )  # a Create past its wait (or held back by the bound)
+            elif not f.events and self._waited(f, now) and self._take_budget():
+                out.append(self._emit(f, self._clock_ms))
         return out
+
+    def _waited(self, f: _Finding, now: float) -> bool:
+        return self._clock_ms - f.first_seen_ms >= self._wait_ms or now - f.first_wall >= self.limits.wait_s
 
     def _close(self, key: tuple[str, ...], f: _Finding, *, force: bool) -> list[AnomalyEvent]:
         """End a finding; its closing Update when it has unreported anomalies and the budget allows (or `force`:

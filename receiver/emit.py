@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 _BACKOFF_INITIAL_S, _BACKOFF_MAX_S, _JITTER = 0.5, 5.0, 0.2
 _LOG_REPEAT_S = 60.0  # identical warning lines are logged at most once per this interval
+_TICK_S = 1.0  # an idle worker asks the aggregator for events due by the wall clock this often
 
 
 class AnomalyEmitter:
@@ -221,12 +222,15 @@ class AnomalyEmitter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._buffer and not self._stop.is_set():
-                    self._cond.wait()
-                if not self._buffer or time.monotonic() >= self._shutdown_deadline:
+                if not self._buffer and not self._stop.is_set():
+                    self._cond.wait(_TICK_S)
+                if self._stop.is_set() and (not self._buffer or time.monotonic() >= self._shutdown_deadline):
                     return
                 batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
                 self._inflight = len(batch)
+            if not batch:  # idle: findings whose wait or quiet window ended by the wall clock
+                self._tick()
+                continue
             try:
                 self._export(batch)
             except Exception:  # a bug must not kill the worker; the events are stored anyway
@@ -236,6 +240,13 @@ class AnomalyEmitter:
                 with self._cond:
                     self._inflight = 0
                     self._cond.notify_all()
+
+    def _tick(self) -> None:
+        if self.aggregator is not None:
+            try:
+                self.emit(self.aggregator.tick())
+            except Exception:  # a bug must not kill the worker
+                logger.exception("anomaly finding aggregation failed")
 
     def _export(self, batch: list[AnomalyEvent]) -> None:
         request = build_request(batch, self.version, self._resource, name_attribute=self._name_attribute)

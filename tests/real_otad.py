@@ -35,6 +35,7 @@ def anomalous_otad(data_dir: Path, sink: OtlpSink) -> Iterator[Service]:
             "http_endpoint": "127.0.0.1:0",
             "metrics_endpoint": "127.0.0.1:0",
             "export_endpoint": sink.endpoint,
+            "event_wait_s": 0,  # each finding's first event at once, not after 60 s (receiver/aggregate.py)
             "bootstrap_rows": 300,
             "train_epochs": 2,
             "batch_wait_ms": 20,

@@ -249,7 +249,11 @@ def test_rotel_to_otad_to_sink_records_are_scored_and_anomaly_events_arrive(rote
 
     with OtlpSink() as sink:
         service = start_service(
-            tmp_path / "data", export_endpoint=sink.endpoint, bootstrap_rows=150, train_epochs=2
+            tmp_path / "data",
+            export_endpoint=sink.endpoint,
+            event_window_s=0,  # one event per anomaly: each slow failure is checked at the sink
+            bootstrap_rows=150,
+            train_epochs=2,
         )
         proc, rotel_port = start_rotel(
             tmp_path,

@@ -46,6 +46,7 @@ def emitted(tmp_path_factory) -> dict:
             http_endpoint="localhost:0",
             metrics_endpoint="localhost:0",
             export_endpoint=sink.endpoint,
+            event_wait_s=0,  # each finding's first event at once, not after 60 s (receiver/aggregate.py)
             bootstrap_rows=150,
             train_epochs=2,
             batch_wait_ms=20,

@@ -164,3 +164,18 @@ def test_the_update_event_carries_the_finding_on_the_wire():
 def test_limits_are_checked(bad):
     with pytest.raises(ValueError):
         EventLimits(**bad)
+
+
+def test_waits_and_quiet_windows_end_by_the_wall_clock_when_no_later_record_comes():
+    import time
+
+    agg = FindingAggregator(EventLimits(window_s=0.4, max_per_window=1, max_per_minute=100, wait_s=0.1), "t")
+    _, send = agg.add([anomaly(1, 0), anomaly(2, 0.01)])  # the records' clock does not move past the wait
+    assert send == [] and agg.tick() == []
+    time.sleep(0.15)
+    created = agg.tick()
+    assert [(e.finding["activity_id"], e.count) for e in created] == [(1, 2)]
+    agg.add([anomaly(3, 0.02)])
+    time.sleep(0.45)
+    closing = agg.tick()  # quiet for a window by the wall clock: the last word, and the finding ends
+    assert [(e.finding["activity_id"], e.count) for e in closing] == [(2, 3)] and agg.open_findings == 0
