@@ -22,6 +22,7 @@ import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
+from grpc_reflection.v1alpha import reflection
 
 from receiver.api.calls import Api
 from receiver.api.methods import METHODS, SERVICES
@@ -101,6 +102,10 @@ class ApiGrpcServer:
             self.server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(service.full_name, handlers),)
             )
+        # grpcurl lists and calls the API without the .proto files (behind the same token as every call).
+        reflection.enable_server_reflection(
+            [s.full_name for s in SERVICES] + [reflection.SERVICE_NAME], self.server
+        )
         if options.credentials is None:
             self.port = self.server.add_insecure_port(endpoint)
         else:

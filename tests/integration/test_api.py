@@ -239,6 +239,19 @@ def test_without_the_token_calls_are_refused(service, pki):
     assert http_err.value.code == 401
 
 
+def test_reflection_lists_the_services_for_grpcurl(service, pki):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(pki.read("ca")), grpc.access_token_call_credentials(TOKEN)
+    )
+    with grpc.secure_channel(f"localhost:{service.api.port}", credentials) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"otad.v1.AnomalyService", "otad.v1.FeedbackService", "otad.v1.ModelService"} <= services
+        assert db.FindFileContainingSymbol("otad.v1.FeedbackService").name == "otad/v1/feedback.proto"
+
+
 def test_curl_style_get_and_unknown_uid(service, pki, incident):
     context = ssl.create_default_context(cafile=str(pki.ca))
     base = f"https://localhost:{service.http_port}/v1/otad"
