@@ -173,6 +173,10 @@ def run_demo(args: argparse.Namespace, data_dir: Path, out=sys.stdout) -> int:
         "batch_wait_ms": 100,
         **{f"{name}_endpoint": "127.0.0.1:0" for name in ("grpc", "http", "metrics", "query")},
     }
+    # The findings' timing (group wait, quiet window) in simulated time, as a real-time otad would see it.
+    for name in ("event_wait_s", "event_window_s"):
+        if name in Settings.model_fields:
+            overrides[name] = float(Settings.model_fields[name].default) / max(args.speedup, 1.0)
     service = Service(Settings(**overrides))
     rotel = None
     try:
