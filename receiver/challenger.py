@@ -12,8 +12,8 @@ The rules (`judge`), each on the shadow window:
   far as it sits from the current version's (model/drift.py `embedding_drift`, each in its own version's
   embedding space); a reference that does not cover today's traffic explains anomalies badly.
 - **feedback**, when operators marked rows normal (receiver/feedback.py): the challenger alerts on no more of
-  them than the current version (plus a tenth of them), both from their saved models (`feedback_verdict`, which
-  `ModelLifecycle.feedback_check` can replace).
+  them than the current version (plus a tenth of them), both from their saved models (`feedback_verdict`,
+  which `ModelLifecycle.feedback_check` can replace).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 ALERT_FLOOR = 0.002  # the alert-rate rule's floor for the current version's rate
 STABILITY_SLACK = 0.1
 SEPARATION_SLACK = 1.25
+SHADOW_WAIT_S = 60.0  # the longest the pipeline waits for the challenger's shadow batches
 
 
 @dataclass
@@ -160,11 +162,19 @@ class Challenger:
         self.challenger_emb: list[np.ndarray] = []
 
     def shadow(self, rows: list[Row], champion: ScoredBatch) -> None:
-        """Queue a batch the current version scored (the pipeline thread; at most two batches wait)."""
+        """Queue a batch the current version scored (the pipeline thread; at most two batches wait, and a
+        challenger that keeps one waiting SHADOW_WAIT_S is given up, so it never stalls the pipeline)."""
         if self.closed or self.error is not None:
             return
         while len(self._pending) >= 2:
-            self._pending.popleft().result()
+            try:
+                self._pending[0].result(timeout=SHADOW_WAIT_S)
+            except FutureTimeout:
+                self.error = f"it took over {SHADOW_WAIT_S:.0f}s to score a batch in shadow"
+                self.closed = True
+                threading.Thread(target=self._ready, name="otad-challenger-slow", daemon=True).start()
+                return
+            self._pending.popleft()
         try:
             self._pending.append(self._exec.submit(self._score, rows, champion))
         except RuntimeError:  # closed meanwhile
@@ -235,8 +245,8 @@ class Challenger:
         self._exec.shutdown(wait=False)
 
     def close(self) -> None:
-        """Discard: stop shadowing and close the scorer (before its directory goes: a scoring process saves its
-        state there when it stops)."""
+        """Discard: stop shadowing and close the scorer (before its directory goes: a scoring process saves
+        its state there when it stops)."""
         self.closed = True
         self._exec.shutdown(wait=False, cancel_futures=True)
         close_scorer(self.scorer)

@@ -113,6 +113,16 @@ class ModelLifecycle(PeriodicWork):
         h = self._handover
         if h is None:
             return
+        try:
+            self._apply(h)
+        finally:  # nothing here may end the pipeline's thread, and the caller always gets its answer
+            with self._lock:
+                if self._challenger is h.challenger:
+                    self._challenger = None
+                self._handover = None
+            h.done.set()
+
+    def _apply(self, h: _Handover) -> None:
         t0 = time.perf_counter()
         old_version = self._current_version()
         try:
@@ -120,23 +130,21 @@ class ModelLifecycle(PeriodicWork):
                 h.challenger.stop()  # every batch so far is in its state
             self.last_drain_s, t0 = time.perf_counter() - t0, time.perf_counter()
             old = self.pipeline.activate(h.mv, h.scorer)
-        except StorageError as exc:  # its rows collection cannot be opened: stay with the old version
+        except Exception as exc:  # e.g. its rows collection cannot be opened: stay with the old version
             h.error = f"cannot switch to {h.mv.version}: {exc}"
             logger.error("%s", h.error)
             close_scorer(h.scorer)
-        else:
+            return
+        self.last_switch_s = time.perf_counter() - t0
+        try:
             promote_version(self.settings.models_dir, h.mv.version)
-            self.last_switch_s = time.perf_counter() - t0
             self.monitor.reset(h.mv.version)
             if old is not None:
                 threading.Thread(target=close_scorer, args=(old,), name="otad-close-old").start()
             self.registry.event(h.kind, h.mv.version, h.reason, previous=old_version)
-            logger.info("model %s %s (%s); was %s", h.mv.version, h.kind, h.reason, old_version)
-        with self._lock:
-            if self._challenger is h.challenger:
-                self._challenger = None
-            self._handover = None
-        h.done.set()
+        except Exception:  # the switch stands; what follows it is logged
+            logger.exception("recording the switch to %s failed", h.mv.version)
+        logger.info("model %s %s (%s); was %s", h.mv.version, h.kind, h.reason, old_version)
 
     # ----- the interface of otad's API -----
     def list_models(self) -> list[dict]:
