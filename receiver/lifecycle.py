@@ -251,7 +251,8 @@ class ModelLifecycle(PeriodicWork):
             raise RuntimeError("another version is taking over right now; try again")
         if not h.done.wait(SWITCH_TIMEOUT_S):
             raise RuntimeError(
-                f"the pipeline did not switch to {h.mv.version} within {SWITCH_TIMEOUT_S:.0f}s"
+                f"the pipeline did not switch to {h.mv.version} within {SWITCH_TIMEOUT_S:.0f}s "
+                "(a batch is still in hand); it takes over once that batch is done"
             )
         if h.error:
             raise RuntimeError(h.error)
@@ -264,7 +265,12 @@ class ModelLifecycle(PeriodicWork):
         """Hand the rows operators marked normal to a version about to take over (they join its reference)."""
         marked = normal_rows(self.feedback)
         if marked:
-            scorer.learn_normal(marked)
+            try:
+                scorer.learn_normal(marked)
+            except Exception as exc:  # the version still takes over; feedback screening holds all the same
+                logger.warning(
+                    "could not teach %d rows marked normal to the new version: %s", len(marked), exc
+                )
         return scorer
 
     def _current_version(self) -> str | None:
