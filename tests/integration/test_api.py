@@ -267,6 +267,26 @@ def test_curl_style_get_and_unknown_uid(service, pki, incident):
     )
     second = json.loads(urllib.request.urlopen(req, context=context).read())
     assert second["anomalies"][0]["uid"] != page["anomalies"][0]["uid"]
+    example = {
+        "example": {
+            "signal": "logs",
+            "service": "checkout",
+            "severity_id": 2,
+            "fields": {"message": {"string_value": "GET /cart/77 served in 30100.0 ms"}},
+        },
+        "limit": 3,
+    }
+    req = urllib.request.Request(
+        f"{base}/AnomalyService/SimilarEvents",
+        data=json.dumps(example).encode(),
+        headers=headers,
+        method="POST",
+    )
+    similar = json.loads(urllib.request.urlopen(req, context=context).read())
+    assert (
+        len(similar["events"]) == 3 and similar["model_version"] == service.pipeline.status()["model_version"]
+    )
+    assert all(e["row"]["service"] in ("checkout", "billing") for e in similar["events"])
     req = urllib.request.Request(f"{base}/AnomalyService/GetAnomaly?uid=nope", headers=headers)
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, context=context)
