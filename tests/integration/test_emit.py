@@ -463,3 +463,12 @@ def test_one_incident_reaches_the_sink_as_a_few_updates_of_one_finding(sink, emi
     assert all(len(b["finding_info"]["related_events"]) <= 50 for b in incident)  # bounded; `count` has all
     for _, _, rec in sink.log_records():
         assert rec.event_name == EVENT_NAME and "event.name" not in attrs(rec.attributes)
+
+
+def test_otel_resource_attributes_join_the_source_resource_without_overriding_it():
+    request = build_request(
+        events([make_anomaly()]), VERSION, {"deployment.environment.name": "prod", "host.name": "otad-0"}
+    )
+    resource = plain(request.resource_logs[0].resource.attributes)
+    assert resource["deployment.environment.name"] == "prod"  # added: the source did not say
+    assert resource["host.name"] == "pay-1" and resource["service.name"] == "payments"  # the source's own
