@@ -1,5 +1,6 @@
 """A fresh `otad serve` (a child process: temp data dir, loopback ports, Milvus Lite embedded, default settings
-except OTAD_BOOTSTRAP_ROWS, the endpoints and OTAD_EVENT_WINDOW_S=0), an OTLP/gRPC sink for its anomaly events, and the replay client.
+except OTAD_BOOTSTRAP_ROWS, the endpoints and OTAD_EVENT_WINDOW_S=0), an OTLP/gRPC sink for its anomaly events,
+and the replay client.
 
 `run_service` replays a dataset's OTLP/JSON lines in order (one Export per line), answering backpressure the
 way an exporter does (UNAVAILABLE + RetryInfo: wait, resend), waits until every row is processed and the
