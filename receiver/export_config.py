@@ -183,8 +183,8 @@ def resolve_export(settings: Settings, environ: Mapping[str, str] | None = None)
         given, missing = ("cert", "key") if files["key"] is None else ("key", "cert")
         hint = {"cert": "client certificate", "key": "client key"}
         raise ConfigError(
-            f"{sources[given]} is set but no {hint[missing]} is (OTAD_EXPORT_CLIENT_{missing.upper()}_FILE or "
-            f"OTEL_EXPORTER_OTLP_CLIENT_{'KEY' if missing == 'key' else 'CERTIFICATE'}); set both or neither"
+            f"{sources[given]} is set but no {hint[missing]} (OTAD_EXPORT_CLIENT_{missing.upper()}_FILE or "
+            f"OTEL_EXPORTER_OTLP_[LOGS_]CLIENT_{'KEY' if missing == 'key' else 'CERTIFICATE'}); set both or neither"
         )
     endpoint_pick = _pick(settings, env, "export_endpoint", "ENDPOINT")
     endpoint = None
