@@ -97,6 +97,8 @@ def operator_error(exc: BaseException) -> tuple[str, int]:
                 "" if "OTAD_" in text else " (on OTAD_GRPC_ENDPOINT, _HTTP_, _METRICS_ or _QUERY_ENDPOINT)"
             )
             return f"{text}{where}; is another otad (or another program) listening there?", 1
+        if exc.filename is None and exc.strerror is None:  # raised with a sentence of its own
+            return text, 2 if isinstance(exc, FileNotFoundError) else 1
         if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
             where = f" {exc.filename}" if exc.filename else ""
             return f"cannot open{where}: {exc.strerror or text}", 2
