@@ -185,3 +185,14 @@ def test_every_dashboard_expression_evaluates(prometheus, where, expr):
     names = set(re.findall(r"\b(otad_\w+|process_\w+|python_\w+)", expr))
     if names and names <= live:
         assert answer["data"]["result"], f"{where}: no series from {expr} though {sorted(names)} have samples"
+
+
+def test_some_dashboard_expressions_are_over_live_traffic(prometheus):
+    """The series check above is not vacuous: the traffic sent reaches metrics the dashboards draw."""
+    _, live = prometheus
+    over_traffic = [
+        where
+        for where, expr in promql_expressions()
+        if (names := set(re.findall(r"\b(otad_\w+|process_\w+|python_\w+)", expr))) and names <= live
+    ]
+    assert len(over_traffic) >= 3, over_traffic
