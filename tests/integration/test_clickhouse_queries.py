@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from tests.helm.tools import REPO
@@ -81,7 +82,11 @@ def _scalar(value, kind: str) -> str:
         return str(value.int_value)
     if kind == "double_value":  # strconv.FormatFloat(v, 'f', -1, 64): shortest, never an exponent
         d = value.double_value
-        return repr(d) if not math.isfinite(d) else format(d, "f").rstrip("0").rstrip(".") or "0"
+        return (
+            {math.inf: "+Inf", -math.inf: "-Inf"}.get(d, "NaN")
+            if not math.isfinite(d)
+            else (np.format_float_positional(d, trim="-"))
+        )
     return base64.b64encode(value.bytes_value).decode()
 
 
