@@ -36,11 +36,18 @@ def writable_dir(path: Path) -> str | None:
 
 def check(settings: Settings) -> list[str]:
     """Every check beyond the settings' own validation; returns what was checked, raises ConfigError."""
+    from receiver.export_config import resolve_export
     from receiver.otlp.servers import load_security
-    from receiver.otlp.tls import emitter_credentials
+    from receiver.otlp.tls import emitter_credentials, emitter_ssl_context
 
     load_security(settings)  # TLS files and token file: exist, readable, PEM, a matching pair
-    emitter_credentials(settings)
+    export = resolve_export(
+        settings
+    )  # OTEL_EXPORTER_OTLP_* with OTAD_EXPORT_* overrides, as the emitter reads them
+    if export.protocol == "grpc":
+        emitter_credentials(export)
+    else:
+        emitter_ssl_context(export)
     problem = writable_dir(settings.data_dir)
     if problem:
         raise ConfigError(f"OTAD_DATA_DIR: {problem}; point it at a writable directory")
@@ -55,6 +62,9 @@ def check(settings: Settings) -> list[str]:
     done = [f"data dir {settings.data_dir.absolute()} (writable)"]
     done += [f"OTAD_{n.upper()}={getattr(settings, n)}" for n in _LISTENERS]
     done.append(f"Milvus {settings.resolved_milvus_uri}")
+    done.append(
+        f"events to {export.endpoint} ({export.protocol})" if export.endpoint else "events stored only"
+    )
     if settings.tls_cert_file:
         done.append(f"TLS {settings.tls_cert_file} + {settings.tls_key_file}")
     return done

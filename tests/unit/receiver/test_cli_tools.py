@@ -19,7 +19,7 @@ def clean_env(monkeypatch):
     import os
 
     for name in list(os.environ):
-        if name.upper().startswith("OTAD_"):
+        if name.upper().startswith(("OTAD_", "OTEL_")):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -61,6 +61,13 @@ def test_validate_accepts_a_usable_configuration(clean_env, tmp_path, capsys):
         ({"OTAD_TLS_CERT_FILE": "/no/such.pem", "OTAD_TLS_KEY_FILE": "/no/such.key"}, "OTAD_TLS_CERT_FILE"),
         ({"OTAD_AUTH_TOKEN_FILE": "/no/tokens"}, "OTAD_AUTH_TOKEN_FILE"),
         ({"OTAD_BATCH_ROWS": "many"}, "OTAD_BATCH_ROWS"),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE": "/no/ca",
+            },
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
     ],
 )
 def test_validate_names_the_variable_and_exits_2(clean_env, tmp_path, capsys, env, variable):
