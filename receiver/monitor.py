@@ -33,7 +33,8 @@ class DriftMonitor:
         self.hysteresis = Hysteresis(settings.drift_high, settings.drift_low, settings.drift_checks)
         self.report: DriftReport | None = None
         self.reference: Window | None = None
-        self._version: str | None = None
+        self._version: str | None = None  # the version the reference and the switch belong to
+        self._wanted: str | None = None  # the version scoring now (set by `reset` on a switch)
         self._stored_reference = False  # the reference came from stored reference rows (else: a first window)
         self._lock = threading.Lock()  # one check at a time
 
@@ -42,28 +43,30 @@ class DriftMonitor:
         self.recent.extend(rows)
 
     def reset(self, version: str | None) -> None:
-        """A new version scores from now on: its own reference and window, the switch off."""
+        """A new version scores from now on (the pipeline thread, never blocked by a check): a new window now;
+        its reference and a fresh switch at the next check, which drops figures of the old version."""
         self.recent = deque(maxlen=self.settings.drift_window_rows)
-        self.reference, self._version, self.report = None, version, None
-        self._stored_reference = False
-        self.hysteresis = Hysteresis(
-            self.settings.drift_high, self.settings.drift_low, self.settings.drift_checks
-        )
+        self._wanted = version
         self.metrics.drift_active.set(0)
 
     def check(self, mv: ModelVersion) -> tuple[DriftReport | None, bool]:
         """One drift check of `mv`; returns the report (None until there is a full window) and whether the
         switch turned on with it."""
         with self._lock:
-            if self._version is None:
-                self._version = mv.version  # the first version (the cold start switched it in)
-            elif mv.version != self._version:
-                self.reset(mv.version)
+            if self._wanted is None:
+                self._wanted = mv.version  # the first version (the cold start switched it in)
+            if mv.version != self._wanted:
+                return None, False  # a switch is under way
+            if self._version != mv.version:
+                self._start(mv.version)
             recent = list(self.recent)
             if len(recent) < self.settings.drift_window_rows:
                 return None, False
             if self.reference is None:
-                self.reference = self._load_reference(mv) or window(mv, recent)
+                reference = self._load_reference(mv) or window(mv, recent)
+                if self._wanted != mv.version:
+                    return None, False
+                self.reference = reference
                 if not self._stored_reference:
                     self.recent.clear()  # this window became the reference; the next one is compared to it
                     return None, False
@@ -75,21 +78,33 @@ class DriftMonitor:
                 alpha=self.settings.drift_fdr,
                 psi_min=self.settings.drift_psi_min,
             )
-            turned_on = self.hysteresis.update(report.score)
-            self.report = report
-            self.metrics.drift_features.set(report.feature_share)
-            self.metrics.drift_embedding.set(report.embedding)
-            self.metrics.drift_new_templates.set(report.new_template_rate)
-            self.metrics.drift_active.set(int(self.hysteresis.active))
-            if turned_on:
-                logger.warning(
-                    "drift: %.0f%% of features drifted (%s), new-template rate %.1f%%, embedding MMD %.3f",
-                    100 * report.feature_share,
-                    ", ".join(report.drifted[:5]) or "none",
-                    100 * report.new_template_rate,
-                    report.embedding,
-                )
-            return report, turned_on
+            if self._wanted != mv.version:
+                return None, False  # switched while comparing: never report figures of another version
+            return report, self._record(report)
+
+    def _start(self, version: str) -> None:
+        self._version, self.reference, self.report = version, None, None
+        self._stored_reference = False
+        self.hysteresis = Hysteresis(
+            self.settings.drift_high, self.settings.drift_low, self.settings.drift_checks
+        )
+
+    def _record(self, report: DriftReport) -> bool:
+        turned_on = self.hysteresis.update(report.score)
+        self.report = report
+        self.metrics.drift_features.set(report.feature_share)
+        self.metrics.drift_embedding.set(report.embedding)
+        self.metrics.drift_new_templates.set(report.new_template_rate)
+        self.metrics.drift_active.set(int(self.hysteresis.active))
+        if turned_on:
+            logger.warning(
+                "drift: %.0f%% of features drifted (%s), new-template rate %.1f%%, embedding MMD %.3f",
+                100 * report.feature_share,
+                ", ".join(report.drifted[:5]) or "none",
+                100 * report.new_template_rate,
+                report.embedding,
+            )
+        return turned_on
 
     def _load_reference(self, mv: ModelVersion) -> Window | None:
         """The newest OTAD_DRIFT_WINDOW_ROWS reference rows of `mv`, featurized and embedded by it."""
@@ -113,10 +128,12 @@ class DriftMonitor:
         return window(mv, rows) if self._stored_reference else None
 
     def status(self) -> dict:
-        report = self.report
+        fresh = self._wanted == self._version  # else a switch happened since the last check
+        report = self.report if fresh else None
         return {
-            "active": self.hysteresis.active,
-            "streak": self.hysteresis.streak,
+            "version": self._wanted,
+            "active": self.hysteresis.active and fresh,
+            "streak": self.hysteresis.streak if fresh else 0,
             "high": self.hysteresis.high,
             "low": self.hysteresis.low,
             "recent_rows": len(self.recent),
