@@ -32,3 +32,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"{len(stray)} test(s) outside tests/{{{','.join(FOLDERS)}}}/, so without a "
             f"marker; move them into one of those folders: {', '.join(stray[:5])}"
         )
+
+
+@pytest.fixture(autouse=True)
+def _free_api_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Service listens on OTAD_QUERY_ENDPOINT too, and a port in use is an error (no SO_REUSEPORT):
+    tests that do not choose one get a free port, never the default 4320 of a Service beside them."""
+    monkeypatch.setenv("OTAD_QUERY_ENDPOINT", "localhost:0")

@@ -28,7 +28,7 @@ from receiver.api.calls import Api
 from receiver.api.methods import METHODS, SERVICES
 from receiver.feedback import Feedback
 from receiver.otlp.auth import failure_message
-from receiver.otlp.grpc_options import GrpcServerOptions
+from receiver.otlp.grpc_options import GrpcServerOptions, bind
 from receiver.otlp.servers import Security, grpc_server_options
 from receiver.settings import Settings
 from storage import StorageError
@@ -106,12 +106,7 @@ class ApiGrpcServer:
         reflection.enable_server_reflection(
             [s.full_name for s in SERVICES] + [reflection.SERVICE_NAME], self.server
         )
-        if options.credentials is None:
-            self.port = self.server.add_insecure_port(endpoint)
-        else:
-            self.port = self.server.add_secure_port(endpoint, options.credentials)
-        if not self.port:
-            raise OSError(f"cannot listen on {endpoint} (OTAD_QUERY_ENDPOINT): address in use or not local")
+        self.port = bind(self.server, endpoint, options.credentials, "OTAD_QUERY_ENDPOINT")
 
     @staticmethod
     def _handler(api: Api, method: MethodDescriptor) -> grpc.RpcMethodHandler:

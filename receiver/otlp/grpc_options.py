@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 import grpc
 
-__all__ = ["GrpcServerOptions"]
+__all__ = ["GrpcServerOptions", "bind"]
 
 _MIB = 1024 * 1024
 
@@ -29,6 +30,8 @@ class GrpcServerOptions:
         # limit compressed is over it inflated too); server.py counts what core refuses (docs/receiver.md).
         # With decompression off, a compressed grpc.health.v1 Check would not decode; health probes don't compress.
         args = [
+            # A second process on the same port is an error, not a silent share of the connections.
+            ("grpc.so_reuseport", 0),
             ("grpc.per_message_decompression", 0),
             ("grpc.max_receive_message_length", max_recv_mib * _MIB),
             ("grpc.max_send_message_length", 4 * _MIB),
@@ -46,3 +49,21 @@ class GrpcServerOptions:
                 ("grpc.max_connection_age_grace_ms", 30_000),
             ]
         return args
+
+
+def bind(
+    server: grpc.Server, endpoint: str, credentials: grpc.ServerCredentials | None, variable: str
+) -> int:
+    """Listen on `endpoint`; the port bound, or an OSError (EADDRINUSE) naming `variable` when it is taken."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(endpoint)
+        else:
+            port = server.add_secure_port(endpoint, credentials)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise OSError(
+            errno.EADDRINUSE, f"cannot listen on {endpoint} ({variable}): address in use or not local"
+        )
+    return port

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from receiver.otlp.errors import BadEncodingError, Outcome, TooLargeError, outcome_of, refusal, to_status
-from receiver.otlp.grpc_options import GrpcServerOptions
+from receiver.otlp.grpc_options import GrpcServerOptions, bind
 from receiver.otlp.handler import ExportHandler, build_response
 from receiver.otlp.inflate import GZIP_WBITS, inflate_limited, trim_heap_soon
 from receiver.otlp.signals import SIGNALS, SignalSpec
@@ -164,12 +164,7 @@ class OtlpGrpcServer:
             self.server.add_generic_rpc_handlers((servicer.handler(spec.service_name),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if options.credentials is None:
-            self.port = self.server.add_insecure_port(endpoint)
-        else:
-            self.port = self.server.add_secure_port(endpoint, options.credentials)
-        if not self.port:
-            raise OSError(f"cannot listen on {endpoint} (OTAD_GRPC_ENDPOINT): address in use or not local")
+        self.port = bind(self.server, endpoint, options.credentials, "OTAD_GRPC_ENDPOINT")
 
     def start(self) -> None:
         self.server.start()
