@@ -43,11 +43,6 @@ def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
     return 100.0 * (-np.log10(p)) / (-math.log10(P_FLOOR))
 
 
-# The tail model is trusted this many times beyond the calibration's own resolution 1/(n+1): past that, a
-# p-value says only "beyond anything calibrated", and the other members of the ensemble rank such rows (an
-# exponential tail fitted on 1,000 rows otherwise called a never-seen but ordinary message one-in-10^23).
-EXTRAPOLATION = 10.0
-
 XI_MAX = (
     0.9  # the generalised Pareto shape is kept in [0, XI_MAX]: never a bounded tail, never an infinite mean
 )
@@ -81,7 +76,6 @@ class Calibration:
     tail_beta: float
     tail_q: float = TAIL_Q
     tail_xi: float = 0.0
-    n: int = 0  # calibration scores it was fitted on (0: unknown, no extrapolation limit)
 
     @classmethod
     def fit(cls, scores: np.ndarray, times: np.ndarray | None = None, grid: int = CAL_GRID) -> Calibration:
@@ -97,9 +91,9 @@ class Calibration:
         u = float(np.quantile(s, q)) if len(s) else 0.0
         excess = s[s > u] - u
         if not len(excess):
-            return cls(s, u, max(u * 0.1, 1e-6), q, 0.0, len(s))
+            return cls(s, u, max(u * 0.1, 1e-6), q)
         beta, xi = gpd_fit(excess)
-        return cls(s, u, max(beta, 1e-9), q, xi, len(s))
+        return cls(s, u, max(beta, 1e-9), q, xi)
 
     @classmethod
     def _fit_blocks(
@@ -120,7 +114,7 @@ class Calibration:
         # The tail's start and scale at the CAL_BLOCK_Q-th block; its shape is the distribution's, and the median
         # over blocks is its estimate (a high quantile of per-block shape estimates would be their noise).
         beta, xi = float(np.quantile(fits[:, 0], CAL_BLOCK_Q)), float(np.median(fits[:, 1]))
-        return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q, xi, len(scores))
+        return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q, xi)
 
     def pvalue(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
@@ -128,14 +122,7 @@ class Calibration:
         above = n - np.searchsorted(self.sorted_scores, raw, side="left")
         p_emp = (above + 1) / (n + 1)
         p_tail = (1 - self.tail_q) * self._tail_sf(np.maximum(raw - self.tail_u, 0.0) / self.tail_beta)
-        if self.n:
-            p_tail = np.maximum(p_tail, self.p_min)
         return np.where(raw > self.tail_u, p_tail, p_emp)
-
-    @property
-    def p_min(self) -> float:
-        """The smallest p-value this calibration can support (0 when its size is unknown)."""
-        return 1.0 / (EXTRAPOLATION * (self.n + 1)) if self.n else 0.0
 
     def _tail_sf(self, y: np.ndarray) -> np.ndarray:
         if self.tail_xi < 1e-6:
@@ -165,16 +152,13 @@ def calibration_to_arrays(cal: Calibration, prefix: str) -> dict[str, np.ndarray
     """A calibration as named arrays (for a state file: never pickled)."""
     return {
         prefix + "scores": cal.sorted_scores,
-        prefix + "tail": np.asarray(
-            [cal.tail_u, cal.tail_beta, cal.tail_q, cal.tail_xi, cal.n], dtype=np.float64
-        ),
+        prefix + "tail": np.asarray([cal.tail_u, cal.tail_beta, cal.tail_q, cal.tail_xi], dtype=np.float64),
     }
 
 
 def calibration_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> Calibration:
     tail = arrays[prefix + "tail"]
     xi = float(tail[3]) if len(tail) > 3 else 0.0
-    n = int(tail[4]) if len(tail) > 4 else 0
     return Calibration(
-        arrays[prefix + "scores"].astype(np.float64), float(tail[0]), float(tail[1]), float(tail[2]), xi, n
+        arrays[prefix + "scores"].astype(np.float64), float(tail[0]), float(tail[1]), float(tail[2]), xi
     )

@@ -302,13 +302,12 @@ class KnnDetector:
                     self.calibration_.tail_beta,
                     self.calibration_.tail_q,
                     self.calibration_.tail_xi,
-                    self.calibration_.n,
                 ]
             ),
             "groups": np.asarray(list(self.group_calibrations_), dtype=np.str_),
             **{f"calibration_{i}": c.sorted_scores for i, c in enumerate(self.group_calibrations_.values())},
             **{
-                f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q, c.tail_xi, c.n])
+                f"tail_{i}": np.asarray([c.tail_u, c.tail_beta, c.tail_q, c.tail_xi])
                 for i, c in enumerate(self.group_calibrations_.values())
             },
         }
@@ -342,5 +341,4 @@ def _calibration(sorted_scores: np.ndarray, tail: np.ndarray) -> Calibration:
         float(tail[1]),
         float(tail[2]) if len(tail) > 2 else TAIL_Q,
         float(tail[3]) if len(tail) > 3 else 0.0,
-        int(tail[4]) if len(tail) > 4 else 0,
     )
