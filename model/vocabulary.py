@@ -91,7 +91,8 @@ def show(name: str, value: Any) -> str:
         return f"{x:+.1f} x its usual spread"
     if unit in ("ms", "bytes", "characters"):
         return f"{x:,.0f} {unit}"
-    return f"{x:,.4g}{(' ' + unit) if unit else ''}"
+    shown = f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+    return f"{shown}{(' ' + unit) if unit else ''}"
 
 
 def ratio(observed: Any, typical: Any, name: str = "") -> str:

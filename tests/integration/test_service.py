@@ -209,6 +209,7 @@ def test_cold_start_trains_then_emits_anomaly_events(service, sink):
         )
     ]
     logs.Export(logs_request(normal + slow), timeout=5)
+    assert service.pipeline.wait_idle(30)  # scored and stored: its finding is open
     # Repeats of one pattern are one finding: a record is named by the finding's related_events (receiver/aggregate.py).
     service.emitter.close_findings()
     assert sink.wait_for(lambda: "slow-1" in {u for _, u in sources(sink)}, timeout=30)
