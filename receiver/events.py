@@ -44,7 +44,12 @@ _EVIDENCE_FIELDS = (
     "src_endpoint.ip",
     "actor.user.name",
 )
-_RESOURCE_DATA = ("service.namespace", "service.version", "service.instance.id", "deployment.environment.name")
+_RESOURCE_DATA = (
+    "service.namespace",
+    "service.version",
+    "service.instance.id",
+    "deployment.environment.name",
+)
 
 
 def _clip(text: object, limit: int) -> str:
@@ -129,7 +134,9 @@ def _evidences(anomaly: Anomaly) -> list[dict]:
     named = {f.split(".")[0] if f.startswith("ctx.") else f for f, _, _ in anomaly.evidence}
     keys = [k for k in fields if any(k == n or k.startswith(n) or n.startswith(k) for n in named)]
     keys += [k for k in _EVIDENCE_FIELDS if k in fields and k not in keys]
-    data = {k: _clip(fields[k], 200) if isinstance(fields[k], str) else fields[k] for k in keys[:_MAX_EVIDENCE]}
+    data = {
+        k: _clip(fields[k], 200) if isinstance(fields[k], str) else fields[k] for k in keys[:_MAX_EVIDENCE]
+    }
     return [{"data": data, "name": _clip(anomaly.row.service, 256)}] if data else []
 
 

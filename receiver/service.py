@@ -30,7 +30,9 @@ from storage import MilvusStore
 from storage.lite_process import LiteServerProcess, is_lite_uri, reclaim, running_endpoint
 
 logger = logging.getLogger("otad")
-READINESS_SERVICE = "otad.readiness"  # the gRPC health name of readiness (helm/otad readinessProbe.grpc.service)
+READINESS_SERVICE = (
+    "otad.readiness"  # the gRPC health name of readiness (helm/otad readinessProbe.grpc.service)
+)
 
 
 def open_store(settings: Settings, *, serve: bool = False, owner=None):

@@ -36,11 +36,17 @@ class Settings(BaseSettings):
     export_client_key_file: Path | None = None  # its PEM private key
     export_headers: SecretStr | None = None  # extra export headers, "authorization=Bearer%20x,tenant=a"
     # Anomaly events (receiver/aggregate.py): repeats of one pattern within the window update one finding.
-    event_window_s: float = Field(300.0, ge=0)  # a finding ends after this quiet time; 0: one event per anomaly
+    event_window_s: float = Field(
+        300.0, ge=0
+    )  # a finding ends after this quiet time; 0: one event per anomaly
     event_max_per_window: int = Field(1, ge=1)  # events per finding per window (its Create included)
-    event_wait_s: float = Field(60.0, ge=0)  # a finding's first event waits this long for repeats (group_wait)
+    event_wait_s: float = Field(
+        60.0, ge=0
+    )  # a finding's first event waits this long for repeats (group_wait)
     event_max_per_minute: int = Field(60, ge=1)  # events per minute overall; the rest wait (never dropped)
-    event_name_attribute: bool = False  # also the deprecated `event.name` attribute (backends without EventName)
+    event_name_attribute: bool = (
+        False  # also the deprecated `event.name` attribute (backends without EventName)
+    )
     milvus_uri: str | None = None  # None: Milvus Lite file <data_dir>/milvus.db; http://host:19530: a server
     milvus_token: SecretStr | None = None  # for a Milvus server with auth
     milvus_timeout_s: float = Field(30.0, gt=0)  # every Milvus call carries it

@@ -167,7 +167,8 @@ def wait_processed(serve: Serve, log: Callable[[str], None], stall_s: float = 30
         )
         scored = m.get('otad_rows_processed_total{state="scoring"}', 0.0)
         exported = sum(
-            m.get(f"otad_exporter_{k}_log_records_total", 0.0) for k in ("sent", "send_failed", "enqueue_failed")
+            m.get(f"otad_exporter_{k}_log_records_total", 0.0)
+            for k in ("sent", "send_failed", "enqueue_failed")
         )
         done_rows = scored + meta.get("rows", 0)
         idle = st["state"] == "scoring" and not st["queued_rows"] and not st["backlog_rows"]

@@ -543,7 +543,9 @@ def test_wrong_content_type_method_and_path(plain):
     answer = http_call(port, "/v1/logs", b"not gzip at all", headers={"Content-Encoding": "gzip"})
     assert answer.http_status == 400
     assert (
-        counter(plain, "otad_receiver_requests_total", signal="unknown", transport="http", outcome="not_found")
+        counter(
+            plain, "otad_receiver_requests_total", signal="unknown", transport="http", outcome="not_found"
+        )
         >= 1
     )
 
