@@ -31,6 +31,7 @@ from model.scorer import ScoredBatch, Scorer
 from model.worker import ScoringProcess
 from receiver.events import finding_uid
 from receiver.metrics import Metrics
+from receiver.writer import anomaly_record
 from storage import MilvusStore, StorageError
 from storage.collection import ROW_FIELDS
 
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_RADIUS = 0.02
 SUPPRESS_TTL_S = 86_400  # a Suppress without a TTL lasts a day
 LOOKALIKES_MAX = 200  # stored look-alikes a MarkNormal adds to the normal reference
-_EXPLANATION_BYTES = 4000
 KINDS = ("normal", "suppress")
 
 
@@ -369,30 +369,8 @@ def _match(active: list[_Active], units: np.ndarray, vector: np.ndarray, service
 
 def _record(uid: str, a: Anomaly, e: _Active) -> dict[str, Any]:
     """The anomalies-collection record of a silenced anomaly (no finding: it was never reported)."""
-    text = a.explanation.encode("utf-8", "surrogatepass")[:_EXPLANATION_BYTES].decode("utf-8", "ignore")
-    return {
-        "uid": uid,
-        "source_uid": a.row.uid,
-        "signal": a.row.signal,
-        "service": a.row.service[:128],
-        "class_uid": a.row.class_uid,
-        "time_ms": a.row.time_ms,
-        "detected_ms": a.detected_unix_nano // 1_000_000,
-        "score": a.score,
-        "threshold": a.threshold,
-        "model_version": a.model_version,
-        "explanation": text,
-        "event": {
-            "suppressed_by": e.uid,
-            "feedback_kind": e.kind,
-            "neighbors": list(a.neighbors),
-            "trace_id": a.row.trace_id,
-            "span_id": a.row.span_id,
-            "raw_score": a.raw_score,
-            "detector": a.detector,
-            "evidence": [list(x) for x in a.evidence],
-        },
-    }
+    event = {"suppressed_by": e.uid, "feedback_kind": e.kind, "evidence": [list(x) for x in a.evidence]}
+    return anomaly_record(uid, a, event)
 
 
 def _now_ms() -> int:

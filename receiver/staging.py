@@ -21,9 +21,9 @@ import numpy as np
 
 from model.schema import Anomaly, Row, row_from_dict
 from model.scorer import Scorer
-from model.train import TrainConfig
-from model.version import CURRENT, ModelVersion, fit_version, promote_version
+from model.version import CURRENT, ModelVersion, promote_version
 from receiver.metrics import Metrics
+from receiver.retrain import fit
 from receiver.settings import Settings
 from receiver.writer import Writer, scored_columns
 from storage import MilvusStore, StorageError
@@ -149,18 +149,7 @@ class Staging:
         try:
             rows = self._read(n)
             logger.info("training the first model on %d stored rows", len(rows))
-            mv = fit_version(
-                rows,
-                k=s.knn_k,
-                alert_pvalue=s.alert_pvalue,
-                detectors=s.detector_names,
-                combiner=s.combiner,
-                false_alerts_per_hour=s.false_alerts_per_hour,
-                embed_dim=s.embed_dim,
-                max_rows=s.reference_max_rows,
-                train_config=TrainConfig(epochs=s.train_epochs, seed=s.seed, threads=1),
-                progress=self._stop_between_epochs,
-            )
+            mv = fit(s, rows, progress=self._stop_between_epochs)
             mv.save(s.models_dir, promote=False)
             self._store_reference(mv, rows)
             promote_version(s.models_dir, mv.version)

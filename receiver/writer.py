@@ -65,6 +65,32 @@ def scored_columns(
     }
 
 
+def anomaly_record(uid: str, a: Anomaly, event: dict[str, Any]) -> dict[str, Any]:
+    """The anomalies-collection record of one anomaly; `event` adds what its path knows (the finding, or the
+    feedback that silenced it)."""
+    return {
+        "uid": uid,
+        "source_uid": a.row.uid,
+        "signal": a.row.signal,
+        "service": a.row.service[:128],
+        "class_uid": a.row.class_uid,
+        "time_ms": a.row.time_ms,
+        "detected_ms": a.detected_unix_nano // 1_000_000,
+        "score": a.score,
+        "threshold": a.threshold,
+        "model_version": a.model_version,
+        "explanation": _cut_bytes(a.explanation, _EXPLANATION_BYTES),
+        "event": {
+            **event,
+            "neighbors": list(a.neighbors),
+            "trace_id": a.row.trace_id,
+            "span_id": a.row.span_id,
+            "raw_score": a.raw_score,
+            "detector": a.detector,
+        },
+    }
+
+
 def _cut_bytes(text: str, limit: int) -> str:
     data = text.encode("utf-8", "surrogatepass")
     return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
@@ -199,29 +225,7 @@ class Writer:
         records = []
         for event in events:
             a = event.anomaly
-            records.append(
-                {
-                    "uid": event.uid,
-                    "source_uid": a.row.uid,
-                    "signal": a.row.signal,
-                    "service": a.row.service[:128],
-                    "class_uid": a.row.class_uid,
-                    "time_ms": a.row.time_ms,
-                    "detected_ms": a.detected_unix_nano // 1_000_000,
-                    "score": a.score,
-                    "threshold": a.threshold,
-                    "model_version": a.model_version,
-                    "explanation": _cut_bytes(a.explanation, _EXPLANATION_BYTES),
-                    "event": {
-                        "finding": event.finding,
-                        "neighbors": list(a.neighbors),
-                        "trace_id": a.row.trace_id,
-                        "span_id": a.row.span_id,
-                        "raw_score": a.raw_score,
-                        "detector": a.detector,
-                    },
-                }
-            )
+            records.append(anomaly_record(event.uid, a, {"finding": event.finding}))
             self.metrics.anomalies.labels(a.row.signal).inc()
         # Every event is kept, whatever happens to the export.
         self.write_isolating(
