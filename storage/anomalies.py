@@ -73,11 +73,18 @@ class AnomaliesMixin(StoreCore):
             if value is not None:
                 clauses.append(clause)
                 params[key] = value
+        return self._newest(clauses, params, limit, since_ms)
+
+    def _newest(
+        self, clauses: list[str], params: dict[str, Any], limit: int, since_ms: int | None
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` events matching every clause, newest (`detected_ms`, `uid`) first."""
+        clauses, params = list(clauses), dict(params)
         lo = self._window_start(clauses, params, limit, since_ms)
         if lo is not None:
             clauses.append("detected_ms >= {lo}")
             params["lo"] = lo
-        template = " and ".join(clauses)
+        template = " and ".join(clauses) or "detected_ms >= 0"
         if self._count(col.ANOMALIES_COLLECTION, template, params) <= MAX_QUERY_WINDOW:
             found = self._call(
                 "query anomalies",
@@ -86,6 +93,7 @@ class AnomaliesMixin(StoreCore):
                     output_fields=col.ANOMALY_FIELDS,
                     limit=MAX_QUERY_WINDOW,
                     timeout=self._timeout,
+                    consistency_level=col.STRONG,
                     **self._filter(template, params),
                 ),
             )

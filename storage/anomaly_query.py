@@ -11,7 +11,6 @@ from typing import Any
 
 from storage import collection as col
 from storage.anomalies import AnomaliesMixin
-from storage.core import MAX_QUERY_WINDOW
 
 __all__ = ["AnomalyQueryMixin"]
 
@@ -24,35 +23,7 @@ class AnomalyQueryMixin(AnomaliesMixin):
         (``detected_ms``, ``uid``) first."""
         if limit <= 0:
             return []
-        clauses, params = list(clauses), dict(params)
-        lo = self._window_start(clauses, params, limit, None)
-        if lo is not None:
-            clauses.append("detected_ms >= {lo}")
-            params["lo"] = lo
-        template = " and ".join(clauses) or "detected_ms >= 0"
-        if self._count(col.ANOMALIES_COLLECTION, template, params) <= MAX_QUERY_WINDOW:
-            found = self._call(
-                "query anomalies",
-                lambda c: c.query(
-                    col.ANOMALIES_COLLECTION,
-                    output_fields=col.ANOMALY_FIELDS,
-                    limit=MAX_QUERY_WINDOW,
-                    timeout=self._timeout,
-                    consistency_level=col.STRONG,
-                    **self._filter(template, params),
-                ),
-            )
-        else:
-            found = [
-                r
-                for page in self._iterate(
-                    col.ANOMALIES_COLLECTION, template, params, col.ANOMALY_FIELDS, 4096
-                )
-                for r in page
-            ]
-        rows = [dict(r) for r in found]
-        rows.sort(key=lambda r: (r["detected_ms"], r["uid"]), reverse=True)
-        return rows[:limit]
+        return self._newest(clauses, params, limit, None)
 
     def anomaly_by_uid(self, uid: str) -> dict[str, Any] | None:
         """The event whose uid, or else whose source row uid, is ``uid`` (the newest, if several)."""
