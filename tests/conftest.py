@@ -5,6 +5,7 @@ Shared helpers are imported as `tests.<module>` (pyproject's `pythonpath = ["."]
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ TESTS = Path(__file__).parent
 FOLDERS = ("unit", "integration", "e2e", "reliability", "conformance", "fuzz", "helm")
 
 torch.set_num_threads(2)
+
+# Every Service listens on OTAD_QUERY_ENDPOINT too, and a port in use is an error (no SO_REUSEPORT): tests (and
+# the services they start, in-process or as children, at any fixture scope) get a free port, never the default
+# 4320 of a Service beside them. Tests of the default set it themselves.
+os.environ["OTAD_QUERY_ENDPOINT"] = "localhost:0"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,10 +38,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"{len(stray)} test(s) outside tests/{{{','.join(FOLDERS)}}}/, so without a "
             f"marker; move them into one of those folders: {', '.join(stray[:5])}"
         )
-
-
-@pytest.fixture(autouse=True)
-def _free_api_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every Service listens on OTAD_QUERY_ENDPOINT too, and a port in use is an error (no SO_REUSEPORT):
-    tests that do not choose one get a free port, never the default 4320 of a Service beside them."""
-    monkeypatch.setenv("OTAD_QUERY_ENDPOINT", "localhost:0")
