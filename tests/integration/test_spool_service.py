@@ -135,7 +135,9 @@ def _events_for(sink, uid):
 
 
 def test_a_replayed_anomaly_is_neither_stored_nor_emitted_twice(tmp_path, sink):
-    svc = make_service(tmp_path, sink)
+    svc = make_service(
+        tmp_path, sink, event_window_s=0
+    )  # one event per anomaly: the dedupe is what is tested
     try:
         _, logs, _ = stubs(svc)
         for part in range(4):
@@ -153,7 +155,7 @@ def test_a_replayed_anomaly_is_neither_stored_nor_emitted_twice(tmp_path, sink):
     spool = Spool(tmp_path / "data" / "spool")
     spool.append("logs", T0, slow.SerializeToString())
     spool.close()
-    svc = make_service(tmp_path, sink)
+    svc = make_service(tmp_path, sink, event_window_s=0)
     try:
         assert svc.pipeline.state == "scoring"
         assert svc.ingest.replay_done.wait(20) and svc.ingest.replayed == 1
