@@ -16,6 +16,7 @@ from sklearn.ensemble import IsolationForest
 
 from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
 from model.detectors.base import Detector, Frame, State
+from model.vocabulary import label, show
 
 
 def features(frame: Frame) -> np.ndarray:
@@ -112,12 +113,15 @@ class IsolationMember(Detector):
         names = contract.numeric_names()
         if j < len(names):
             name = names[j]
-            shown = contract.display(frame.derived[i], name)
-            return f"{_readable(name)} {shown} is far from its usual range (isolated in {_depth(raw)})"
+            value = frame.derived[i].get(name)
+            shown = show(name, value) if value is not None else contract.display(frame.derived[i], name)
+            return f"{label(name)} {shown} is far from its usual range (isolation score {raw:.2f})"
         name = contract.categorical[j - len(names)]
         shown = contract.display(frame.derived[i], name)
+        if name in ("severity_id", "status_id"):
+            shown = show(name, shown)
         share = 100.0 * float(np.exp(-x[j]))
-        return f"{_readable(name)} {shown} is rare (about {share:.2g} % of history)"
+        return f"{label(name)} {shown} is rare (about {share:.2g} % of history)"
 
     def state(self) -> State:
         values = {
@@ -146,11 +150,3 @@ class IsolationMember(Detector):
         det.forest = det._forest(det.fit_rows)  # seeded: the same rows give the same forest
         det.calibration = calibration_from_arrays(arrays, "cal_")
         return det
-
-
-def _readable(name: str) -> str:
-    return name.replace("ctx.", "").replace("_", " ").replace(".", " ")
-
-
-def _depth(raw: float) -> str:
-    return f"few splits (score {raw:.2f})"
