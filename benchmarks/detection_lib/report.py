@@ -93,6 +93,13 @@ def offline_rows(name: str, off: dict[str, Any]) -> list[list[str]]:
                 + ["", "", "", ""]
                 + [_nab(nab_b), note]
             )
+    whole = off.get("nab", {}).get("otad_whole_stream")
+    if whole:
+        rows.append(
+            [name, "all", "otad, whole stream"]
+            + [""] * 8
+            + [_nab(whole), "NAB's protocol: the first half as judged while fitting; " + _nab_note(whole)]
+        )
     if off.get("nab_anchor"):
         a = off["nab_anchor"]
         rows.append(

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import detection
@@ -46,3 +47,20 @@ def test_offline_protocol_on_a_bgl_prefix(tmp_path, capsys):
     assert set(figures["baselines"]) == {"severity", "template_freq", "iforest", "op_latency_z", "rolling_z"}
     assert 0.0 <= figures["baselines"]["severity"]["auroc"] <= 1.0
     assert res["machine"]["commit"] and res["table_markdown"] == table.split("\nwall time")[0]
+
+
+def test_offline_protocol_hands_back_the_training_rows_as_judged_while_fitting():
+    """NAB's protocol scores every point: the first half comes from the fitted ensemble's out-of-sample
+    judgement of its own training rows, the second from online scoring."""
+    from benchmarks.detection_lib.offline import fit_and_score
+    from tests.helpers import make_rows
+
+    rows = make_rows(900, seed=3)
+    train, test = rows[:600], rows[600:]
+    judged: list = []
+    scores, flags, _ = fit_and_score(train, test, lambda _msg: None, batch=100, judged=judged)
+    assert len(scores) == len(flags) == len(test)
+    (judged_rows, judged_scores, judged_flags), = judged
+    assert sorted(r.uid for r in judged_rows) == sorted(r.uid for r in train)
+    assert len(judged_scores) == len(judged_flags) == len(train)
+    assert judged_flags.dtype == bool and np.all((judged_scores >= 0) & (judged_scores <= 100))
