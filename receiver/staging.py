@@ -227,7 +227,9 @@ class Staging:
                     if self._stop.wait(0.2):
                         return
         except StorageError as exc:
-            logger.error("draining the backlog stopped (%s); it resumes at the next start", exc)
+            # At shutdown the store closes under the drain: expected, and nothing is lost (rows stay staged).
+            log = logger.info if self._stop.is_set() else logger.error
+            log("draining the backlog stopped (%s); it resumes at the next start", exc)
             return
         self.rows = self._count()  # rows still in flight leave it as they are stored
         if rows:
