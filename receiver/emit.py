@@ -78,6 +78,7 @@ class AnomalyEmitter:
         resource: Mapping[str, str] | None = None,
         name_attribute: bool = False,
         aggregator: FindingAggregator | None = None,
+        compression: str = "gzip",
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -90,6 +91,7 @@ class AnomalyEmitter:
         self._ssl_context = ssl_context  # the same for OTLP/HTTP
         self.timeout_s, self.max_buffer, self.batch_size = timeout_s, max_buffer, batch_size
         self._headers = dict(headers or {})
+        self.compression = compression  # gzip | none, on both transports
         self._resource = dict(resource or {})
         self._name_attribute = name_attribute
         self.aggregator = aggregator
@@ -129,11 +131,17 @@ class AnomalyEmitter:
             return
         if self.protocol == "grpc":
             self._transport = GrpcLogsTransport(
-                self.endpoint, insecure=self.insecure, credentials=self._credentials, headers=self._headers
+                self.endpoint,
+                insecure=self.insecure,
+                credentials=self._credentials,
+                headers=self._headers,
+                compress=self.compression == "gzip",
             )
         else:
             context = None if self.endpoint.startswith("http://") else self._ssl_context
-            self._transport = HttpLogsTransport(self.endpoint, headers=self._headers, ssl_context=context)
+            self._transport = HttpLogsTransport(
+                self.endpoint, headers=self._headers, ssl_context=context, compress=self.compression == "gzip"
+            )
         self._thread = threading.Thread(target=self._run, name="otad-emitter", daemon=True)
         self._thread.start()
         logger.info(
@@ -362,6 +370,7 @@ def emitter_from_settings(
         name_attribute=settings.event_name_attribute,
         aggregator=aggregator,
         on_result=counters,
+        compression=config.compression,
     )
     if metrics is not None:
         metrics.exporter_queue_size.set_function(lambda: emitter.buffered)

@@ -88,7 +88,7 @@ def retry_delay(error: grpc.RpcError) -> float | None:
 
 
 class GrpcLogsTransport:
-    """OTLP/gRPC: one channel (gzip), reconnecting at the pace of our own backoff."""
+    """OTLP/gRPC: one channel (gzip unless told otherwise), reconnecting at the pace of our own backoff."""
 
     def __init__(
         self,
@@ -97,7 +97,9 @@ class GrpcLogsTransport:
         insecure: bool,
         credentials: grpc.ChannelCredentials | None,
         headers: dict[str, str],
+        compress: bool = True,
     ) -> None:
+        self._compression = grpc.Compression.Gzip if compress else grpc.Compression.NoCompression
         # Reconnect at the pace of our own backoff rather than gRPC's default (up to 120 s).
         options = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
         if insecure:
@@ -111,7 +113,7 @@ class GrpcLogsTransport:
 
     def send(self, request: ExportLogsServiceRequest, timeout: float) -> ExportLogsServiceResponse | Failure:
         self._call = call = self._stub.Export.future(
-            request, timeout=timeout, metadata=self._metadata, compression=grpc.Compression.Gzip
+            request, timeout=timeout, metadata=self._metadata, compression=self._compression
         )
         try:
             return call.result()
@@ -161,20 +163,21 @@ def _status_message(body: bytes, content_type: str) -> str:
 
 
 class HttpLogsTransport:
-    """OTLP/HTTP with binary protobuf: POST to the logs URL, gzip, one connection kept alive (stdlib only)."""
+    """OTLP/HTTP with binary protobuf: POST to the logs URL, gzip unless told otherwise, one connection kept
+    alive (stdlib only)."""
 
-    def __init__(self, url: str, *, headers: dict[str, str], ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, url: str, *, headers: dict[str, str], ssl_context: ssl.SSLContext | None, compress: bool = True
+    ) -> None:
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname or "localhost", parts.port or (443 if self._https else 80)
         self._path = parts.path or "/"
         self._context = ssl_context if ssl_context is not None else ssl.create_default_context()
-        self._headers = {
-            **headers,
-            "Content-Type": "application/x-protobuf",
-            "Content-Encoding": "gzip",
-            "User-Agent": "otad",
-        }
+        self._headers = {**headers, "Content-Type": "application/x-protobuf", "User-Agent": "otad"}
+        self._gzip = compress
+        if compress:
+            self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
@@ -193,7 +196,9 @@ class HttpLogsTransport:
             return self._conn
 
     def send(self, request: ExportLogsServiceRequest, timeout: float) -> ExportLogsServiceResponse | Failure:
-        body = gzip.compress(request.SerializeToString(), compresslevel=5)
+        body = request.SerializeToString()
+        if self._gzip:
+            body = gzip.compress(body, compresslevel=5)
         conn = self._connection(timeout)
         try:
             conn.request("POST", self._path, body=body, headers=self._headers)

@@ -37,6 +37,7 @@ class ExportConfig:
     insecure: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 10.0
+    compression: str = "gzip"  # gzip | none
     ca_file: Path | None = None
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
@@ -46,7 +47,7 @@ class ExportConfig:
     def describe(self) -> str:
         """One line for the start-up log (no header values)."""
         tls = "plaintext" if self.insecure else "TLS" + (" + client cert" if self.client_cert_file else "")
-        return f"{self.endpoint} ({self.protocol}, {tls}, timeout {self.timeout_s:g}s)"
+        return f"{self.endpoint} ({self.protocol}, {tls}, {self.compression}, timeout {self.timeout_s:g}s)"
 
 
 def parse_key_values(text: str, variable: str) -> dict[str, str]:
@@ -157,6 +158,11 @@ def resolve_export(settings: Settings, environ: Mapping[str, str] | None = None)
     insecure = _bool(*insecure_pick) if insecure_pick else None
     headers_pick = _pick(settings, env, "export_headers", "HEADERS")
     headers = parse_key_values(str(headers_pick[0]), headers_pick[1]) if headers_pick else {}
+    compression_pick = _pick(settings, env, "export_compression", "COMPRESSION")
+    compression = str(compression_pick[0]).strip().lower() if compression_pick else "gzip"
+    if compression not in ("gzip", "none"):
+        assert compression_pick is not None
+        raise ConfigError(f"{compression_pick[1]} ({compression_pick[0]!r}) must be gzip or none")
     timeout_s = 10.0
     timeout_pick = _pick(settings, env, "export_timeout_s", "TIMEOUT")
     if timeout_pick is not None:
@@ -205,6 +211,7 @@ def resolve_export(settings: Settings, environ: Mapping[str, str] | None = None)
         bool(insecure) if insecure is not None else True,
         headers,
         timeout_s,
+        compression,
         files["ca"],
         files["cert"],
         files["key"],

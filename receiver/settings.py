@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     export_client_cert_file: Path | None = None  # PEM client certificate for mTLS to the export endpoint
     export_client_key_file: Path | None = None  # its PEM private key
     export_headers: SecretStr | None = None  # extra export headers, "authorization=Bearer%20x,tenant=a"
+    export_compression: Literal["gzip", "none"] | None = None  # default gzip (the OTel SDKs' default: none)
     # Anomaly events (receiver/aggregate.py): repeats of one pattern within the window update one finding.
     event_window_s: float = Field(
         300.0, ge=0

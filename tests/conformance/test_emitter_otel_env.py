@@ -5,12 +5,14 @@ bearer auth, mTLS; otad is a LogsService too and skips its own events) or a smal
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from receiver.emit import emitter_from_settings
 from receiver.settings import ConfigError, Settings
@@ -157,12 +159,12 @@ class _HttpSink(ThreadingHTTPServer):
     """OTLP/HTTP logs endpoint answering the scripted statuses first (with Retry-After), then 200."""
 
     def __init__(self, script: list[tuple[int, str | None]]) -> None:
-        self.script, self.calls = list(script), []
+        self.script, self.calls, self.bodies = list(script), [], []
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                self.rfile.read(int(self.headers["Content-Length"]))
+                sink.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
                 sink.calls.append((time.monotonic(), self.path, self.headers["Content-Encoding"]))
                 status, retry_after = sink.script.pop(0) if sink.script else (200, None)
                 self.send_response(status)
@@ -198,3 +200,36 @@ def test_http_retries_only_the_retryable_statuses_after_retry_after(status, retr
         assert sink.calls[1][0] - sink.calls[0][0] >= 0.95  # Retry-After: 1 honoured
     else:
         assert stats["failed"] == 2 and stats["retries"] == 0 and len(sink.calls) == 1
+
+
+# ----------------------------------------------------------------------------------------------- COMPRESSION
+@pytest.mark.parametrize(
+    ("env", "encoding"), [({}, "gzip"), ({"OTEL_EXPORTER_OTLP_COMPRESSION": "none"}, None)]
+)
+def test_http_compression_gzip_by_default_and_none_when_asked(env, encoding):
+    sink = _HttpSink([])
+    try:
+        base = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        }
+        stats = export_two({**base, **env})
+    finally:
+        sink.shutdown()
+    assert stats["sent"] == 2 and [c[2] for c in sink.calls] == [encoding] * len(sink.calls)
+    body = gzip.decompress(sink.bodies[0]) if encoding else sink.bodies[0]
+    request = ExportLogsServiceRequest.FromString(body)
+    records = [r for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+    assert len(records) >= 1
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_grpc_exports_with_either_compression(plain, compression):
+    before = ignored(plain)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://localhost:{plain.grpc_port}",
+        "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION": compression,
+    }
+    stats = export_two(env)
+    assert stats["sent"] == 2 and stats["failed"] == 0
+    assert ignored(plain) == before + 2

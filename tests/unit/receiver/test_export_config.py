@@ -118,3 +118,23 @@ def test_unusable_values_name_the_variable(env, message):
 
 def test_parse_key_values_skips_empty_items():
     assert parse_key_values("a=1,,b=%3D", "X") == {"a": "1", "b": "="}
+
+
+@pytest.mark.parametrize(
+    ("env", "settings", "compression"),
+    [
+        ({}, {}, "gzip"),
+        ({G + "COMPRESSION": "none"}, {}, "none"),
+        ({G + "COMPRESSION": "none", L + "COMPRESSION": "GZIP"}, {}, "gzip"),  # logs beat generic
+        ({L + "COMPRESSION": "gzip"}, {"export_compression": "none"}, "none"),  # OTAD_ beats both
+    ],
+)
+def test_compression(env, settings, compression):
+    assert resolve(env, **settings).compression == compression
+
+
+def test_unknown_compression_names_the_variable():
+    with pytest.raises(
+        ConfigError, match=r"^OTEL_EXPORTER_OTLP_LOGS_COMPRESSION \('br'\) must be gzip or none"
+    ):
+        resolve({L + "COMPRESSION": "br"})
