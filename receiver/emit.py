@@ -91,7 +91,7 @@ class AnomalyEmitter:
         self._ssl_context = ssl_context  # the same for OTLP/HTTP
         self.timeout_s, self.max_buffer, self.batch_size = timeout_s, max_buffer, batch_size
         self._headers = dict(headers or {})
-        self.compression = compression  # gzip | none, on both transports
+        self._compress = compression == "gzip"  # gzip | none, on both transports
         self._resource = dict(resource or {})
         self._name_attribute = name_attribute
         self.aggregator = aggregator
@@ -135,12 +135,12 @@ class AnomalyEmitter:
                 insecure=self.insecure,
                 credentials=self._credentials,
                 headers=self._headers,
-                compress=self.compression == "gzip",
+                compress=self._compress,
             )
         else:
             context = None if self.endpoint.startswith("http://") else self._ssl_context
             self._transport = HttpLogsTransport(
-                self.endpoint, headers=self._headers, ssl_context=context, compress=self.compression == "gzip"
+                self.endpoint, headers=self._headers, ssl_context=context, compress=self._compress
             )
         self._thread = threading.Thread(target=self._run, name="otad-emitter", daemon=True)
         self._thread.start()

@@ -18,19 +18,15 @@ from benchmarks.detection_lib.metrics import nab_score, summarize
 from model.schema import Row
 
 BATCH_ROWS = 1000
+Judged = tuple[list[Row], np.ndarray, np.ndarray]  # rows, scores, is_anomaly
 
 
 def fit_and_score(
-    train: list[Row],
-    test: list[Row],
-    log: Callable[[str], None],
-    batch: int = BATCH_ROWS,
-    judged: list[tuple[list[Row], np.ndarray, np.ndarray]] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """otad on the split: (scores, is_anomaly) of the test rows in input order, and timing/model figures.
-
-    `judged`, when given, receives the training rows as the fitted ensemble judged them out of sample (each
-    scored before it was learned; what the service reports from its cold start): (rows, scores, is_anomaly).
+    train: list[Row], test: list[Row], log: Callable[[str], None], batch: int = BATCH_ROWS
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], Judged | None]:
+    """otad on the split: (scores, is_anomaly) of the test rows in input order, timing/model figures, and the
+    training rows as the fitted ensemble judged them out of sample (each scored before it was learned; what the
+    service reports from its cold start) as (rows, scores, is_anomaly).
     """
     from model.calibration import pvalue_to_score
     from model.scorer import Scorer
@@ -40,9 +36,10 @@ def fit_and_score(
     mv = fit_version(train)
     fit_s = time.monotonic() - t0
     log(f"  fitted {mv.version} on {len(train)} rows in {fit_s:.0f}s; scoring {len(test)} rows")
-    if judged is not None and mv.judged is not None:
+    judged = None
+    if mv.judged is not None:
         frame, fitted = mv.judged
-        judged.append((frame.rows, pvalue_to_score(fitted.combined), fitted.alert))
+        judged = (frame.rows, pvalue_to_score(fitted.combined), fitted.alert)
     scorer = Scorer(mv, learn=True, threads=2)
     scores, flags = np.zeros(len(test)), np.zeros(len(test), dtype=bool)
     t1, next_report = time.monotonic(), 0.25
@@ -61,7 +58,7 @@ def fit_and_score(
         "train_seconds": mv.meta.get("train_seconds"),
         "reference_rows": mv.meta.get("reference_rows"),
     }
-    return scores, flags, meta
+    return scores, flags, meta, judged
 
 
 def evaluate_split(
@@ -106,7 +103,7 @@ def nab_figures(
     scores: np.ndarray,
     flags: np.ndarray,
     rolling_z: np.ndarray,
-    judged: tuple[list[Row], np.ndarray, np.ndarray] | None = None,
+    judged: Judged | None = None,
 ) -> dict[str, Any]:
     """NAB scores of otad's second-half detections and of the rolling z-score (|z| > 4) on the same half; with
     `judged` (the first half as the fitted model judged it out of sample), also of the whole stream, NAB's own
@@ -141,8 +138,7 @@ def run_offline(
     half = len(rows) // 2
     train, test = rows[:half], rows[half:]
     log(f"[{ds.name}] offline: {len(rows)} rows, fit on {len(train)}, score {len(test)}")
-    judged: list[tuple[list[Row], np.ndarray, np.ndarray]] = []
-    scores, flags, meta = fit_and_score(train, test, log, judged=judged)
+    scores, flags, meta, judged = fit_and_score(train, test, log)
     t1 = time.monotonic()
     baselines, notes = score_baselines(train, test)
     log(f"  baselines in {time.monotonic() - t1:.0f}s")
@@ -157,8 +153,6 @@ def run_offline(
         "signals": evaluate_split(ds, test, scores, flags, baselines),
     }
     if ds.family == "nab":
-        result["nab"] = nab_figures(
-            ds, devdata, work, test, scores, flags, baselines["rolling_z"], judged[0] if judged else None
-        )
+        result["nab"] = nab_figures(ds, devdata, work, test, scores, flags, baselines["rolling_z"], judged)
     result["wall_seconds"] = round(time.monotonic() - t0, 1)
     return result

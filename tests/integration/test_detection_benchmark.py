@@ -57,10 +57,10 @@ def test_offline_protocol_hands_back_the_training_rows_as_judged_while_fitting()
 
     rows = make_rows(900, seed=3)
     train, test = rows[:600], rows[600:]
-    judged: list = []
-    scores, flags, _ = fit_and_score(train, test, lambda _msg: None, batch=100, judged=judged)
+    scores, flags, _, judged = fit_and_score(train, test, lambda _msg: None, batch=100)
     assert len(scores) == len(flags) == len(test)
-    ((judged_rows, judged_scores, judged_flags),) = judged
+    assert judged is not None
+    judged_rows, judged_scores, judged_flags = judged
     assert sorted(r.uid for r in judged_rows) == sorted(r.uid for r in train)
     assert len(judged_scores) == len(judged_flags) == len(train)
     assert judged_flags.dtype == bool and np.all((judged_scores >= 0) & (judged_scores <= 100))
