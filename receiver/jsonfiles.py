@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from model.schema import Row
-from receiver.otlp import otlpjson_fast  # noqa: F401 - imported before the workers fork
+from receiver.otlp import otlpjson_fast  # noqa: F401 - loaded in the fork server before the workers fork
 from receiver.otlp.otlpjson import OtlpJsonError, Signal, SignalRequest, from_dict_light
 from receiver.otlp.otlpjson_fast import LightMessage
 from receiver.rows.mapper import MappedBatch, RowMapper
@@ -187,6 +187,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _pool(workers: int):
+    """A pool whose workers fork from a single-threaded server process that has this module loaded.
+
+    Not plain fork: forking this process, which may run gRPC, Milvus or torch threads, can copy a lock another
+    thread holds into the child, which then waits on it forever (it hung a test run). Not spawn: each worker would
+    import the decoder and mapper again.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx.Pool(workers)
+
+
 def read_rows(
     paths: list[Path], workers: int = 0, progress: Callable[[int], object] | None = None
 ) -> list[Row]:
@@ -200,15 +212,13 @@ def read_rows(
         OtlpJsonError: the first line (in file order) that is not an OTLP/JSON request, naming file and line.
     """
     paths = [Path(p) for p in paths]
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         workers = 0
     reader = _Reader()
     reader.progress = progress
     with gc_paused():
         if workers:
-            # fork: the workers start at once with the decoder and mapper imported (spawn would import them again,
-            # and re-run an unguarded __main__). They run only this module's pure-Python code, never torch or faiss.
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with _pool(workers) as pool:
                 for path in paths:
                     reader.read_parallel(path, pool)
         else:

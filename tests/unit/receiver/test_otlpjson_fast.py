@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -586,3 +587,10 @@ def test_parallel_read_gives_the_same_rows_warnings_and_errors(simulated, tmp_pa
     bad = write(tmp_path / "bad.jsonl", lines[:at] + ["{not json"] + lines[at:])
     with pytest.raises(OtlpJsonError, match=f"^{bad}:{at + 1}: "):
         jsonfiles.read_rows([bad], workers=2)
+
+
+def test_parallel_workers_do_not_fork_from_this_process():
+    # a worker forked from a process running threads can inherit a held lock and wait forever; the pool's
+    # workers come from a fork server instead, so their parent is not this process
+    with jsonfiles._pool(1) as pool:
+        assert pool.apply(os.getppid) != os.getpid()
