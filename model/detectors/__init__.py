@@ -34,9 +34,9 @@ def member_class(name: str) -> type[Detector]:
 
 
 def new_member(name: str, **kwargs: Any) -> Detector:
-    """A fresh member; `knn` takes k and max_rows, the others their defaults."""
+    """A fresh member; `knn` takes k and max_rows, `series` alert_p, the others their defaults."""
     cls = member_class(name)
-    if name == "knn":
+    if name in ("knn", "series"):
         return cls(**kwargs)
     return cls()
 
@@ -51,7 +51,12 @@ def build(
     max_rows: int = 100_000,
 ) -> Ensemble:
     """An unfitted ensemble of the named members."""
-    members = [new_member(n, k=k, max_rows=max_rows) if n == "knn" else new_member(n) for n in names]
+    # the series member opens an episode, and keeps muted points above, at the ensemble's alert level
+    args: dict[str, dict[str, Any]] = {
+        "knn": {"k": k, "max_rows": max_rows},
+        "series": {"alert_p": alert_pvalue},
+    }
+    members = [new_member(n, **args.get(n, {})) for n in names]
     return Ensemble(members, combiner, false_alerts_per_hour, alert_pvalue)
 
 

@@ -30,6 +30,7 @@ SEASONAL_GAIN, SEASONAL_KEEP = 0.8, 0.9  # a period is taken if it cuts the resi
 GRID = 33  # quantiles kept of each test's calibration values below its tail threshold
 EPS, TINY = 1e-12, float(np.finfo(np.float64).tiny)
 TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is fitted to
+MUTED_ABOVE = 1.0 + 1e-6  # a muted point's p-value is at least this multiple of the alert level
 # Scalar state of a series, in this order in the saved arrays.
 FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p")
 INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
@@ -155,7 +156,7 @@ class SeriesDetector(Detector):
             if st.n >= self.min_points and st.fitted:
                 p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
                 test = min(range(N_TESTS), key=p_tests.__getitem__)
-                p = self._episode(st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)))  # Bonferroni
+                p = self._episode(st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)), N_TESTS * p_tests[0])
                 result = (
                     p,
                     (test, x, pred, st.scale, z, st.ew_level, st.ew_var, st.period, self.level_window),
@@ -195,10 +196,18 @@ class SeriesDetector(Detector):
         frac = (i - 1 + ((s - lo) / (hi - lo) if hi > lo else 0.0)) / (GRID - 1)
         return 1.0 - frac * (1.0 - share)
 
-    def _episode(self, st: _Series, p: float) -> float:
-        """Mute repeat alerts of one episode unless the evidence gets `worse`-fold stronger."""
+    def _episode(self, st: _Series, p: float, p_point: float) -> float:
+        """Mute repeat alerts of one episode unless the evidence gets `worse`-fold stronger.
+
+        `p` is the Bonferroni p-value of the three tests (the alert's), `p_point` that of the spike test alone. A
+        muted point keeps the spike test's p-value, mapped monotonically above the alert level: it cannot alert,
+        but a point far off inside an episode still ranks above ordinary ones, while the exponential tests,
+        still high after an incident, do not lift the ordinary points that follow it.
+        """
         if st.in_episode:
-            out = min(1.0, self.alert_p * p / (st.episode_p * self.worse))
+            again = self.alert_p * p / (st.episode_p * self.worse)
+            floor = self.alert_p * MUTED_ABOVE
+            out = again if again < self.alert_p else floor + (1.0 - floor) * min(p_point, 1.0)
             st.episode_p = min(st.episode_p, p)
             st.quiet = st.quiet + 1 if p >= self.quiet_p else 0
             if st.quiet >= self.refractory:

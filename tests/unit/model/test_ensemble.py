@@ -105,3 +105,14 @@ def test_an_incident_inside_the_training_window_is_reported_not_learned() -> Non
     assert 400 in np.flatnonzero(judged.alert).tolist()
     assert judged.alert.sum() <= 3  # the ordinary rows of the window are not reported
     assert not np.isnan(judged.raw[450:, 0]).any()  # every row after the warm-up has an out-of-sample score
+
+
+def test_the_series_member_alerts_at_the_ensembles_alert_level() -> None:
+    # a muted point inside an episode is reported just above the series member's alert level, so that level
+    # must be the ensemble's, whatever OTAD_ALERT_PVALUE says
+    from model.detectors import build
+
+    for level in (1e-3, 1e-2):
+        ens = build(("series", "pattern"), alert_pvalue=level)
+        assert ens.alert_pvalue == level
+        assert [m.alert_p for m in ens.members if m.name == "series"] == [level]

@@ -154,3 +154,17 @@ def test_explain_names_the_change_with_units() -> None:
 def test_flat_series_alerts_only_on_its_change() -> None:
     p = pvalues(SeriesDetector(), np.r_[np.full(500, 5.0), 6.0, np.full(50, 5.0)])
     assert list(np.flatnonzero(p < ALERT)) == [500]
+
+
+def test_points_muted_inside_an_episode_still_rank_by_their_own_deviation() -> None:
+    det = SeriesDetector()
+    pvalues(det, noise(800, 4))
+    x = noise(40, 5)
+    x[10:14] += np.array([200.0, 150.0, 60.0, 100.0])  # four far-off points in a row: one episode
+    p = pvalues(det, x)
+    assert p[10] < ALERT and (p[11:14] > ALERT).all()  # the repeats cannot alert ...
+    ordinary = np.delete(p, range(10, 14))
+    assert p[11:14].max() < ordinary.min()  # ... but outrank every ordinary point of the series
+    assert p[12] > p[13] > p[11]  # in the order of their own deviation
+    # the ordinary points right after the burst are not lifted by the tests that still carry it
+    assert (p[14:20] > 10 * ALERT).all()
