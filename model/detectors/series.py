@@ -19,16 +19,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from model.detectors.base import Detector, Frame, State
+from model.detectors.series_stats import find_period, fit_gpd, last, robust_scale, seasonal_gain
 
 TESTS = ("spike", "level", "variance")
 N_TESTS = len(TESTS)
 A_LEVEL, A_VAR = 1.0 / 8.0, 1.0 / 16.0  # exponential weights of the level and variance tests
 SD_LEVEL = math.sqrt(A_LEVEL / (2.0 - A_LEVEL))  # SD of an exponential mean of N(0, 1) values
 CLIP_Z = 3.0  # level and variance tests clip residuals here (Huber-style): one spike is not a level change
-XI_MAX = 0.9  # cap on the fitted tail shape
 SEASONAL_GAIN, SEASONAL_KEEP = 0.8, 0.9  # a period is taken if it cuts the residual scale 20 %, kept to 10 %
 GRID = 33  # quantiles kept of each test's calibration values below its tail threshold
-EPS, TINY = 1e-12, float(np.finfo(np.float64).tiny)
 TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is fitted to
 MUTED_ABOVE = 1.0 + 1e-6  # a muted point's p-value is at least this multiple of the alert level
 # Scalar state of a series, in this order in the saved arrays.
@@ -241,15 +240,15 @@ class SeriesDetector(Detector):
         st.n += 1
         w = self.level_window
         if st.n >= w and (st.n % self.refresh == 0 or not st.scale):
-            recent = np.sort(_last(st.vals, st.pos, w))
+            recent = np.sort(last(st.vals, st.pos, w))
             st.level = 0.5 * float(recent[(w - 1) // 2] + recent[w // 2])
             if st.n % (self.refresh * 4) == 0 or not st.scale:
                 self._refit(st)
 
     def _refit(self, st: _Series) -> None:
         """Refit the scale, the calibration tails and (less often) the period from the ring buffers."""
-        early = _last(st.vals, st.pos, self.level_window) - st.level
-        st.scale = _robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
+        early = last(st.vals, st.pos, self.level_window) - st.level
+        st.scale = robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
         if not st.n_res:  # the variance statistic starts at the spread of the first window (0 for a flat one)
             st.ew_var = float(np.mean(np.minimum((early / st.scale) ** 2, CLIP_Z**2)))
         self._flush(st)
@@ -267,7 +266,7 @@ class SeriesDetector(Detector):
         share = (k + 1.0) / (m + 1.0)
         q = min(self.alert_p / share, 1.0)
         u = srt[:, m - k - 1]
-        beta, xi = _fit_gpd(srt[:, m - k :] - u[:, None])
+        beta, xi = fit_gpd(srt[:, m - k :] - u[:, None])
         y = np.where(xi < 1e-6, -math.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
         cap = u + beta * y
         st.tails = np.stack([u, beta, xi, np.full(N_TESTS, share), cap], axis=1).tolist()
@@ -276,10 +275,10 @@ class SeriesDetector(Detector):
 
     def _fit_period(self, st: _Series) -> None:
         """Use the strongest autocorrelation period when it clearly explains the series better than its level."""
-        x = _last(st.vals, st.pos, min(st.n, len(st.vals)))
-        found, w = _find_period(x), self.level_window
-        new = _seasonal_gain(x, found, w) if found else (1.0, None, None)
-        cur = _seasonal_gain(x, st.period, w) if st.period else (1.0, None, None)
+        x = last(st.vals, st.pos, min(st.n, len(st.vals)))
+        found, w = find_period(x), self.level_window
+        new = seasonal_gain(x, found, w) if found else (1.0, None, None)
+        cur = seasonal_gain(x, st.period, w) if st.period else (1.0, None, None)
         if st.period and cur[0] < SEASONAL_KEEP and cur[0] <= new[0]:
             return  # hysteresis: the period in use stays while it still helps, so the model does not flip
         period, res = (found, new[1]) if new[0] < SEASONAL_GAIN else (0, cur[2])
@@ -321,64 +320,6 @@ class SeriesDetector(Detector):
             st.tails, st.grid = arrays["tails"][i].tolist(), arrays["grid"][i].tolist()
             det.series[key] = st
         return det
-
-
-def _last(ring: np.ndarray, pos: int, n: int) -> np.ndarray:
-    """A copy of the last n values of a ring buffer whose next write position is pos, oldest first."""
-    if n <= pos:
-        return ring[pos - n : pos].copy()
-    return np.concatenate((ring[len(ring) - (n - pos) :], ring[:pos]))
-
-
-def _robust_scale(r: np.ndarray, level: float) -> float:
-    """1.4826 MAD, falling back to the mean absolute deviation, then to a tiny share of the level."""
-    dev = np.abs(r - float(np.median(r)))
-    mad, mean_dev = 1.4826 * float(np.median(dev)), 1.2533 * float(np.mean(dev))
-    return mad if mad > 0.0 else (mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY))
-
-
-def _fit_gpd(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Generalised Pareto scale and shape of each row of sorted excesses y by probability-weighted moments
-    (Hosking & Wallis 1987), the shape kept in [0, XI_MAX]: a tail is never taken as bounded, so extrapolation
-    errs on the safe side."""
-    k = y.shape[1]
-    a0 = y.mean(axis=1)
-    a1 = (y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean(axis=1)
-    d = a0 - 2.0 * a1
-    ok = (a0 > EPS) & (d > EPS)
-    safe = np.where(ok, d, 1.0)
-    xi = np.where(ok, np.clip(2.0 - a0 / safe, 0.0, XI_MAX), 0.0)
-    sigma = np.where(xi > 0, 2.0 * a0 * a1 / safe, a0)
-    return np.maximum(sigma, 0.1), xi
-
-
-def _find_period(x: np.ndarray, min_lag: int = 4, min_acf: float = 0.3) -> int:
-    """The lag of the highest local maximum of the autocorrelation within a third of the history, or 0."""
-    n = len(x)
-    if n < 3 * min_lag + 3:
-        return 0
-    f = np.fft.rfft(x - np.mean(x), 2 * n)
-    acf = np.fft.irfft(f * np.conj(f))[: n // 3 + 1]
-    if acf[0] <= EPS:
-        return 0
-    acf = acf / acf[0]
-    lags = np.arange(min_lag, len(acf) - 1)
-    peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1]) & (acf[lags] > min_acf)]
-    return int(peaks[np.argmax(acf[peaks])]) if len(peaks) else 0
-
-
-def _seasonal_gain(
-    x: np.ndarray, period: int, window: int
-) -> tuple[float, np.ndarray | None, np.ndarray | None]:
-    """Robust scale of seasonal-median residuals over that of rolling-level residuals (lower = seasonal helps),
-    and both residual series."""
-    start = max(3 * period, window)
-    if len(x) - start < 32:
-        return 1.0, None, None
-    t = np.arange(start, len(x))
-    s_res = x[t] - np.median(np.stack([x[t - k * period] for k in (1, 2, 3)]), axis=0)
-    l_res = x[t] - np.median(np.lib.stride_tricks.sliding_window_view(x, window)[t - window], axis=1)
-    return _robust_scale(s_res, 0.0) / max(_robust_scale(l_res, 0.0), EPS), s_res, l_res
 
 
 def _fmt(v: float, unit: str) -> str:

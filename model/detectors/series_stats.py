@@ -1,0 +1,67 @@
+"""Pure statistics of the series member (model/detectors/series.py): ring buffers, robust scale, generalised
+Pareto tails and period finding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS, TINY = 1e-12, float(np.finfo(np.float64).tiny)
+XI_MAX = 0.9  # cap on the fitted tail shape
+
+
+def last(ring: np.ndarray, pos: int, n: int) -> np.ndarray:
+    """A copy of the last n values of a ring buffer whose next write position is pos, oldest first."""
+    if n <= pos:
+        return ring[pos - n : pos].copy()
+    return np.concatenate((ring[len(ring) - (n - pos) :], ring[:pos]))
+
+
+def robust_scale(r: np.ndarray, level: float) -> float:
+    """1.4826 MAD, falling back to the mean absolute deviation, then to a tiny share of the level."""
+    dev = np.abs(r - float(np.median(r)))
+    mad, mean_dev = 1.4826 * float(np.median(dev)), 1.2533 * float(np.mean(dev))
+    return mad if mad > 0.0 else (mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY))
+
+
+def fit_gpd(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised Pareto scale and shape of each row of sorted excesses y by probability-weighted moments
+    (Hosking & Wallis 1987), the shape kept in [0, XI_MAX]: a tail is never taken as bounded, so extrapolation
+    errs on the safe side."""
+    k = y.shape[1]
+    a0 = y.mean(axis=1)
+    a1 = (y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean(axis=1)
+    d = a0 - 2.0 * a1
+    ok = (a0 > EPS) & (d > EPS)
+    safe = np.where(ok, d, 1.0)
+    xi = np.where(ok, np.clip(2.0 - a0 / safe, 0.0, XI_MAX), 0.0)
+    sigma = np.where(xi > 0, 2.0 * a0 * a1 / safe, a0)
+    return np.maximum(sigma, 0.1), xi
+
+
+def find_period(x: np.ndarray, min_lag: int = 4, min_acf: float = 0.3) -> int:
+    """The lag of the highest local maximum of the autocorrelation within a third of the history, or 0."""
+    n = len(x)
+    if n < 3 * min_lag + 3:
+        return 0
+    f = np.fft.rfft(x - np.mean(x), 2 * n)
+    acf = np.fft.irfft(f * np.conj(f))[: n // 3 + 1]
+    if acf[0] <= EPS:
+        return 0
+    acf = acf / acf[0]
+    lags = np.arange(min_lag, len(acf) - 1)
+    peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] >= acf[lags + 1]) & (acf[lags] > min_acf)]
+    return int(peaks[np.argmax(acf[peaks])]) if len(peaks) else 0
+
+
+def seasonal_gain(
+    x: np.ndarray, period: int, window: int
+) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """Robust scale of seasonal-median residuals over that of rolling-level residuals (lower = seasonal helps),
+    and both residual series."""
+    start = max(3 * period, window)
+    if len(x) - start < 32:
+        return 1.0, None, None
+    t = np.arange(start, len(x))
+    s_res = x[t] - np.median(np.stack([x[t - k * period] for k in (1, 2, 3)]), axis=0)
+    l_res = x[t] - np.median(np.lib.stride_tricks.sliding_window_view(x, window)[t - window], axis=1)
+    return robust_scale(s_res, 0.0) / max(robust_scale(l_res, 0.0), EPS), s_res, l_res
