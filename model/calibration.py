@@ -48,23 +48,28 @@ XI_MAX = (
 )
 
 
-def gpd_fit(excess: np.ndarray) -> tuple[float, float]:
-    """Generalised Pareto (scale, shape) of threshold excesses by probability-weighted moments (Hosking & Wallis
-    1987), the shape in [0, XI_MAX]. Real score tails are heavier than exponential: an exponential fitted to
-    the top percent calls a distance three times the tail's scale one-in-a-billion when it is one in a few
-    thousand."""
-    y = np.sort(np.asarray(excess, dtype=np.float64))
-    k = len(y)
-    if k < 3 or y.mean() <= 0:
-        return max(float(y.mean()) if k else 0.0, 1e-9), 0.0
-    a0 = float(y.mean())
-    a1 = float((y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean())
+def gpd_fit_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised Pareto (scale, shape) of each row of sorted threshold excesses by probability-weighted moments
+    (Hosking & Wallis 1987), the shape in [0, XI_MAX]; a row without spread gets the exponential (its mean, 0)."""
+    k = y.shape[1]
+    a0 = y.mean(axis=1)
+    a1 = (y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean(axis=1)
     d = a0 - 2.0 * a1
-    if d <= 1e-12:
-        return a0, 0.0
-    xi = float(np.clip(2.0 - a0 / d, 0.0, XI_MAX))
-    sigma = 2.0 * a0 * a1 / d if xi > 0 else a0
-    return max(sigma, 1e-9), xi
+    ok = (a0 > 1e-12) & (d > 1e-12)
+    safe = np.where(ok, d, 1.0)
+    xi = np.where(ok, np.clip(2.0 - a0 / safe, 0.0, XI_MAX), 0.0)
+    return np.where(xi > 0, 2.0 * a0 * a1 / safe, a0), xi
+
+
+def gpd_fit(excess: np.ndarray) -> tuple[float, float]:
+    """`gpd_fit_rows` of one sample of excesses. Real score tails are heavier than exponential: an exponential
+    fitted to the top percent calls a distance three times the tail's scale one-in-a-billion when it is one in a
+    few thousand."""
+    y = np.sort(np.asarray(excess, dtype=np.float64))
+    if len(y) < 3 or y.mean() <= 0:
+        return max(float(y.mean()) if len(y) else 0.0, 1e-9), 0.0
+    sigma, xi = gpd_fit_rows(y[None, :])
+    return max(float(sigma[0]), 1e-9), float(xi[0])
 
 
 @dataclass

@@ -34,11 +34,8 @@ def member_class(name: str) -> type[Detector]:
 
 
 def new_member(name: str, **kwargs: Any) -> Detector:
-    """A fresh member; `knn` takes k and max_rows, `series` alert_p, the others their defaults."""
-    cls = member_class(name)
-    if name in ("knn", "series"):
-        return cls(**kwargs)
-    return cls()
+    """A fresh member, its constructor given `kwargs` (build: k and max_rows for knn, alert_p for series)."""
+    return member_class(name)(**kwargs)
 
 
 def build(

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from model.calibration import gpd_fit_rows
 from model.detectors.base import Detector, Frame, State
-from model.detectors.series_stats import find_period, fit_gpd, last, robust_scale, seasonal_gain
+from model.detectors.series_stats import find_period, last, robust_scale, seasonal_gain
 
 TESTS = ("spike", "level", "variance")
 N_TESTS = len(TESTS)
@@ -266,7 +267,8 @@ class SeriesDetector(Detector):
         share = (k + 1.0) / (m + 1.0)
         q = min(self.alert_p / share, 1.0)
         u = srt[:, m - k - 1]
-        beta, xi = fit_gpd(srt[:, m - k :] - u[:, None])
+        beta, xi = gpd_fit_rows(srt[:, m - k :] - u[:, None])
+        beta = np.maximum(beta, 0.1)  # a test's tail is never steeper than this (values are in robust SDs)
         y = np.where(xi < 1e-6, -math.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
         cap = u + beta * y
         st.tails = np.stack([u, beta, xi, np.full(N_TESTS, share), cap], axis=1).tolist()

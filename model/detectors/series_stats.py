@@ -1,12 +1,11 @@
-"""Pure statistics of the series member (model/detectors/series.py): ring buffers, robust scale, generalised
-Pareto tails and period finding."""
+"""Pure statistics of the series member (model/detectors/series.py): ring buffers, robust scale and period
+finding (its generalised Pareto tails are model.calibration.gpd_fit_rows)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 EPS, TINY = 1e-12, float(np.finfo(np.float64).tiny)
-XI_MAX = 0.9  # cap on the fitted tail shape
 
 
 def last(ring: np.ndarray, pos: int, n: int) -> np.ndarray:
@@ -21,21 +20,6 @@ def robust_scale(r: np.ndarray, level: float) -> float:
     dev = np.abs(r - float(np.median(r)))
     mad, mean_dev = 1.4826 * float(np.median(dev)), 1.2533 * float(np.mean(dev))
     return mad if mad > 0.0 else (mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY))
-
-
-def fit_gpd(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Generalised Pareto scale and shape of each row of sorted excesses y by probability-weighted moments
-    (Hosking & Wallis 1987), the shape kept in [0, XI_MAX]: a tail is never taken as bounded, so extrapolation
-    errs on the safe side."""
-    k = y.shape[1]
-    a0 = y.mean(axis=1)
-    a1 = (y * (1.0 - (np.arange(1, k + 1) - 0.35) / k)).mean(axis=1)
-    d = a0 - 2.0 * a1
-    ok = (a0 > EPS) & (d > EPS)
-    safe = np.where(ok, d, 1.0)
-    xi = np.where(ok, np.clip(2.0 - a0 / safe, 0.0, XI_MAX), 0.0)
-    sigma = np.where(xi > 0, 2.0 * a0 * a1 / safe, a0)
-    return np.maximum(sigma, 0.1), xi
 
 
 def find_period(x: np.ndarray, min_lag: int = 4, min_acf: float = 0.3) -> int:
