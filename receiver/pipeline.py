@@ -153,7 +153,8 @@ class Pipeline:
             "queued_rows": self._queued + self._in_hand,
             "backlog_rows": self.staging.rows,
             "bootstrap_rows": self.settings.bootstrap_rows,
-            "processed_rows": self.processed,
+            # each row once: a row staged before the first model counts when staged, not again when scored
+            "processed_rows": self.processed - self.staging.rescored,
             "anomalies": self.anomaly_count,
             "dead_lettered_rows": self.writer.dead_lettered,
             "train_error": self.staging.train_error,

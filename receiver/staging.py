@@ -64,6 +64,7 @@ class Staging:
         self._trained: tuple[ModelVersion, list[str]] | None = None
         self._drainer: threading.Thread | None = None
         self.train_error: str | None = None
+        self.rescored = 0  # staged rows since scored and stored by a model (they were counted when staged)
 
     @property
     def training(self) -> bool:
@@ -223,7 +224,7 @@ class Staging:
                 if done:
                     self.delete(sorted(done))
                 todo = [r for r in part if r.uid not in done]
-                while todo and not self._offer(todo, partial(self.delete, [r.uid for r in todo])):
+                while todo and not self._offer(todo, partial(self._stored, [r.uid for r in todo])):
                     if self._stop.wait(0.2):
                         return
         except StorageError as exc:
@@ -234,6 +235,11 @@ class Staging:
         self.rows = self._count()  # rows still in flight leave it as they are stored
         if rows:
             logger.info("backlog: %d staged rows handed to model %s", len(rows), version)
+
+    def _stored(self, uids: list[str]) -> None:
+        """Drained rows are stored in the model's rows collection: they leave the backlog."""
+        self.rescored += len(uids)
+        self.delete(uids)
 
     def delete(self, uids: list[str]) -> None:
         """Remove stored rows from the backlog (a failure leaves them staged: the next start's drain removes them)."""

@@ -186,8 +186,12 @@ def test_full_queue_answers_unavailable_with_retry_info(tmp_path, sink):
 
 def test_cold_start_trains_then_emits_anomaly_events(service, sink):
     _, logs, _ = stubs(service)
-    for part in range(4):  # 800 rows > bootstrap 600: training starts in the background
+    for part in range(3):  # 600 rows = bootstrap 600: training starts in the background
         logs.Export(logs_request(normal_records(200, T0 + part * 200 * 20_000_000, seed=part)), timeout=5)
+    assert service.pipeline.wait_idle(10)
+    assert service.pipeline.state == "training", service.pipeline.status()
+    # Staged while the model trains: drained into it afterwards.
+    logs.Export(logs_request(normal_records(200, T0 + 3 * 200 * 20_000_000, seed=3)), timeout=5)
     deadline = time.monotonic() + 120
     while service.pipeline.state != "scoring" and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -221,6 +225,10 @@ def test_cold_start_trains_then_emits_anomaly_events(service, sink):
     assert service.pipeline.wait_idle(10)
     stored = service.store.latest_anomalies(10)
     assert any(a["source_uid"] == "slow-1" for a in stored)
+    status = service.pipeline.status()
+    # Each record counts once: the 800 staged before the model (the 200 it did not train on were scored since)
+    # and the 101 scored after.
+    assert status["backlog_rows"] == 0 and status["processed_rows"] == 800 + 101, status
 
 
 def sources(sink) -> list[tuple[tuple, str]]:
