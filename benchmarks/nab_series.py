@@ -79,7 +79,7 @@ def main() -> None:
     names = [str(r.fields.get("unmapped.series")) for r in rows]  # the NAB file stem, for scoring only
     times = np.array([r.time_ms for r in rows], dtype=np.int64)
 
-    p, us = run(rows, derived, args.fit_rows, args.batch, SeriesDetector())
+    p, us = run(rows, derived, args.fit_rows, args.batch, SeriesDetector(alert_p=args.alert_p))
     with args.out.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["series", "time_ms", "score", "is_anomaly"])
