@@ -7,6 +7,11 @@ a variance change (log exponential mean square). Each is calibrated on the serie
 (quantiles below its top decile, a generalised Pareto tail above) and the three p-values are combined by
 Bonferroni. After an alert the series is in an episode and alerts again only on much stronger evidence: the
 alert is about the change, not about each point after it.
+
+A fourth statistic, the distance from the median of the series' whole kept history (calibrated the same way),
+ranks the points that cannot alert: a point still far from the series' long-run level after the short baseline
+has absorbed a change ranks above ordinary points, but never alerts. Below the alert level the member's value is
+therefore a rank (the smaller of two p-values), not a calibrated p-value.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from model.calibration import gpd_fit_rows
 from model.detectors.base import Detector, Frame, State
 from model.detectors.series_stats import find_period, last, robust_scale, seasonal_gain
 
-TESTS = ("spike", "level", "variance")
+TESTS = ("spike", "level", "variance")  # the tests that alert
 N_TESTS = len(TESTS)
+N_STATS = N_TESTS + 1  # ... and "drift" from the long-run level, which only ranks
 A_LEVEL, A_VAR = 1.0 / 8.0, 1.0 / 16.0  # exponential weights of the level and variance tests
 SD_LEVEL = math.sqrt(A_LEVEL / (2.0 - A_LEVEL))  # SD of an exponential mean of N(0, 1) values
 CLIP_Z = 3.0  # level and variance tests clip residuals here (Huber-style): one spike is not a level change
@@ -32,7 +38,7 @@ GRID = 33  # quantiles kept of each test's calibration values below its tail thr
 TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is fitted to
 MUTED_ABOVE = 1.0 + 1e-6  # a muted point's p-value is at least this multiple of the alert level
 # Scalar state of a series, in this order in the saved arrays.
-FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p")
+FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p", "base")
 INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
 _CONFIG = "max_series history calib level_window refresh min_points alert_p worse quiet_p refractory".split()
 
@@ -44,13 +50,14 @@ class _Series:
     vals: np.ndarray  # ring buffer of values
     res: np.ndarray  # ring buffer of residuals (for the scale)
     cal: np.ndarray  # (tests, calib) ring buffer of past test values (for the p-values)
-    tails: list[list[float]]  # per test [u, beta, xi, tail share, cap], see _fit_tails
-    grid: list[list[float]]  # per test, quantiles of the calibration values below u
+    tails: list[list[float]]  # per statistic [u, beta, xi, tail share, cap], see _fit_tails
+    grid: list[list[float]]  # per statistic, quantiles of the calibration values below u
     level: float = 0.0
     scale: float = 0.0
     ew_level: float = 0.0
     ew_var: float = 1.0
     episode_p: float = 1.0
+    base: float = 0.0  # the median of the kept history (the long-run level)
     n: int = 0
     pos: int = 0
     n_res: int = 0
@@ -64,9 +71,9 @@ class _Series:
 
     @classmethod
     def new(cls, history: int, calib: int) -> _Series:
-        tails = [[math.inf, 1.0, 0.0, 1.0, math.inf] for _ in range(N_TESTS)]
-        grid = [[0.0] * GRID for _ in range(N_TESTS)]
-        cal = np.zeros((N_TESTS, calib), np.float32)
+        tails = [[math.inf, 1.0, 0.0, 1.0, math.inf] for _ in range(N_STATS)]
+        grid = [[0.0] * GRID for _ in range(N_STATS)]
+        cal = np.zeros((N_STATS, calib), np.float32)
         return cls(np.zeros(history), np.zeros(min(history, 256)), cal, tails, grid)
 
 
@@ -152,11 +159,16 @@ class SeriesDetector(Detector):
         if st.n >= self.level_window:
             pred = self._predict(st)
             z = (x - pred) / st.scale
-            stats = self._update_stats(st, z)
+            stats = (*self._update_stats(st, z), abs(x - st.base) / st.scale)
             if st.n >= self.min_points and st.fitted:
                 p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
                 test = min(range(N_TESTS), key=p_tests.__getitem__)
                 p = self._episode(st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)), N_TESTS * p_tests[0])
+                if (
+                    p >= self.alert_p
+                ):  # cannot alert: the long-run drift may still rank it, above the alert level
+                    floor = self.alert_p * MUTED_ABOVE
+                    p = min(p, floor + (1.0 - floor) * p_tests[N_TESTS])
                 result = (
                     p,
                     (test, x, pred, st.scale, z, st.ew_level, st.ew_var, st.period, self.level_window),
@@ -252,6 +264,7 @@ class SeriesDetector(Detector):
         st.scale = robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
         if not st.n_res:  # the variance statistic starts at the spread of the first window (0 for a flat one)
             st.ew_var = float(np.mean(np.minimum((early / st.scale) ** 2, CLIP_Z**2)))
+        st.base = float(np.median(last(st.vals, st.pos, min(st.n, len(st.vals)))))
         self._flush(st)
         if st.n_cal >= 32:
             self._fit_tails(st)
@@ -271,7 +284,7 @@ class SeriesDetector(Detector):
         beta = np.maximum(beta, 0.1)  # a test's tail is never steeper than this (values are in robust SDs)
         y = np.where(xi < 1e-6, -math.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
         cap = u + beta * y
-        st.tails = np.stack([u, beta, xi, np.full(N_TESTS, share), cap], axis=1).tolist()
+        st.tails = np.stack([u, beta, xi, np.full(N_STATS, share), cap], axis=1).tolist()
         st.grid = srt[:, np.linspace(0, m - k - 1, GRID).round().astype(np.int64)].tolist()
         st.fitted = 1
 
@@ -296,8 +309,8 @@ class SeriesDetector(Detector):
         for st in sts:
             self._flush(st)
         config = {k: getattr(self, k) for k in _CONFIG}
-        shapes = {"vals": (self.history,), "res": (min(self.history, 256),), "cal": (N_TESTS, self.calib)}
-        shapes |= {"tails": (N_TESTS, 5), "grid": (N_TESTS, GRID)}
+        shapes = {"vals": (self.history,), "res": (min(self.history, 256),), "cal": (N_STATS, self.calib)}
+        shapes |= {"tails": (N_STATS, 5), "grid": (N_STATS, GRID)}
         n = len(sts)
         arrays: dict[str, np.ndarray] = {
             k: np.array([getattr(t, k) for t in sts], np.float64).reshape(n, *v) for k, v in shapes.items()
@@ -313,13 +326,17 @@ class SeriesDetector(Detector):
         det = cls(**values["config"])
         for i, key in enumerate(values["keys"]):
             st = _Series.new(det.history, det.calib)
-            for name in ("vals", "res", "cal"):
-                getattr(st, name)[:] = arrays[name][i]
-            for f, v in zip(FLOATS, arrays["floats"][i].tolist(), strict=True):
+            st.vals[:], st.res[:] = arrays["vals"][i], arrays["res"][i]
+            # A state saved before the drift statistic has three rows: the drift row starts empty and ranks
+            # nothing (p = 1) until the next refit, and the long-run level is taken at that refit too.
+            saved = len(arrays["cal"][i])
+            st.cal[:saved] = arrays["cal"][i]
+            for f, v in zip(FLOATS, arrays["floats"][i].tolist(), strict=False):
                 setattr(st, f, v)
             for f, v in zip(INTS, arrays["ints"][i].tolist(), strict=True):
                 setattr(st, f, v)
-            st.tails, st.grid = arrays["tails"][i].tolist(), arrays["grid"][i].tolist()
+            st.tails[:saved], st.grid[:saved] = arrays["tails"][i].tolist(), arrays["grid"][i].tolist()
+            st.grid[saved:] = [[math.inf] * GRID for _ in range(N_STATS - saved)]
             det.series[key] = st
         return det
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from model.detectors.base import Frame
-from model.detectors.series import SeriesDetector
+from model.detectors.series import N_STATS, SeriesDetector
 from model.schema import METRIC_OBSERVATION, Row, Signal, Value
 
 ALERT = 1e-3
@@ -137,7 +137,7 @@ def test_memory_caps_hold() -> None:
         pvalues(det, noise(400, 20 + j), key=f"k{j}")
     assert list(det.series) == [f"k{j}" for j in range(5, 10)]  # the least recently seen were dropped
     for st in det.series.values():
-        assert st.vals.shape == (128,) and st.cal.shape == (3, 64) and len(st.pending) <= 64
+        assert st.vals.shape == (128,) and st.cal.shape == (N_STATS, 64) and len(st.pending) <= 64
 
 
 def test_explain_names_the_change_with_units() -> None:
@@ -168,3 +168,37 @@ def test_points_muted_inside_an_episode_still_rank_by_their_own_deviation() -> N
     assert p[12] > p[13] > p[11]  # in the order of their own deviation
     # the ordinary points right after the burst are not lifted by the tests that still carry it
     assert (p[14:20] > 10 * ALERT).all()
+
+
+def test_a_shift_the_level_has_absorbed_still_ranks_above_ordinary_points_without_alerting() -> None:
+    det = SeriesDetector()
+    before = pvalues(det, noise(900, 40))
+    p = pvalues(det, noise(300, 41) + 25.0)  # +5 SDs, kept
+    assert first_alert(p) <= 3 and (p[40:] >= ALERT).all()  # one alert, then the short baseline absorbs it
+    # ... but the points still far from the series' long-run level rank above its ordinary ones (they were
+    # at p = 1 once the episode's spike test saw nothing)
+    assert np.median(p[40:100]) < 0.1 < np.median(before[-300:])
+    # once most of the kept history is at the new level, it is ordinary on every count
+    late = pvalues(det, noise(900, 42) + 25.0)
+    assert np.median(late[-200:]) > 0.1
+
+
+def test_a_state_saved_before_the_drift_statistic_loads_and_alerts_alike() -> None:
+    """A state of three statistics per series (the layout before "drift"): it loads, and its alerts are those of
+    the full state, since drift only ranks the points that cannot alert."""
+    x = np.concatenate([noise(1200, 43), noise(300, 44) + 30.0, noise(300, 45)])
+    det = SeriesDetector()
+    det.score_samples(frame_of(x[:1000]))
+    values, arrays = det.state()
+    old = dict(arrays)
+    old["cal"], old["tails"], old["grid"] = (
+        arrays["cal"][:, :3],
+        arrays["tails"][:, :3],
+        arrays["grid"][:, :3],
+    )
+    old["floats"] = arrays["floats"][:, :5]
+    full, legacy = SeriesDetector.from_state(values, arrays), SeriesDetector.from_state(values, old)
+    p_full, p_legacy = pvalues(full, x[1000:], t0=1000), pvalues(legacy, x[1000:], t0=1000)
+    assert np.isfinite(p_legacy).all()
+    np.testing.assert_array_equal(p_legacy < ALERT, p_full < ALERT)
+    assert (p_full < ALERT).any()
