@@ -16,6 +16,7 @@ therefore a rank (the smaller of two p-values), not a calibrated p-value.
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ MUTED_ABOVE = 1.0 + 1e-6  # a muted point's p-value is at least this multiple of
 # Scalar state of a series, in this order in the saved arrays.
 FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p", "base")
 INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
+logger = logging.getLogger(__name__)
 _CONFIG = "max_series history calib level_window refresh min_points alert_p worse quiet_p refractory".split()
 
 
@@ -90,7 +92,7 @@ class SeriesDetector(Detector):
 
     def __init__(
         self,
-        max_series: int = 2000,
+        max_series: int = 10_000,
         history: int = 1024,
         calib: int = 1024,
         level_window: int = 64,
@@ -101,7 +103,10 @@ class SeriesDetector(Detector):
         quiet_p: float = 0.01,
         refractory: int = 16,
     ) -> None:
-        self.max_series = max_series  # series tracked at once; the least recently seen is dropped
+        # Series tracked at once (about 40 KB each); the least recently seen is dropped, and starts its warm-up
+        # again when it returns: a stream with more live series than this would never judge any.
+        self.max_series = max_series
+        self.dropped = 0
         self.history = history  # values kept per series (bounds the longest period found: history / 3)
         self.calib = calib  # past test values per series the p-values are calibrated on
         self.level_window = level_window  # the median baseline: a shift is the new normal after half of it
@@ -151,6 +156,14 @@ class SeriesDetector(Detector):
         self.series[key] = st  # (re)inserted last: the dict is in least-recently-seen order
         while len(self.series) > self.max_series:
             del self.series[next(iter(self.series))]
+            if self.dropped % 1000 == 0:
+                logger.warning(
+                    "series member at its capacity of %d series: the least recently seen are dropped and warm up"
+                    " again when they return (%d dropped so far)",
+                    self.max_series,
+                    self.dropped + 1,
+                )
+            self.dropped += 1
         return st
 
     def _step(self, st: _Series, x: float) -> tuple[float, tuple[Any, ...]] | None:

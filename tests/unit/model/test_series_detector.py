@@ -4,9 +4,11 @@ non-metric rows, episodes, adaptation to a new normal, exact state round trip an
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
+import pytest
 
 from model.detectors.base import Frame
 from model.detectors.series import N_STATS, SeriesDetector
@@ -131,11 +133,14 @@ def test_state_round_trip_continues_identically() -> None:
         np.testing.assert_array_equal(twin.score_samples(frame_of(x[1100:], key=k, t0=1100)), r[1100:])
 
 
-def test_memory_caps_hold() -> None:
+def test_memory_caps_hold(caplog: pytest.LogCaptureFixture) -> None:
     det = SeriesDetector(max_series=5, history=128, calib=64)
-    for j in range(10):
-        pvalues(det, noise(400, 20 + j), key=f"k{j}")
+    with caplog.at_level(logging.WARNING, logger="model.detectors.series"):
+        for j in range(10):
+            pvalues(det, noise(400, 20 + j), key=f"k{j}")
     assert list(det.series) == [f"k{j}" for j in range(5, 10)]  # the least recently seen were dropped
+    # ... and not silently: a stream with more live series than the cap would never judge any
+    assert det.dropped == 5 and "capacity of 5 series" in caplog.text and len(caplog.records) == 1
     for st in det.series.values():
         assert st.vals.shape == (128,) and st.cal.shape == (N_STATS, 64) and len(st.pending) <= 64
 
