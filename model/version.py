@@ -20,6 +20,7 @@ from model.detector import KnnDetector
 from model.detectors import DEFAULT_MEMBERS, Ensemble, Frame, build, ensemble_from_state
 from model.detectors.ensemble import EnsembleResult
 from model.detectors.knn import KnnMember, detection_vectors
+from model.detectors.series import SeriesDetector
 from model.encoder import Embedder, EncoderConfig, TabularResNet
 from model.features import ContractVersionError, FeatureContract
 from model.schema import Row
@@ -89,9 +90,10 @@ class ModelVersion:
         alert_pvalue: float | None = None,
         max_rows: int = 100_000,
         false_alerts_per_hour: float | None = None,
+        series_max: int | None = None,
     ) -> ModelVersion:
         """Load a saved version; `k`, `alert_pvalue` and `false_alerts_per_hour` override the saved ones,
-        `max_rows` caps the k-NN member's learning."""
+        `max_rows` caps the k-NN member's learning and `series_max` the series member's series."""
         path = Path(path)
         doc = json.loads((path / "model.json").read_text())
         if "ensemble" not in doc:
@@ -113,6 +115,8 @@ class ModelVersion:
             if isinstance(m, KnnMember):
                 m.detector.k = m.k = k or m.k
                 m.detector.max_rows = m.max_rows = max_rows
+            if isinstance(m, SeriesDetector):
+                m.max_series = series_max or m.max_series
         return cls(
             doc["version"],
             FeatureContract.from_json(doc["contract"]),
@@ -132,6 +136,7 @@ class ModelVersion:
         alert_pvalue: float | None = None,
         max_rows: int = 100_000,
         false_alerts_per_hour: float | None = None,
+        series_max: int | None = None,
     ) -> ModelVersion | None:
         """The version the CURRENT pointer names (see `load`), or None before the first one is promoted."""
         pointer = Path(models_dir) / CURRENT
@@ -143,6 +148,7 @@ class ModelVersion:
             alert_pvalue=alert_pvalue,
             max_rows=max_rows,
             false_alerts_per_hour=false_alerts_per_hour,
+            series_max=series_max,
         )
 
 
@@ -164,6 +170,7 @@ def fit_version(
     embed_dim: int = 32,
     train_config: TrainConfig | None = None,
     max_rows: int = 100_000,
+    series_max: int = 10_000,
     progress: Callable[[dict[str, float]], None] | None = None,
 ) -> ModelVersion:
     """Train a new model version on rows (any order; sorted by time here)."""
@@ -193,6 +200,7 @@ def fit_version(
         alert_pvalue=alert_pvalue,
         k=k,
         max_rows=max_rows,
+        series_max=series_max,
     ).fit(frame)
     logger.info("detectors %s fitted (%.1fs)", ", ".join(ensemble.names), time.monotonic() - t1)
     digest = hashlib.blake2b(emb.tobytes(), digest_size=3).hexdigest()

@@ -84,6 +84,7 @@ class ScoringProcess:
         start_timeout_s: float = START_TIMEOUT_S,
         false_alerts_per_hour: float | None = None,
         state_save_s: float = 60.0,
+        series_max: int | None = None,
     ):
         self.mv = mv
         self._lock = threading.Lock()  # one batch at a time on the pipe; close waits for the batch in hand
@@ -105,6 +106,7 @@ class ScoringProcess:
                 BOUNDARY_VERSION,
                 false_alerts_per_hour,
                 state_save_s,
+                series_max,
             ),
         )
         self._proc.start()
@@ -241,6 +243,7 @@ def _serve(
     boundary_version: int = BOUNDARY_VERSION,
     false_alerts_per_hour: float | None = None,
     state_save_s: float = 60.0,
+    series_max: int | None = None,
 ) -> None:
     """The child's loop: check the parent's `boundary_version`, load the model, then answer
     `("score", row columns, now)` until `("stop",)` or EOF. It exits at once when `parent_pid` stops being its
@@ -265,6 +268,7 @@ def _serve(
             alert_pvalue=alert_pvalue,
             max_rows=max_rows,
             false_alerts_per_hour=false_alerts_per_hour,
+            series_max=series_max,
         )
         scorer = Scorer(mv, threads=threads)
         scorer.restore(Path(path))

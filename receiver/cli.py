@@ -119,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         false_alerts_per_hour=settings.false_alerts_per_hour,
         embed_dim=settings.embed_dim,
         max_rows=settings.reference_max_rows,
+        series_max=settings.series_max,
         train_config=TrainConfig(epochs=args.epochs or settings.train_epochs, seed=settings.seed),
         progress=epoch_progress(args.epochs or settings.train_epochs),
     )

@@ -238,6 +238,7 @@ class ModelLifecycle(PeriodicWork):
             alert_pvalue=s.alert_pvalue,
             max_rows=s.reference_max_rows,
             false_alerts_per_hour=s.false_alerts_per_hour,
+            series_max=s.series_max,
         )
 
     def _switch(self, h: _Handover) -> None:

@@ -83,6 +83,7 @@ def fit(
         false_alerts_per_hour=s.false_alerts_per_hour,
         embed_dim=s.embed_dim,
         max_rows=s.reference_max_rows,
+        series_max=s.series_max,
         train_config=TrainConfig(epochs=s.train_epochs, seed=s.seed, threads=1),
         progress=progress,
     )

@@ -48,6 +48,7 @@ def new_scorer(s: Settings, mv: ModelVersion) -> Scorer | ScoringProcess:
                 nice=s.background_nice,
                 false_alerts_per_hour=s.false_alerts_per_hour,
                 state_save_s=s.state_save_s,
+                series_max=s.series_max,
             )
         except ScoringProcessError as exc:
             logger.error("%s; scoring in the service process instead", exc)

@@ -196,6 +196,7 @@ def load_model(settings: Settings, *, incompatible_ok: bool = False) -> ModelVer
             alert_pvalue=settings.alert_pvalue,
             false_alerts_per_hour=settings.false_alerts_per_hour,
             max_rows=settings.reference_max_rows,
+            series_max=settings.series_max,
         )
     except ContractVersionError as exc:
         if not incompatible_ok:

@@ -34,7 +34,8 @@ def member_class(name: str) -> type[Detector]:
 
 
 def new_member(name: str, **kwargs: Any) -> Detector:
-    """A fresh member, its constructor given `kwargs` (build: k and max_rows for knn, alert_p for series)."""
+    """A fresh member, its constructor given `kwargs` (build: k and max_rows for knn, alert_p and max_series
+    for series)."""
     return member_class(name)(**kwargs)
 
 
@@ -46,12 +47,13 @@ def build(
     alert_pvalue: float = 1e-3,
     k: int = 10,
     max_rows: int = 100_000,
+    series_max: int = 10_000,
 ) -> Ensemble:
     """An unfitted ensemble of the named members."""
     # the series member opens an episode, and keeps muted points above, at the ensemble's alert level
     args: dict[str, dict[str, Any]] = {
         "knn": {"k": k, "max_rows": max_rows},
-        "series": {"alert_p": alert_pvalue},
+        "series": {"alert_p": alert_pvalue, "max_series": series_max},
     }
     members = [new_member(n, **args.get(n, {})) for n in names]
     return Ensemble(members, combiner, false_alerts_per_hour, alert_pvalue)

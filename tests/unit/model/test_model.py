@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model.detectors.series import SeriesDetector
 from model.encoder import Embedder, EncoderConfig, TabularResNet
 from model.schema import Row
 from model.scorer import Scorer
@@ -75,6 +76,14 @@ def test_fit_save_load_score_and_explain(tmp_path):
     if "knn" in anomaly.detector:  # the nearest normal records as content (their message pattern), not uids
         assert "Nearest normal records: '" in text and not any(n in text for n in anomaly.neighbors)
     assert (a.is_anomaly[:-1]).mean() < 0.05
+
+    # OTAD_SERIES_MAX: the series member's capacity is fixed at training and can be changed at load
+    def cap(m: ModelVersion | None) -> int:
+        assert m is not None
+        return next(d.max_series for d in m.ensemble.members if isinstance(d, SeriesDetector))
+
+    assert cap(mv) == cap(loaded) == 10_000
+    assert cap(ModelVersion.load_current(tmp_path, series_max=7)) == 7
 
 
 def test_deviant_rows_are_those_far_from_their_own_baseline():
