@@ -177,9 +177,8 @@ class SeriesDetector(Detector):
                 p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
                 test = min(range(N_TESTS), key=p_tests.__getitem__)
                 p = self._episode(st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)), N_TESTS * p_tests[0])
-                if (
-                    p >= self.alert_p
-                ):  # cannot alert: the long-run drift may still rank it, above the alert level
+                # a point that cannot alert may still rank by its drift from the long-run level, above the alert level
+                if p >= self.alert_p:
                     floor = self.alert_p * MUTED_ABOVE
                     p = min(p, floor + (1.0 - floor) * p_tests[N_TESTS])
                 result = (
