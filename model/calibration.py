@@ -83,12 +83,18 @@ class Calibration:
     tail_xi: float = 0.0
 
     @classmethod
-    def fit(cls, scores: np.ndarray, times: np.ndarray | None = None, grid: int = CAL_GRID) -> Calibration:
+    def fit(
+        cls,
+        scores: np.ndarray,
+        times: np.ndarray | None = None,
+        grid: int = CAL_GRID,
+        block_q: float = CAL_BLOCK_Q,
+    ) -> Calibration:
         """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
         scores = np.asarray(scores, dtype=np.float64)
         n_blocks = min(CAL_BLOCKS_MAX, len(scores) // CAL_BLOCK_ROWS)
         if times is not None and n_blocks >= CAL_BLOCKS_MIN:
-            return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid)
+            return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid, block_q)
         s = np.sort(scores)
         # At least ~TAIL_MIN exceedances for the tail fit: with a small reference set the 99th percentile
         # leaves two or three points, and their spread alone would set the whole tail.
@@ -102,23 +108,28 @@ class Calibration:
 
     @classmethod
     def _fit_blocks(
-        cls, scores: np.ndarray, times: np.ndarray, n_blocks: int, grid: int = CAL_GRID
+        cls,
+        scores: np.ndarray,
+        times: np.ndarray,
+        n_blocks: int,
+        grid: int = CAL_GRID,
+        block_q: float = CAL_BLOCK_Q,
     ) -> Calibration:
-        """At every quantile level, and for the tail's start and mean excess, the CAL_BLOCK_Q-th value over time
-        blocks. An incident fills the top of the blocks it falls in only, so new rows like it stay beyond the
+        """At every quantile level, and for the tail's start and mean excess, the `block_q`-th value over time
+        blocks (CAL_BLOCK_Q unless the member says otherwise). An incident fills the top of the blocks it falls in only, so new rows like it stay beyond the
         threshold instead of being calibrated as normal."""
         blocks = np.array_split(scores[np.argsort(times, kind="stable")], n_blocks)
         q = float(np.clip(1.0 - TAIL_MIN / len(blocks[0]), TAIL_Q_MIN, TAIL_Q))
         levels = (np.arange(grid) + 0.5) / grid
-        grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), CAL_BLOCK_Q, axis=0)
+        grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), block_q, axis=0)
         us = np.asarray([np.quantile(b, q) for b in blocks])
         fits = np.asarray(
             [gpd_fit(b[b > u] - u) if (b > u).any() else (0.0, 0.0) for b, u in zip(blocks, us, strict=True)]
         )
-        u = float(np.quantile(us, CAL_BLOCK_Q))
-        # The tail's start and scale at the CAL_BLOCK_Q-th block; its shape is the distribution's, and the median
+        u = float(np.quantile(us, block_q))
+        # The tail's start and scale at the block_q-th block; its shape is the distribution's, and the median
         # over blocks is its estimate (a high quantile of per-block shape estimates would be their noise).
-        beta, xi = float(np.quantile(fits[:, 0], CAL_BLOCK_Q)), float(np.median(fits[:, 1]))
+        beta, xi = float(np.quantile(fits[:, 0], block_q)), float(np.median(fits[:, 1]))
         return cls(np.sort(grid), u, max(beta, 1e-9, u * 1e-3), q, xi)
 
     def pvalue(self, raw: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from model.calibration import CAL_BLOCK_Q
 from model.features import FeatureContract
 from model.schema import Row
 
@@ -107,6 +108,9 @@ class Detector(ABC):
     # Whether the ensemble checks the member's p-values against recent traffic (model.detectors.recent); a
     # member whose p-values are conformal over its own online history needs no such check.
     recent_check: ClassVar[bool] = True
+    # The quantile over time blocks at which the member's calibrations (its own and the recent-traffic check's)
+    # are taken (model.calibration): 0.9 keeps incidents in under a tenth of the blocks from setting the tail.
+    block_q: ClassVar[float] = CAL_BLOCK_Q
     # Out-of-sample raw scores of the training rows (each scored before it was learned, or held out), set by
     # fit when the member has them: they seed the ensemble's recent-traffic calibration (model.detectors.recent).
     fit_raw_: np.ndarray | None = None

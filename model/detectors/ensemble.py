@@ -161,7 +161,8 @@ class Ensemble:
     def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> None:
         for signal in np.unique(signals):
             mine = signals == signal
-            self.recent.setdefault(f"{j}/{signal}", RecentCalibration()).add(raw[mine], times[mine])
+            rc = self.recent.setdefault(f"{j}/{signal}", RecentCalibration(self.members[j].block_q))
+            rc.add(raw[mine], times[mine])
 
     def _recent_pvalues(self, j: int, raw: np.ndarray, p: np.ndarray, signals: np.ndarray) -> np.ndarray:
         """The larger of the member's own p-value and its p-value against recent traffic of the row's signal."""

@@ -279,6 +279,12 @@ class ErrorRateDetector(_PerOperation):
         2,
     )  # [failures, rows (decayed), rows seen, last time, excess until, window failures, window]
 
+    # Calibrated against the typical time block, not the 90th percentile of blocks as the novelty members are:
+    # the binomial tail already measures a burst against the operation's own rate, so the calibration only has
+    # to learn how much ordinary failures cluster, which every block shows; failure incidents filling more than
+    # a tenth of the training window (a burst of failed logins is many rows a second) no longer set it.
+    block_q: ClassVar[float] = 0.5
+
     def __init__(self, tau_min: float = 60.0, max_keys: int = 50_000) -> None:
         super().__init__(tau_min, max_keys)
         self.calibration: Calibration | None = None
@@ -299,7 +305,8 @@ class ErrorRateDetector(_PerOperation):
         self._reset()
         raw = self.fit_raw_ = self.score_samples(frame)
         ok = ~np.isnan(raw)
-        self.calibration = Calibration.fit(raw[ok], frame.times_ns[ok]) if ok.any() else None
+        times = frame.times_ns[ok]
+        self.calibration = Calibration.fit(raw[ok], times, block_q=self.block_q) if ok.any() else None
         return self
 
     def score_samples(self, frame: Frame) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
+from model.calibration import CAL_BLOCK_Q, Calibration, calibration_from_arrays, calibration_to_arrays
 
 WINDOW = 50_000  # recent raw scores kept per (member, signal)
 MIN_ROWS = 50  # below this many recent scores the training calibration stands alone
@@ -27,7 +27,8 @@ GRID = 2_000  # quantile levels of its typical distribution (the check needs sha
 class RecentCalibration:
     """A ring buffer of one member's raw scores (and their times) for one signal, and its calibration."""
 
-    def __init__(self) -> None:
+    def __init__(self, block_q: float = CAL_BLOCK_Q) -> None:
+        self.block_q = block_q
         self.raw = np.zeros(WINDOW, dtype=np.float64)
         self.times = np.zeros(WINDOW, dtype=np.int64)
         self.size = 0
@@ -49,7 +50,9 @@ class RecentCalibration:
         # Refit after REFIT_EVERY rows, or after a tenth of the window is new while the window is small.
         due = self.since_fit >= min(REFIT_EVERY, max(MIN_ROWS, self.size // 10))
         if self.size >= MIN_ROWS and (self.calibration is None or due):
-            self.calibration = Calibration.fit(self.raw[: self.size], self.times[: self.size], GRID)
+            self.calibration = Calibration.fit(
+                self.raw[: self.size], self.times[: self.size], GRID, self.block_q
+            )
             self.since_fit = 0
 
     def pvalues(self, raw: np.ndarray) -> np.ndarray | None:
@@ -58,7 +61,7 @@ class RecentCalibration:
         return np.where(np.isnan(raw), 1.0, self.calibration.share_at_least(np.nan_to_num(raw)))
 
     def state(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        values = {"size": self.size, "head": self.head, "since_fit": self.since_fit}
+        values = {"size": self.size, "head": self.head, "since_fit": self.since_fit, "block_q": self.block_q}
         arrays = {
             prefix + "raw": self.raw[: self.size].copy(),
             prefix + "times": self.times[: self.size].copy(),
@@ -72,7 +75,7 @@ class RecentCalibration:
     def from_state(
         cls, values: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str
     ) -> RecentCalibration:
-        rc = cls()
+        rc = cls(float(values.get("block_q", CAL_BLOCK_Q)))
         rc.size, rc.head, rc.since_fit = int(values["size"]), int(values["head"]), int(values["since_fit"])
         rc.raw[: rc.size] = arrays[prefix + "raw"]
         rc.times[: rc.size] = arrays[prefix + "times"]

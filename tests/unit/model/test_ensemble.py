@@ -9,6 +9,7 @@ import pytest
 
 from model.detectors import Frame, ensemble_from_state
 from model.detectors.ensemble import WARMUP_ROWS, WARMUP_S, Ensemble, combine
+from model.detectors.operation import ErrorRateDetector, LatencyDetector
 from model.detectors.pattern import PatternFrequency
 from model.extract import derive
 from model.features import FeatureContract
@@ -91,6 +92,16 @@ def test_ensemble_state_round_trip_continues_identically() -> None:
     np.testing.assert_array_equal(a.combined, b.combined)
     np.testing.assert_array_equal(a.threshold, b.threshold)
     assert twin.entities == ens.entities
+
+
+def test_each_members_recent_check_is_calibrated_at_its_own_block_quantile_across_a_restart() -> None:
+    rows = make_rows(3000)
+    ens = Ensemble([PatternFrequency(), ErrorRateDetector(), LatencyDetector()]).fit(_frame(rows[:2000]))
+    wanted = {f"{j}/{s}": m.block_q for j, m in enumerate(ens.members) for s in ("logs", "traces")}
+    assert {k: rc.block_q for k, rc in ens.recent.items()} == {k: wanted[k] for k in ens.recent}
+    assert {rc.block_q for rc in ens.recent.values()} == {0.5, 0.9}  # errors and latency differ
+    twin = ensemble_from_state(*ens.state())
+    assert {k: rc.block_q for k, rc in twin.recent.items()} == {k: rc.block_q for k, rc in ens.recent.items()}
 
 
 def test_an_incident_inside_the_training_window_is_reported_not_learned() -> None:

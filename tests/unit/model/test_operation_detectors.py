@@ -113,6 +113,29 @@ def test_error_pvalues_are_calibrated_on_steady_failures() -> None:
     assert (p <= 1e-2).mean() <= 1e-2 and (p <= 1e-3).mean() <= 2e-3
 
 
+def test_failure_incidents_in_a_fifth_of_training_do_not_calibrate_a_repeat_as_ordinary() -> None:
+    """Two busy bursts (twenty failed logins a second for a minute each) are a seventh of the training rows and
+    fill about a fifth of the calibration's time blocks: calibrated at the typical block, the member still
+    calls a later failure burst rare (at the 90th-percentile block it called it ordinary, p ~ 0.5), and
+    ordinary failures stay ordinary."""
+    rng = np.random.default_rng(4)
+    train = traffic(rng, 0, 3600, "shop", "Api", 10.0, fail=0.01)
+    train += traffic(rng, 0, 3600, "auth", "Login", 10.0, fail=0.02)
+    for start in (600, 2400):
+        train += [(start + k / 20, "auth", "Login", 10.0, True) for k in range(1200)]
+    det = ErrorRateDetector().fit(rows_frame(train))
+    later = traffic(rng, 3600, 7200, "shop", "Api", 10.0, fail=0.01)
+    later = [(t, s, o, ms, f or 5000 < t < 5300 and rng.random() < 0.5) for t, s, o, ms, f in later]
+    frame = rows_frame(later)
+    _, p = score(det, frame)
+    t = np.asarray([e[0] for e in sorted(later)])
+    failed = np.asarray([d["failed"] for d in frame.derived])
+    burst = failed & (t > 5030) & (t < 5300)
+    assert (p[burst] < 1e-3).mean() > 0.5
+    ordinary = failed & ((t < 5000) | (t > 5400))
+    assert (p[ordinary] < 1e-3).mean() < 0.02
+
+
 def test_new_operation_is_silent_in_warm_up_but_an_extreme_latency_alerts() -> None:
     rng = np.random.default_rng(4)
     det = LatencyDetector().fit(rows_frame(traffic(rng, 0, 3600, "shop", "Home", 20.0)))
