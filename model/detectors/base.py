@@ -108,8 +108,9 @@ class Detector(ABC):
     # Whether the ensemble checks the member's p-values against recent traffic (model.detectors.recent); a
     # member whose p-values are conformal over its own online history needs no such check.
     recent_check: ClassVar[bool] = True
-    # The quantile over time blocks at which the member's calibrations (its own and the recent-traffic check's)
-    # are taken (model.calibration): 0.9 keeps incidents in under a tenth of the blocks from setting the tail.
+    # The quantile over time blocks at which the member's recent-traffic check, and its own calibration where
+    # it fits one (errors, isolation), are taken (model.calibration): 0.9 keeps incidents in under a tenth of
+    # the blocks from setting the tail. k-NN's reference calibration (model.detector) stays at CAL_BLOCK_Q.
     block_q: ClassVar[float] = CAL_BLOCK_Q
     # Out-of-sample raw scores of the training rows (each scored before it was learned, or held out), set by
     # fit when the member has them: they seed the ensemble's recent-traffic calibration (model.detectors.recent).

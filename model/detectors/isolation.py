@@ -60,7 +60,7 @@ class IsolationMember(Detector):
         held = order[1::2]
         self.forest = self._forest(self.fit_rows)
         raw = -self.forest.score_samples(x[held])
-        self.calibration = Calibration.fit(raw, None if times is None else times[held])
+        self.calibration = Calibration.fit(raw, None if times is None else times[held], block_q=self.block_q)
         self.fit_raw_ = np.full(len(x), np.nan)
         self.fit_raw_[held] = raw
 

@@ -305,8 +305,9 @@ class ErrorRateDetector(_PerOperation):
         self._reset()
         raw = self.fit_raw_ = self.score_samples(frame)
         ok = ~np.isnan(raw)
-        times = frame.times_ns[ok]
-        self.calibration = Calibration.fit(raw[ok], times, block_q=self.block_q) if ok.any() else None
+        self.calibration = (
+            Calibration.fit(raw[ok], frame.times_ns[ok], block_q=self.block_q) if ok.any() else None
+        )
         return self
 
     def score_samples(self, frame: Frame) -> np.ndarray:
