@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model.calibration import gpd_fit_rows
+from model.calibration import gpd_fit, gpd_fit_rows
 from model.detectors.base import Detector, Frame, State
-from model.detectors.series_stats import find_period, last, robust_scale, seasonal_gain
+from model.detectors.series_stats import find_period, last, resolution, robust_scale, seasonal_gain
 
 TESTS = ("spike", "level", "variance")  # the tests that alert
 N_TESTS = len(TESTS)
@@ -37,6 +37,9 @@ CLIP_Z = 3.0  # level and variance tests clip residuals here (Huber-style): one 
 SEASONAL_GAIN, SEASONAL_KEEP = 0.8, 0.9  # a period is taken if it cuts the residual scale 20 %, kept to 10 %
 GRID = 33  # quantiles kept of each test's calibration values below its tail threshold
 TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is fitted to
+QUANTUM_SD = 1.0 / math.sqrt(
+    12.0
+)  # SD of rounding to a step of 1 (Sheppard): the least a stepped series varies
 MUTED_ABOVE = 1.0 + 1e-6  # a muted point's p-value is at least this multiple of the alert level
 # Scalar state of a series, in this order in the saved arrays.
 FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p", "base")
@@ -274,6 +277,9 @@ class SeriesDetector(Detector):
         """Refit the scale, the calibration tails and (less often) the period from the ring buffers."""
         early = last(st.vals, st.pos, self.level_window) - st.level
         st.scale = robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
+        # A series that moves in steps (a counter: 0, 1, 2) varies at least by its rounding, SD step/sqrt(12):
+        # with a scale of 0 a single request on a quiet route was a z of 10^300.
+        st.scale = max(st.scale, QUANTUM_SD * resolution(last(st.vals, st.pos, min(st.n, len(st.vals)))))
         if not st.n_res:  # the variance statistic starts at the spread of the first window (0 for a flat one)
             st.ew_var = float(np.mean(np.minimum((early / st.scale) ** 2, CLIP_Z**2)))
         st.base = float(np.median(last(st.vals, st.pos, min(st.n, len(st.vals)))))
@@ -289,14 +295,21 @@ class SeriesDetector(Detector):
         m = st.n_cal
         srt = np.sort(st.cal[:, :m], axis=1).astype(np.float64)
         k = max(8, int(m * TAIL_SHARE))
-        share = (k + 1.0) / (m + 1.0)
-        q = min(self.alert_p / share, 1.0)
         u = srt[:, m - k - 1]
         beta, xi = gpd_fit_rows(srt[:, m - k :] - u[:, None])
+        share = np.full(N_STATS, (k + 1.0) / (m + 1.0))
+        # Ties at u (a sparse counter's statistics are mostly 0): the tail is what lies strictly above u, with its
+        # own share, not excesses of 0 that make it look steep; fewer than 8 above get an exponential tail.
+        for j in np.flatnonzero(srt[:, m - k] <= u):
+            exc = srt[j, m - k :] - u[j]
+            exc = exc[exc > 0.0]
+            share[j] = (len(exc) + 1.0) / (m + 1.0)
+            beta[j], xi[j] = gpd_fit(exc) if len(exc) >= 8 else (float(exc.mean()) if len(exc) else 0.0, 0.0)
         beta = np.maximum(beta, 0.1)  # a test's tail is never steeper than this (values are in robust SDs)
-        y = np.where(xi < 1e-6, -math.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
+        q = np.minimum(self.alert_p / share, 1.0)
+        y = np.where(xi < 1e-6, -np.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
         cap = u + beta * y
-        st.tails = np.stack([u, beta, xi, np.full(N_STATS, share), cap], axis=1).tolist()
+        st.tails = np.stack([u, beta, xi, share, cap], axis=1).tolist()
         st.grid = srt[:, np.linspace(0, m - k - 1, GRID).round().astype(np.int64)].tolist()
         st.fitted = 1
 

@@ -22,6 +22,13 @@ def robust_scale(r: np.ndarray, level: float) -> float:
     return mad if mad > 0.0 else (mean_dev if mean_dev > 0.0 else max(1e-6 * abs(level), TINY))
 
 
+def resolution(x: np.ndarray) -> float:
+    """The smallest non-zero step between consecutive values (1 for a counter, ~0 for a continuous gauge)."""
+    d = np.abs(np.diff(x))
+    d = d[d > 0.0]
+    return float(d.min()) if len(d) else 0.0
+
+
 def find_period(x: np.ndarray, min_lag: int = 4, min_acf: float = 0.3) -> int:
     """The lag of the highest local maximum of the autocorrelation within a third of the history, or 0."""
     n = len(x)
