@@ -298,9 +298,11 @@ class SeriesDetector(Detector):
         u = srt[:, m - k - 1]
         beta, xi = gpd_fit_rows(srt[:, m - k :] - u[:, None])
         share = np.full(N_STATS, (k + 1.0) / (m + 1.0))
-        # Ties at u (a sparse counter's statistics are mostly 0): the tail is what lies strictly above u, with its
-        # own share, not excesses of 0 that make it look steep; fewer than 8 above get an exponential tail.
-        for j in np.flatnonzero(srt[:, m - k] <= u):
+        # An atom at the bottom (a sparse counter's statistics are mostly exactly 0, so u is the smallest value
+        # too): the tail is what lies strictly above it, with its own share, not excesses of 0 that make it look
+        # steep; fewer than 8 above get an exponential tail. Ties higher up are values winsorised at a cap: they
+        # lie at or above it, not on it, and keep the plain fit.
+        for j in np.flatnonzero((srt[:, m - k] <= u) & (u <= srt[:, 0])):
             exc = srt[j, m - k :] - u[j]
             exc = exc[exc > 0.0]
             share[j] = (len(exc) + 1.0) / (m + 1.0)
