@@ -35,21 +35,27 @@ def frame_of(rows: list, derived: list) -> Frame:
     return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), None)  # type: ignore[arg-type]
 
 
-def run(rows: list, derived: list, fit_rows: int, batch: int, det: SeriesDetector) -> tuple[np.ndarray, str]:
-    """Fit on the first `fit_rows`, score the rest in batches: p-values (NaN for fit rows) and the cost per row."""
+def run(
+    rows: list, derived: list, fit_rows: int, batch: int, det: SeriesDetector
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fit on the first `fit_rows`, score the rest in batches: p-values (NaN for fit rows), the points muted inside
+    an episode (they rank by their p-value but do not alert) and the cost per row."""
     det.fit(frame_of(rows[:fit_rows], derived[:fit_rows]))
     p = np.full(len(rows), np.nan)
+    muted = np.zeros(len(rows), dtype=bool)
     t0, c0 = time.perf_counter(), time.process_time()
     for a in range(fit_rows, len(rows), batch):
         fr = frame_of(rows[a : a + batch], derived[a : a + batch])
         p[a : a + batch] = det.pvalues(fr, det.score_samples(fr))
+        muted[a : a + batch] = det.muted(fr)
     n = max(len(rows) - fit_rows, 1)
     wall, cpu = 1e6 * (time.perf_counter() - t0) / n, 1e6 * (time.process_time() - c0) / n
-    return p, f"{cpu:.1f} µs CPU, {wall:.1f} µs wall per scored point"
+    return p, muted, f"{cpu:.1f} µs CPU, {wall:.1f} µs wall per scored point"
 
 
 def calibration(names: list[str], times: np.ndarray, p: np.ndarray, points: Path) -> dict[str, float]:
-    """Share of scored points outside every NAB window with p <= a (should be about a when calibrated)."""
+    """Share of scored points outside every NAB window with p <= a (should be about a when calibrated; pass NaN
+    for the points muted inside an episode, whose p-value is their rank, not a fresh test)."""
     in_window = {}
     with points.open() as fh:
         for r in csv.DictReader(fh):
@@ -79,16 +85,19 @@ def main() -> None:
     names = [str(r.fields.get("unmapped.series")) for r in rows]  # the NAB file stem, for scoring only
     times = np.array([r.time_ms for r in rows], dtype=np.int64)
 
-    p, us = run(rows, derived, args.fit_rows, args.batch, SeriesDetector(alert_p=args.alert_p))
+    p, muted, us = run(rows, derived, args.fit_rows, args.batch, SeriesDetector(alert_p=args.alert_p))
     with args.out.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["series", "time_ms", "score", "is_anomaly"])
         for i in range(args.fit_rows, len(rows)):
             pi = 1.0 if np.isnan(p[i]) else p[i]
-            w.writerow([names[i], int(times[i]), f"{-np.log10(pi):.6g}", int(pi < args.alert_p)])
+            w.writerow(
+                [names[i], int(times[i]), f"{-np.log10(pi):.6g}", int(pi < args.alert_p and not muted[i])]
+            )
     print(us)
+    fresh = np.where(muted, np.nan, p)
     calib = calibration(
-        names[args.fit_rows :], times[args.fit_rows :], p[args.fit_rows :], args.nab / "points.csv"
+        names[args.fit_rows :], times[args.fit_rows :], fresh[args.fit_rows :], args.nab / "points.csv"
     )
     print("calibration outside windows:", json.dumps(calib))
     score = DEVDATA / "nab_score.py"

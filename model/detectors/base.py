@@ -94,6 +94,9 @@ class Detector(ABC):
       this operation's median 160 ms").
     - `learn(frame, normal)` grows history with the rows the ensemble judged normal (global members; online
       members learn in `score_samples`).
+    - `muted(frame)` -> (n,) bool or None: rows of the last `score_samples` the member has already reported
+      (an episode's later points): they keep their p-value, so they rank by their own deviation, but do not
+      alert again.
     - `state()` / `from_state()` persist what was fitted and learned (JSON values and arrays, never pickle).
 
     `signals` names the signals a member judges. `global_novelty` members measure "unlike all history": they are muted for rows of an entity still in its
@@ -133,6 +136,10 @@ class Detector(ABC):
 
     def learn(self, frame: Frame, normal: np.ndarray) -> None:  # noqa: B027 - optional for online members
         """Grow history with the rows `normal` (bool mask) the ensemble judged normal."""
+
+    def muted(self, frame: Frame) -> np.ndarray | None:
+        """Rows of `frame` (as last scored) that may not alert however small their p-value; None: no such rows."""
+        return None
 
     @abstractmethod
     def state(self) -> State: ...

@@ -155,8 +155,17 @@ class Ensemble:
         combined = combine(p, ~np.isnan(raw), self.combiner, weights)
         per_hour = np.asarray([self.entities[k][0] / RATE_TAU_S * 3600.0 for k in keys])
         thresholds = np.minimum(self.alert_pvalue, self.false_alerts_per_hour / np.maximum(per_hour, 1.0))
-        alert = combined <= thresholds
+        alert = (combined <= thresholds) & ~self._muted(frame)
         return EnsembleResult(self.names, raw, p, combined, thresholds, alert, np.zeros(n, dtype=bool))
+
+    def _muted(self, frame: Frame) -> np.ndarray:
+        """Rows a member has already reported (an episode's later points): ranked by their p-value, not alerted."""
+        out = np.zeros(len(frame), dtype=bool)
+        for member in self.members:
+            m = member.muted(frame)
+            if m is not None:
+                out |= m
+        return out
 
     def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> None:
         for signal in np.unique(signals):
@@ -219,7 +228,7 @@ class Ensemble:
                 self._remember(j, r, signals, frame.times_ns)
         applicable = ~np.isnan(raw)
         combined = combine(p, applicable, self.combiner, np.asarray([m.weight for m in self.members]))
-        alert = combined <= thresholds
+        alert = (combined <= thresholds) & ~self._muted(frame)
         if learn:
             failed = np.asarray([bool(d.get("failed")) for d in frame.derived], dtype=bool)
             normal = (combined > LEARN_ABOVE_P) | (warm & ~failed)

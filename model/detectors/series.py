@@ -6,7 +6,8 @@ Three tests look at residuals in robust SDs: a spike (this point), a level shift
 a variance change (log exponential mean square). Each is calibrated on the series' own past values of it
 (quantiles below its top decile, a generalised Pareto tail above) and the three p-values are combined by
 Bonferroni. After an alert the series is in an episode and alerts again only on much stronger evidence: the
-alert is about the change, not about each point after it.
+alert is about the change, not about each point after it. Its later points keep their spike test's p-value, so
+they rank by their own deviation, and are muted (`muted`): the ensemble does not alert on them.
 
 A fourth statistic, the distance from the median of the series' whole kept history (calibrated the same way),
 ranks the points that cannot alert: a point still far from the series' long-run level after the short baseline
@@ -24,9 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model.calibration import gpd_fit, gpd_fit_rows
 from model.detectors.base import Detector, Frame, State
-from model.detectors.series_stats import find_period, last, resolution, robust_scale, seasonal_gain
+from model.detectors.series_stats import find_period, fit_tails, last, resolution, robust_scale, seasonal_gain
 
 TESTS = ("spike", "level", "variance")  # the tests that alert
 N_TESTS = len(TESTS)
@@ -40,7 +40,9 @@ TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is 
 QUANTUM_SD = 1.0 / math.sqrt(
     12.0
 )  # SD of rounding to a step of 1 (Sheppard): the least a stepped series varies
-MUTED_ABOVE = 1.0 + 1e-6  # a muted point's p-value is at least this multiple of the alert level
+MUTED_ABOVE = (
+    1.0 + 1e-6
+)  # a point ranked by its drift alone stays at least this multiple above the alert level
 # Scalar state of a series, in this order in the saved arrays.
 FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p", "base")
 INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
@@ -130,6 +132,7 @@ class SeriesDetector(Detector):
         n = len(frame)
         raw = np.full(n, np.nan)
         details: dict[int, tuple[Any, ...]] = {}
+        muted = np.zeros(n, dtype=bool)
         for i in range(n):
             row, d = frame.rows[i], frame.derived[i]
             key, x = d.get("series"), d.get("series_value")
@@ -141,8 +144,13 @@ class SeriesDetector(Detector):
             if out is not None:
                 raw[i] = -math.log10(out[0])
                 details[i] = out[1]
+                muted[i] = out[2]
         frame.cache["series.details"] = details
+        frame.cache["series.muted"] = muted
         return raw
+
+    def muted(self, frame: Frame) -> np.ndarray | None:
+        return frame.cache.get("series.muted")
 
     def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
@@ -169,8 +177,8 @@ class SeriesDetector(Detector):
             self.dropped += 1
         return st
 
-    def _step(self, st: _Series, x: float) -> tuple[float, tuple[Any, ...]] | None:
-        """Score `x` against the series' state, then learn it. None while the series is in its warm-up."""
+    def _step(self, st: _Series, x: float) -> tuple[float, tuple[Any, ...], bool] | None:
+        """Score `x` against the series' state, then learn it: (p, detail, muted); None in the warm-up."""
         result = None
         if st.n >= self.level_window:
             pred = self._predict(st)
@@ -179,7 +187,9 @@ class SeriesDetector(Detector):
             if st.n >= self.min_points and st.fitted:
                 p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
                 test = min(range(N_TESTS), key=p_tests.__getitem__)
-                p = self._episode(st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)), N_TESTS * p_tests[0])
+                p, muted = self._episode(
+                    st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)), N_TESTS * p_tests[0]
+                )
                 # a point that cannot alert may still rank by its drift from the long-run level, above the alert level
                 if p >= self.alert_p:
                     floor = self.alert_p * MUTED_ABOVE
@@ -187,6 +197,7 @@ class SeriesDetector(Detector):
                 result = (
                     p,
                     (test, x, pred, st.scale, z, st.ew_level, st.ew_var, st.period, self.level_window),
+                    muted,
                 )
             self._add_calibration(st, stats)
             st.res[st.n_res % len(st.res)] = x - pred
@@ -223,26 +234,26 @@ class SeriesDetector(Detector):
         frac = (i - 1 + ((s - lo) / (hi - lo) if hi > lo else 0.0)) / (GRID - 1)
         return 1.0 - frac * (1.0 - share)
 
-    def _episode(self, st: _Series, p: float, p_point: float) -> float:
-        """Mute repeat alerts of one episode unless the evidence gets `worse`-fold stronger.
+    def _episode(self, st: _Series, p: float, p_point: float) -> tuple[float, bool]:
+        """(p, muted): repeat alerts of one episode are muted unless the evidence gets `worse`-fold stronger.
 
         `p` is the Bonferroni p-value of the three tests (the alert's), `p_point` that of the spike test alone. A
-        muted point keeps the spike test's p-value, mapped monotonically above the alert level: it cannot alert,
-        but a point far off inside an episode still ranks above ordinary ones, while the exponential tests,
-        still high after an incident, do not lift the ordinary points that follow it.
+        muted point keeps the spike test's p-value: it ranks by its own deviation (a point far off inside an
+        episode above an ordinary one, and above a fresh small alert elsewhere when it is further off), while
+        the exponential tests, still high after an incident, do not lift the ordinary points that follow it.
         """
         if st.in_episode:
             again = self.alert_p * p / (st.episode_p * self.worse)
-            floor = self.alert_p * MUTED_ABOVE
-            out = again if again < self.alert_p else floor + (1.0 - floor) * min(p_point, 1.0)
             st.episode_p = min(st.episode_p, p)
             st.quiet = st.quiet + 1 if p >= self.quiet_p else 0
             if st.quiet >= self.refractory:
                 st.in_episode, st.episode_p = 0, 1.0
-            return out
+            if again < self.alert_p:
+                return again, False
+            return min(max(p_point, 1e-300), 1.0), True
         if p < self.alert_p:
             st.in_episode, st.episode_p, st.quiet = 1, p, 0
-        return p
+        return p, False
 
     @staticmethod
     def _add_calibration(st: _Series, stats: tuple[float, ...]) -> None:
@@ -290,30 +301,9 @@ class SeriesDetector(Detector):
             self._fit_period(st)
 
     def _fit_tails(self, st: _Series) -> None:
-        """Per test: threshold u at the top decile (at least 8 values above), a generalised Pareto fit to the
-        excesses, the quantile grid below u, and the cap at which the test alone would reach `alert_p`."""
-        m = st.n_cal
-        srt = np.sort(st.cal[:, :m], axis=1).astype(np.float64)
-        k = max(8, int(m * TAIL_SHARE))
-        u = srt[:, m - k - 1]
-        beta, xi = gpd_fit_rows(srt[:, m - k :] - u[:, None])
-        share = np.full(N_STATS, (k + 1.0) / (m + 1.0))
-        # An atom at the bottom (a sparse counter's statistics are mostly exactly 0, so u is the smallest value
-        # too): the tail is what lies strictly above it, with its own share, not excesses of 0 that make it look
-        # steep; fewer than 8 above get an exponential tail. Ties higher up are values winsorised at a cap: they
-        # lie at or above it, not on it, and keep the plain fit.
-        for j in np.flatnonzero((srt[:, m - k] <= u) & (u <= srt[:, 0])):
-            exc = srt[j, m - k :] - u[j]
-            exc = exc[exc > 0.0]
-            share[j] = (len(exc) + 1.0) / (m + 1.0)
-            beta[j], xi[j] = gpd_fit(exc) if len(exc) >= 8 else (float(exc.mean()) if len(exc) else 0.0, 0.0)
-        beta = np.maximum(beta, 0.1)  # a test's tail is never steeper than this (values are in robust SDs)
-        q = np.minimum(self.alert_p / share, 1.0)
-        y = np.where(xi < 1e-6, -np.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
-        cap = u + beta * y
-        st.tails = np.stack([u, beta, xi, share, cap], axis=1).tolist()
-        st.grid = srt[:, np.linspace(0, m - k - 1, GRID).round().astype(np.int64)].tolist()
-        st.fitted = 1
+        srt = np.sort(st.cal[:, : st.n_cal], axis=1).astype(np.float64)
+        tails, grid = fit_tails(srt, self.alert_p, TAIL_SHARE, GRID)
+        st.tails, st.grid, st.fitted = tails.tolist(), grid.tolist(), 1
 
     def _fit_period(self, st: _Series) -> None:
         """Use the strongest autocorrelation period when it clearly explains the series better than its level."""

@@ -50,6 +50,8 @@ def test_member_contract(name: str, frames: tuple[Frame, Frame]) -> None:
     assert p.shape == (len(later),)
     assert ((p > 0) & (p <= 1)).all()
     assert (p[np.isnan(raw)] == 1.0).all()
+    muted = member.muted(frame_a)  # rows already reported in an episode: None, or one flag per row
+    assert muted is None or (muted.shape == (len(later),) and muted.dtype == np.bool_)
     # The reloaded member answers exactly as the original: state() holds everything that was fitted.
     np.testing.assert_allclose(twin.score_samples(frame_b), raw, equal_nan=True)
 

@@ -119,7 +119,7 @@ def test_an_incident_inside_the_training_window_is_reported_not_learned() -> Non
 
 
 def test_the_series_member_alerts_at_the_ensembles_alert_level() -> None:
-    # a muted point inside an episode is reported just above the series member's alert level, so that level
+    # a point that cannot alert ranks by its drift just above the series member's alert level, so that level
     # must be the ensemble's, whatever OTAD_ALERT_PVALUE says
     from model.detectors import build
 
@@ -127,3 +127,25 @@ def test_the_series_member_alerts_at_the_ensembles_alert_level() -> None:
         ens = build(("series", "pattern"), alert_pvalue=level)
         assert ens.alert_pvalue == level
         assert [m.alert_p for m in ens.members if m.name == "series"] == [level]
+
+
+def test_an_episodes_later_points_keep_their_evidence_but_alert_once_in_training_and_scoring() -> None:
+    from model.detectors.series import SeriesDetector
+    from tests.unit.model.test_series_detector import frame_of
+
+    values = np.random.default_rng(5).normal(100.0, 5.0, 1000)
+    values[400:404] = [400.0, 380.0, 390.0, 100.0]  # an outage of three points among the training rows
+    ens = Ensemble([SeriesDetector()], false_alerts_per_hour=10.0, alert_pvalue=1e-3).fit(
+        frame_of(values[:600])
+    )
+    judged = ens.fit_result_
+    assert judged is not None
+    assert judged.alert[400] and not judged.alert[401:404].any()  # reported once ...
+    assert (
+        judged.combined[401:403] < 1e-6
+    ).all()  # ... while the points after it rank by their own deviation
+    result = ens.score(frame_of(values[600:], t0=600))
+    assert not result.alert.any()
+    later = np.r_[np.random.default_rng(6).normal(100.0, 5.0, 20), [300.0, 320.0, 310.0]]
+    result = ens.score(frame_of(later, t0=1000))
+    assert result.alert[20] and not result.alert[21:].any() and (result.combined[21:] < 1e-6).all()

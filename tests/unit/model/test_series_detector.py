@@ -38,8 +38,17 @@ def noise(n: int, seed: int, sd: float = 5.0, level: float = 100.0) -> np.ndarra
     return level + sd * np.random.default_rng(seed).normal(size=n)
 
 
-def first_alert(p: np.ndarray) -> int:
-    hits = np.flatnonzero(p < ALERT)
+def scored(det: SeriesDetector, values: np.ndarray, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """p-values and alerts: p below the alert level and not muted (an episode's later points)."""
+    fr = frame_of(values, **kw)
+    p = det.pvalues(fr, det.score_samples(fr))
+    muted = det.muted(fr)
+    assert muted is not None and muted.shape == p.shape
+    return p, (p < ALERT) & ~muted
+
+
+def first_alert(alerts: np.ndarray) -> int:
+    hits = np.flatnonzero(alerts)
     return int(hits[0]) if len(hits) else 10**9
 
 
@@ -47,10 +56,10 @@ def test_level_shift_flagged_promptly_then_becomes_normal() -> None:
     det = SeriesDetector()
     pvalues(det, noise(800, 0))
     after = noise(400, 1) + 25.0  # +5 SDs, kept: a new normal
-    p = pvalues(det, after)
-    assert first_alert(p) <= 3
-    assert (p[:60] < ALERT).sum() <= 2  # one episode, not a flood
-    assert (p[-150:] < ALERT).sum() == 0  # the new level has become normal
+    _, a = scored(det, after)
+    assert first_alert(a) <= 3
+    assert a[:60].sum() <= 2  # one episode, not a flood
+    assert a[-150:].sum() == 0  # the new level has become normal
 
 
 def test_spike_flagged_at_the_point() -> None:
@@ -58,32 +67,32 @@ def test_spike_flagged_at_the_point() -> None:
     pvalues(det, noise(800, 2))
     x = noise(20, 3)
     x[5] += 60.0  # +12 SDs, one point
-    p = pvalues(det, x)
-    assert p[5] < 1e-5 and (np.delete(p, 5) < ALERT).sum() <= 1
+    p, a = scored(det, x)
+    assert p[5] < 1e-5 and a[5] and np.delete(a, 5).sum() <= 1
 
 
 def test_variance_change_flagged_promptly() -> None:
     det = SeriesDetector()
     pvalues(det, noise(800, 4))
-    p = pvalues(det, noise(100, 5, sd=25.0))
-    assert first_alert(p) <= 10
+    _, a = scored(det, noise(100, 5, sd=25.0))
+    assert first_alert(a) <= 10
 
 
 def test_trend_change_flagged_promptly() -> None:
     det = SeriesDetector()
     pvalues(det, noise(800, 6))
-    p = pvalues(det, noise(100, 7) + 2.5 * np.arange(100))  # half an SD per point
-    assert first_alert(p) <= 20
+    _, a = scored(det, noise(100, 7) + 2.5 * np.arange(100))  # half an SD per point
+    assert first_alert(a) <= 20
 
 
 def test_stationary_series_rarely_flags() -> None:
     det = SeriesDetector()
     rng = np.random.default_rng(8)
-    gaussian = pvalues(det, noise(6000, 9), key="g")
-    heavy = pvalues(det, 50.0 + 3.0 * rng.standard_t(3, size=6000), key="t")
-    for p in (gaussian[500:], heavy[500:]):
-        assert (p < ALERT).sum() <= 15  # about 5.5 expected at a calibrated 1e-3
-        assert 0.05 < (p < 0.1).mean() < 0.15
+    gaussian = scored(det, noise(6000, 9), key="g")
+    heavy = scored(det, 50.0 + 3.0 * rng.standard_t(3, size=6000), key="t")
+    for p, a in (gaussian, heavy):
+        assert a[500:].sum() <= 15  # about 5.5 expected at a calibrated 1e-3
+        assert 0.05 < (p[500:] < 0.1).mean() < 0.15
 
 
 def test_seasonal_series_learns_its_period() -> None:
@@ -91,9 +100,9 @@ def test_seasonal_series_learns_its_period() -> None:
     t = np.arange(4000)
     x = 100.0 + 40.0 * np.sin(2 * np.pi * t / 48) + np.random.default_rng(10).normal(size=len(t))
     x[3500] += 12.0  # within the series' overall range, but 12 SDs off its seasonal value
-    p = pvalues(det, x)
+    p, a = scored(det, x)
     assert det.series["s"].period == 48
-    assert (np.delete(p[1000:], 2500) < ALERT).sum() <= 8
+    assert np.delete(a[1000:], 2500).sum() <= 8
     assert p[3500] < 1e-4
 
 
@@ -158,8 +167,8 @@ def test_explain_names_the_change_with_units() -> None:
 
 
 def test_flat_series_alerts_only_on_its_change() -> None:
-    p = pvalues(SeriesDetector(), np.r_[np.full(500, 5.0), 6.0, np.full(50, 5.0)])
-    assert list(np.flatnonzero(p < ALERT)) == [500]
+    _, a = scored(SeriesDetector(), np.r_[np.full(500, 5.0), 6.0, np.full(50, 5.0)])
+    assert list(np.flatnonzero(a)) == [500]
 
 
 def test_points_muted_inside_an_episode_still_rank_by_their_own_deviation() -> None:
@@ -167,10 +176,11 @@ def test_points_muted_inside_an_episode_still_rank_by_their_own_deviation() -> N
     pvalues(det, noise(800, 4))
     x = noise(40, 5)
     x[10:14] += np.array([200.0, 150.0, 60.0, 100.0])  # four far-off points in a row: one episode
-    p = pvalues(det, x)
-    assert p[10] < ALERT and (p[11:14] > ALERT).all()  # the repeats cannot alert ...
+    p, a = scored(det, x)
+    assert a[10] and not a[11:14].any()  # the repeats cannot alert ...
+    assert (p[11:14] < ALERT).all()  # ... but keep their own evidence: they outrank a fresh marginal alert
     ordinary = np.delete(p, range(10, 14))
-    assert p[11:14].max() < ordinary.min()  # ... but outrank every ordinary point of the series
+    assert p[11:14].max() < ordinary.min()  # ... and every ordinary point of the series
     assert p[12] > p[13] > p[11]  # in the order of their own deviation
     # the ordinary points right after the burst are not lifted by the tests that still carry it
     assert (p[14:20] > 10 * ALERT).all()
@@ -179,8 +189,8 @@ def test_points_muted_inside_an_episode_still_rank_by_their_own_deviation() -> N
 def test_a_shift_the_level_has_absorbed_still_ranks_above_ordinary_points_without_alerting() -> None:
     det = SeriesDetector()
     before = pvalues(det, noise(900, 40))
-    p = pvalues(det, noise(300, 41) + 25.0)  # +5 SDs, kept
-    assert first_alert(p) <= 3 and (p[40:] >= ALERT).all()  # one alert, then the short baseline absorbs it
+    p, a = scored(det, noise(300, 41) + 25.0)  # +5 SDs, kept
+    assert first_alert(a) <= 3 and (p[40:] >= ALERT).all()  # one alert, then the short baseline absorbs it
     # ... but the points still far from the series' long-run level rank above its ordinary ones (they were
     # at p = 1 once the episode's spike test saw nothing)
     assert np.median(p[40:100]) < 0.1 < np.median(before[-300:])
@@ -204,10 +214,10 @@ def test_a_state_saved_before_the_drift_statistic_loads_and_alerts_alike() -> No
     )
     old["floats"] = arrays["floats"][:, :5]
     full, legacy = SeriesDetector.from_state(values, arrays), SeriesDetector.from_state(values, old)
-    p_full, p_legacy = pvalues(full, x[1000:], t0=1000), pvalues(legacy, x[1000:], t0=1000)
+    (_, a_full), (p_legacy, a_legacy) = (scored(full, x[1000:], t0=1000), scored(legacy, x[1000:], t0=1000))
     assert np.isfinite(p_legacy).all()
-    np.testing.assert_array_equal(p_legacy < ALERT, p_full < ALERT)
-    assert (p_full < ALERT).any()
+    np.testing.assert_array_equal(a_legacy, a_full)
+    assert a_full.any()
 
 
 def test_a_sparse_counter_is_judged_by_its_steps_and_still_alerts_on_a_burst() -> None:
@@ -219,8 +229,8 @@ def test_a_sparse_counter_is_judged_by_its_steps_and_still_alerts_on_a_burst() -
         x = np.random.default_rng(seed).poisson(0.02, 2000).astype(float)
         x[[10, 30]] = 1.0  # a step inside the warm-up
         det = SeriesDetector()
-        p = pvalues(det, x)
-        alerts += int((p[300:] < ALERT).sum())
+        p, a = scored(det, x)
+        alerts += int(a[300:].sum())
         assert p[300:].min() > 1e-12
         bursts.append(pvalues(det, np.r_[np.zeros(5), 12.0])[-1])
     assert alerts <= 2 * 8 * 1700 * ALERT  # measured 14 (before: 65)
