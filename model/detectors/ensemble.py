@@ -60,10 +60,13 @@ def combine(p: np.ndarray, applicable: np.ndarray, how: str, weights: np.ndarray
     members: a member of weight w counts as if its p-value were p / w (weighted Bonferroni for min-p).
     """
     n, m = p.shape
+    # A row no member judged carries no evidence: it gets the largest value a judged row can, not a value above
+    # it (Cauchy caps its inputs at 0.5, so "no evidence" is 0.5 there), and ranks with the ordinary rows.
+    none = 0.5 if how == "cauchy" else 1.0
     w = np.where(applicable, np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64), 0.0)
     w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
     count = applicable.sum(axis=1)
-    out = np.ones(n, dtype=np.float64)
+    out = np.full(n, none, dtype=np.float64)
     has = count > 0
     pc = np.clip(p, P_MIN, 1.0)
     if how == "minp":

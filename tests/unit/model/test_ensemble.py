@@ -33,7 +33,10 @@ def test_combination_ignores_members_without_an_opinion() -> None:
     for how in ("cauchy", "minp", "fisher"):
         c = combine(p, only_first, how)
         assert c[0] == pytest.approx(1e-6, rel=0.05), how
-        assert c[1] == 1.0
+        # no opinion is no evidence: the largest value a judged row can get (Cauchy caps its inputs at 0.5)
+        assert c[1] == (0.5 if how == "cauchy" else 1.0)
+        judged = combine(np.asarray([[0.9, 0.99, 1.0]]), np.ones((1, 3), dtype=bool), how)
+        assert judged[0] <= c[1]
 
 
 def test_cauchy_is_not_cancelled_by_a_member_that_finds_the_row_ordinary() -> None:
