@@ -290,19 +290,24 @@ class SeriesDetector(Detector):
         st.scale = robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
         # A series that moves in steps (a counter: 0, 1, 2) varies at least by its rounding, SD step/sqrt(12):
         # with a scale of 0 a single request on a quiet route was a z of 10^300.
-        st.scale = max(st.scale, QUANTUM_SD * resolution(last(st.vals, st.pos, min(st.n, len(st.vals)))))
+        step = resolution(last(st.vals, st.pos, min(st.n, len(st.vals))))
+        st.scale = max(st.scale, QUANTUM_SD * step)
         if not st.n_res:  # the variance statistic starts at the spread of the first window (0 for a flat one)
             st.ew_var = float(np.mean(np.minimum((early / st.scale) ** 2, CLIP_Z**2)))
         st.base = float(np.median(last(st.vals, st.pos, min(st.n, len(st.vals)))))
         self._flush(st)
         if st.n_cal >= 32:
-            self._fit_tails(st)
+            self._fit_tails(st, step / st.scale)
         if st.n % (self.refresh * 32) == 0:
             self._fit_period(st)
 
-    def _fit_tails(self, st: _Series) -> None:
+    def _fit_tails(self, st: _Series, step: float) -> None:
+        """`step`: the series' resolution in robust SDs. The spike and drift statistics move on that lattice,
+        and their tails fall at most one e-fold per step: without it, the first 1 of a quiet counter whose
+        calibration held only zeros was p = 1e-17. (The same floor on the level test cost NAB 3.9 points.)"""
         srt = np.sort(st.cal[:, : st.n_cal], axis=1).astype(np.float64)
-        tails, grid = fit_tails(srt, self.alert_p, TAIL_SHARE, GRID)
+        floors = np.maximum([step, 0.0, 0.0, step], 0.1)  # 0.1: never steeper (values in robust SDs)
+        tails, grid = fit_tails(srt, self.alert_p, TAIL_SHARE, GRID, floors)
         st.tails, st.grid, st.fitted = tails.tolist(), grid.tolist(), 1
 
     def _fit_period(self, st: _Series) -> None:

@@ -60,26 +60,32 @@ def seasonal_gain(
     return robust_scale(s_res, 0.0) / max(robust_scale(l_res, 0.0), EPS), s_res, l_res
 
 
-def fit_tails(srt: np.ndarray, alert_p: float, tail_share: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_tails(
+    srt: np.ndarray, alert_p: float, tail_share: float, grid: int, beta_floor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per test (row of sorted calibration values): threshold u at the top `tail_share` (at least 8 values
-    above), a generalised Pareto fit to the excesses, and the cap at which the test alone would reach `alert_p`,
-    as rows [u, beta, xi, tail share, cap]; and the quantile grid below u (`grid` values per test)."""
+    above), a generalised Pareto fit to the excesses (scale at least `beta_floor`), and the cap at which the
+    test alone would reach `alert_p` (the series member winsorises calibration values there), as rows [u, beta, xi, tail share, cap]; and the quantile grid below u
+    (`grid` values per test)."""
     n_stats, m = srt.shape
     k = max(8, int(m * tail_share))
     u = srt[:, m - k - 1]
     beta, xi = gpd_fit_rows(srt[:, m - k :] - u[:, None])
     share = np.full(n_stats, (k + 1.0) / (m + 1.0))
+    thin = np.zeros(n_stats, dtype=bool)
     # An atom at the bottom (a sparse counter's statistics are mostly exactly 0, so u is the smallest value too):
     # the tail is what lies strictly above it, with its own share, not excesses of 0 that make it look steep;
-    # fewer than 8 above get an exponential tail. Ties higher up are values winsorised at a cap: they lie at or
-    # above it, not on it, and keep the plain fit.
+    # fewer than 8 above get an exponential tail and no cap (values are not winsorised until the tail has seen
+    # a few moves: capped at a cap fitted to zeros, the counter's ordinary 1s could never be learned). Ties
+    # higher up are values winsorised at a cap: they lie at or above it, not on it, and keep the plain fit.
     for j in np.flatnonzero((srt[:, m - k] <= u) & (u <= srt[:, 0])):
         exc = srt[j, m - k :] - u[j]
         exc = exc[exc > 0.0]
         share[j] = (len(exc) + 1.0) / (m + 1.0)
         beta[j], xi[j] = gpd_fit(exc) if len(exc) >= 8 else (float(exc.mean()) if len(exc) else 0.0, 0.0)
-    beta = np.maximum(beta, 0.1)  # a test's tail is never steeper than this (values are in robust SDs)
+        thin[j] = len(exc) < 8
+    beta = np.maximum(beta, beta_floor)
     q = np.minimum(alert_p / share, 1.0)
     y = np.where(xi < 1e-6, -np.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
-    tails = np.stack([u, beta, xi, share, u + beta * y], axis=1)
+    tails = np.stack([u, beta, xi, share, np.where(thin, 1e30, u + beta * y)], axis=1)  # 1e30: float32-safe
     return tails, srt[:, np.linspace(0, m - k - 1, grid).round().astype(np.int64)]

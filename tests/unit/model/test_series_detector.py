@@ -237,6 +237,19 @@ def test_a_sparse_counter_is_judged_by_its_steps_and_still_alerts_on_a_burst() -
     assert max(bursts) < 1e-5  # twelve requests in one interval (before: up to 1e-3)
 
 
+def test_a_quiet_counters_first_moves_after_a_calibration_of_zeros_are_not_alarms() -> None:
+    """Its steps were seen in the warm-up only, so every calibration value of its tests is exactly 0: a tail
+    fitted there used to call the first 1 p = 1e-17 and, capped at that tail, never learn the next ones."""
+    x = np.zeros(700)
+    x[[10, 30, 400, 550]] = 1.0
+    x[650] = 12.0
+    p, a = scored(SeriesDetector(), x)
+    assert p[400] > ALERT and p[550] > ALERT  # (before: 8e-18 and 7e-16)
+    assert a[650] and p[650] < 1e-6  # twelve at once still alerts
+    # (its first judged point, 128, may alert: a series whose first window moved and then went flat)
+    assert list(np.flatnonzero(a[200:]) + 200) == [650]
+
+
 def test_resolution_is_the_smallest_step_of_a_series() -> None:
     assert resolution(np.array([0.0, 0.0, 1.0, 0.0, 3.0])) == 1.0
     assert resolution(np.array([5.0, 5.0, 5.0])) == 0.0
