@@ -102,7 +102,7 @@ def from_files(settings, paths: list[Path], labels: Path | None, top: int, map_p
     )
     if labels is not None:
         since = int(mv.meta.get("train_end_unix_nano", 0)) + 1
-        _add_pr(data, rows, labels, since)
+        _add_pr(data, rows, labels, since, is_anomaly)
     data.anomalies.sort(key=lambda a: a["time_ms"])
     return data
 
@@ -184,8 +184,9 @@ def _add_map(data: ReportData, emb: np.ndarray, flagged: np.ndarray, titles: lis
     data.map_titles = [titles[i] for i in pick]
 
 
-def _add_pr(data: ReportData, rows: list, labels: Path, since_ns: int) -> None:
-    """PR curve of the combined score over the rows after the model's training window (as `otad evaluate`)."""
+def _add_pr(data: ReportData, rows: list, labels: Path, since_ns: int, flagged: np.ndarray) -> None:
+    """PR curve of the combined score over the rows after the model's training window (as `otad evaluate`), and
+    the point of otad's own alerts (`flagged`: each row's own threshold, an episode's muted points excluded)."""
     from model.evaluate import average_precision, load_labels, pr_curve
 
     labelled = load_labels(labels)
@@ -197,7 +198,7 @@ def _add_pr(data: ReportData, rows: list, labels: Path, since_ns: int) -> None:
     if not y.any():
         return
     precision, recall, _ = pr_curve(y, s)
-    hit = s >= (data.threshold or 0)
+    hit = flagged[keep]
     tp = float((hit & (y == 1)).sum())
     point = (tp / max(int(y.sum()), 1), tp / max(int(hit.sum()), 1))
     data.pr = {"precision": precision, "recall": recall, "ap": average_precision(y, s), "point": point}
