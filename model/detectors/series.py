@@ -37,12 +37,10 @@ CLIP_Z = 3.0  # level and variance tests clip residuals here (Huber-style): one 
 SEASONAL_GAIN, SEASONAL_KEEP = 0.8, 0.9  # a period is taken if it cuts the residual scale 20 %, kept to 10 %
 GRID = 33  # quantiles kept of each test's calibration values below its tail threshold
 TAIL_SHARE = 0.1  # the top share of each test's calibration values its tail is fitted to
-QUANTUM_SD = 1.0 / math.sqrt(
-    12.0
-)  # SD of rounding to a step of 1 (Sheppard): the least a stepped series varies
-MUTED_ABOVE = (
-    1.0 + 1e-6
-)  # a point ranked by its drift alone stays at least this multiple above the alert level
+# SD of rounding to a step of 1 (Sheppard): the least a stepped series varies, in steps.
+QUANTUM_SD = 1.0 / math.sqrt(12.0)
+# A point ranked by its drift alone stays at least this multiple above the alert level.
+MUTED_ABOVE = 1.0 + 1e-6
 # Scalar state of a series, in this order in the saved arrays.
 FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p", "base")
 INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
@@ -290,11 +288,12 @@ class SeriesDetector(Detector):
         st.scale = robust_scale(st.res[: min(st.n_res, len(st.res))] if st.n_res >= 16 else early, st.level)
         # A series that moves in steps (a counter: 0, 1, 2) varies at least by its rounding, SD step/sqrt(12):
         # with a scale of 0 a single request on a quiet route was a z of 10^300.
-        step = resolution(last(st.vals, st.pos, min(st.n, len(st.vals))))
+        kept = last(st.vals, st.pos, min(st.n, len(st.vals)))
+        step = resolution(kept)
         st.scale = max(st.scale, QUANTUM_SD * step)
         if not st.n_res:  # the variance statistic starts at the spread of the first window (0 for a flat one)
             st.ew_var = float(np.mean(np.minimum((early / st.scale) ** 2, CLIP_Z**2)))
-        st.base = float(np.median(last(st.vals, st.pos, min(st.n, len(st.vals)))))
+        st.base = float(np.median(kept))
         self._flush(st)
         if st.n_cal >= 32:
             self._fit_tails(st, step / st.scale)

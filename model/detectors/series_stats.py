@@ -65,8 +65,8 @@ def fit_tails(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per test (row of sorted calibration values): threshold u at the top `tail_share` (at least 8 values
     above), a generalised Pareto fit to the excesses (scale at least `beta_floor`), and the cap at which the
-    test alone would reach `alert_p` (the series member winsorises calibration values there), as rows [u, beta, xi, tail share, cap]; and the quantile grid below u
-    (`grid` values per test)."""
+    test alone would reach `alert_p` (the series member winsorises calibration values there), as rows
+    [u, beta, xi, tail share, cap]; and the quantile grid below u (`grid` values per test)."""
     n_stats, m = srt.shape
     k = max(8, int(m * tail_share))
     u = srt[:, m - k - 1]
