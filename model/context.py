@@ -36,12 +36,13 @@ PAIRS = (
 SERIES = ("ctx.series_z", "ctx.series_log_ratio", "ctx.series_change")
 # Latency against the operation's own recent baseline: log duration z-scored per (service, operation).
 LATENCY_Z = "ctx.latency_z"
-# A latency burst: the share of the service's recent rows that were slow (z >= SLOW_Z), set on slow rows only.
-SLOW_RATIO = ("ctx.slow_ratio_60s", 60_000)
+# A latency burst: how many more slow rows (latency z >= SLOW_Z) the service's last 60 s held than its own
+# slow share predicts, in Poisson units, set on slow rows only. A raw share calls a lone slow row in a quiet
+# minute a burst (1 of 1 is 100%); the excess over the service's baseline does not.
+SLOW_EXCESS = ("ctx.slow_excess_60s", 60_000)
 SLOW_Z = 3.0
-# A failure burst against the service's own failure rate: how many more failures the last 60 s held than the
-# service's baseline share predicts, in Poisson units (set on failed rows only). An absolute share cannot tell a
-# login service that fails 6% of the time from a checkout that suddenly fails 6%; this can.
+# A failure burst against the service's own failure rate, in the same units (set on failed rows only). An
+# absolute share cannot tell a login service that fails 6% of the time from a checkout that suddenly fails 6%.
 FAILURE_EXCESS = "ctx.failure_excess_60s"
 FAILURE_TAU_MS = 30 * 60_000
 
@@ -58,7 +59,9 @@ SERIES_TAU_MS = 30 * 60_000
 # What state() persists besides the pair counts: windowed counters and baselines, by attribute name. Windows
 # keep their code-defined length on restore (a window is code, not state); STATE_VERSION versions the layout.
 _WINDOWS = ("template", "service_rows", "service_fail", "source_fail", "slow")
-_BASELINES = ("series", "latency", "fail_rate")
+_BASELINES = ("series", "latency", "fail_rate", "slow_rate")
+# Baselines a state file of an earlier build may lack; they start empty on restore.
+_NEW_BASELINES = ("slow_rate",)
 STATE_VERSION = 1
 
 # Pair counts saturate: "seen often" is one state, so the feature does not drift as history grows.
@@ -74,7 +77,7 @@ FEATURES = (
     *(p[0] for p in PAIRS),
     *SERIES,
     LATENCY_Z,
-    SLOW_RATIO[0],
+    SLOW_EXCESS[0],
 )
 
 
@@ -91,7 +94,7 @@ UNITS: dict[str, tuple[float, float]] = {
     "ctx.series_log_ratio": (0.0, 0.05),
     "ctx.series_change": (0.0, 0.1),
     LATENCY_Z: (0.0, 1.0),
-    SLOW_RATIO[0]: (0.0, 0.05),
+    SLOW_EXCESS[0]: (0.0, 1.0),
 }
 
 
@@ -140,11 +143,12 @@ class ContextTracker:
         self.service_rows = _Windows(SERVICE_ROWS[1], max_keys)
         self.service_fail = _Windows(SERVICE_FAIL[1], max_keys)
         self.source_fail = _Windows(SOURCE_FAIL[1], max_keys)
-        self.slow = _Windows(SLOW_RATIO[1], max_keys)
+        self.slow = _Windows(SLOW_EXCESS[1], max_keys)
         self.pair_counts: dict[str, int] = dict(pair_counts or {})
         self.series: OrderedDict[str, _Series] = OrderedDict()
         self.latency: OrderedDict[object, _Series] = OrderedDict()
         self.fail_rate: OrderedDict[object, _Series] = OrderedDict()
+        self.slow_rate: OrderedDict[object, _Series] = OrderedDict()
         self.max_keys = max_keys
         self.alpha = series_alpha
         self.warmup = warmup
@@ -183,6 +187,8 @@ class ContextTracker:
                 table = cs.unpack(f"windows.{name}", arrays)
                 getattr(tracker, name).events = cs.windows_from_state(values[f"windows.{name}"], table)
             for name in _BASELINES:
+                if name in _NEW_BASELINES and f"baselines.{name}" not in values:
+                    continue
                 table = cs.unpack(f"baselines.{name}", arrays)
                 setattr(tracker, name, cs.series_from_state(values[f"baselines.{name}"], table, _Series))
             tracker.pair_counts = cs.counts_from_state(values["pairs"], arrays, "pairs.counts")
@@ -233,7 +239,8 @@ class ContextTracker:
         else:
             out[SERVICE_FAIL[0]] = 0.0
             out["ctx.service_failure_ratio_60s"] = 0.0
-        out[FAILURE_EXCESS] = self._failure_excess(service, failed, rows, t_ms)
+        fails = _peek(self.service_fail, service, t_ms)  # includes this row when it failed
+        out[FAILURE_EXCESS] = _excess(self.fail_rate, service, failed, fails, rows, t_ms, self.max_keys)
         source = values.get("src_endpoint.ip")
         if source:
             if failed:
@@ -253,10 +260,9 @@ class ContextTracker:
             if learn_pairs:
                 self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
         z = out[LATENCY_Z] = self._latency(values, t_ms)
-        if z >= SLOW_Z:  # NaN compares False
-            out[SLOW_RATIO[0]] = (self.slow.add_and_count(service, t_ms) + 1) / (rows + 1)
-        else:
-            out[SLOW_RATIO[0]] = 0.0
+        slow = z >= SLOW_Z  # NaN compares False
+        count = self.slow.add_and_count(service, t_ms) + 1 if slow else _peek(self.slow, service, t_ms)
+        out[SLOW_EXCESS[0]] = _excess(self.slow_rate, service, slow, count, rows, t_ms, self.max_keys)
         series_key, value = values.get("series"), values.get("series_value")
         if series_key is None or not isinstance(value, int | float) or not math.isfinite(value):
             for name in SERIES:
@@ -291,26 +297,6 @@ class ContextTracker:
             s.var = (1 - a) * (s.var + a * d * d)
         s.n += 1
         return z
-
-    def _failure_excess(self, service: object, failed: bool, rows: int, t_ms: int) -> float:
-        """Failures in the service's window beyond its baseline rate, in Poisson units; 0 on rows that succeeded.
-
-        The baseline is the service's failure share, forgetting by time (tau 30 min); while the window is in
-        excess it learns 10x slower, so a ten-minute burst does not become the norm.
-        """
-        s = lru_entry(self.fail_rate, service, _Series, self.max_keys)
-        fails = _peek(self.service_fail, service, t_ms)  # includes this row when it failed
-        expected = s.mean * (rows + 1)
-        z = (fails - expected) / math.sqrt(expected + 1.0)
-        a = max(_time_weight(LATENCY_ALPHA, s.t_ms, t_ms, FAILURE_TAU_MS), 1.0 / (s.n + 1))
-        if z >= 4 and s.n >= LATENCY_WARMUP:
-            a /= 10
-        s.mean += a * ((1.0 if failed else 0.0) - s.mean)
-        s.t_ms = t_ms if s.t_ms is None else max(s.t_ms, t_ms)
-        s.n += 1
-        if not failed or s.n <= LATENCY_WARMUP:
-            return 0.0
-        return max(-50.0, min(50.0, z))
 
     def _series(self, key: str, x: float, t_ms: int) -> dict[str, float]:
         s = lru_entry(self.series, key, _Series, self.max_keys)
@@ -357,6 +343,35 @@ def lru_entry(table: OrderedDict[Any, _V], key: object, factory: Callable[[], _V
     else:
         table.move_to_end(key)
     return entry
+
+
+def _excess(
+    rates: OrderedDict[object, _Series],
+    service: object,
+    hit: bool,
+    hits: int,
+    rows: int,
+    t_ms: int,
+    max_keys: int,
+) -> float:
+    """Hits (failures, slow rows) in the service's window beyond its baseline share, in Poisson units; 0 on a row
+    that is not a hit. `hits` counts the window's hits (this row's included), `rows` the window's rows before it.
+
+    The baseline is the service's hit share, forgetting by time (tau 30 min); while the window is in excess it
+    learns 10x slower, so a ten-minute burst does not become the norm.
+    """
+    s = lru_entry(rates, service, _Series, max_keys)
+    expected = s.mean * (rows + 1)
+    z = (hits - expected) / math.sqrt(expected + 1.0)
+    a = max(_time_weight(LATENCY_ALPHA, s.t_ms, t_ms, FAILURE_TAU_MS), 1.0 / (s.n + 1))
+    if z >= 4 and s.n >= LATENCY_WARMUP:
+        a /= 10
+    s.mean += a * ((1.0 if hit else 0.0) - s.mean)
+    s.t_ms = t_ms if s.t_ms is None else max(s.t_ms, t_ms)
+    s.n += 1
+    if not hit or s.n <= LATENCY_WARMUP:
+        return 0.0
+    return max(-50.0, min(50.0, z))
 
 
 def _time_weight(cap: float, last_ms: int | None, t_ms: int, tau_ms: int) -> float:

@@ -22,7 +22,7 @@ from model.extract import Derived, derive, time_features
 from model.schema import Row
 from model.templates import TemplateMatcher, mine
 
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 
 
 class ContractVersionError(ValueError):

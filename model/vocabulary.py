@@ -36,7 +36,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "ctx.series_log_ratio": ("value (log scale)", ""),
     "ctx.series_change": ("change from the series' previous value", "%"),
     "ctx.latency_z": ("latency against this operation's usual", "level"),
-    "ctx.slow_ratio_60s": ("share of slow requests of this operation in the last 60 s", "%"),
+    "ctx.slow_excess_60s": ("slow requests in the last 60 s beyond this service's usual share", ""),
     "time.hour_sin": ("time of day", ""),
     "time.hour_cos": ("time of day", ""),
     "time.dow_sin": ("day of week", ""),

@@ -25,7 +25,7 @@ DEVIATION_WEIGHT = 0.5
 DEVIATION_FEATURES = (
     "ctx.latency_z",
     "ctx.series_z",
-    "ctx.slow_ratio_60s",
+    "ctx.slow_excess_60s",
     "ctx.failure_excess_60s",
     "ctx.seen_user_country",
     "ctx.seen_user_agent",

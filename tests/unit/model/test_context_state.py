@@ -172,3 +172,18 @@ def test_bad_state_raises_state_file_error(rows, matcher):
         )
     with pytest.raises(StateFileError, match="malformed"):
         ContextTracker.from_state({k: v for k, v in values.items() if k != "pairs"}, arrays)
+
+
+def test_a_state_from_before_the_slow_baseline_restores_with_it_empty(rows, matcher):
+    """A state file written before the slow-share baseline existed still loads (a restart after an upgrade keeps
+    the windows and the other baselines); the slow baseline starts empty and fills as rows arrive."""
+    live = ContextTracker()
+    outputs(live, rows[:1500], matcher)
+    assert live.slow_rate
+    values, arrays = live.state()
+    old_values = {k: v for k, v in values.items() if k != "baselines.slow_rate"}
+    old_arrays = {k: v for k, v in arrays.items() if not k.startswith("baselines.slow_rate.")}
+    restored = ContextTracker.from_state(old_values, old_arrays)
+    assert not restored.slow_rate and restored.latency.keys() == live.latency.keys()
+    outputs(restored, rows[1500:2000], matcher)
+    assert restored.slow_rate

@@ -162,8 +162,27 @@ def test_latency_z_against_the_operations_own_baseline():
     assert min(spike) > 6  # a 20x spike stays visible: outliers barely move the baseline
     other = tracker.update({"service": "inv", "operation_key": "Scan", "latency_ms": 100.0}, 50_000)
     assert math.isnan(other["ctx.latency_z"])  # another operation has its own baseline
-    slow = tracker.update({**row, "latency_ms": 100.0}, 41_000)
-    assert slow["ctx.slow_ratio_60s"] > 0.05
+
+
+def test_slow_excess_is_measured_against_the_services_own_slow_share():
+    """A lone slow call in a quiet minute is not a latency burst (its raw share, 1 of 1, was 100 %); thirty
+    slow calls in a minute of a service that is rarely slow are, and ordinary rows carry 0."""
+    tracker, rng = ContextTracker(), random.Random(3)
+    row = {"service": "inv", "operation_key": "GetProduct"}
+    t, lone = 0, []
+    for i in range(3_000):  # one call every 30 s; now and then a slow one
+        ms = 200.0 if i % 97 == 0 and i > 100 else rng.lognormvariate(math.log(5), 0.3)
+        f = tracker.update({**row, "latency_ms": ms}, t)
+        if ms == 200.0:
+            lone.append(f["ctx.slow_excess_60s"])
+        else:
+            assert f["ctx.slow_excess_60s"] == 0.0 or f["ctx.latency_z"] >= 3
+        t += 30_000
+    assert lone and max(lone) < 2  # one slow call against an expected ~0: about one Poisson unit
+    burst = [
+        tracker.update({**row, "latency_ms": 200.0}, t + i * 2_000)["ctx.slow_excess_60s"] for i in range(30)
+    ]
+    assert burst[-1] > 10
 
 
 def test_a_busy_operations_latency_incident_does_not_become_its_baseline():
@@ -260,7 +279,7 @@ def test_context_features_keep_fixed_units_and_sparse_columns_get_a_sane_scale()
     n = 2_000
     derived = [
         {
-            "ctx.slow_ratio_60s": 0.3 if i % 400 == 0 else 0.0,
+            "ctx.slow_excess_60s": 3.0 if i % 400 == 0 else 0.0,
             "unmapped.retries": 2 if i % 50 == 0 else 0,
             "signal": "logs",
             "service": "a",
@@ -270,9 +289,9 @@ def test_context_features_keep_fixed_units_and_sparse_columns_get_a_sane_scale()
     contract = FeatureContract()
     contract._fit_columns(derived, n, min_count=2, max_vocab=256)
     specs = {s.name: s for s in contract.numeric}
-    assert (specs["ctx.slow_ratio_60s"].center, specs["ctx.slow_ratio_60s"].scale) == (0.0, 0.05)
+    assert (specs["ctx.slow_excess_60s"].center, specs["ctx.slow_excess_60s"].scale) == (0.0, 1.0)
     assert specs["unmapped.retries"].scale > 0.2
-    num, _ = contract.encode([{"ctx.slow_ratio_60s": 0.3, "unmapped.retries": 2}])
+    num, _ = contract.encode([{"ctx.slow_excess_60s": 6.0, "unmapped.retries": 2}])
     names = contract.numeric_names()
-    assert num[0, names.index("ctx.slow_ratio_60s")] == pytest.approx(6.0)
+    assert num[0, names.index("ctx.slow_excess_60s")] == pytest.approx(6.0)
     assert num[0, names.index("unmapped.retries")] < 10
