@@ -170,30 +170,21 @@ class Ensemble:
                 out |= m
         return out
 
-    def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> set[str]:
-        """Add a batch's raw scores to member j's recent windows; the keys whose calibration now includes them."""
-        fresh = set()
+    def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> None:
         for signal in np.unique(signals):
             mine = signals == signal
-            key = f"{j}/{signal}"
-            rc = self.recent.setdefault(key, RecentCalibration(self.members[j].block_q))
-            if rc.add(raw[mine], times[mine]):
-                fresh.add(key)
-        return fresh
+            rc = self.recent.setdefault(f"{j}/{signal}", RecentCalibration(self.members[j].block_q))
+            rc.add(raw[mine], times[mine])
 
-    def _recent_pvalues(
-        self, j: int, raw: np.ndarray, p: np.ndarray, signals: np.ndarray, fresh: set[str]
-    ) -> np.ndarray:
-        """The larger of the member's own p-value and its p-value against recent traffic of the row's signal
-        (`fresh`: the windows whose calibration already holds this batch)."""
+    def _recent_pvalues(self, j: int, raw: np.ndarray, p: np.ndarray, signals: np.ndarray) -> np.ndarray:
+        """The larger of the member's own p-value and its p-value against recent traffic of the row's signal."""
         out = p.copy()
         for signal in np.unique(signals):
-            key = f"{j}/{signal}"
-            rc = self.recent.get(key)
+            rc = self.recent.get(f"{j}/{signal}")
             if rc is None:
                 continue
             mine = signals == signal
-            recent = rc.pvalues(raw[mine], included=key in fresh)
+            recent = rc.pvalues(raw[mine])
             if recent is not None:
                 out[mine] = np.maximum(out[mine], recent)
         return out
@@ -234,12 +225,10 @@ class Ensemble:
                 r[warm] = np.nan
             raw[:, j] = r
             p[:, j] = member.pvalues(frame, r)
-            # The batch joins recent traffic before it is judged against it, as a conformal p-value counts the
-            # test point itself: a batch whose ordinary rows all lie beyond the training window's scores (drift,
-            # or a small training window) cannot make each of them a rare event.
             if member.recent_check:
-                fresh = self._remember(j, r, signals, frame.times_ns) if learn else set()
-                p[:, j] = self._recent_pvalues(j, r, p[:, j], signals, fresh)
+                p[:, j] = self._recent_pvalues(j, r, p[:, j], signals)
+            if learn and member.recent_check:
+                self._remember(j, r, signals, frame.times_ns)
         applicable = ~np.isnan(raw)
         combined = combine(p, applicable, self.combiner, np.asarray([m.weight for m in self.members]))
         alert = (combined <= thresholds) & ~self._muted(frame)

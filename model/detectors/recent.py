@@ -8,10 +8,6 @@ over time blocks (model.calibration: an incident in a few blocks does not set th
 incident is not absorbed); the p-value used is the larger of the training one and the share of recent
 scores at least as high (an empirical null, in Efron's sense, kept online). Beyond every recent score the
 member's own p-value stands: recent traffic then holds no evidence against it.
-
-A batch joins the window before it is judged (when that refits the calibration, each row is left out of its
-own share): a batch is recent traffic too, so a small training window followed by a batch whose ordinary rows
-all lie beyond it does not turn each of them into a rare event.
 """
 
 from __future__ import annotations
@@ -40,8 +36,7 @@ class RecentCalibration:
         self.since_fit = 0
         self.calibration: Calibration | None = None
 
-    def add(self, raw: np.ndarray, times: np.ndarray) -> bool:
-        """Add scores to the window; True when the calibration was refitted, so that it now includes them."""
+    def add(self, raw: np.ndarray, times: np.ndarray) -> None:
         ok = ~np.isnan(raw)
         raw, times = raw[ok][-WINDOW:], times[ok][-WINDOW:]
         for lo in range(0, len(raw), WINDOW):
@@ -59,19 +54,11 @@ class RecentCalibration:
                 self.raw[: self.size], self.times[: self.size], GRID, self.block_q
             )
             self.since_fit = 0
-            return True
-        return False
 
-    def pvalues(self, raw: np.ndarray, included: bool = False) -> np.ndarray | None:
-        """The share of recent scores at least as high as each of `raw`. `included`: the calibration holds these
-        scores themselves; each is then left out of its own share (one row's worth, 1/size), so a lone outlier
-        is still beyond every other recent score while a crowd of like rows still counts its own members."""
+    def pvalues(self, raw: np.ndarray) -> np.ndarray | None:
         if self.calibration is None:
             return None
-        share = self.calibration.share_at_least(np.nan_to_num(raw))
-        if included:
-            share = np.maximum(share - 1.0 / self.size, 0.0)
-        return np.where(np.isnan(raw), 1.0, share)
+        return np.where(np.isnan(raw), 1.0, self.calibration.share_at_least(np.nan_to_num(raw)))
 
     def state(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         values = {"size": self.size, "head": self.head, "since_fit": self.since_fit, "block_q": self.block_q}
