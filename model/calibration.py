@@ -89,10 +89,11 @@ class Calibration:
         times: np.ndarray | None = None,
         grid: int = CAL_GRID,
         block_q: float = CAL_BLOCK_Q,
+        block_rows: int = CAL_BLOCK_ROWS,
     ) -> Calibration:
         """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
         scores = np.asarray(scores, dtype=np.float64)
-        n_blocks = min(CAL_BLOCKS_MAX, len(scores) // CAL_BLOCK_ROWS)
+        n_blocks = min(CAL_BLOCKS_MAX, len(scores) // block_rows)
         if times is not None and n_blocks >= CAL_BLOCKS_MIN:
             return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid, block_q)
         s = np.sort(scores)
