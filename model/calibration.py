@@ -90,11 +90,12 @@ class Calibration:
         grid: int = CAL_GRID,
         block_q: float = CAL_BLOCK_Q,
         block_rows: int = CAL_BLOCK_ROWS,
+        min_blocks: int = CAL_BLOCKS_MIN,
     ) -> Calibration:
         """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
         scores = np.asarray(scores, dtype=np.float64)
         n_blocks = min(CAL_BLOCKS_MAX, len(scores) // block_rows)
-        if times is not None and n_blocks >= CAL_BLOCKS_MIN:
+        if times is not None and n_blocks >= min_blocks:
             return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid, block_q)
         s = np.sort(scores)
         # At least ~TAIL_MIN exceedances for the tail fit: with a small reference set the 99th percentile

@@ -22,10 +22,12 @@ WINDOW = 50_000  # recent raw scores kept per (member, signal)
 MIN_ROWS = 50  # below this many recent scores the training calibration stands alone
 REFIT_EVERY = 20_000  # rows between refits of the recent calibration
 GRID = 2_000  # quantile levels of its typical distribution (the check needs shares down to about 1e-3)
-# Rows per time block of the recent calibration, at least: 8 blocks (model.calibration's minimum) from the
-# first 1,000 rows. A window after a cold start is small, and calibrated without blocks, an incident in it was
-# recent traffic's tail for every batch after it, so the incident's next rows looked ordinary.
-BLOCK_ROWS = 125
+# The recent calibration is taken over time blocks from its first 1,000 rows: 16 blocks of at least 62 rows. A
+# window after a cold start is small, and calibrated as one pool, an incident in it was recent traffic's tail for
+# every batch after it. Sixteen blocks, not model.calibration's minimum of 8: the 90th percentile of 16 lies below
+# the top two, so an incident that spans two blocks does not set the tail either (of 8, it is 30 % the top one).
+BLOCK_ROWS = 62
+MIN_BLOCKS = 16
 
 
 class RecentCalibration:
@@ -55,7 +57,7 @@ class RecentCalibration:
         due = self.since_fit >= min(REFIT_EVERY, max(MIN_ROWS, self.size // 10))
         if self.size >= MIN_ROWS and (self.calibration is None or due):
             self.calibration = Calibration.fit(
-                self.raw[: self.size], self.times[: self.size], GRID, self.block_q, BLOCK_ROWS
+                self.raw[: self.size], self.times[: self.size], GRID, self.block_q, BLOCK_ROWS, MIN_BLOCKS
             )
             self.since_fit = 0
 
