@@ -99,17 +99,26 @@ class GrpcLogsTransport:
         headers: dict[str, str],
         compress: bool = True,
     ) -> None:
+        self._target = target
+        self._credentials = None if insecure else (credentials or grpc.ssl_channel_credentials())
         self._compression = grpc.Compression.Gzip if compress else grpc.Compression.NoCompression
-        # Reconnect at the pace of our own backoff rather than gRPC's default (up to 120 s).
-        options = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
-        if insecure:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            creds = credentials or grpc.ssl_channel_credentials()
-            self._channel = grpc.secure_channel(target, creds, options=options)
-        self._stub = LogsServiceStub(self._channel)
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self._lock = threading.Lock()
         self._call: grpc.Future | None = None
+        self._channel, self._stub = self._open()
+
+    def _open(self) -> tuple[grpc.Channel, LogsServiceStub]:
+        # A subchannel of its own: a reopened channel must not inherit the old one's reconnect backoff.
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        if self._credentials is None:
+            channel = grpc.insecure_channel(self._target, options=options)
+        else:
+            channel = grpc.secure_channel(self._target, self._credentials, options=options)
+        return channel, LogsServiceStub(channel)
 
     def send(self, request: ExportLogsServiceRequest, timeout: float) -> ExportLogsServiceResponse | Failure:
         self._call = call = self._stub.Export.future(
@@ -121,6 +130,10 @@ class GrpcLogsTransport:
             return Failure("CANCELLED", False, None, "cancelled by shutdown")
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+            if code == grpc.StatusCode.UNAVAILABLE:
+                # A channel that failed to connect fails its calls at once until gRPC's own reconnect timer
+                # fires (seconds): the next attempt, at our backoff, gets a fresh channel that connects now.
+                self._reopen()
             delay = retry_delay(error)
             retryable = code in RETRYABLE_CODES or (
                 code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
@@ -130,13 +143,20 @@ class GrpcLogsTransport:
         finally:
             self._call = None
 
+    def _reopen(self) -> None:
+        with self._lock:
+            old = self._channel
+            self._channel, self._stub = self._open()
+        old.close()
+
     def cancel(self) -> None:
         call = self._call
         if call is not None:
             call.cancel()
 
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            self._channel.close()
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -119,7 +119,12 @@ class HealthServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = _Server((host or "0.0.0.0", int(port)), Handler)
+        try:
+            self.httpd = _Server((host or "0.0.0.0", int(port)), Handler)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot listen on {endpoint} (OTAD_METRICS_ENDPOINT): {exc.strerror or exc}"
+            ) from None
         if ssl_context is not None:
             # The handshake happens in the request's thread: a slow client never holds up the accept loop.
             self.httpd.socket = ssl_context.wrap_socket(

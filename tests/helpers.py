@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import random
+import socket
+from pathlib import Path
 
 from model.schema import Row
 from storage import MilvusStore
 from storage import collection as col
 
 T0 = 1_762_041_600_000_000_000
+
+
+def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range. A port from that range can be taken, between
+    this call and the bind (or while a test restarts a server on it), as the local port of any outgoing
+    connection (to Milvus, to an exporter's endpoint): then the bind fails with "address in use"."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def make_rows(n: int, seed: int = 0, start: int = T0) -> list[Row]:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
+import socket
 import ssl
 import threading
 import urllib.error
@@ -14,7 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from prometheus_client import CollectorRegistry
 
+from receiver.health import HealthServer
 from receiver.service import Service
 from receiver.settings import Settings
 from tests.conformance.conftest import start_service
@@ -149,3 +153,13 @@ def test_metrics_tls_without_a_certificate_names_the_variable():
         Settings(metrics_tls=True)
     with pytest.raises(ValueError, match="OTAD_METRICS_AUTH is true but no bearer token"):
         Settings(metrics_auth=True)
+
+
+def test_a_taken_metrics_port_is_named_in_the_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        endpoint = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=r"cannot listen on .* \(OTAD_METRICS_ENDPOINT\)") as caught:
+            HealthServer(endpoint, CollectorRegistry(), dict)
+    assert caught.value.errno == errno.EADDRINUSE

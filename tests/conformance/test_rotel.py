@@ -26,15 +26,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.helpers import free_port
+
 pytestmark = pytest.mark.integration
 
 ROTEL_AGENT = Path(rotel.__file__).parent / "rotel-agent"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 15) -> None:
@@ -60,7 +56,7 @@ def rotel_runs():
 
 
 def start_rotel(tmp_path: Path, exporter_args: list[str]) -> tuple[subprocess.Popen, int]:
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     log = tmp_path / "rotel.log"
     proc = subprocess.Popen(
         [

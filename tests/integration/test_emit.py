@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 
 import grpc
@@ -23,6 +22,7 @@ from receiver.events import (
     build_request,
     finding,
 )
+from tests.helpers import free_port
 from tests.otlp_sink import OtlpSink
 
 pytestmark = pytest.mark.integration
@@ -115,12 +115,6 @@ def emitters():
     yield make
     for emitter in made:
         emitter.shutdown(1.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the event
@@ -365,6 +359,27 @@ def test_endpoint_down_fails_within_the_deadline_then_recovers(emitters, caplog)
         assert [attrs(r.attributes)["anomaly.source.uid"].string_value for _, _, r in back.log_records()] == [
             "next"
         ]
+    finally:
+        back.stop()
+
+
+def test_an_endpoint_that_comes_back_gets_the_next_event_at_once(emitters):
+    """After seconds of refused connections gRPC waits up to its reconnect backoff (5 s here) before it tries
+    again, and fails every call in between at once: the emitter must not let that outlast its own deadline."""
+    port = free_port()
+    emitter = emitters(f"localhost:{port}", timeout_s=6.0)
+    emitter.start()
+    emitter.emit(events([make_anomaly("while-down")]))
+    assert emitter.flush(10.0)
+    assert emitter.stats["failed"] == 1 and emitter.stats["retries"] >= 3
+    back = OtlpSink()
+    back.start(port)
+    try:
+        emitter.timeout_s = 1.0
+        for uid in ("back-1", "back-2", "back-3"):
+            emitter.emit(events([make_anomaly(uid)]))
+            assert emitter.flush(5.0)
+        assert emitter.stats["sent"] == 3, emitter.stats
     finally:
         back.stop()
 

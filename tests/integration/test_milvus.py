@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pymilvus import MilvusClient, MilvusException
 
 from storage import MilvusStore, StorageError
 from storage.collection import render_filter, rows_collection_name
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -271,14 +271,8 @@ def test_worker_thread_and_main_thread_share_the_store(store: MilvusStore):
     assert store.count_rows("v1") == 400
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_round_trip_through_a_milvus_lite_server_process(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

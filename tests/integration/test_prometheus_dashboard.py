@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ import urllib.request
 import pytest
 
 from tests.helm.tools import REPO
+from tests.helpers import free_port
 from tests.otlp_sink import OtlpSink
 from tests.real_otad import anomalous_otad
 
@@ -98,12 +98,6 @@ def promql_expressions() -> list[tuple[str, str]]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str, timeout: float = 10) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
@@ -142,7 +136,7 @@ def prometheus(tmp_path_factory):
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             f"scrape_configs:\n  - job_name: otad\n    static_configs: [{{targets: ['{target}']}}]\n"
         )
-        port = _free_port()
+        port = free_port()
         log = (tmp / "prometheus.log").open("w")
         proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",

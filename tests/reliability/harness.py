@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,14 +18,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as logs_
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from storage import MilvusStore
+from tests.helpers import free_port
 
 T0 = 1_762_041_600_000_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(uids: list[str], service: str = "checkout") -> logs_pb.ExportLogsServiceRequest:
