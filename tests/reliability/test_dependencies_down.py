@@ -176,7 +176,7 @@ def test_export_endpoint_down_events_are_retried_and_kept(tmp_path):
                 for kv in rec.attributes
             ),
             timeout=30,
-        )
+        ), (svc.emitter.stats, [a["source_uid"] for a in svc.store.latest_anomalies(50)])
         assert any(c.code == grpc.StatusCode.UNAVAILABLE for c in sink.calls)
         assert "slow-up" in {a["source_uid"] for a in svc.store.latest_anomalies(50)}
     finally:
