@@ -110,6 +110,11 @@ class FeatureContract:
     rarity: dict[str, list[float]] = field(default_factory=dict)  # per categorical: -log frequency by index
     time_features: bool = False
     version: int = CONTRACT_VERSION
+    # The context state at the end of the training window (ContextTracker.state()): scoring continues from it,
+    # so its first rows have the baselines their training neighbours had. Saved beside the model, not in JSON.
+    context: tuple[dict[str, Any], dict[str, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     # ----- fitting -----
     @classmethod
@@ -140,6 +145,7 @@ class FeatureContract:
             if contract.time_features:
                 d.update(time_features(r.time_ms))
         contract.pair_counts = tracker.pair_counts
+        contract.context = tracker.state()
         contract._fit_columns(derived, len(rows), min_count, max_vocab)
         return contract, derived
 
@@ -218,6 +224,12 @@ class FeatureContract:
         return [s.name for s in self.numeric] + [f"{s.name}.missing" for s in self.numeric if s.missing_flag]
 
     def new_tracker(self) -> ContextTracker:
+        """The context state scoring starts from: the training window's end, else only its pair history.
+
+        A fresh tracker knows no baselines: every operation's first rows would lack the latency and failure
+        features all their training neighbours have, and look novel after each model start."""
+        if self.context is not None:
+            return ContextTracker.from_state(*self.context)
         return ContextTracker(pair_counts=self.pair_counts)
 
     def matcher(self) -> TemplateMatcher:

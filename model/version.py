@@ -69,11 +69,15 @@ class ModelVersion:
         np.savez_compressed(
             path / "reference.npz", allow_pickle=False, ref_num=self.ref_num, ref_cat=self.ref_cat
         )
+        context = self.contract.context
+        if context is not None:
+            np.savez_compressed(path / "context.npz", allow_pickle=False, **context[1])
         doc = {
             "version": self.version,
             "encoder": self.config.to_json(),
             "contract": self.contract.to_json(),
             "ensemble": values,
+            "context": context[0] if context is not None else None,
             "meta": self.meta,
         }
         (path / "model.json").write_text(json.dumps(doc, indent=1))
@@ -117,16 +121,11 @@ class ModelVersion:
                 m.detector.max_rows = m.max_rows = max_rows
             if isinstance(m, SeriesDetector):
                 m.max_series = series_max or m.max_series
-        return cls(
-            doc["version"],
-            FeatureContract.from_json(doc["contract"]),
-            config,
-            model,
-            ens,
-            ref["ref_num"],
-            ref["ref_cat"],
-            doc["meta"],
-        )
+        contract = FeatureContract.from_json(doc["contract"])
+        if doc.get("context") is not None:  # a version saved before context.npz starts from its pair history
+            with np.load(path / "context.npz", allow_pickle=False) as z:
+                contract.context = (doc["context"], {key: z[key] for key in z.files})
+        return cls(doc["version"], contract, config, model, ens, ref["ref_num"], ref["ref_cat"], doc["meta"])
 
     @staticmethod
     def load_current(

@@ -74,9 +74,28 @@ def test_contract_json_round_trip_gives_identical_features():
     rows = make_rows(400)
     contract, _ = FeatureContract.fit(rows[:300])
     loaded = FeatureContract.from_json(json.loads(json.dumps(contract.to_json())))
+    loaded.context = contract.context  # saved beside the JSON (context.npz; tests/unit/model/test_model.py)
     a = contract.encode(contract.derive_online(rows[300:], contract.new_tracker(), contract.matcher()))
     b = loaded.encode(loaded.derive_online(rows[300:], loaded.new_tracker(), loaded.matcher()))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_scoring_starts_from_the_training_windows_context():
+    """The first scored row of a known operation has its latency baseline, as its training neighbours had;
+    a tracker with only the pair history (what scoring started from before) has none yet."""
+    rows = make_rows(400)
+    contract, derived = FeatureContract.fit(rows[:300])
+    assert np.isfinite(derived[-1]["ctx.latency_z"])
+    first = [rows[300]]
+    warm = contract.derive_online(first, contract.new_tracker(), contract.matcher())[0]
+    cold = contract.derive_online(
+        first, ContextTracker(pair_counts=contract.pair_counts), contract.matcher()
+    )[0]
+    assert np.isfinite(warm["ctx.latency_z"]) and math.isnan(cold["ctx.latency_z"])
+    # Each scorer gets its own copy: one scorer's updates never reach another's start.
+    tracker = contract.new_tracker()
+    contract.derive_online(rows[300:], tracker, contract.matcher())
+    assert contract.new_tracker().state()[0] == ContextTracker.from_state(*contract.context).state()[0]
 
 
 def test_contract_version_mismatch_is_refused():
