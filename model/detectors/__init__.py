@@ -12,7 +12,7 @@ import numpy as np
 
 from model.detectors.base import Detector, Frame
 from model.detectors.ensemble import Ensemble
-from model.detectors.recent import RecentCalibration
+from model.detectors.recent import RecentCalibration, RecentCenter
 
 REGISTRY = {
     "knn": ("model.detectors.knn", "KnnMember"),
@@ -71,6 +71,7 @@ def ensemble_from_state(values: dict[str, Any], arrays: dict[str, np.ndarray]) -
         key: RecentCalibration.from_state(v, arrays, f"r{key}.")
         for key, v in values.get("recent", {}).items()
     }
+    ens.center = {key: RecentCenter(arrays[f"c{key}.z"]) for key in values.get("center", [])}
     return ens
 
 

@@ -111,6 +111,9 @@ class Detector(ABC):
     # Whether the ensemble checks the member's p-values against recent traffic (model.detectors.recent); a
     # member whose p-values are conformal over its own online history needs no such check.
     recent_check: ClassVar[bool] = True
+    # Whether the ensemble locates the member's null on recent traffic (model.detectors.recent.RecentCenter):
+    # for members whose continuous novelty scores shift as a whole when a source drifts (k-NN, isolation).
+    center_check: ClassVar[bool] = False
     # The quantile over time blocks at which the member's recent-traffic check, and its own calibration where
     # it fits one (errors, isolation), are taken (model.calibration): 0.9 keeps incidents in under a tenth of
     # the blocks from setting the tail. k-NN's reference calibration (model.detector) stays at CAL_BLOCK_Q.

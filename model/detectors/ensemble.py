@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtr
 
 from model.detectors.base import Detector, Frame, State
-from model.detectors.recent import RecentCalibration
+from model.detectors.recent import RecentCalibration, RecentCenter, zvalues
 
 COMBINERS = ("cauchy", "minp", "fisher")
 RATE_TAU_S = 3600.0  # rows per hour forget with this time constant
@@ -121,6 +122,7 @@ class Ensemble:
         # (service, signal) -> [decayed row count, last time s, first seen s, rows seen, known at training]
         self.entities: dict[str, list[float]] = {}
         self.recent: dict[str, RecentCalibration] = {}  # "<member index>/<signal>" -> its recent calibration
+        self.center: dict[str, RecentCenter] = {}  # "<member index>/<signal>" -> its latest z-values
         self.fit_result_: EnsembleResult | None = None  # the training rows judged (not saved)
 
     @property
@@ -189,6 +191,24 @@ class Ensemble:
                 out[mine] = np.maximum(out[mine], recent)
         return out
 
+    def _centered(
+        self, j: int, raw: np.ndarray, p: np.ndarray, signals: np.ndarray, learn: bool
+    ) -> np.ndarray:
+        """The larger of the member's p-value and its p-value against the null located on recent traffic."""
+        out = p.copy()
+        for signal in np.unique(signals):
+            mine = (signals == signal) & ~np.isnan(raw)
+            if not mine.any():
+                continue
+            center = self.center.setdefault(f"{j}/{signal}", RecentCenter())
+            z = zvalues(p[mine])
+            shift = center.shift(z)
+            if shift > 0:
+                out[mine] = np.maximum(p[mine], ndtr(shift - z))
+            if learn:
+                center.add(z)
+        return out
+
     def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Update rows-per-hour and first-seen state; (threshold p, warm-up flag) per row, and notices."""
         thresholds = np.empty(len(frame))
@@ -225,6 +245,8 @@ class Ensemble:
                 r[warm] = np.nan
             raw[:, j] = r
             p[:, j] = member.pvalues(frame, r)
+            if member.center_check:
+                p[:, j] = self._centered(j, r, p[:, j], signals, learn)
             if member.recent_check:
                 p[:, j] = self._recent_pvalues(j, r, p[:, j], signals)
             if learn and member.recent_check:
@@ -261,6 +283,8 @@ class Ensemble:
         for key, rc in self.recent.items():
             values["recent"][key], a = rc.state(f"r{key}.")
             arrays.update(a)
+        values["center"] = sorted(self.center)
+        arrays.update({f"c{key}.z": c.z.copy() for key, c in self.center.items()})
         for j, member in enumerate(self.members):
             v, a = member.state()
             values["members"].append({"name": member.name, "values": v, "arrays": sorted(a)})

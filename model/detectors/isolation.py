@@ -33,6 +33,7 @@ class IsolationMember(Detector):
 
     name = "isolation"
     global_novelty = True
+    center_check = True
     signals = frozenset({"logs", "traces"})
 
     def __init__(

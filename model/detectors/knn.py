@@ -76,6 +76,7 @@ class KnnMember(Detector):
 
     name = "knn"
     global_novelty = True
+    center_check = True
     signals = frozenset({"logs", "traces"})
 
     def __init__(self, k: int = 10, max_rows: int = 100_000, detector: KnnDetector | None = None) -> None:

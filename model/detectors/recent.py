@@ -7,7 +7,9 @@ the member's recent raw scores (seeded with its out-of-sample training scores) a
 over time blocks (model.calibration: an incident in a few blocks does not set the tail, so a recurring
 incident is not absorbed); the p-value used is the larger of the training one and the share of recent
 scores at least as high (an empirical null, in Efron's sense, kept online). Beyond every recent score the
-member's own p-value stands: recent traffic then holds no evidence against it.
+member's own p-value stands: recent traffic then holds no evidence against it. For the members whose scores
+shift as a whole when a source drifts (k-NN, isolation), the null's location is also taken from recent traffic
+(`RecentCenter`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtri
 
 from model.calibration import CAL_BLOCK_Q, Calibration, calibration_from_arrays, calibration_to_arrays
 
@@ -88,3 +91,37 @@ class RecentCalibration:
         if values.get("calibrated"):
             rc.calibration = calibration_from_arrays(arrays, prefix + "cal_")
         return rc
+
+
+# The empirical null's location (Efron 2004): under a calibrated member the lower quartile of its z-values
+# (z = Phi^-1(1 - p)) is -0.674. When the latest CENTER_ROWS rows' lower quartile lies above it, the whole of
+# recent traffic is more novel than the training window (a deploy, a drifted source): z-values are judged
+# against the shifted null. A quartile moves only when three quarters of those rows are more novel, so an
+# incident in fewer of them is judged as before (of the latest 1,000 rows, an incident flooding a signal moved
+# it; docs/detection.md §6).
+CENTER_ROWS = 5_000
+CENTER_MIN = 50
+CENTER_Q = 0.25
+_Z_Q = -0.6744897501960817  # Phi^-1(CENTER_Q)
+
+
+def zvalues(p: np.ndarray) -> np.ndarray:
+    """z = Phi^-1(1 - p), finite for p in [1e-300, 1]."""
+    return -ndtri(np.clip(p, 1e-300, 1.0 - 1e-12))
+
+
+class RecentCenter:
+    """The latest z-values of one member for one signal, and the shift of their lower quartile."""
+
+    def __init__(self, z: np.ndarray | None = None) -> None:
+        self.z = np.zeros(0) if z is None else np.asarray(z, dtype=np.float64)[-CENTER_ROWS:]
+
+    def shift(self, z: np.ndarray) -> float:
+        """How far the null's location lies above 0, from the latest rows with the batch's `z` after them."""
+        pool = np.concatenate([self.z, z])[-CENTER_ROWS:]
+        if len(pool) < CENTER_MIN:
+            return 0.0
+        return max(0.0, float(np.quantile(pool, CENTER_Q)) - _Z_Q)
+
+    def add(self, z: np.ndarray) -> None:
+        self.z = np.concatenate([self.z, z])[-CENTER_ROWS:]
