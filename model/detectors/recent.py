@@ -31,6 +31,9 @@ GRID = 2_000  # quantile levels of its typical distribution (the check needs sha
 # the top two, so an incident that spans two blocks does not set the tail either (of 8, it is 30 % the top one).
 BLOCK_ROWS = 62
 MIN_BLOCKS = 16
+# A smaller window is split into 16 blocks of fewer rows, down to this many: pooled, a window of 800 rows let one
+# earlier copy of an extreme row (a client's retry) set its tail, and the copy's p-value became 1/800.
+SMALL_BLOCK_ROWS = 20
 
 
 class RecentCalibration:
@@ -59,8 +62,9 @@ class RecentCalibration:
         # Refit after REFIT_EVERY rows, or after a tenth of the window is new while the window is small.
         due = self.since_fit >= min(REFIT_EVERY, max(MIN_ROWS, self.size // 10))
         if self.size >= MIN_ROWS and (self.calibration is None or due):
+            rows = min(BLOCK_ROWS, max(SMALL_BLOCK_ROWS, self.size // MIN_BLOCKS))
             self.calibration = Calibration.fit(
-                self.raw[: self.size], self.times[: self.size], GRID, self.block_q, BLOCK_ROWS, MIN_BLOCKS
+                self.raw[: self.size], self.times[: self.size], GRID, self.block_q, rows, MIN_BLOCKS
             )
             self.since_fit = 0
 

@@ -180,6 +180,21 @@ def test_an_incident_in_a_small_recent_window_does_not_hide_its_next_rows() -> N
     assert judged.alert[40:].sum() <= 2
 
 
+def test_a_copy_of_an_extreme_row_in_a_small_recent_window_still_alerts() -> None:
+    """A recent window of a few hundred rows (a small cold start) is calibrated over 16 blocks too: pooled, one
+    earlier copy of an extreme row (a client's retry) set recent traffic's tail and the copy got p = 1/800."""
+    rng = np.random.default_rng(7)
+    ens = Ensemble([IsolationMember()], false_alerts_per_hour=1e6, alert_pvalue=1e-3)
+    ens.fit(_numeric_frame(rng.normal(size=(600, 4)), 0))
+    first = rng.normal(size=(200, 4))
+    first[-1] = 8.0
+    assert ens.score(_numeric_frame(first, 600)).alert[-1]
+    assert ens.recent["0/logs"].since_fit == 0  # refitted with the extreme row in the window
+    later = rng.normal(size=(100, 4))
+    later[-1] = 8.0
+    assert ens.score(_numeric_frame(later, 800)).alert[-1]
+
+
 def test_a_source_that_drifts_as_a_whole_is_judged_against_its_shifted_null() -> None:
     """Every row of a batch a little more novel than the training window (a deploy, a drifted source): the
     null is located on recent traffic, so the batch does not alert as a whole, and its ranking is kept; an
