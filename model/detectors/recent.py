@@ -25,7 +25,7 @@ WINDOW = 50_000  # recent raw scores kept per (member, signal)
 MIN_ROWS = 50  # below this many recent scores the training calibration stands alone
 REFIT_EVERY = 20_000  # rows between refits of the recent calibration
 GRID = 2_000  # quantile levels of its typical distribution (the check needs shares down to about 1e-3)
-# The recent calibration is taken over time blocks from its first 1,000 rows: 16 blocks of at least 62 rows. A
+# The recent calibration is taken over time blocks: 16 blocks of at least 62 rows (SMALL_BLOCK_ROWS below 992). A
 # window after a cold start is small, and calibrated as one pool, an incident in it was recent traffic's tail for
 # every batch after it. Sixteen blocks, not model.calibration's minimum of 8: the 90th percentile of 16 lies below
 # the top two, so an incident that spans two blocks does not set the tail either (of 8, it is 30 % the top one).
