@@ -104,6 +104,7 @@ class GrpcLogsTransport:
         self._compression = grpc.Compression.Gzip if compress else grpc.Compression.NoCompression
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
         self._lock = threading.Lock()
+        self._closed = False
         self._call: grpc.Future | None = None
         self._channel, self._stub = self._open()
 
@@ -145,6 +146,8 @@ class GrpcLogsTransport:
 
     def _reopen(self) -> None:
         with self._lock:
+            if self._closed:  # a call that outlived shutdown must not leave a new channel open
+                return
             old = self._channel
             self._channel, self._stub = self._open()
         old.close()
@@ -156,6 +159,7 @@ class GrpcLogsTransport:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._channel.close()
 
 

@@ -202,11 +202,9 @@ class Ensemble:
                 continue
             center = self.center.setdefault(f"{j}/{signal}", RecentCenter())
             z = zvalues(p[mine])
-            shift = center.shift(z)
+            shift = center.shift(z, learn)
             if shift > 0:
                 out[mine] = np.maximum(p[mine], ndtr(shift - z))
-            if learn:
-                center.add(z)
         return out
 
     def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[str]]:

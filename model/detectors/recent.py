@@ -120,12 +120,12 @@ class RecentCenter:
     def __init__(self, z: np.ndarray | None = None) -> None:
         self.z = np.zeros(0) if z is None else np.asarray(z, dtype=np.float64)[-CENTER_ROWS:]
 
-    def shift(self, z: np.ndarray) -> float:
-        """How far the null's location lies above 0, from the latest rows with the batch's `z` after them."""
+    def shift(self, z: np.ndarray, learn: bool = True) -> float:
+        """How far the null's location lies above 0, from the latest rows with the batch's `z` after them;
+        with `learn`, those become the latest rows."""
         pool = np.concatenate([self.z, z])[-CENTER_ROWS:]
+        if learn:
+            self.z = pool
         if len(pool) < CENTER_MIN:
             return 0.0
         return max(0.0, float(np.quantile(pool, CENTER_Q)) - _Z_Q)
-
-    def add(self, z: np.ndarray) -> None:
-        self.z = np.concatenate([self.z, z])[-CENTER_ROWS:]
