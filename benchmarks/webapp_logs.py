@@ -40,23 +40,29 @@ def _attr(key: str, value: object) -> dict[str, Any]:
     return {"key": key, "value": {"stringValue": str(value)}}
 
 
-def _fault(rng: random.Random) -> tuple[str, int, float]:
-    """(message, status, duration ms) of one of four INFO-level faults."""
+def _fault(rng: random.Random) -> tuple[str, str, int, float]:
+    """(kind, message, status, duration ms) of one of four INFO-level faults."""
     kind = rng.randrange(4)
     if kind == 0:
         ms = rng.uniform(5000, 9000)
-        return f"request timeout after {int(ms)} ms calling inventory", 504, ms
+        return "timeout", f"request timeout after {int(ms)} ms calling inventory", 504, ms
     if kind == 1:
         return (
+            "memory",
             f"memory usage high: {rng.randint(1700, 2000)} MB of 2048 MB",
             200,
             rng.lognormvariate(3.3, 0.4),
         )
     if kind == 2:
         key = f"item:{rng.randint(1, 999)}"
-        return f"cache storm: {rng.randint(50, 400)} concurrent misses for key {key}", 200, 30.0
+        return (
+            "cache_storm",
+            f"cache storm: {rng.randint(50, 400)} concurrent misses for key {key}",
+            200,
+            30.0,
+        )
     ms = rng.uniform(2500, 6000)
-    return f"slow request GET /api/items/{rng.randint(1, 99999)} took {int(ms)} ms", 200, ms
+    return "slow_request", f"slow request GET /api/items/{rng.randint(1, 99999)} took {int(ms)} ms", 200, ms
 
 
 def _normal(rng: random.Random) -> tuple[str, int, int]:
@@ -78,17 +84,17 @@ def _normal(rng: random.Random) -> tuple[str, int, int]:
     return f"background job j{rng.randint(1, 50)} completed in {int(rng.lognormvariate(6, 0.5))} ms", 200, 9
 
 
-def write(path: Path, rows: int, seed: int) -> set[str]:
-    """The OTLP/JSON file; returns the uids of the fault records."""
+def write(path: Path, rows: int, seed: int) -> dict[str, str]:
+    """The OTLP/JSON file; returns the fault records' uids and their kinds."""
     rng = random.Random(seed)
-    t, records, faults = 1_700_000_000_000_000_000, [], set()
+    t, records, faults = 1_700_000_000_000_000_000, [], {}
     for i in range(rows):
         t += int(rng.expovariate(1.0) * 1e9)
         uid = f"w{i}"
         if rng.random() < FAULT_SHARE:
-            message, status, ms = _fault(rng)
+            kind, message, status, ms = _fault(rng)
             severity = 9
-            faults.add(uid)
+            faults[uid] = kind
         else:
             message, status, severity = _normal(rng)
             ms = rng.lognormvariate(3.3, 0.4)

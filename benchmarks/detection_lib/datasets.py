@@ -30,7 +30,7 @@ class Dataset:
     labelled key (anomalous or not, where the labels list normal ones too)."""
 
     name: str
-    family: str  # sim | bgl | nab
+    family: str  # sim | bgl | nab | webapp
     otlp: Path
     labels: dict[str, str]
     times: dict[str, int]
@@ -122,6 +122,22 @@ def prepare_bgl(
                 labels[r["uid"]] = r["reason"] or "alert"
     info = {"records": total, "labelled": len(labels), "max_lines": max_lines}
     return Dataset("bgl", "bgl", out / "logs.jsonl", labels, times, info)
+
+
+def prepare_webapp(work: Path, log: Callable[[str], None], rows: int = 27_000, seed: int = 5) -> Dataset:
+    """Synthetic logs of issue 12's held-out shape (benchmarks/webapp_logs.py): rare INFO faults recurring
+    through the whole period, the training half included. Not real data: one yardstick among several."""
+    from benchmarks.webapp_logs import write
+    from receiver.jsonfiles import read_rows
+
+    out = work / "webapp"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    labels = write(out / "logs.jsonl", rows, seed)
+    times = {r.uid: r.time_ms for r in read_rows([out / "logs.jsonl"])}
+    info = {"records": len(times), "labelled": len(labels), "seed": seed, "synthetic": True}
+    log(f"webapp: {len(times)} records, {len(labels)} faults, seed {seed} ({time.monotonic() - t0:.1f}s)")
+    return Dataset("webapp", "webapp", out / "logs.jsonl", labels, times, info)
 
 
 def prepare_nab(work: Path, devdata: Path, log: Callable[[str], None]) -> Dataset:
