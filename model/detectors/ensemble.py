@@ -175,7 +175,8 @@ class Ensemble:
     def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> None:
         for signal in np.unique(signals):
             mine = signals == signal
-            rc = self.recent.setdefault(f"{j}/{signal}", RecentCalibration(self.members[j].block_q))
+            member = self.members[j]
+            rc = self.recent.setdefault(f"{j}/{signal}", RecentCalibration(member.block_q, member.trim))
             rc.add(raw[mine], times[mine])
 
     def _recent_pvalues(self, j: int, raw: np.ndarray, p: np.ndarray, signals: np.ndarray) -> np.ndarray:
