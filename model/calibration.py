@@ -37,11 +37,6 @@ CAL_GRID = 20_000  # points of the synthesized typical distribution
 CAL_BLOCK_Q = 0.9
 
 
-# A trimmed tail (`trim`: the top share of a calibration sample that may be one recurring incident) starts at this
-# quantile, so that its fit reads the exceedances below the trimmed top.
-TRIM_TAIL_Q = 0.9
-
-
 def pvalue_to_score(p: np.ndarray | float) -> np.ndarray:
     """0-100: 100 * -log10(p) / 6, so p = 1e-3 scores 50 and p <= P_FLOOR scores 100."""
     p = np.clip(np.asarray(p, dtype=np.float64), P_FLOOR, 1.0)
@@ -77,48 +72,6 @@ def gpd_fit(excess: np.ndarray) -> tuple[float, float]:
     return max(float(sigma[0]), 1e-9), float(xi[0])
 
 
-def gpd_fit_trimmed(excess: np.ndarray, trimmed: int) -> tuple[float, float]:
-    """Generalised Pareto (scale, shape in [0, XI_MAX]) by maximum likelihood on the excesses without their
-    `trimmed` largest, as a distribution truncated at the largest one kept: the tail's scale and shape come from
-    the bulk of the exceedances, and neither the values nor the number of the trimmed ones (a fault recurring
-    at the very top) can set them. On a clean sample it estimates the same tail, less precisely."""
-    from scipy.optimize import minimize
-
-    y = np.sort(np.asarray(excess, dtype=np.float64))
-    c = int(min(max(trimmed, 0), len(y) - 8)) if len(y) > 8 else 0
-    obs = y[: len(y) - c]
-    beta0, xi0 = gpd_fit(obs)
-    if not c:
-        return beta0, xi0
-    t, scale = float(obs[-1]), max(float(np.mean(obs)), 1e-9)
-
-    def nll(theta: np.ndarray) -> float:
-        # one smooth formula down to xi = 1e-6 (the exponential's limit): a separate exponential branch has no
-        # gradient in xi, and the optimiser would stay wherever it started
-        beta, xi = math.exp(theta[0]) * scale, max(float(theta[1]), 1e-6)
-        below = -math.expm1(-math.log1p(xi * t / beta) / xi)  # F(t), the mass the kept excesses lie in
-        return (
-            len(obs) * math.log(beta)
-            + (1.0 / xi + 1.0) * float(np.log1p(xi * obs / beta).sum())
-            + len(obs) * math.log(max(below, 1e-300))
-        )
-
-    start = np.array([math.log(max(beta0, 1e-9) / scale), min(max(xi0, 0.1), XI_MAX)])
-    res = minimize(nll, start, method="L-BFGS-B", bounds=[(-20.0, 20.0), (0.0, XI_MAX)])
-    beta, xi = max(math.exp(float(res.x[0])) * scale, 1e-9), float(res.x[1])
-    xi = xi if xi >= 1e-6 else 0.0
-    # Without its top, a sample cannot show a heavier tail than with it: where the truncated fit says so (few
-    # kept excesses without visible decay make it flat), the plain fit of all the excesses stands.
-    plain = gpd_fit(y)
-    if _gpd_sf(float(y[-1]), beta, xi) > _gpd_sf(float(y[-1]), *plain):
-        return plain
-    return beta, xi
-
-
-def _gpd_sf(y: float, beta: float, xi: float) -> float:
-    return math.exp(-y / beta) if xi < 1e-6 else (1.0 + xi * y / beta) ** (-1.0 / xi)
-
-
 @dataclass
 class Calibration:
     """Tail model of reference distances: empirical up to the tail's start, generalised Pareto beyond."""
@@ -138,24 +91,13 @@ class Calibration:
         block_q: float = CAL_BLOCK_Q,
         block_rows: int = CAL_BLOCK_ROWS,
         min_blocks: int = CAL_BLOCKS_MIN,
-        trim: float = 0.0,
     ) -> Calibration:
-        """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history).
-
-        With `trim`, the tail starts at TRIM_TAIL_Q and is fitted without the top `trim` share of the sample
-        (`gpd_fit_trimmed`): robust to an incident that recurs in every block, which blocks alone are not."""
+        """Fit on reference distances; with their `times`, over time blocks (robust to incidents in history)."""
         scores = np.asarray(scores, dtype=np.float64)
         n_blocks = min(CAL_BLOCKS_MAX, len(scores) // block_rows)
         if times is not None and n_blocks >= min_blocks:
-            return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid, block_q, trim)
+            return cls._fit_blocks(scores, np.asarray(times), n_blocks, grid, block_q)
         s = np.sort(scores)
-        if trim > 0.0 and len(s) >= 100:
-            q = TRIM_TAIL_Q
-            u = float(np.quantile(s, q))
-            excess = s[s > u] - u
-            if len(excess) > 3:
-                beta, xi = gpd_fit_trimmed(excess, int(round(trim * len(s))))
-                return cls(s, u, max(beta, 1e-9), q, xi)
         # At least ~TAIL_MIN exceedances for the tail fit: with a small reference set the 99th percentile
         # leaves two or three points, and their spread alone would set the whole tail.
         q = float(np.clip(1.0 - TAIL_MIN / max(len(s), 1), TAIL_Q_MIN, TAIL_Q))
@@ -174,25 +116,18 @@ class Calibration:
         n_blocks: int,
         grid: int = CAL_GRID,
         block_q: float = CAL_BLOCK_Q,
-        trim: float = 0.0,
     ) -> Calibration:
         """At every quantile level, and for the tail's start and mean excess, the `block_q`-th value over time
         blocks (CAL_BLOCK_Q unless the member says otherwise). An incident fills the top of the blocks it falls in only, so new rows like it stay beyond the
         threshold instead of being calibrated as normal."""
         blocks = np.array_split(scores[np.argsort(times, kind="stable")], n_blocks)
-        q = float(np.clip(1.0 - TAIL_MIN / len(blocks[0]), TAIL_Q_MIN, TAIL_Q)) if not trim else TRIM_TAIL_Q
+        q = float(np.clip(1.0 - TAIL_MIN / len(blocks[0]), TAIL_Q_MIN, TAIL_Q))
         levels = (np.arange(grid) + 0.5) / grid
         grid = np.quantile(np.stack([np.quantile(b, levels) for b in blocks]), block_q, axis=0)
         us = np.asarray([np.quantile(b, q) for b in blocks])
-
-        def tail(b: np.ndarray, u: float) -> tuple[float, float]:
-            if not (b > u).any():
-                return 0.0, 0.0
-            if trim:
-                return gpd_fit_trimmed(b[b > u] - u, int(round(trim * len(b))))
-            return gpd_fit(b[b > u] - u)
-
-        fits = np.asarray([tail(b, u) for b, u in zip(blocks, us, strict=True)])
+        fits = np.asarray(
+            [gpd_fit(b[b > u] - u) if (b > u).any() else (0.0, 0.0) for b, u in zip(blocks, us, strict=True)]
+        )
         u = float(np.quantile(us, block_q))
         # The tail's start and scale at the block_q-th block; its shape is the distribution's, and the median
         # over blocks is its estimate (a high quantile of per-block shape estimates would be their noise).

@@ -118,9 +118,6 @@ class Detector(ABC):
     # it fits one (errors, isolation), are taken (model.calibration): 0.9 keeps incidents in under a tenth of
     # the blocks from setting the tail. k-NN's reference calibration (model.detector) stays at CAL_BLOCK_Q.
     block_q: ClassVar[float] = CAL_BLOCK_Q
-    # The top share of the member's calibration samples (its own and the recent-traffic check's) that may be a
-    # fault recurring all through history: their tails are fitted without it (model.calibration.gpd_fit_trimmed).
-    trim: ClassVar[float] = 0.0
     # Out-of-sample raw scores of the training rows (each scored before it was learned, or held out), set by
     # fit when the member has them: they seed the ensemble's recent-traffic calibration (model.detectors.recent).
     fit_raw_: np.ndarray | None = None

@@ -175,8 +175,7 @@ class Ensemble:
     def _remember(self, j: int, raw: np.ndarray, signals: np.ndarray, times: np.ndarray) -> None:
         for signal in np.unique(signals):
             mine = signals == signal
-            member = self.members[j]
-            rc = self.recent.setdefault(f"{j}/{signal}", RecentCalibration(member.block_q, member.trim))
+            rc = self.recent.setdefault(f"{j}/{signal}", RecentCalibration(self.members[j].block_q))
             rc.add(raw[mine], times[mine])
 
     def _recent_pvalues(self, j: int, raw: np.ndarray, p: np.ndarray, signals: np.ndarray) -> np.ndarray:

@@ -34,9 +34,6 @@ class IsolationMember(Detector):
     name = "isolation"
     global_novelty = True
     center_check = True
-    # A fault kind at 1 % of traffic all through the training window filled the calibration's top percent, and
-    # its repeats were calibrated as one row in a hundred (docs/detection.md §6, twelfth session).
-    trim = 0.02
     signals = frozenset({"logs", "traces"})
 
     def __init__(
@@ -64,9 +61,7 @@ class IsolationMember(Detector):
         held = order[1::2]
         self.forest = self._forest(self.fit_rows)
         raw = -self.forest.score_samples(x[held])
-        self.calibration = Calibration.fit(
-            raw, None if times is None else times[held], block_q=self.block_q, trim=self.trim
-        )
+        self.calibration = Calibration.fit(raw, None if times is None else times[held], block_q=self.block_q)
         self.fit_raw_ = np.full(len(x), np.nan)
         self.fit_raw_[held] = raw
 

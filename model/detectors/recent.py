@@ -39,16 +39,14 @@ SMALL_BLOCK_ROWS = 20
 class RecentCalibration:
     """A ring buffer of one member's raw scores (and their times) for one signal, and its calibration."""
 
-    def __init__(self, block_q: float = CAL_BLOCK_Q, trim: float = 0.0) -> None:
+    def __init__(self, block_q: float = CAL_BLOCK_Q) -> None:
         self.block_q = block_q
-        self.trim = trim
         self.raw = np.zeros(WINDOW, dtype=np.float64)
         self.times = np.zeros(WINDOW, dtype=np.int64)
         self.size = 0
         self.head = 0
         self.since_fit = 0
         self.calibration: Calibration | None = None
-        self.trimmed: Calibration | None = None  # with `trim`: the tail fitted without the window's top share
 
     def add(self, raw: np.ndarray, times: np.ndarray) -> None:
         ok = ~np.isnan(raw)
@@ -65,33 +63,18 @@ class RecentCalibration:
         due = self.since_fit >= min(REFIT_EVERY, max(MIN_ROWS, self.size // 10))
         if self.size >= MIN_ROWS and (self.calibration is None or due):
             rows = min(BLOCK_ROWS, max(SMALL_BLOCK_ROWS, self.size // MIN_BLOCKS))
-            window, times = self.raw[: self.size], self.times[: self.size]
-            self.calibration = Calibration.fit(window, times, GRID, self.block_q, rows, MIN_BLOCKS)
-            if self.trim:  # pooled: an incident in a few blocks is the block calibration's to keep out
-                self.trimmed = Calibration.fit(window, trim=self.trim)
+            self.calibration = Calibration.fit(
+                self.raw[: self.size], self.times[: self.size], GRID, self.block_q, rows, MIN_BLOCKS
+            )
             self.since_fit = 0
 
     def pvalues(self, raw: np.ndarray) -> np.ndarray | None:
-        """The share of recent scores at least as high, over time blocks (an incident in a few blocks does not
-        set it); with `trim`, the smaller of that and the tail fitted without recent traffic's top `trim` share
-        (a fault recurring in every block does not set that one): recent traffic calls a row ordinary only when
-        neither reading explains its score."""
         if self.calibration is None:
             return None
-        clean = np.nan_to_num(raw)
-        p = self.calibration.share_at_least(clean)
-        if self.trimmed is not None:
-            p = np.minimum(p, self.trimmed.pvalue(clean))
-        return np.where(np.isnan(raw), 1.0, p)
+        return np.where(np.isnan(raw), 1.0, self.calibration.share_at_least(np.nan_to_num(raw)))
 
     def state(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        values = {
-            "size": self.size,
-            "head": self.head,
-            "since_fit": self.since_fit,
-            "block_q": self.block_q,
-            "trim": self.trim,
-        }
+        values = {"size": self.size, "head": self.head, "since_fit": self.since_fit, "block_q": self.block_q}
         arrays = {
             prefix + "raw": self.raw[: self.size].copy(),
             prefix + "times": self.times[: self.size].copy(),
@@ -99,23 +82,18 @@ class RecentCalibration:
         values["calibrated"] = self.calibration is not None
         if self.calibration is not None:
             arrays.update(calibration_to_arrays(self.calibration, prefix + "cal_"))
-        values["trimmed"] = self.trimmed is not None
-        if self.trimmed is not None:
-            arrays.update(calibration_to_arrays(self.trimmed, prefix + "tcal_"))
         return values, arrays
 
     @classmethod
     def from_state(
         cls, values: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str
     ) -> RecentCalibration:
-        rc = cls(float(values.get("block_q", CAL_BLOCK_Q)), float(values.get("trim", 0.0)))
+        rc = cls(float(values.get("block_q", CAL_BLOCK_Q)))
         rc.size, rc.head, rc.since_fit = int(values["size"]), int(values["head"]), int(values["since_fit"])
         rc.raw[: rc.size] = arrays[prefix + "raw"]
         rc.times[: rc.size] = arrays[prefix + "times"]
         if values.get("calibrated"):
             rc.calibration = calibration_from_arrays(arrays, prefix + "cal_")
-        if values.get("trimmed"):
-            rc.trimmed = calibration_from_arrays(arrays, prefix + "tcal_")
         return rc
 
 
