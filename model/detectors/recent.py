@@ -106,7 +106,7 @@ class RecentCalibration:
 CENTER_ROWS = 5_000
 CENTER_MIN = 50
 CENTER_Q = 0.25
-_Z_Q = -0.6744897501960817  # Phi^-1(CENTER_Q)
+_Z_Q = float(ndtri(CENTER_Q))  # the lower quartile of N(0, 1): -0.674
 
 
 def zvalues(p: np.ndarray) -> np.ndarray:
