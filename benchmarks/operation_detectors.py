@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from model.detectors.base import Detector, Frame
-from model.detectors.operation import ErrorRateDetector, LatencyDetector
+from model.detectors.latency import LatencyDetector
+from model.detectors.operation import ErrorRateDetector
 from model.extract import derive
 from model.features import FeatureContract
 from model.schema import Row

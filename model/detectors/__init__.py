@@ -18,7 +18,7 @@ REGISTRY = {
     "knn": ("model.detectors.knn", "KnnMember"),
     "pattern": ("model.detectors.pattern", "PatternFrequency"),
     "isolation": ("model.detectors.isolation", "IsolationMember"),
-    "latency": ("model.detectors.operation", "LatencyDetector"),
+    "latency": ("model.detectors.latency", "LatencyDetector"),
     "errors": ("model.detectors.operation", "ErrorRateDetector"),
     "series": ("model.detectors.series", "SeriesDetector"),
 }

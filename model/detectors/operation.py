@@ -1,5 +1,5 @@
-"""Per-operation members: a request's latency against its own operation's baseline, and a failure against the
-failure rate its operation and service usually have.
+"""Per-operation members: the state they share (`_PerOperation`), and the error-rate member, a failure against the
+failure rate its operation and service usually have (the latency member is in `model.detectors.latency`).
 
 Both keep online state per (service, operation), score each row against the state before it and then learn it,
 forget by time (so a busy and a quiet operation behave alike) and learn slowly from what they flag, so an
@@ -20,22 +20,15 @@ from model.calibration import Calibration, calibration_from_arrays, calibration_
 from model.context import lru_entry
 from model.detectors.base import Detector, Frame, State
 from model.detectors.operation_stats import (
-    EPS_MS,
     ERR_MEMORY,
     ERR_WINDOW_MAX,
     ERR_WINDOW_NS,
     EXCESS_P,
-    MIN_OBS,
     NS_PER_MIN,
     OUTLIER_SLOW,
     PRIOR_ROWS,
-    SCALE_FLOOR,
-    WARM_MULT,
-    Tail,
     binomial_tail,
-    observe,
     pack,
-    robust_z,
     unpack,
 )
 
@@ -124,140 +117,6 @@ def measured(row: Any, derived: dict[str, Any]) -> bool:
     return row.fields.get("duration") is not None or derived.get("message.duration_ms") != derived.get(
         "latency_ms"
     )
-
-
-class LatencyDetector(_PerOperation):
-    """A row's latency against its (service, operation)'s robust baseline of log latency: the upper-tail robust
-    z, calibrated on the training window's z's. Only slowness counts: a much faster request is a cache hit, an
-    early return or a failure (which the error member judges), none of them a latency anomaly.
-
-    A new operation (fewer than MIN_OBS observations) is judged against its service's (or, for a new service,
-    all services') latency distribution, after dividing its latency by WARM_MULT: only an extreme value alerts.
-    """
-
-    name: ClassVar[str] = "latency"
-    global_novelty: ClassVar[bool] = False
-    LAYOUT = (3, 2, 1)  # [location, scale, weight, observations, last time, warm-up values]
-
-    def __init__(self, tau_min: float = 30.0, max_keys: int = 50_000) -> None:
-        super().__init__(tau_min, max_keys)
-        self.own, self.parent = Tail(), Tail()
-
-    @staticmethod
-    def _new(t: int) -> list[Any]:
-        return [0.0, 1.0, 0.0, 0, t, []]
-
-    @staticmethod
-    def _sequence(chunk: np.ndarray) -> Any:
-        return [float(v) for v in chunk.ravel()]
-
-    def fit(self, frame: Frame) -> LatencyDetector:
-        self._reset()
-        self._seed(frame)
-        z, zp, shifted, _ = self._run(frame)
-        self.own, self.parent = Tail.fit(z), Tail.fit(zp[~shifted])
-        self.fit_raw_ = z
-        return self
-
-    def _seed(self, frame: Frame) -> None:
-        """Start every baseline of the training window from its median/MAD over the whole window, so one whose
-        first rows fall inside an incident does not spend the window recovering from it (fit only)."""
-        groups: dict[tuple[int, str], list[float]] = {}
-        first: dict[tuple[int, str], int] = {}
-        for row, d, key in zip(frame.rows, frame.derived, op_keys(frame), strict=True):
-            lat = d.get("latency_ms")
-            if isinstance(lat, int | float) and lat >= 0.0 and not math.isinf(lat) and measured(row, d):
-                for group in ((0, key), (1, row.service), (2, "")):
-                    groups.setdefault(group, []).append(math.log(lat + EPS_MS))
-                    first.setdefault(group, row.time_unix_nano)
-        span = max(frame.rows[-1].time_unix_nano - frame.rows[0].time_unix_nano, 1) if len(frame) else 1
-        for (level, key), xs in groups.items():
-            if len(xs) < MIN_OBS:
-                continue
-            v = np.asarray(xs)
-            m = float(np.median(v))
-            w = max(float(MIN_OBS), len(xs) * min(1.0, self.tau_ns / span))  # its observations in one tau
-            scale = max(1.4826 * float(np.median(np.abs(v - m))), SCALE_FLOOR)
-            entry: list[Any] = [m, scale, w, MIN_OBS, first[(level, key)], []]
-            if level == 2:
-                self.all = entry
-            else:
-                lru_entry(self.ops if level == 0 else self.services, key, partial(list, entry), self.max_keys)
-
-    def _run(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]:
-        """Per row: own z, parent z (shifted by WARM_MULT where the operation is new), parent scale and the
-        (median ms, scale) of the baseline it was measured against; learns every row."""
-        n = len(frame)
-        z, zp, shifted = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
-        ref: list[tuple[float, float]] = [(math.nan, math.nan)] * n
-        shift, keys = math.log(WARM_MULT), op_keys(frame)
-        for i, (row, d) in enumerate(zip(frame.rows, frame.derived, strict=True)):
-            lat = d.get("latency_ms")
-            if not isinstance(lat, int | float) or not lat >= 0.0 or math.isinf(lat) or not measured(row, d):
-                continue
-            x, t = math.log(lat + EPS_MS), row.time_unix_nano
-            svc = lru_entry(self.services, row.service, partial(self._new, t), self.max_keys)
-            op = lru_entry(self.ops, keys[i], partial(self._new, t), self.max_keys)
-            par = svc if svc[3] >= MIN_OBS else self.all
-            z[i] = robust_z(op, x)
-            if op[3] >= MIN_OBS:
-                ref[i], zp[i] = (op[0], op[1]), robust_z(par, x)
-            elif par[3] >= MIN_OBS:
-                ref[i], zp[i], shifted[i] = (par[0], par[1]), robust_z(par, x, shift), True
-            for entry in (op, svc, self.all):
-                observe(entry, x, t, self.tau_ns)
-        frame.cache[self.name] = (z, ref, shifted)
-        return z, zp, shifted, ref
-
-    def score_samples(self, frame: Frame) -> np.ndarray:
-        z, zp, shifted, _ = self._run(frame)
-        raw = z.copy()
-        if shifted.any():  # a new operation: its shifted parent tail probability, on the own z scale
-            raw[shifted] = self.own.isf(self.parent.sf(zp[shifted]))
-        return raw
-
-    def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
-        return self.own.sf(raw)
-
-    def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
-        lat, service, label = (
-            float(frame.derived[i].get("latency_ms") or 0.0),
-            frame.rows[i].service,
-            op_label(frame, i),
-        )
-        cached = frame.cache.get(self.name)
-        m, s = cached[1][i] if cached else (math.nan, math.nan)
-        if not math.isfinite(m):
-            return f"latency {_ms(lat)} ms of {label} in {service}"
-        new = (
-            bool(cached[2][i]) if cached else False
-        )  # a new operation is measured against its service's (or all) operations
-        tail = self.parent if new else self.own
-        usual = math.exp(m) - EPS_MS
-        p99 = math.exp(m + s * float(tail.isf(np.asarray([0.01]))[0])) - EPS_MS
-        whose = f"{service}'s operations ({label} is new)" if new else f"{label} in {service}"
-        times = lat / max(usual, EPS_MS)
-        return (
-            f"latency {_ms(lat)} ms, {times:,.0f}x the usual {_ms(usual)} ms of {whose} (p99 {_ms(p99)} ms)"
-        )
-
-    def state(self) -> State:
-        values, arrays = super().state()
-        for name, tail in (("own", self.own), ("parent", self.parent)):
-            arrays[name + "_qs"], values[name + "_beta"] = tail.qs, tail.beta
-        return values, arrays
-
-    @classmethod
-    def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> LatencyDetector:
-        det = super().from_state(values, arrays)
-        assert isinstance(det, LatencyDetector)
-        det.own = Tail(np.asarray(arrays["own_qs"], dtype=np.float64), float(values["own_beta"]))
-        det.parent = Tail(np.asarray(arrays["parent_qs"], dtype=np.float64), float(values["parent_beta"]))
-        return det
-
-
-def _ms(v: float) -> str:
-    return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
 
 
 class ErrorRateDetector(_PerOperation):

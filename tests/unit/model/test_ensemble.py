@@ -10,7 +10,8 @@ import pytest
 from model.detectors import Frame, ensemble_from_state
 from model.detectors.ensemble import WARMUP_ROWS, WARMUP_S, Ensemble, combine
 from model.detectors.isolation import IsolationMember
-from model.detectors.operation import ErrorRateDetector, LatencyDetector
+from model.detectors.latency import LatencyDetector
+from model.detectors.operation import ErrorRateDetector
 from model.detectors.pattern import PatternFrequency
 from model.extract import derive
 from model.features import FeatureContract

@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from model.detectors.base import Frame
-from model.detectors.operation import ErrorRateDetector, LatencyDetector
+from model.detectors.latency import LatencyDetector
+from model.detectors.operation import ErrorRateDetector
 from model.features import FeatureContract
 from model.schema import Row
 
@@ -82,6 +83,30 @@ def test_recurring_incidents_in_training_do_not_become_normal() -> None:
     later = traffic(rng, 7200, 7800, "shop", "Api", 50.0)
     _, p = score(det, rows_frame([(t, s, o, ms * 10, f) for t, s, o, ms, f in later if t < 7500]))
     assert (p < 1e-3).mean() > 0.9
+
+
+def test_a_sustained_slowdown_alerts_more_than_the_same_slowness_in_lone_requests() -> None:
+    """Two minutes of every request 2x slower (about 2.8 robust SDs), against single requests as slow scattered
+    through the rest: the sustained test flags more of the period and fewer of the lone requests than the
+    request's own test alone would."""
+    rng = np.random.default_rng(7)
+    det = LatencyDetector().fit(rows_frame(traffic(rng, 0, 7200, "shop", "Api", 50.0)))
+    later = traffic(rng, 7200, 8400, "shop", "Api", 50.0)
+    lone = set(sorted(e[0] for e in later)[::60])
+    later = [
+        (t, s, o, 2.0 * ms if 7800 <= t < 7920 or (t in lone and not 7790 < t < 7950) else ms, f)
+        for t, s, o, ms, f in later
+    ]
+    frame = rows_frame(later)
+    raw, p = score(det, frame)
+    t = np.asarray([e[0] for e in sorted(later)])
+    alone = det.own.sf(frame.cache["latency"][0])  # the request's own test without the sustained one
+    period = (t >= 7815) & (t < 7920)  # after the first few requests of the slow period
+    scattered = np.isin(t, list(lone)) & ((t < 7790) | (t > 7950))
+    assert (p[period] < 1e-3).mean() > max(0.3, 1.5 * (alone[period] < 1e-3).mean())
+    assert (p[scattered] < 1e-3).mean() < min(0.1, 0.5 * (alone[scattered] < 1e-3).mean())
+    i = int(np.flatnonzero(period & (p < 1e-3) & (alone > 2e-3))[0])
+    assert "its latest requests have been slow too" in det.explain(frame, i, raw[i], p[i])
 
 
 def test_failure_burst_against_each_operations_own_rate() -> None:
@@ -167,6 +192,12 @@ def test_state_round_trip_continues_exactly() -> None:
         twin = cls.from_state(values, arrays)
         second = twin.score_samples(rows_frame(rest[half:]))
         np.testing.assert_array_equal(np.concatenate([first, second]), whole)
+    # A latency state saved before the sustained test loads, and judges with the request test's calibration.
+    values, arrays = LatencyDetector().fit(train).state()
+    for key in ("sustained_qs", "recent_mean"):
+        del arrays[key]
+    older = LatencyDetector.from_state(values, arrays)
+    assert np.isfinite(older.score_samples(rows_frame(rest))).any() and len(older.recent) > 0
 
 
 def test_key_cap_keeps_the_most_recent_operations() -> None:
