@@ -44,7 +44,7 @@ SLOW_Z = 3.0
 # A failure burst against the service's own failure rate, in the same units (set on failed rows only). An
 # absolute share cannot tell a login service that fails 6% of the time from a checkout that suddenly fails 6%.
 FAILURE_EXCESS = "ctx.failure_excess_60s"
-FAILURE_TAU_MS = 30 * 60_000
+EXCESS_TAU_MS = 30 * 60_000  # the baseline hit share of both excesses (failures, slow rows) forgets with this
 
 LATENCY_WARMUP = 20  # observations of an operation before its latency z is trusted
 LATENCY_ALPHA = (
@@ -363,7 +363,7 @@ def _excess(
     s = lru_entry(rates, service, _Series, max_keys)
     expected = s.mean * (rows + 1)
     z = (hits - expected) / math.sqrt(expected + 1.0)
-    a = max(_time_weight(LATENCY_ALPHA, s.t_ms, t_ms, FAILURE_TAU_MS), 1.0 / (s.n + 1))
+    a = max(_time_weight(LATENCY_ALPHA, s.t_ms, t_ms, EXCESS_TAU_MS), 1.0 / (s.n + 1))
     if z >= 4 and s.n >= LATENCY_WARMUP:
         a /= 10
     s.mean += a * ((1.0 if hit else 0.0) - s.mean)
