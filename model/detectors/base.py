@@ -164,6 +164,12 @@ def empirical_pvalues(sorted_ref: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def from_neglog10(raw: np.ndarray) -> np.ndarray:
+    """The p-values of members whose raw score is -log10 p; 1.0 where raw is NaN (no opinion)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    return np.where(np.isnan(raw), 1.0, np.clip(np.power(10.0, -np.nan_to_num(raw)), 1e-300, 1.0))
+
+
 def gaussian_tail(z: np.ndarray) -> np.ndarray:
     """Two-sided normal tail probability of |z| (1.0 where z is NaN)."""
     z = np.abs(np.asarray(z, dtype=np.float64))

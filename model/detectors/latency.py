@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from model.context import lru_entry
-from model.detectors.base import Frame, State
+from model.detectors.base import Frame, State, from_neglog10
 from model.detectors.operation import _PerOperation, measured, op_keys, op_label
 from model.detectors.operation_stats import EPS_MS, MIN_OBS, SCALE_FLOOR, WARM_MULT, Tail, observe, robust_z
 
@@ -146,8 +146,7 @@ class LatencyDetector(_PerOperation):
         return self._raw(z, zp, shifted, sustained)
 
     def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
-        raw = np.asarray(raw, dtype=np.float64)
-        return np.where(np.isnan(raw), 1.0, np.clip(np.power(10.0, -np.nan_to_num(raw)), 1e-300, 1.0))
+        return from_neglog10(raw)
 
     def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
         lat, service, label = (

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model.detectors.base import Detector, Frame, State
+from model.detectors.base import Detector, Frame, State, from_neglog10
 from model.templates import tokenize
 
 # The discrete columns of the signature, read from the row's derived values; absent ones are left out.
@@ -195,8 +195,7 @@ class PatternFrequency(Detector):
         return out
 
     def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
-        raw = np.asarray(raw, dtype=np.float64)
-        return np.where(np.isnan(raw), 1.0, np.power(10.0, -np.nan_to_num(raw)))
+        return from_neglog10(raw)
 
     def learn(self, frame: Frame, normal: np.ndarray) -> None:
         """Count every row: the statistic is a relative frequency, so a recurring fault stays rare while a

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model.detectors.base import Detector, Frame, State
+from model.detectors.base import Detector, Frame, State, from_neglog10
 from model.detectors.series_stats import find_period, fit_tails, last, resolution, robust_scale, seasonal_gain
 
 TESTS = ("spike", "level", "variance")  # the tests that alert
@@ -151,8 +151,7 @@ class SeriesDetector(Detector):
         return frame.cache.get("series.muted")
 
     def pvalues(self, frame: Frame, raw: np.ndarray) -> np.ndarray:
-        raw = np.asarray(raw, dtype=np.float64)
-        return np.where(np.isnan(raw), 1.0, np.power(10.0, -np.nan_to_num(raw)))
+        return from_neglog10(raw)
 
     def explain(self, frame: Frame, i: int, raw: float, p: float) -> str:
         detail = frame.cache.get("series.details", {}).get(i)
