@@ -165,6 +165,7 @@ def fit_version(
     alert_pvalue: float = 1e-3,
     detectors: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
     combiner: str = "cauchy",
+    weighting: str = "agreement",
     false_alerts_per_hour: float = 10.0,
     embed_dim: int = 32,
     train_config: TrainConfig | None = None,
@@ -200,6 +201,7 @@ def fit_version(
         k=k,
         max_rows=max_rows,
         series_max=series_max,
+        weighting=weighting,
     ).fit(frame)
     logger.info("detectors %s fitted (%.1fs)", ", ".join(ensemble.names), time.monotonic() - t1)
     digest = hashlib.blake2b(emb.tobytes(), digest_size=3).hexdigest()
@@ -215,6 +217,7 @@ def fit_version(
         "train_seconds": result.seconds,
         "detectors": ensemble.names,
         "combiner": combiner,
+        "member_weights": weighting,
         "reference_rows": int(len(knn.vectors_)) if knn is not None else 0,
         "alert_pvalue": alert_pvalue,
         "false_alerts_per_hour": false_alerts_per_hour,

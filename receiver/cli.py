@@ -116,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         alert_pvalue=settings.alert_pvalue,
         detectors=settings.detector_names,
         combiner=settings.combiner,
+        weighting=settings.member_weights,
         false_alerts_per_hour=settings.false_alerts_per_hour,
         embed_dim=settings.embed_dim,
         max_rows=settings.reference_max_rows,

@@ -80,6 +80,7 @@ def fit(
         alert_pvalue=s.alert_pvalue,
         detectors=s.detector_names,
         combiner=s.combiner,
+        weighting=s.member_weights,
         false_alerts_per_hour=s.false_alerts_per_hour,
         embed_dim=s.embed_dim,
         max_rows=s.reference_max_rows,

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # The ensemble's members (docs/detection.md) and how their p-values are combined.
     detectors: str = "knn,pattern,isolation,latency,errors,series"
     combiner: Literal["cauchy", "minp", "fisher"] = "cauchy"
+    # Members weighted by how closely their evidence on recent traffic follows the others' (docs/detection.md),
+    # or all alike.
+    member_weights: Literal["agreement", "equal"] = "agreement"
     # The scoring process saves its learned state (baselines, reference growth, first-seen sources) this often.
     state_save_s: float = Field(300.0, ge=1)
     reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from model.detectors.agreement import AgreementWeights
 from model.detectors.base import Detector, Frame
 from model.detectors.ensemble import Ensemble
 from model.detectors.recent import RecentCalibration, RecentCenter
@@ -48,6 +49,7 @@ def build(
     k: int = 10,
     max_rows: int = 100_000,
     series_max: int = 10_000,
+    weighting: str = "agreement",
 ) -> Ensemble:
     """An unfitted ensemble of the named members."""
     # the series member opens an episode, and keeps muted points above, at the ensemble's alert level
@@ -56,7 +58,7 @@ def build(
         "series": {"alert_p": alert_pvalue, "max_series": series_max},
     }
     members = [new_member(n, **args.get(n, {})) for n in names]
-    return Ensemble(members, combiner, false_alerts_per_hour, alert_pvalue)
+    return Ensemble(members, combiner, false_alerts_per_hour, alert_pvalue, weighting)
 
 
 def ensemble_from_state(values: dict[str, Any], arrays: dict[str, np.ndarray]) -> Ensemble:
@@ -65,13 +67,21 @@ def ensemble_from_state(values: dict[str, Any], arrays: dict[str, np.ndarray]) -
     for j, spec in enumerate(values["members"]):
         mine = {k: arrays[f"m{j}.{k}"] for k in spec["arrays"]}
         members.append(member_class(spec["name"]).from_state(spec["values"], mine))
-    ens = Ensemble(members, values["combiner"], values["false_alerts_per_hour"], values["alert_pvalue"])
+    # a model saved before member weighting gets it too: the weights are measured online, nothing is fitted
+    weighting = values.get("weighting", "agreement")
+    ens = Ensemble(
+        members, values["combiner"], values["false_alerts_per_hour"], values["alert_pvalue"], weighting
+    )
     ens.entities = {k: list(v) for k, v in values["entities"].items()}
     ens.recent = {
         key: RecentCalibration.from_state(v, arrays, f"r{key}.")
         for key, v in values.get("recent", {}).items()
     }
     ens.center = {key: RecentCenter(arrays[f"c{key}.z"]) for key in values.get("center", [])}
+    ens.agree = {
+        signal: AgreementWeights.from_state(v, arrays, f"a{signal}.")
+        for signal, v in values.get("agree", {}).items()
+    }
     return ens
 
 

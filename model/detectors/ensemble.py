@@ -4,7 +4,9 @@ Each member answers a calibrated p-value per row (or no opinion). The ensemble
 - mutes the global-novelty members for rows of a (service, signal) first seen after training until it has a
   baseline of its own (a new service's ordinary rows are novel as a whole: one notice, not an alarm each);
 - combines the members' p-values (Cauchy combination by default: valid under dependence between members,
-  and dominated by the smallest p-values; min-p with Bonferroni and Fisher are the alternatives measured);
+  and dominated by the smallest p-values; min-p with Bonferroni and Fisher are the alternatives measured),
+  each member weighted by how closely its evidence on the signal's recent traffic follows the other members'
+  (`model.detectors.agreement`; `weighting="equal"` turns this off);
 - alerts where the combined p-value is below the row's threshold: the expected number of false alerts per
   hour of its (service, signal), `false_alerts_per_hour / rows per hour`, never above `alert_pvalue`.
 """
@@ -18,10 +20,12 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+from model.detectors.agreement import AgreementWeights
 from model.detectors.base import Detector, Frame, State
 from model.detectors.recent import RecentCalibration, RecentCenter, zvalues
 
 COMBINERS = ("cauchy", "minp", "fisher")
+WEIGHTINGS = ("agreement", "equal")
 RATE_TAU_S = 3600.0  # rows per hour forget with this time constant
 WARMUP_ROWS = 300  # a new (service, signal) is learned, not judged, for at least this many rows ...
 WARMUP_S = 300.0  # ... and this long
@@ -100,6 +104,7 @@ class Ensemble:
     Args:
         members: fitted or unfitted members (see model.detectors.registry).
         combiner: "cauchy", "minp" or "fisher".
+        weighting: "agreement" (members weighted by agreement on recent traffic) or "equal".
         false_alerts_per_hour: expected false alerts per hour per (service, signal) at the threshold.
         alert_pvalue: the threshold never exceeds this p-value (slow streams).
     """
@@ -110,19 +115,24 @@ class Ensemble:
         combiner: str = "cauchy",
         false_alerts_per_hour: float = 10.0,
         alert_pvalue: float = 1e-3,
+        weighting: str = "agreement",
     ) -> None:
         if combiner not in COMBINERS:
             raise ValueError(f"unknown combination {combiner!r}: one of {', '.join(COMBINERS)}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown member weighting {weighting!r}: one of {', '.join(WEIGHTINGS)}")
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.combiner = combiner
         self.false_alerts_per_hour = false_alerts_per_hour
         self.alert_pvalue = alert_pvalue
+        self.weighting = weighting
         # (service, signal) -> [decayed row count, last time s, first seen s, rows seen, known at training]
         self.entities: dict[str, list[float]] = {}
         self.recent: dict[str, RecentCalibration] = {}  # "<member index>/<signal>" -> its recent calibration
         self.center: dict[str, RecentCenter] = {}  # "<member index>/<signal>" -> its latest z-values
+        self.agree: dict[str, AgreementWeights] = {}  # signal -> its latest member evidence and weights
         self.fit_result_: EnsembleResult | None = None  # the training rows judged (not saved)
 
     @property
@@ -148,7 +158,9 @@ class Ensemble:
     def _judge_training(self, frame: Frame, keys: list[str]) -> EnsembleResult:
         """The training rows judged by the members' out-of-sample scores (each row scored before it was learned,
         or held out): an incident inside the cold-start window is reported, not silently learned. Members
-        without such scores have no opinion on training rows."""
+        without such scores have no opinion on training rows. They are combined with the prior weights only:
+        these scores come from other procedures (cross-block distances, held-out halves) than the serving
+        ones, and agreement measured on them did not carry over to serving (docs/detection.md §6)."""
         n, m = len(frame), len(self.members)
         raw, p, signals = np.full((n, m), np.nan), np.ones((n, m)), frame.signals
         for j, member in enumerate(self.members):
@@ -207,6 +219,23 @@ class Ensemble:
                 out[mine] = np.maximum(p[mine], ndtr(shift - z))
         return out
 
+    def _weights(self, p: np.ndarray, applicable: np.ndarray, signals: np.ndarray, learn: bool) -> np.ndarray:
+        """(n, m) weights of the members for each row: the prior weights, times the agreement weights of the
+        row's signal (measured on its latest rows, this batch's included, when learning)."""
+        prior = np.asarray([m.weight for m in self.members], dtype=np.float64)
+        out = np.tile(prior, (len(p), 1))
+        if self.weighting == "equal":
+            return out
+        for signal in np.unique(signals):
+            mine = signals == signal
+            aw = self.agree.get(str(signal))
+            if learn:
+                aw = self.agree.setdefault(str(signal), AgreementWeights(len(self.members)))
+                aw.update(p[mine], applicable[mine])
+            if aw is not None:
+                out[mine] *= aw.weights
+        return out
+
     def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Update rows-per-hour and first-seen state; (threshold p, warm-up flag) per row, and notices."""
         thresholds = np.empty(len(frame))
@@ -250,7 +279,7 @@ class Ensemble:
             if learn and member.recent_check:
                 self._remember(j, r, signals, frame.times_ns)
         applicable = ~np.isnan(raw)
-        combined = combine(p, applicable, self.combiner, np.asarray([m.weight for m in self.members]))
+        combined = combine(p, applicable, self.combiner, self._weights(p, applicable, signals, learn))
         alert = (combined <= thresholds) & ~self._muted(frame)
         if learn:
             failed = np.asarray([bool(d.get("failed")) for d in frame.derived], dtype=bool)
@@ -273,6 +302,7 @@ class Ensemble:
             "combiner": self.combiner,
             "false_alerts_per_hour": self.false_alerts_per_hour,
             "alert_pvalue": self.alert_pvalue,
+            "weighting": self.weighting,
             "entities": self.entities,
             "members": [],
             "recent": {},
@@ -282,6 +312,10 @@ class Ensemble:
             values["recent"][key], a = rc.state(f"r{key}.")
             arrays.update(a)
         values["center"] = sorted(self.center)
+        values["agree"] = {}
+        for signal, aw in self.agree.items():
+            values["agree"][signal], a = aw.state(f"a{signal}.")
+            arrays.update(a)
         arrays.update({f"c{key}.z": c.z.copy() for key, c in self.center.items()})
         for j, member in enumerate(self.members):
             v, a = member.state()

@@ -1,0 +1,78 @@
+"""Member weights from agreement: how closely each member's evidence on recent traffic follows the others'.
+
+Every member is calibrated, so calibration cannot say which member to trust on a given stream. Agreement can:
+a member whose small p-values come where the other members also see something carries evidence about the
+same anomalies, while one whose small p-values fall on rows no other member finds unusual is, on this
+stream, measuring its own noise at the calibrated rate (ordinary requests in an operation's 1-in-1,000
+latency tail, say). The weight is the rank correlation of the member's evidence (-log10 p) with the strongest
+evidence among the other members (a leave-one-out pseudo ground truth, as in SELECT and pyod's LSCP), over
+the signal's latest rows, floored so that no member is ever silenced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+AGREE_ROWS = 5_000  # latest rows of a signal the weights are measured on
+AGREE_MIN_ROWS = 200  # fewer rows judged by a member and another one: the member keeps weight 1
+AGREE_FLOOR = 0.05  # a member no other follows still counts, at this weight: its extreme evidence alerts
+AGREE_REFRESH = 250  # rows between recomputations (a batch that completes them is measured with them)
+EVIDENCE_MAX = 300.0  # -log10 p is clipped here before it is kept (float32)
+
+
+class AgreementWeights:
+    """The latest rows' member evidence of one signal and the weights measured on it."""
+
+    def __init__(self, members: int, evidence: np.ndarray | None = None, weights: np.ndarray | None = None):
+        self.evidence = (
+            np.zeros((0, members), np.float32) if evidence is None else evidence.astype(np.float32)
+        )
+        self.weights = np.ones(members) if weights is None else np.asarray(weights, dtype=np.float64)
+        self.since = 0  # rows added since the weights were measured
+
+    def update(self, p: np.ndarray, applicable: np.ndarray) -> np.ndarray:
+        """Add a batch's member p-values ((n, m); `applicable` marks the members with an opinion) and return
+        the weights ((m,)), measured again when AGREE_REFRESH rows have come in since the last time."""
+        ev = np.where(applicable, np.minimum(-np.log10(np.clip(p, 1e-300, 1.0)), EVIDENCE_MAX), np.nan)
+        self.evidence = np.concatenate([self.evidence, ev.astype(np.float32)])[-AGREE_ROWS:]
+        self.since += len(p)
+        if self.since >= AGREE_REFRESH:
+            self.weights = agreement(self.evidence.astype(np.float64))
+            self.since = 0
+        return self.weights
+
+    def state(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"since": self.since}, {prefix + "evidence": self.evidence, prefix + "weights": self.weights}
+
+    @classmethod
+    def from_state(
+        cls, values: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str
+    ) -> AgreementWeights:
+        out = cls(len(arrays[prefix + "weights"]), arrays[prefix + "evidence"], arrays[prefix + "weights"])
+        out.since = int(values.get("since", 0))
+        return out
+
+
+def agreement(evidence: np.ndarray) -> np.ndarray:
+    """(m,) weights from (n, m) evidence (NaN = no opinion): each member's Spearman correlation with the largest
+    evidence of the other members, over the rows where it and at least one other judged, floored at
+    AGREE_FLOOR. A member with too few such rows, or whose evidence (or the others') does not vary there, has
+    nothing to be measured by and keeps weight 1."""
+    n, m = evidence.shape
+    has = ~np.isnan(evidence)
+    ev = np.where(has, evidence, 0.0)
+    weights = np.ones(m)
+    for j in range(m):
+        others = np.delete(np.arange(m), j)
+        rows = has[:, j] & has[:, others].any(axis=1)
+        if rows.sum() < AGREE_MIN_ROWS:
+            continue
+        mine, theirs = ev[rows, j], ev[rows][:, others].max(axis=1)
+        if np.ptp(mine) == 0.0 or np.ptp(theirs) == 0.0:
+            continue
+        rho = float(spearmanr(mine, theirs).statistic)
+        weights[j] = max(rho, AGREE_FLOOR) if np.isfinite(rho) else AGREE_FLOOR
+    return weights
