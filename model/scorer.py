@@ -40,6 +40,7 @@ class ScoredBatch:
     anomalies: list[Anomaly]  # the flagged rows, in row order
     notices: list[str] = field(default_factory=list)  # new sources seen (one line each, not an anomaly)
     members: dict[str, np.ndarray] = field(default_factory=dict)  # each member's p-values (1.0 = no opinion)
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> member -> agreement weight
 
 
 class Scorer:
@@ -153,6 +154,7 @@ class Scorer:
             anomalies,
             result.notices,
             members,
+            self.mv.ensemble.weights_by_signal(),
         )
 
     def learn_normal(self, rows: list[Row]) -> int:

@@ -165,9 +165,9 @@ class ScoringProcess:
             reply = self._recv(None)
         if reply[0] != "ok":
             raise ScoringProcessError(f"scoring failed in the scoring process: {reply[1]}")
-        _, emb, raw, scores, flagged, found, notices, members = reply
+        _, emb, raw, scores, flagged, found, notices, members, weights = reply
         return ScoredBatch(
-            rows, emb, raw, scores, flagged, anomalies_from_columns(found, rows), notices, members
+            rows, emb, raw, scores, flagged, anomalies_from_columns(found, rows), notices, members, weights
         )
 
     def learn_normal(self, rows: list[Row]) -> int:
@@ -302,6 +302,7 @@ def _serve(
                 found,
                 scored.notices,
                 scored.members,
+                scored.weights,
             )
             scorer.save_if_due(Path(path), state_save_s)
         except Exception:

@@ -140,6 +140,12 @@ class Metrics:
             "Sources (service and signal) first seen after training: learned during a warm-up, not alerted on",
             registry=r,
         )
+        self.detector_weight = Gauge(
+            "otad_detector_weight",
+            "Each member's weight in the combination, by its agreement with the others on recent traffic",
+            ["detector", "signal"],
+            registry=r,
+        )
         self.transport_refusals = Counter(
             "otad_receiver_refused_requests",
             "Requests refused before their items were read (undecodable, over the size limit, bad encoding)",

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 AGREE_ROWS = 5_000  # latest rows of a signal the weights are measured on
 AGREE_MIN_ROWS = 200  # fewer rows judged by a member and another one: the member keeps weight 1
 AGREE_FLOOR = 0.05  # a member no other follows still counts, at this weight: its extreme evidence alerts
-AGREE_REFRESH = 250  # rows between recomputations (a batch that completes them is measured with them)
+AGREE_REFRESH = 1_000  # rows between recomputations (a batch that completes them is measured with them)
 EVIDENCE_MAX = 300.0  # -log10 p is clipped here before it is kept (float32)
 
 

@@ -236,6 +236,13 @@ class Ensemble:
                 out[mine] *= aw.weights
         return out
 
+    def weights_by_signal(self) -> dict[str, dict[str, float]]:
+        """signal -> member -> its current agreement weight (empty under equal weighting)."""
+        return {
+            signal: {m.name: float(w) for m, w in zip(self.members, aw.weights, strict=True)}
+            for signal, aw in self.agree.items()
+        }
+
     def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Update rows-per-hour and first-seen state; (threshold p, warm-up flag) per row, and notices."""
         thresholds = np.empty(len(frame))

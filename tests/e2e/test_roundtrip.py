@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from model.detectors.agreement import AGREE_FLOOR
 from receiver.service import Service
 from receiver.settings import Settings
 from sim import simulate
@@ -97,6 +98,15 @@ def test_simulated_traffic_produces_matching_anomaly_events(tmp_path):
             service.emitter.close_findings()
             assert service.emitter.flush(30)
             model_meta = service.pipeline._scorer.mv.meta
+            # each member's agreement weight, per signal, on /metrics (otad_detector_weight)
+            weights = {
+                (x.labels["detector"], x.labels["signal"]): x.value
+                for family in service.pipeline.metrics.detector_weight.collect()
+                for x in family.samples
+            }
+            assert {"logs", "traces"} <= {signal for _, signal in weights}
+            assert all(AGREE_FLOOR <= w <= 1.0 for w in weights.values()), weights
+            assert any(w < 1.0 for w in weights.values()), weights  # measured, not the initial 1
         finally:
             service.stop(10)
 

@@ -63,6 +63,7 @@ def test_child_scores_exactly_like_the_in_process_scorer(saved):
             np.testing.assert_array_equal(r.is_anomaly, a.is_anomaly)
             np.testing.assert_array_equal(r.embeddings, a.embeddings)
             assert r.rows is batch
+            assert r.weights == a.weights and set(a.weights) == {"logs"}  # the members' agreement weights
             assert [
                 (x.score, x.raw_score, x.explanation, x.neighbors, x.evidence, x.detected_unix_nano)
                 for x in r.anomalies
