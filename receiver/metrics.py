@@ -191,5 +191,11 @@ class Metrics:
             registry=r,
         )
 
+    def set_detector_weights(self, weights: dict[str, dict[str, float]]) -> None:
+        """The members' agreement weights of the latest batch: signal -> detector -> weight."""
+        for signal, by_detector in weights.items():
+            for detector, w in by_detector.items():
+                self.detector_weight.labels(detector, signal).set(w)
+
 
 # HealthServer moved to receiver/health.py (TLS, bearer auth, honest /healthz and /readyz).

@@ -316,9 +316,7 @@ class Pipeline:
         for notice in scored.notices:  # one line per new source, not one anomaly per row of it
             logger.info("%s", notice)
             self.metrics.new_sources.inc()
-        for signal, weights in scored.weights.items():
-            for detector, w in weights.items():
-                self.metrics.detector_weight.labels(detector, signal).set(w)
+        self.metrics.set_detector_weights(scored.weights)
         columns = scored_columns(rows, scored.scores, scored.is_anomaly, reference=False)
         while len(self._in_flight) >= 2:
             self._in_flight.popleft().result()
