@@ -237,11 +237,13 @@ class Ensemble:
         return out
 
     def weights_by_signal(self) -> dict[str, dict[str, float]]:
-        """signal -> member -> its current agreement weight (empty under equal weighting)."""
-        return {
-            signal: {m.name: float(w) for m, w in zip(self.members, aw.weights, strict=True)}
-            for signal, aw in self.agree.items()
-        }
+        """signal -> member -> its current agreement weight, for the members that judged any of the signal's
+        latest rows (empty under equal weighting)."""
+        out = {}
+        for signal, aw in self.agree.items():
+            judged = np.isnan(aw.evidence).sum(axis=0) < len(aw.evidence)
+            out[signal] = {m.name: float(aw.weights[j]) for j, m in enumerate(self.members) if judged[j]}
+        return out
 
     def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Update rows-per-hour and first-seen state; (threshold p, warm-up flag) per row, and notices."""

@@ -107,6 +107,7 @@ def test_simulated_traffic_produces_matching_anomaly_events(tmp_path):
             assert {"logs", "traces"} <= {signal for _, signal in weights}
             assert all(AGREE_FLOOR <= w <= 1.0 for w in weights.values()), weights
             assert any(w < 1.0 for w in weights.values()), weights  # measured, not the initial 1
+            assert ("knn", "metrics") not in weights  # only members that judge a signal's rows are listed
         finally:
             service.stop(10)
 

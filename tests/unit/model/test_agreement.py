@@ -97,6 +97,10 @@ def test_the_ensemble_measures_weights_per_signal_and_keeps_them_across_a_restar
     assert (both.agree["logs"].weights > 2 * AGREE_FLOOR).all()
     assert (apart.agree["logs"].weights == AGREE_FLOOR).all()
     assert not _ensemble(rows, noise, "equal").agree
+    assert both.weights_by_signal() == {
+        "logs": {"isolation": both.agree["logs"].weights[0], "latency": both.agree["logs"].weights[1]}
+    }
+    assert _ensemble(rows, noise, "equal").weights_by_signal() == {}
     twin = ensemble_from_state(*both.state())
     x = latency[5000:]
     a, b = both.score(_frame(rows[5000:], x)), twin.score(_frame(rows[5000:], x))
