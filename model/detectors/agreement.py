@@ -61,7 +61,7 @@ def agreement(evidence: np.ndarray) -> np.ndarray:
     evidence of the other members, over the rows where it and at least one other judged, floored at
     AGREE_FLOOR. A member with too few such rows, or whose evidence (or the others') does not vary there, has
     nothing to be measured by and keeps weight 1."""
-    n, m = evidence.shape
+    m = evidence.shape[1]
     has = ~np.isnan(evidence)
     ev = np.where(has, evidence, 0.0)
     weights = np.ones(m)
