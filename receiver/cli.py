@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -55,11 +55,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except DataDirInUseError as exc:
         sys.stderr.write(f"otad: {exc}\n")
         return 1
-    done = threading.Event()
+    # The handler only records the signal: it runs in the main thread between any two bytecodes, and a lock
+    # taken there (Event.set) deadlocks when the main thread holds that lock at that moment.
+    received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
     service.start()
-    done.wait()
+    while not received:
+        time.sleep(0.2)
     logger.info(
         "shutting down: no new data; finishing in-flight batches (up to %.0fs)", settings.shutdown_grace_s
     )
