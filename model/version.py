@@ -164,7 +164,7 @@ def fit_version(
     k: int = 10,
     alert_pvalue: float = 1e-3,
     detectors: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
-    combiner: str = "cauchy",
+    combiner: str = "minp",
     weighting: str = "agreement",
     false_alerts_per_hour: float = 10.0,
     embed_dim: int = 32,

@@ -68,9 +68,9 @@ class Settings(BaseSettings):
     false_alerts_per_hour: float = Field(10.0, gt=0, le=1000)
     # The ensemble's members (docs/detection.md) and how their p-values are combined.
     detectors: str = "knn,pattern,isolation,latency,errors,series"
-    combiner: Literal["cauchy", "minp", "fisher"] = "cauchy"
-    # Members weighted by how closely their evidence on recent traffic follows the others' (docs/detection.md),
-    # or all alike.
+    combiner: Literal["cauchy", "minp", "fisher"] = "minp"
+    # Members weighted by how often their findings on recent traffic are shared by members reading other
+    # inputs (docs/detection.md), or all alike.
     member_weights: Literal["agreement", "equal"] = "agreement"
     # The scoring process saves its learned state (baselines, reference growth, first-seen sources) this often.
     state_save_s: float = Field(300.0, ge=1)

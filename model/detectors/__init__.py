@@ -43,7 +43,7 @@ def new_member(name: str, **kwargs: Any) -> Detector:
 def build(
     names: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
     *,
-    combiner: str = "cauchy",
+    combiner: str = "minp",
     false_alerts_per_hour: float = 10.0,
     alert_pvalue: float = 1e-3,
     k: int = 10,

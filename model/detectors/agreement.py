@@ -1,12 +1,14 @@
-"""Member weights from agreement: how closely each member's evidence on recent traffic follows the others'.
+"""Member weights from agreement: how often each member's findings on recent traffic are shared by the others.
 
 Every member is calibrated, so calibration cannot say which member to trust on a given stream. Agreement can:
 a member whose small p-values come where the other members also see something carries evidence about the
 same anomalies, while one whose small p-values fall on rows no other member finds unusual is, on this
 stream, measuring its own noise at the calibrated rate (ordinary requests in an operation's 1-in-1,000
-latency tail, say). The weight is the rank correlation of the member's evidence (-log10 p) with the strongest
-evidence among the other members (a leave-one-out pseudo ground truth, as in SELECT and pyod's LSCP), over
-the signal's latest rows, floored so that no member is ever silenced.
+latency tail, say). The witnesses are the members that read other inputs (another `view`): two members
+reading the same features agree on their shared noise too. A member's weight is the share of its own
+alert-level rows (p <= 0.01) that another view also calls alert-level, over the signal's latest rows, shrunk
+towards the rank correlation of its evidence with theirs (a leave-one-out pseudo ground truth, as in SELECT
+and pyod's LSCP) while it has few such rows, and floored so that no member is ever silenced.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from scipy.stats import spearmanr
 AGREE_ROWS = 5_000  # latest rows of a signal the weights are measured on
 AGREE_MIN_ROWS = 200  # fewer rows judged by a member and another one: the member keeps weight 1
 AGREE_FLOOR = 0.05  # a member no other follows still counts, at this weight: its extreme evidence alerts
+ALERT_EVIDENCE = 2.0  # -log10 p of a finding (p <= 0.01), for the member and for its witnesses alike
+PRIOR_ROWS = 5.0  # the rank correlation counts as this many findings: few findings barely move the weight
 AGREE_REFRESH = 1_000  # rows between recomputations (a batch that completes them is measured with them)
 EVIDENCE_MAX = 300.0  # -log10 p is clipped here before it is kept (float32)
 
@@ -33,14 +37,15 @@ class AgreementWeights:
         self.weights = np.ones(members) if weights is None else np.asarray(weights, dtype=np.float64)
         self.since = 0  # rows added since the weights were measured
 
-    def update(self, p: np.ndarray, applicable: np.ndarray) -> np.ndarray:
+    def update(self, p: np.ndarray, applicable: np.ndarray, views: list[str] | None = None) -> np.ndarray:
         """Add a batch's member p-values ((n, m); `applicable` marks the members with an opinion) and return
-        the weights ((m,)), measured again when AGREE_REFRESH rows have come in since the last time."""
+        the weights ((m,)), measured again when AGREE_REFRESH rows have come in since the last time. `views`
+        name what each member reads (see `agreement`)."""
         ev = np.where(applicable, np.minimum(-np.log10(np.clip(p, 1e-300, 1.0)), EVIDENCE_MAX), np.nan)
         self.evidence = np.concatenate([self.evidence, ev.astype(np.float32)])[-AGREE_ROWS:]
         self.since += len(p)
         if self.since >= AGREE_REFRESH:
-            self.weights = agreement(self.evidence.astype(np.float64))
+            self.weights = agreement(self.evidence.astype(np.float64), views)
             self.since = 0
         return self.weights
 
@@ -56,17 +61,24 @@ class AgreementWeights:
         return out
 
 
-def agreement(evidence: np.ndarray) -> np.ndarray:
-    """(m,) weights from (n, m) evidence (NaN = no opinion): each member's Spearman correlation with the largest
-    evidence of the other members, over the rows where it and at least one other judged, floored at
-    AGREE_FLOOR. A member with too few such rows, or whose evidence (or the others') does not vary there, has
-    nothing to be measured by and keeps weight 1."""
+def agreement(evidence: np.ndarray, views: list[str] | None = None) -> np.ndarray:
+    """(m,) weights from (n, m) evidence (-log10 p, NaN = no opinion) and each member's view (default: its own).
+
+    The witnesses of member j are the members of other views, over the rows where j and at least one of them
+    judged. Its weight is (f + PRIOR_ROWS * rho) / (n + PRIOR_ROWS), floored at AGREE_FLOOR: n the rows where j
+    reaches ALERT_EVIDENCE, f those where a witness does too, rho the Spearman correlation of j's evidence with
+    the witnesses' largest. A member with too few such rows, or whose evidence (or the witnesses') does not
+    vary there, has nothing to be measured by and keeps weight 1.
+    """
     m = evidence.shape[1]
+    views = list(views) if views is not None else [str(j) for j in range(m)]
     has = ~np.isnan(evidence)
     ev = np.where(has, evidence, 0.0)
     weights = np.ones(m)
     for j in range(m):
-        others = np.delete(np.arange(m), j)
+        others = [i for i in range(m) if views[i] != views[j]]
+        if not others:
+            continue
         rows = has[:, j] & has[:, others].any(axis=1)
         if rows.sum() < AGREE_MIN_ROWS:
             continue
@@ -74,5 +86,8 @@ def agreement(evidence: np.ndarray) -> np.ndarray:
         if np.ptp(mine) == 0.0 or np.ptp(theirs) == 0.0:
             continue
         rho = float(spearmanr(mine, theirs).statistic)
-        weights[j] = max(rho, AGREE_FLOOR) if np.isfinite(rho) else AGREE_FLOOR
+        rho = max(rho, AGREE_FLOOR) if np.isfinite(rho) else AGREE_FLOOR
+        found = mine >= ALERT_EVIDENCE
+        shared = float((theirs[found] >= ALERT_EVIDENCE).sum())
+        weights[j] = max((shared + PRIOR_ROWS * rho) / (float(found.sum()) + PRIOR_ROWS), AGREE_FLOOR)
     return weights

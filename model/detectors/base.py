@@ -108,6 +108,9 @@ class Detector(ABC):
     global_novelty: ClassVar[bool] = False
     # The member's prior weight in the combination (model.detectors.ensemble.combine).
     weight: ClassVar[float] = 1.0
+    # What the member reads ("" = only itself). Members of one view are not witnesses for each other in the
+    # agreement weights (model.detectors.agreement): reading the same inputs, they also share their noise.
+    view: ClassVar[str] = ""
     # Whether the ensemble checks the member's p-values against recent traffic (model.detectors.recent); a
     # member whose p-values are conformal over its own online history needs no such check.
     recent_check: ClassVar[bool] = True

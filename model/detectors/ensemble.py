@@ -3,10 +3,10 @@
 Each member answers a calibrated p-value per row (or no opinion). The ensemble
 - mutes the global-novelty members for rows of a (service, signal) first seen after training until it has a
   baseline of its own (a new service's ordinary rows are novel as a whole: one notice, not an alarm each);
-- combines the members' p-values (Cauchy combination by default: valid under dependence between members,
-  and dominated by the smallest p-values; min-p with Bonferroni and Fisher are the alternatives measured),
-  each member weighted by how closely its evidence on the signal's recent traffic follows the other members'
-  (`model.detectors.agreement`; `weighting="equal"` turns this off);
+- combines the members' p-values (by default the weighted Bonferroni min-p: the smallest p / weight, valid
+  under any dependence between members; the Cauchy combination and Fisher are the alternatives measured),
+  each member weighted by how often its findings on the signal's recent traffic are shared by members that
+  read other inputs (`model.detectors.agreement`; `weighting="equal"` turns this off);
 - alerts where the combined p-value is below the row's threshold: the expected number of false alerts per
   hour of its (service, signal), `false_alerts_per_hour / rows per hour`, never above `alert_pvalue`.
 """
@@ -103,7 +103,7 @@ class Ensemble:
 
     Args:
         members: fitted or unfitted members (see model.detectors.registry).
-        combiner: "cauchy", "minp" or "fisher".
+        combiner: "minp" (weighted Bonferroni), "cauchy" or "fisher".
         weighting: "agreement" (members weighted by agreement on recent traffic) or "equal".
         false_alerts_per_hour: expected false alerts per hour per (service, signal) at the threshold.
         alert_pvalue: the threshold never exceeds this p-value (slow streams).
@@ -112,7 +112,7 @@ class Ensemble:
     def __init__(
         self,
         members: list[Detector],
-        combiner: str = "cauchy",
+        combiner: str = "minp",
         false_alerts_per_hour: float = 10.0,
         alert_pvalue: float = 1e-3,
         weighting: str = "agreement",
@@ -138,6 +138,10 @@ class Ensemble:
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.members]
+
+    @property
+    def views(self) -> list[str]:
+        return [m.view or m.name for m in self.members]
 
     def fit(self, frame: Frame) -> Ensemble:
         signals = frame.signals
@@ -231,7 +235,7 @@ class Ensemble:
             aw = self.agree.get(str(signal))
             if learn:
                 aw = self.agree.setdefault(str(signal), AgreementWeights(len(self.members)))
-                aw.update(p[mine], applicable[mine])
+                aw.update(p[mine], applicable[mine], self.views)
             if aw is not None:
                 out[mine] *= aw.weights
         return out

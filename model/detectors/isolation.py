@@ -32,6 +32,7 @@ class IsolationMember(Detector):
     """IsolationForest raw score (higher = easier to isolate), calibrated on held-out rows."""
 
     name = "isolation"
+    view = "features"  # the contract features, as k-NN does (through them and their embedding)
     global_novelty = True
     center_check = True
     signals = frozenset({"logs", "traces"})

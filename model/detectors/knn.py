@@ -75,6 +75,7 @@ class KnnMember(Detector):
     """
 
     name = "knn"
+    view = "features"  # the contract features and their embedding, as isolation reads the features
     global_novelty = True
     center_check = True
     signals = frozenset({"logs", "traces"})

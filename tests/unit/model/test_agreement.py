@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import ndtr
+from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 
 from model.detectors import Frame, ensemble_from_state
@@ -53,6 +54,47 @@ def test_members_without_enough_rows_or_variation_keep_weight_one() -> None:
     w = agreement(ev)
     assert w[1] == 1.0 and w[2] == 1.0
     assert w[0] == w[3] == AGREE_FLOOR  # independent noise agrees with nothing
+
+
+def test_members_reading_the_same_inputs_are_not_witnesses_for_each_other() -> None:
+    # Members 0 and 1 read the same features and share their noise; only 1 also sees the anomalies, as does
+    # member 2, which reads something else. Declared as one view, 0's shared noise no longer counts for it.
+    rng = np.random.default_rng(0)
+    n = 20_000
+    y = rng.random(n) < 0.005
+    shared = rng.normal(size=n)
+    z = np.stack(
+        [
+            (shared + rng.normal(size=n)) / np.sqrt(2.0),
+            (shared + rng.normal(size=n)) / np.sqrt(2.0) + 4.0 * y,
+            rng.normal(size=n) + 4.0 * y,
+        ],
+        axis=1,
+    )
+    p = ndtr(-z)
+    alone, views = agreement(-np.log10(p)), agreement(-np.log10(p), ["features", "features", "pattern"])
+    assert alone[0] > 2 * AGREE_FLOOR and views[0] == AGREE_FLOOR
+    assert views[2] == alone[2]  # member 2's witnesses are the same either way
+    ones = np.ones_like(p, dtype=bool)
+    for how in ("cauchy", "minp"):
+        ap_alone = average_precision_score(y, -np.log10(combine(p, ones, how, alone)))
+        assert average_precision_score(y, -np.log10(combine(p, ones, how, views))) > ap_alone
+
+
+def test_a_member_whose_findings_are_its_own_weighs_less_than_its_rank_correlation() -> None:
+    # Member 0 follows member 2's ordinary variation (rank correlation 0.4) but its extremes are heavy-tailed
+    # noise of its own: few of its p <= 0.01 rows are findings of another member.
+    rng = np.random.default_rng(1)
+    n = 20_000
+    y = rng.random(n) < 0.005
+    base = rng.normal(size=n)
+    z = np.stack(
+        [0.8 * base + 0.6 * rng.standard_t(3, size=n), rng.normal(size=n) + 4.0 * y, base + 4.0 * y], axis=1
+    )
+    ev = -np.log10(ndtr(-z))
+    rho = spearmanr(ev[:, 0], ev[:, 1:].max(axis=1)).statistic
+    w = agreement(ev)
+    assert rho > 0.3 and w[0] < rho / 2 and w[0] < min(w[1], w[2])
 
 
 def test_weights_are_measured_again_every_refresh_rows_and_survive_a_restart() -> None:
