@@ -43,7 +43,8 @@ def test_a_weighted_down_member_still_alerts_on_extreme_evidence_alone() -> None
     p, _ = _stream()
     w = agreement(-np.log10(p))
     row = np.array([[0.5, 0.5, 1e-12]])
-    assert combine(row, np.ones_like(row, dtype=bool), "cauchy", w)[0] < 1e-6
+    for how in ("minp", "cauchy"):
+        assert combine(row, np.ones_like(row, dtype=bool), how, w)[0] < 1e-6
 
 
 def test_members_without_enough_rows_or_variation_keep_weight_one() -> None:
