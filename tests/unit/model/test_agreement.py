@@ -7,7 +7,7 @@ from scipy.special import ndtr
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 
-from model.detectors import Frame, ensemble_from_state
+from model.detectors import Frame, build, ensemble_from_state
 from model.detectors.agreement import AGREE_FLOOR, AGREE_MIN_ROWS, AGREE_REFRESH, AgreementWeights, agreement
 from model.detectors.ensemble import Ensemble, combine
 from model.detectors.isolation import IsolationMember
@@ -80,6 +80,14 @@ def test_members_reading_the_same_inputs_are_not_witnesses_for_each_other() -> N
     for how in ("cauchy", "minp"):
         ap_alone = average_precision_score(y, -np.log10(combine(p, ones, how, alone)))
         assert average_precision_score(y, -np.log10(combine(p, ones, how, views))) > ap_alone
+
+
+def test_the_default_ensemble_declares_k_nn_and_isolation_one_view() -> None:
+    ens = build()
+    views = dict(zip(ens.names, ens.views, strict=True))
+    assert views["knn"] == views["isolation"]
+    assert len(set(views.values())) == len(views) - 1  # every other member is a witness for the rest
+    assert ens.combiner == "minp"
 
 
 def test_a_member_whose_findings_are_its_own_weighs_less_than_its_rank_correlation() -> None:
