@@ -57,12 +57,17 @@ def test_members_without_enough_rows_or_variation_keep_weight_one() -> None:
     assert w[0] == w[3] == AGREE_FLOOR  # independent noise agrees with nothing
 
 
+def _labelled(seed: int, n: int = 20_000) -> tuple[np.random.Generator, np.ndarray]:
+    """A generator for the members' evidence and the labels of n rows, 0.5 % anomalous."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.random(n) < 0.005
+
+
 def test_members_reading_the_same_inputs_are_not_witnesses_for_each_other() -> None:
     # Members 0 and 1 read the same features and share their noise; only 1 also sees the anomalies, as does
     # member 2, which reads something else. Declared as one view, 0's shared noise no longer counts for it.
-    rng = np.random.default_rng(0)
-    n = 20_000
-    y = rng.random(n) < 0.005
+    rng, y = _labelled(0)
+    n = len(y)
     shared = rng.normal(size=n)
     z = np.stack(
         [
@@ -93,9 +98,8 @@ def test_the_default_ensemble_declares_k_nn_and_isolation_one_view() -> None:
 def test_a_member_whose_findings_are_its_own_weighs_less_than_its_rank_correlation() -> None:
     # Member 0 follows member 2's ordinary variation (rank correlation 0.4) but its extremes are heavy-tailed
     # noise of its own: few of its p <= 0.01 rows are findings of another member.
-    rng = np.random.default_rng(1)
-    n = 20_000
-    y = rng.random(n) < 0.005
+    rng, y = _labelled(1)
+    n = len(y)
     base = rng.normal(size=n)
     z = np.stack(
         [0.8 * base + 0.6 * rng.standard_t(3, size=n), rng.normal(size=n) + 4.0 * y, base + 4.0 * y], axis=1
