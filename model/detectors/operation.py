@@ -119,6 +119,13 @@ def measured(row: Any, derived: dict[str, Any]) -> bool:
     )
 
 
+def _spanned_s(window: deque[tuple[int, int]]) -> float:
+    """Seconds between the earliest and the latest row of a failure window. Rows arrive in time order only
+    within a batch: a later batch may hold earlier records (a slow exporter, a replayed file)."""
+    times = [t for t, _ in window]
+    return (max(times) - min(times)) / 1e9
+
+
 class ErrorRateDetector(_PerOperation):
     """A failed row whose recent window (last 60 s, at most 100 rows) holds more failures than its baseline rate
     predicts: the exact binomial tail of the window's failure count, for its operation (span or RPC name and
@@ -194,7 +201,7 @@ class ErrorRateDetector(_PerOperation):
                         e[4] = t + ERR_WINDOW_NS
                 p, e, r = min(tests, key=lambda x: x[0])
                 raw[i] = -math.log10(max(min(1.0, 2.0 * p), 1e-300))
-                info[i] = ("op" if e is op else "svc", e[5], len(e[6]), r, (t - e[6][0][0]) / 1e9)
+                info[i] = ("op" if e is op else "svc", e[5], len(e[6]), r, _spanned_s(e[6]))
             slow = t < op[4] or t < svc[4]
             for e in (op, svc, self.all):
                 self._learn(e, t, failed, 1.0 / OUTLIER_SLOW if slow else 1.0)
