@@ -198,20 +198,17 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 
 
 def _from_store(args: argparse.Namespace, req: anomalies_pb2.ListAnomaliesRequest) -> Message:
-    from receiver.api.convert import anomaly_message
+    """The API's own listing over the store, so every filter (signal, detector, suppressed) still holds."""
+    from receiver.api.calls import list_anomalies
     from receiver.service import open_store
     from receiver.settings import Settings
 
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("milvus_uri", args.milvus_uri)) if v}
     store = open_store(Settings(**overrides))
     try:
-        since = req.start_unix_nano // 1_000_000 or None
-        items = store.latest_anomalies(
-            req.page_size, service=req.service or None, min_score=req.min_score or None, since_ms=since
-        )
+        return list_anomalies(store, req)
     finally:
         store.close()
-    return anomalies_pb2.ListAnomaliesResponse(anomalies=[anomaly_message(a) for a in items])
 
 
 def cmd_anomaly(args: argparse.Namespace) -> int:

@@ -59,28 +59,7 @@ class Api:
     def list_anomalies(
         self, req: anomalies_pb2.ListAnomaliesRequest, who: str
     ) -> anomalies_pb2.ListAnomaliesResponse:
-        size = min(req.page_size or 20, _MAX_PAGE)
-        if size < 0:
-            raise ValueError("page_size must be >= 0")
-        clauses, params = _anomaly_filter(req)
-        cursor = _decode_token(req.page_token) if req.page_token else None
-        page: list[dict[str, Any]] = []
-        while len(page) <= size:
-            extra, extra_params = [], {}
-            if cursor is not None:
-                extra = ["(detected_ms < {cd} or (detected_ms == {cd} and uid < {cu}))"]
-                extra_params = {"cd": cursor[0], "cu": cursor[1]}
-            chunk = self.store.anomalies_page(clauses + extra, {**params, **extra_params}, size + 1)
-            page += [r for r in chunk if _wanted(r, req)]
-            if len(chunk) < size + 1:
-                break
-            cursor = (int(chunk[-1]["detected_ms"]), str(chunk[-1]["uid"]))
-        more = len(page) > size
-        page = page[:size]
-        token = _encode_token(page[-1]) if more and page else ""
-        return anomalies_pb2.ListAnomaliesResponse(
-            anomalies=[convert.anomaly_message(r) for r in page], next_page_token=token
-        )
+        return list_anomalies(self.store, req)
 
     def get_anomaly(self, req: anomalies_pb2.GetAnomalyRequest, who: str) -> anomalies_pb2.GetAnomalyResponse:
         if not req.uid:
@@ -244,6 +223,35 @@ class Api:
         if self._embedder is None or self._embedder.version != version:
             self._embedder = RowEmbedder(self.models_dir / version)
         return self._embedder.embed([convert.row_from_message(example)])[0]
+
+
+def list_anomalies(
+    store: MilvusStore, req: anomalies_pb2.ListAnomaliesRequest
+) -> anomalies_pb2.ListAnomaliesResponse:
+    """One page of stored anomaly events matching the request, newest first: the API's ListAnomalies, and
+    `otad anomalies` when no service answers and it reads the store itself."""
+    size = min(req.page_size or 20, _MAX_PAGE)
+    if size < 0:
+        raise ValueError("page_size must be >= 0")
+    clauses, params = _anomaly_filter(req)
+    cursor = _decode_token(req.page_token) if req.page_token else None
+    page: list[dict[str, Any]] = []
+    while len(page) <= size:
+        extra, extra_params = [], {}
+        if cursor is not None:
+            extra = ["(detected_ms < {cd} or (detected_ms == {cd} and uid < {cu}))"]
+            extra_params = {"cd": cursor[0], "cu": cursor[1]}
+        chunk = store.anomalies_page(clauses + extra, {**params, **extra_params}, size + 1)
+        page += [r for r in chunk if _wanted(r, req)]
+        if len(chunk) < size + 1:
+            break
+        cursor = (int(chunk[-1]["detected_ms"]), str(chunk[-1]["uid"]))
+    more = len(page) > size
+    page = page[:size]
+    token = _encode_token(page[-1]) if more and page else ""
+    return anomalies_pb2.ListAnomaliesResponse(
+        anomalies=[convert.anomaly_message(r) for r in page], next_page_token=token
+    )
 
 
 def _anomaly_filter(req: anomalies_pb2.ListAnomaliesRequest) -> tuple[list[str], dict[str, Any]]:

@@ -468,6 +468,47 @@ def test_anomalies_reads_the_store_when_no_service_answers(tmp_path, capsys):
     assert "reading the store directly" in out.err
 
 
+def test_anomalies_read_from_the_store_keep_every_filter(tmp_path, capsys):
+    """Without a service the CLI reads the store itself, through the same listing as the API: --signal,
+    --detector and suppression still filter (they were ignored there before)."""
+    from storage import MilvusStore
+
+    now = int(time.time() * 1000)
+    store = MilvusStore(str(tmp_path / "data" / "milvus.db"), timeout_s=10)
+    store.upsert_anomalies(
+        [
+            {
+                "uid": f"e{i}",
+                "source_uid": f"r{i}",
+                "signal": signal,
+                "service": "shop",
+                "class_uid": 2004,
+                "time_ms": now - 1000 * i,
+                "detected_ms": now - 1000 * i,
+                "score": 60.0,
+                "threshold": 50.0,
+                "model_version": "v1",
+                "explanation": "x",
+                "event": {"detector": detector, **({"suppressed_by": "f1"} if i == 3 else {})},
+            }
+            for i, (signal, detector) in enumerate(
+                [("logs", "pattern"), ("traces", "latency"), ("traces", "errors+knn"), ("traces", "knn")]
+            )
+        ]
+    )
+    store.close()
+
+    def listed(*flags: str) -> list[str]:
+        argv = ["anomalies", "--data-dir", str(tmp_path / "data"), "--endpoint", "localhost:1", "--json"]
+        assert main([*argv, *flags]) == 0
+        return [a["uid"] for a in json.loads(capsys.readouterr().out).get("anomalies", [])]
+
+    assert listed() == ["e0", "e1", "e2"]
+    assert listed("--signal", "traces") == ["e1", "e2"]
+    assert listed("--signal", "traces", "--detector", "knn") == ["e2"]
+    assert listed("--signal", "traces", "--include-suppressed") == ["e1", "e2", "e3"]
+
+
 def test_feedback_survives_a_restart(service, pki, capsys):
     """Last in this module: the service restarts on its data dir and finds every entry, audited."""
     code, before = cli(capsys, "feedback", "list", "--all", transport=(service, pki, "grpc"))
