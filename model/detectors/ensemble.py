@@ -245,7 +245,7 @@ class Ensemble:
         latest rows (empty under equal weighting)."""
         out = {}
         for signal, aw in self.agree.items():
-            judged = np.isnan(aw.evidence).sum(axis=0) < len(aw.evidence)
+            judged = np.asarray((~np.isnan(aw.evidence)).any(axis=0), dtype=bool)
             out[signal] = {m.name: float(aw.weights[j]) for j, m in enumerate(self.members) if judged[j]}
         return out
 
