@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -340,6 +341,7 @@ def main() -> int:
     finally:
         otad.terminate()
         otad.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)  # the store and spool of one run: ~330 MB
 
     flood, paced = results["flood"], results["paced"]
     print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def run(name: str, extra: dict[str, str], args) -> dict:
     finally:
         otad.terminate()
         otad.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
     result["accepted_s"] = result["accepted"] / args.seconds
     sys.stderr.write(f"{name}: {result}\n")
     return result

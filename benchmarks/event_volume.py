@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -123,6 +124,7 @@ def run(a: argparse.Namespace) -> dict:
             cut = int(service.pipeline.scorer.mv.meta["train_end_unix_nano"])  # type: ignore[union-attr]
         finally:
             service.stop(10)
+            shutil.rmtree(work / "data", ignore_errors=True)  # the store; ops.pkl is what --replay needs
         wall = time.monotonic() - t0
         events = []
         for _, _, rec in sink.log_records():
