@@ -6,6 +6,9 @@
 - iforest: scikit-learn IsolationForest (fixed seed) on raw fields: severity, status, HTTP code and class,
   log duration, template frequency, signed log metric value.
 - op_latency_z: |z| of log(1 + duration) against its (service, operation) mean/std in the first half.
+
+A row's duration is a span's, or a log record's duration attribute (`duration_ms`, `latency`, ... as otad's
+mapper finds it): issue 12's trivial IsolationForest read the web application's log durations too.
 - rolling_z: metric points, |z| against the previous 500 points of the same series (at least 100), as
   nab_score.py's anchor; the first half is its history.
 
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
+from model.extract import attribute_latency_ms
 from model.schema import Row
 
 SEED = 0
@@ -56,6 +60,15 @@ def _num(row: Row, key: str) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+def _duration(row: Row) -> float | None:
+    """A span's duration, or a log record's duration attribute (in ms); None without one."""
+    d = _num(row, "duration")
+    if d is None and row.signal == "logs":
+        d = attribute_latency_ms(row.fields)
+        d = d if d is not None and math.isfinite(d) else None
+    return d
+
+
 def _operation(row: Row) -> tuple[str, str]:
     return (row.service, str(row.fields.get("api.operation") or _message(row))[:200])
 
@@ -86,7 +99,7 @@ def template_freq(
 def op_latency_z(train: Sequence[Row], test: Sequence[Row]) -> np.ndarray:
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in train:
-        d = _num(r, "duration")
+        d = _duration(r)
         if d is not None and d >= 0:
             groups[_operation(r)].append(math.log1p(d))
     stats = {k: (float(np.mean(v)), max(float(np.std(v)), 0.05)) for k, v in groups.items() if len(v) >= 2}
@@ -96,7 +109,7 @@ def op_latency_z(train: Sequence[Row], test: Sequence[Row]) -> np.ndarray:
     )
     out = np.zeros(len(test))
     for i, r in enumerate(test):
-        d = _num(r, "duration")
+        d = _duration(r)
         if d is not None and d >= 0:
             mu, sd = stats.get(_operation(r), fallback)
             out[i] = abs(math.log1p(d) - mu) / sd
@@ -131,7 +144,7 @@ def _raw_fields(rows: Sequence[Row], tfreq: np.ndarray) -> np.ndarray:
     x = np.zeros((len(rows), 7))
     for i, r in enumerate(rows):
         code = _num(r, "http_response.code") or 0.0
-        dur = _num(r, "duration")
+        dur = _duration(r)
         val = _metric_value(r)
         x[i] = (
             r.severity_id,
