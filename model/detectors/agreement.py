@@ -23,7 +23,7 @@ AGREE_MIN_ROWS = 200  # fewer rows judged by a member and another one: the membe
 AGREE_FLOOR = 0.05  # a member no other follows still counts, at this weight: its extreme evidence alerts
 ALERT_EVIDENCE = 2.0  # -log10 p of a finding (p <= 0.01), for the member and for its witnesses alike
 PRIOR_ROWS = 5.0  # the rank correlation counts as this many findings: few findings barely move the weight
-AGREE_REFRESH = 1_000  # rows between recomputations (a batch that completes them is measured with them)
+AGREE_REFRESH = 500  # rows between recomputations (a batch that completes them is measured with them)
 EVIDENCE_MAX = 300.0  # -log10 p is clipped here before it is kept (float32)
 
 
