@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--offline-only", action="store_true", help="only the offline protocol")
     mode.add_argument("--service-only", action="store_true", help="only the replay through otad serve")
     ap.add_argument("--out", type=Path, default=Path("results.json"), help="JSON of every figure")
+    ap.add_argument(
+        "--plot", type=Path, help="write each dataset's precision-recall curves (PNG) to this directory"
+    )
     ap.add_argument("--devdata", type=Path, default=DEVDATA, help=f"devdata directory (default {DEVDATA})")
     ap.add_argument(
         "--work", type=Path, default=None, help="work directory, kept (default: a temp dir, removed)"
@@ -124,7 +127,7 @@ def run_dataset(a: argparse.Namespace, ds: dsets.Dataset, work: Path) -> dict[st
     times = np.asarray([r.time_unix_nano for r in rows], dtype=np.int64)
     if not a.service_only:
         t0 = time.monotonic()
-        out["offline"] = _guarded("offline", lambda: run_offline(ds, rows, a.devdata, work, log))
+        out["offline"] = _guarded("offline", lambda: run_offline(ds, rows, a.devdata, work, log, a.plot))
         if ds.family == "nab" and "error" not in out["offline"]:
             out["offline"]["nab_anchor"] = nab_zscore_anchor(ds.nab_dir, a.devdata) if ds.nab_dir else None
         out["offline_wall_seconds"] = round(time.monotonic() - t0, 1)

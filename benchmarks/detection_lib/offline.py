@@ -130,10 +130,33 @@ def nab_figures(
     }
 
 
+def plot_split(
+    path: Path, ds: Dataset, test: list[Row], scores: np.ndarray, flags: np.ndarray, baselines: dict
+) -> None:
+    """One PNG of precision-recall curves over all scored rows: otad, its operating point, every baseline."""
+    from model.evaluate.metrics import pr_curve
+    from model.evaluate.reports import plot_pr
+
+    y = np.asarray([ds.row_key(r) in ds.labels for r in test], dtype=bool)
+    if not y.any():
+        return
+    curves = {"otad": pr_curve(y, scores)[:2]}
+    curves.update({name: pr_curve(y, s)[:2] for name, s in baselines.items() if np.ptp(s) > 0})
+    tp = int((flags & y).sum())
+    point = (tp / int(flags.sum()), tp / int(y.sum())) if flags.any() else None
+    plot_pr(curves, path, operating_point=point, title=f"{ds.name}: precision-recall, second half")
+
+
 def run_offline(
-    ds: Dataset, rows: list[Row], devdata: Path, work: Path, log: Callable[[str], None]
+    ds: Dataset,
+    rows: list[Row],
+    devdata: Path,
+    work: Path,
+    log: Callable[[str], None],
+    plot: Path | None = None,
 ) -> dict[str, Any]:
-    """The whole offline protocol on one dataset's rows (`read_rows`: sorted by time)."""
+    """The whole offline protocol on one dataset's rows (`read_rows`: sorted by time); with `plot`, a PNG of
+    its precision-recall curves in that directory."""
     t0 = time.monotonic()
     half = len(rows) // 2
     train, test = rows[:half], rows[half:]
@@ -152,6 +175,10 @@ def run_offline(
         "baseline_notes": notes,
         "signals": evaluate_split(ds, test, scores, flags, baselines),
     }
+    if plot is not None:
+        plot.mkdir(parents=True, exist_ok=True)
+        plot_split(plot / f"{ds.name}-pr.png", ds, test, scores, flags, baselines)
+        log(f"  precision-recall curves in {plot / (ds.name + '-pr.png')}")
     if ds.family == "nab":
         result["nab"] = nab_figures(ds, devdata, work, test, scores, flags, baselines["rolling_z"], judged)
     result["wall_seconds"] = round(time.monotonic() - t0, 1)

@@ -192,6 +192,7 @@ def plot_pr(
     path: str | Path,
     *,
     operating_point: tuple[float, float] | None = None,
+    title: str = "Precision-recall",
 ) -> None:
     """Draw PR curves on one PNG, with AP in the legend.
 
@@ -199,6 +200,7 @@ def plot_pr(
         curves: name -> (precision, recall) as returned by `pr_curve`.
         path: the PNG to write.
         operating_point: otad's (precision, recall) at its own threshold, drawn as a marker.
+        title: the chart's title.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas is used for PNG
 
@@ -210,7 +212,7 @@ def plot_pr(
         )
     if operating_point is not None and not any(math.isnan(v) for v in operating_point):
         ax.plot(operating_point[1], operating_point[0], "o", color="black", label="otad at its threshold")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title=title)
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, format="png")

@@ -68,10 +68,14 @@ def test_offline_protocol_hands_back_the_training_rows_as_judged_while_fitting()
 
 def test_the_synthetic_web_app_set_runs_without_devdata(tmp_path, capsys):
     """The held-out web-application shape is made by the benchmark itself: its table rows are there on any
-    machine, its faults are labelled by kind, and the baselines run beside otad on the same split."""
+    machine, its faults are labelled by kind, and the baselines run beside otad on the same split; --plot
+    draws its precision-recall curves."""
     out = tmp_path / "results.json"
     argv = ["--datasets", "webapp", "--offline-only", "--webapp-rows", "3000", "--work", str(tmp_path / "w")]
+    argv += ["--plot", str(tmp_path / "plots")]
     assert detection.main([*argv, "--devdata", str(tmp_path / "no-devdata"), "--out", str(out)]) == 0
+    png = (tmp_path / "plots" / "webapp-pr.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000  # a drawn chart, not an empty canvas
 
     table = capsys.readouterr().out
     detectors = {
