@@ -7,17 +7,16 @@ training and serving use the same code path, which keeps the two consistent.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
 from model import context_state as cs
 from model.statefile import StateFileError
+from model.windows import Windows, lru_entry
 
 NAN = float("nan")
-_V = TypeVar("_V")
 
 # Windowed counters: (feature name, window in ms).
 TEMPLATE_RATE = ("ctx.template_share_60s", 60_000)
@@ -98,24 +97,6 @@ UNITS: dict[str, tuple[float, float]] = {
 }
 
 
-class _Windows:
-    """Event timestamps per key inside a sliding window; bounded number of keys (oldest evicted)."""
-
-    def __init__(self, window_ms: int, max_keys: int):
-        self.window_ms = window_ms
-        self.max_keys = max_keys
-        self.events: OrderedDict[object, deque[int]] = OrderedDict()
-
-    def add_and_count(self, key: object, t_ms: int) -> int:
-        q = lru_entry(self.events, key, deque, self.max_keys)
-        horizon = t_ms - self.window_ms
-        while q and q[0] < horizon:
-            q.popleft()
-        count = len(q)
-        q.append(t_ms)
-        return count
-
-
 class _Series:
     __slots__ = ("mean", "var", "last", "n", "integral", "t_ms")
 
@@ -139,11 +120,11 @@ class ContextTracker:
         series_alpha: float = 0.05,
         warmup: int = 6,
     ):
-        self.template = _Windows(TEMPLATE_RATE[1], max_keys)
-        self.service_rows = _Windows(SERVICE_ROWS[1], max_keys)
-        self.service_fail = _Windows(SERVICE_FAIL[1], max_keys)
-        self.source_fail = _Windows(SOURCE_FAIL[1], max_keys)
-        self.slow = _Windows(SLOW_EXCESS[1], max_keys)
+        self.template = Windows(TEMPLATE_RATE[1], max_keys)
+        self.service_rows = Windows(SERVICE_ROWS[1], max_keys)
+        self.service_fail = Windows(SERVICE_FAIL[1], max_keys)
+        self.source_fail = Windows(SOURCE_FAIL[1], max_keys)
+        self.slow = Windows(SLOW_EXCESS[1], max_keys)
         self.pair_counts: dict[str, int] = dict(pair_counts or {})
         self.series: OrderedDict[str, _Series] = OrderedDict()
         self.latency: OrderedDict[object, _Series] = OrderedDict()
@@ -239,14 +220,14 @@ class ContextTracker:
         else:
             out[SERVICE_FAIL[0]] = 0.0
             out["ctx.service_failure_ratio_60s"] = 0.0
-        fails = _peek(self.service_fail, service, t_ms)  # includes this row when it failed
+        fails = self.service_fail.peek(service, t_ms)  # includes this row when it failed
         out[FAILURE_EXCESS] = _excess(self.fail_rate, service, failed, fails, rows, t_ms, self.max_keys)
         source = values.get("src_endpoint.ip")
         if source:
             if failed:
                 out[SOURCE_FAIL[0]] = math.log1p(self.source_fail.add_and_count(source, t_ms))
             else:
-                out[SOURCE_FAIL[0]] = math.log1p(_peek(self.source_fail, source, t_ms))
+                out[SOURCE_FAIL[0]] = math.log1p(self.source_fail.peek(source, t_ms))
         else:
             out[SOURCE_FAIL[0]] = NAN
         for name, key in self.pair_keys(values):
@@ -261,7 +242,7 @@ class ContextTracker:
                 self.pair_counts[key] = self.pair_counts.get(key, 0) + 1
         z = out[LATENCY_Z] = self._latency(values, t_ms)
         slow = z >= SLOW_Z  # NaN compares False
-        count = self.slow.add_and_count(service, t_ms) + 1 if slow else _peek(self.slow, service, t_ms)
+        count = self.slow.add_and_count(service, t_ms) + 1 if slow else self.slow.peek(service, t_ms)
         out[SLOW_EXCESS[0]] = _excess(self.slow_rate, service, slow, count, rows, t_ms, self.max_keys)
         series_key, value = values.get("series"), values.get("series_value")
         if series_key is None or not isinstance(value, int | float) or not math.isfinite(value):
@@ -333,18 +314,6 @@ class ContextTracker:
         return feats
 
 
-def lru_entry(table: OrderedDict[Any, _V], key: object, factory: Callable[[], _V], max_keys: int) -> _V:
-    """The entry for key (created by factory when new), marked most recent; the oldest key goes past max_keys."""
-    entry = table.get(key)
-    if entry is None:
-        entry = table[key] = factory()
-        if len(table) > max_keys:
-            table.popitem(last=False)
-    else:
-        table.move_to_end(key)
-    return entry
-
-
 def _excess(
     rates: OrderedDict[object, _Series],
     service: object,
@@ -388,13 +357,3 @@ def _series_sd(s: _Series, x: float) -> float:
     if s.integral and x == int(x) and s.mean >= 0:
         var += s.mean + 1.0
     return math.sqrt(var) + 1e-9 + 1e-3 * abs(s.mean)
-
-
-def _peek(windows: _Windows, key: object, t_ms: int) -> int:
-    q = windows.events.get(key)
-    if not q:
-        return 0
-    horizon = t_ms - windows.window_ms
-    while q and q[0] < horizon:
-        q.popleft()
-    return len(q)

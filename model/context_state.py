@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -57,7 +57,7 @@ def decode_key(value: Any) -> Any:
     raise StateFileError(f"context state: malformed key {value!r}")
 
 
-def windows_state(events: Mapping[Any, deque[int]]) -> tuple[list[Any], dict[str, np.ndarray]]:
+def windows_state(events: Mapping[Any, list[int]]) -> tuple[list[Any], dict[str, np.ndarray]]:
     """A windowed counter's timestamps: keys, one length per key, and all timestamps concatenated."""
     lengths = np.fromiter((len(q) for q in events.values()), dtype=np.int64, count=len(events))
     times = np.fromiter(
@@ -66,14 +66,14 @@ def windows_state(events: Mapping[Any, deque[int]]) -> tuple[list[Any], dict[str
     return [encode_key(k) for k in events], {"lengths": lengths, "times": times}
 
 
-def windows_from_state(keys: list[Any], arrays: Mapping[str, np.ndarray]) -> OrderedDict[Any, deque[int]]:
+def windows_from_state(keys: list[Any], arrays: Mapping[str, np.ndarray]) -> OrderedDict[Any, list[int]]:
     lengths, times = _get(arrays, "lengths", "i").tolist(), _get(arrays, "times", "i").tolist()
     if len(lengths) != len(keys) or sum(lengths) != len(times) or min(lengths, default=0) < 0:
         raise StateFileError("context state: window keys, lengths and timestamps disagree")
-    out: OrderedDict[Any, deque[int]] = OrderedDict()
+    out: OrderedDict[Any, list[int]] = OrderedDict()
     pos = 0
     for key, n in zip(keys, lengths, strict=True):
-        out[decode_key(key)] = deque(times[pos : pos + n])
+        out[decode_key(key)] = sorted(times[pos : pos + n])  # a state saved before: in arrival order
         pos += n
     _check_unique(out, keys)
     return out

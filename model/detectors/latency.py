@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model.context import lru_entry
 from model.detectors.base import Frame, State, from_neglog10
 from model.detectors.operation import _PerOperation, measured, op_keys, op_label
 from model.detectors.operation_stats import EPS_MS, MIN_OBS, SCALE_FLOOR, WARM_MULT, Tail, observe, robust_z
+from model.windows import lru_entry
 
 A_RECENT = (
     1.0 / 8.0

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
-from model.context import lru_entry
 from model.detectors.base import Detector, Frame, State
 from model.detectors.operation_stats import (
     ERR_MEMORY,
@@ -31,6 +30,7 @@ from model.detectors.operation_stats import (
     pack,
     unpack,
 )
+from model.windows import lru_entry
 
 
 def op_keys(frame: Frame) -> list[str]:
