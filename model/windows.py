@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 _V = TypeVar("_V")
 
-# Events are kept this many windows behind the newest one seen: a row up to one window late is counted over
-# its own window; a later one over what is left of it.
+# Events are kept this many windows behind the newest one seen, and always the current row's own window: a live
+# row up to one window late is counted exactly, and so is a backlog drained in time order after newer rows
+# (the rows staged while the first model trained, scored once it is ready).
 KEEP_WINDOWS = 2
 PRUNE_MIN = 64  # expired events are dropped in runs of at least this many (a list's head is not free to pop)
 
@@ -48,7 +49,7 @@ class Windows:
             q.append(t_ms)
         else:  # a late row: keep the list sorted
             insort(q, t_ms)
-        cut = bisect_left(q, q[-1] - KEEP_WINDOWS * self.window_ms)
+        cut = bisect_left(q, min(t_ms - self.window_ms, q[-1] - KEEP_WINDOWS * self.window_ms))
         if cut >= PRUNE_MIN or cut * 2 > len(q):
             del q[:cut]
         return count
