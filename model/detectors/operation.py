@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections import OrderedDict, deque
+from bisect import bisect_left, bisect_right, insort
+from collections import OrderedDict
 from functools import partial
 from typing import Any, ClassVar
 
@@ -19,6 +20,8 @@ import numpy as np
 from model.calibration import Calibration, calibration_from_arrays, calibration_to_arrays
 from model.detectors.base import Detector, Frame, State
 from model.detectors.operation_stats import (
+    ERR_HARD_KEEP,
+    ERR_KEEP,
     ERR_MEMORY,
     ERR_WINDOW_MAX,
     ERR_WINDOW_NS,
@@ -119,13 +122,6 @@ def measured(row: Any, derived: dict[str, Any]) -> bool:
     )
 
 
-def _spanned_s(window: deque[tuple[int, int]]) -> float:
-    """Seconds between the earliest and the latest row of a failure window. Rows arrive in time order only
-    within a batch: a later batch may hold earlier records (a slow exporter, a replayed file)."""
-    times = [t for t, _ in window]
-    return (max(times) - min(times)) / 1e9
-
-
 class ErrorRateDetector(_PerOperation):
     """A failed row whose recent window (last 60 s, at most 100 rows) holds more failures than its baseline rate
     predicts: the exact binomial tail of the window's failure count, for its operation (span or RPC name and
@@ -157,11 +153,13 @@ class ErrorRateDetector(_PerOperation):
 
     @staticmethod
     def _new(t: int) -> list[Any]:
-        return [0.0, 0.0, 0, t, 0, 0, deque()]
+        return [0.0, 0.0, 0, t, 0, 0, []]
 
     @staticmethod
     def _sequence(chunk: np.ndarray) -> Any:
-        return deque((int(a), int(b)) for a, b in chunk)
+        return sorted(
+            (int(a), int(b)) for a, b in chunk
+        )  # states saved before 2026-12-07 are in arrival order
 
     def fit(self, frame: Frame) -> ErrorRateDetector:
         """Run over the training window, then calibrate the binomial statistic on it: failures cluster (one
@@ -190,18 +188,18 @@ class ErrorRateDetector(_PerOperation):
             rate_svc = (svc[0] + PRIOR_ROWS * rate_all) / (svc[1] + PRIOR_ROWS)
             rate_op = (op[0] + PRIOR_ROWS * rate_svc) / (op[1] + PRIOR_ROWS)
             raw[i] = 0.0
-            for e in (op, svc):
-                self._window(e, t, failed)
+            windows = [self._window(e, t, failed) for e in (op, svc)]
             if failed:
                 tests = [
-                    (binomial_tail(e[5], len(e[6]), r), e, r) for e, r in ((op, rate_op), (svc, rate_svc))
+                    (binomial_tail(k, n, r), e, r, (k, n, secs))
+                    for e, r, (k, n, secs) in zip((op, svc), (rate_op, rate_svc), windows, strict=True)
                 ]
-                for p, e, _ in tests:
+                for p, e, _, _ in tests:
                     if p < EXCESS_P:
                         e[4] = t + ERR_WINDOW_NS
-                p, e, r = min(tests, key=lambda x: x[0])
+                p, e, r, (k, n, secs) = min(tests, key=lambda x: x[0])
                 raw[i] = -math.log10(max(min(1.0, 2.0 * p), 1e-300))
-                info[i] = ("op" if e is op else "svc", e[5], len(e[6]), r, _spanned_s(e[6]))
+                info[i] = ("op" if e is op else "svc", k, n, r, secs)
             slow = t < op[4] or t < svc[4]
             for e in (op, svc, self.all):
                 self._learn(e, t, failed, 1.0 / OUTLIER_SLOW if slow else 1.0)
@@ -209,12 +207,29 @@ class ErrorRateDetector(_PerOperation):
         return raw
 
     @staticmethod
-    def _window(e: list[Any], t: int, failed: bool) -> None:
-        win: deque[tuple[int, int]] = e[6]
-        while win and (win[0][0] < t - ERR_WINDOW_NS or len(win) >= ERR_WINDOW_MAX):
-            e[5] -= win.popleft()[1]
-        win.append((t, int(failed)))
-        e[5] += int(failed)
+    def _window(e: list[Any], t: int, failed: bool) -> tuple[int, int, float]:
+        """Add the row to the entry's time-sorted recent rows; its own window as (failures, rows, seconds spanned):
+        the last ERR_WINDOW_MAX rows at or before t within ERR_WINDOW_NS, the row included. Rows arrive in time
+        order only within a batch (each signal's exporter batches on its own schedule; a backlog drains after
+        newer rows), so a late row is counted among the rows before it, not the younger ones already seen."""
+        win: list[tuple[int, int]] = e[6]
+        row = (t, int(failed))
+        if not win or row >= win[-1]:
+            win.append(row)
+        else:
+            insort(win, row)
+        hi = bisect_right(win, (t, 2))  # every row at or before t (the flags are 0 and 1)
+        lo = max(bisect_left(win, (t - ERR_WINDOW_NS, -1)), hi - ERR_WINDOW_MAX)
+        fails = sum(f for _, f in win[lo:hi])
+        spanned = (win[hi - 1][0] - win[lo][0]) / 1e9
+        # Kept: two windows behind the newest row and this row's own window, at most ERR_KEEP rows unless this
+        # row's window needs more (a backlog drained in time order), and never more than ERR_HARD_KEEP.
+        expired = bisect_left(win, (min(t - ERR_WINDOW_NS, win[-1][0] - 2 * ERR_WINDOW_NS), -1))
+        cut = max(expired, min(lo, len(win) - ERR_KEEP), len(win) - ERR_HARD_KEEP)
+        if cut > 0:
+            del win[:cut]
+        e[5] = fails
+        return fails, hi - lo, spanned
 
     def _learn(self, e: list[Any], t: int, failed: bool, w: float) -> None:
         """Decay the failure and row sums by the time since the last row (never below ERR_MEMORY rows), add this."""

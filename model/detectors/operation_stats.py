@@ -23,6 +23,9 @@ EPS_MS = 1e-3  # latencies are taken as log(ms + 1 µs), so a zero duration stay
 WARM_MULT = 10.0  # a new operation alerts only when this many times slower than its service usually is
 TAIL_FROM = 0.10  # the training z's are exponential beyond this upper quantile
 ERR_WINDOW_NS, ERR_WINDOW_MAX = 60 * 1_000_000_000, 100  # the recent window: last 60 s, at most 100 rows
+# Recent rows kept per entry beyond the current row's own window (so late rows find theirs), and never more than
+# ERR_HARD_KEEP: past that a late row on a busy operation loses its window, not memory.
+ERR_KEEP, ERR_HARD_KEEP = 4 * ERR_WINDOW_MAX, 16 * ERR_WINDOW_MAX
 ERR_MEMORY = 100  # forgetting leaves a failure rate at least this many observations
 PRIOR_ROWS = 20.0  # strength of the service's (or all services') rate as prior of an operation's rate
 EXCESS_P = 1e-3  # a window this improbable is an incident: its rows learn OUTLIER_SLOW times slower

@@ -128,18 +128,46 @@ def test_failure_burst_against_each_operations_own_rate() -> None:
     assert "requests of GET /pay in checkout failed within" in clause and "it usually fails 0." in clause
 
 
-def test_a_burst_delivered_after_later_records_is_explained_over_the_time_it_spans() -> None:
-    # Batches are time-ordered inside, not across: a slow exporter's failures arrive after later records.
+def _burst_after(
+    younger_first: bool, younger: tuple[float, float], burst_at: float
+) -> tuple[np.ndarray, list[str]]:
+    """Fit on an hour of steady traffic, then score a burst of 20 failures 0.5 s apart from `burst_at`, after (or
+    without) first scoring ordinary traffic in the `younger` span of seconds: (burst p-values, their clauses)."""
     rng = np.random.default_rng(4)
     det = ErrorRateDetector().fit(rows_frame(traffic(rng, 0, 3600, "checkout", "Pay", 80.0, fail=0.002)))
-    score(det, rows_frame(traffic(rng, 3630, 3660, "checkout", "Pay", 80.0)))
-    late = rows_frame([(3600.0 + 0.5 * j, "checkout", "Pay", 80.0, True) for j in range(20)])
-    raw, p = score(det, late)
-    i = int(np.argmin(p))
-    assert p[i] < 1e-3
-    clause = det.explain(late, i, float(raw[i]), float(p[i]))
-    secs = float(clause.split(" failed within ")[1].split(" s;")[0])
-    assert 30.0 <= secs <= 60.0, clause  # from the earliest failure (3600 s) to the latest record (3659 s)
+    later = rows_frame(traffic(rng, *younger, "checkout", "Pay", 80.0))
+    burst = rows_frame([(burst_at + 0.5 * j, "checkout", "Pay", 80.0, True) for j in range(20)])
+    if younger_first:
+        score(det, later)
+    raw, p = score(det, burst)
+    return p, [det.explain(burst, i, float(raw[i]), float(p[i])) for i in range(len(p))]
+
+
+def _counts(clause: str) -> tuple[str, float]:
+    """("20 of the last 100 requests of ...", seconds spanned) from an error clause."""
+    head, tail = clause.split(" failed within ")
+    return head, float(tail.split(" s;")[0])
+
+
+def test_a_burst_delivered_after_later_records_is_judged_on_its_own_window() -> None:
+    # Batches are time-ordered inside, not across: a slow exporter's failures arrive after later records. Their
+    # window is the minute before each of them, as in time order, not the younger records already seen.
+    in_order, expected = _burst_after(False, (3720.0, 3740.0), 3700.0)
+    p, clauses = _burst_after(True, (3720.0, 3740.0), 3700.0)
+    assert (p[5:] < 1e-3).all()
+    np.testing.assert_allclose(np.log10(p), np.log10(in_order), atol=0.5)
+    for clause, want in zip(clauses, expected, strict=True):
+        assert _counts(clause) == _counts(want), clause  # "k of the last k requests ... within 0.5 (k-1) s"
+
+
+def test_a_backlog_drained_minutes_after_newer_records_keeps_its_windows() -> None:
+    # The rows staged while the first model trains are scored in time order after live rows minutes younger
+    # (many of them on a busy operation): each backlog row still finds the minute before it.
+    in_order, expected = _burst_after(False, (3900.0, 4200.0), 3700.0)
+    p, clauses = _burst_after(True, (3900.0, 4200.0), 3700.0)
+    assert (p[5:] < 1e-3).all()
+    for clause, want in zip(clauses, expected, strict=True):
+        assert _counts(clause) == _counts(want), clause
 
 
 def test_error_pvalues_are_calibrated_on_steady_failures() -> None:
