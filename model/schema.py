@@ -63,7 +63,7 @@ class Anomaly:
 
     row: Row
     score: float  # calibrated 0-100
-    raw_score: float  # k-NN distance in embedding space
+    raw_score: float  # the ensemble's combined p-value (score = 100 * -log10(raw_score) / 6)
     threshold: float  # on the 0-100 scale
     detector: str
     model_version: str
