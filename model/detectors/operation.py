@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from functools import partial
 from typing import Any, ClassVar
@@ -135,11 +135,9 @@ class ErrorRateDetector(_PerOperation):
 
     name: ClassVar[str] = "errors"
     global_novelty: ClassVar[bool] = False
-    LAYOUT = (
-        2,
-        4,
-        2,
-    )  # [failures, rows (decayed), rows seen, last time, excess until, window failures, window]
+    # [failures, rows (decayed), rows seen, last time, excess until, window failures, recent rows as (time,
+    # failed, failures so far) sorted by time]
+    LAYOUT = (2, 4, 3)
 
     # Calibrated against the typical time block, not the 90th percentile of blocks as the novelty members are:
     # the binomial tail already measures a burst against the operation's own rate, so the calibration only has
@@ -157,9 +155,12 @@ class ErrorRateDetector(_PerOperation):
 
     @staticmethod
     def _sequence(chunk: np.ndarray) -> Any:
-        return sorted(
-            (int(a), int(b)) for a, b in chunk
-        )  # states saved before 2026-12-07 are in arrival order
+        if chunk.shape[-1] == 3:
+            return [(int(t), int(f), int(c)) for t, f, c in chunk]
+        # A state saved before 2026-12-07 holds (time, failed) in arrival order: sorted, the counts added.
+        rows = sorted((int(t), int(f)) for t, f in chunk)
+        counts = np.cumsum([f for _, f in rows], dtype=np.int64).tolist()
+        return [(t, f, c) for (t, f), c in zip(rows, counts, strict=True)]
 
     def fit(self, frame: Frame) -> ErrorRateDetector:
         """Run over the training window, then calibrate the binomial statistic on it: failures cluster (one
@@ -211,20 +212,29 @@ class ErrorRateDetector(_PerOperation):
         """Add the row to the entry's time-sorted recent rows; its own window as (failures, rows, seconds spanned):
         the last ERR_WINDOW_MAX rows at or before t within ERR_WINDOW_NS, the row included. Rows arrive in time
         order only within a batch (each signal's exporter batches on its own schedule; a backlog drains after
-        newer rows), so a late row is counted among the rows before it, not the younger ones already seen."""
-        win: list[tuple[int, int]] = e[6]
-        row = (t, int(failed))
-        if not win or row >= win[-1]:
-            win.append(row)
-        else:
-            insort(win, row)
-        hi = bisect_right(win, (t, 2))  # every row at or before t (the flags are 0 and 1)
-        lo = max(bisect_left(win, (t - ERR_WINDOW_NS, -1)), hi - ERR_WINDOW_MAX)
-        fails = sum(f for _, f in win[lo:hi])
+        newer rows), so a late row is counted among the rows before it, not the younger ones already seen. Each
+        kept row carries the failures up to it, so a window's count is one difference."""
+        win: list[tuple[int, int, int]] = e[6]
+        f = int(failed)
+        if not win or t >= win[-1][0]:
+            win.append((t, f, (win[-1][2] if win else 0) + f))
+            hi = len(win)
+        else:  # a late row: after the rows of its own time, and counted into every younger row's total
+            hi = bisect_right(win, (t, 2))
+            before = win[hi - 1][2] if hi else win[0][2] - win[0][1]
+            win.insert(hi, (t, f, before + f))
+            if f:
+                win[hi + 1 :] = [(a, b, c + 1) for a, b, c in win[hi + 1 :]]
+            hi += 1
+        lo = max(hi - ERR_WINDOW_MAX, 0)
+        if win[lo][0] < t - ERR_WINDOW_NS:  # fewer than ERR_WINDOW_MAX rows in the last minute
+            lo = bisect_left(win, (t - ERR_WINDOW_NS,), lo, hi)
+        fails = win[hi - 1][2] - win[lo][2] + win[lo][1]
         spanned = (win[hi - 1][0] - win[lo][0]) / 1e9
         # Kept: two windows behind the newest row and this row's own window, at most ERR_KEEP rows unless this
         # row's window needs more (a backlog drained in time order), and never more than ERR_HARD_KEEP.
-        expired = bisect_left(win, (min(t - ERR_WINDOW_NS, win[-1][0] - 2 * ERR_WINDOW_NS), -1))
+        oldest = min(t - ERR_WINDOW_NS, win[-1][0] - 2 * ERR_WINDOW_NS)
+        expired = bisect_left(win, (oldest,), 0, lo) if win[0][0] < oldest else 0
         cut = max(expired, min(lo, len(win) - ERR_KEEP), len(win) - ERR_HARD_KEEP)
         if cut > 0:
             del win[:cut]

@@ -240,6 +240,19 @@ def test_state_round_trip_continues_exactly() -> None:
         del arrays[key]
     older = LatencyDetector.from_state(values, arrays)
     assert np.isfinite(older.score_samples(rows_frame(rest))).any() and len(older.recent) > 0
+    # An error state saved before the windows carried their failure counts: (time, failed) pairs, in arrival
+    # order (sorted when loaded), judges as the state it was.
+    values, arrays = ErrorRateDetector().fit(train).state()
+    expected = ErrorRateDetector.from_state(values, arrays).score_samples(rows_frame(rest))
+    older_arrays = {k: v[:, :2].copy() if k.endswith("seq") else v for k, v in arrays.items()}
+    np.testing.assert_array_equal(
+        ErrorRateDetector.from_state(values, older_arrays).score_samples(rows_frame(rest)), expected
+    )
+    assert ErrorRateDetector._sequence(np.array([[5, 1], [3, 0], [4, 1]])) == [
+        (3, 0, 0),
+        (4, 1, 1),
+        (5, 1, 2),
+    ]
 
 
 def test_key_cap_keeps_the_most_recent_operations() -> None:
