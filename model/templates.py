@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 WILDCARD = "<*>"
 _MAX_TOKENS = 32
 _MAX_CHARS = 512
+_SEEN_MAX = 65_536  # masked messages remembered by NewTemplates (cleared when full)
 
 _QUOTED = re.compile(r"'[^']{0,200}'|`[^`]{0,200}`")
 _EMAIL = re.compile(r"^[\w.+-]+@[\w-]+\.[\w.-]+$")
@@ -108,6 +109,16 @@ def mine(messages: list[str], sim_th: float = 0.6, depth: int = 4, min_count: in
     return list(dict.fromkeys(templates))
 
 
+def similarity(template: Sequence[str], tokens: Sequence[str]) -> float:
+    """Share of the template's fixed tokens that the message's tokens (of the same length) repeat."""
+    same = fixed = 0
+    for t, m in zip(template, tokens, strict=True):
+        if t != WILDCARD:
+            fixed += 1
+            same += t == m
+    return same / fixed if fixed else 1.0
+
+
 class TemplateMatcher:
     """Maps a message to the index of its template, or -1 when no template fits (a new kind of message).
 
@@ -134,12 +145,7 @@ class TemplateMatcher:
             return hit
         best, best_sim = -1, -1.0
         for index, template in self._by_len.get(len(tokens), ()):
-            same = fixed = 0
-            for t, m in zip(template, tokens, strict=True):
-                if t != WILDCARD:
-                    fixed += 1
-                    same += t == m
-            sim = same / fixed if fixed else 1.0
+            sim = similarity(template, tokens)
             if sim > best_sim:
                 best, best_sim = index, sim
         result = best if best_sim >= self.sim_th else -1
@@ -147,3 +153,70 @@ class TemplateMatcher:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return result
+
+
+class NewTemplates:
+    """Templates of the messages no trained template fits, learned while serving by the miner's own rule: a message
+    joins the most similar template of its length when at least `sim_th` of that template's fixed tokens agree
+    (the tokens that differ become wildcards), else it starts one. A new kind of message with a variable word in
+    it (a path, a name without digits) is then one kind whose count grows, not a new message each time.
+
+    Each template is keyed by the masked text of the message that started it, which never changes; the least
+    recently matched are forgotten past `max_templates`.
+    """
+
+    def __init__(self, sim_th: float = 0.6, max_templates: int = 5_000) -> None:
+        self.sim_th = sim_th
+        self.max_templates = max_templates
+        self.templates: OrderedDict[str, list[str]] = OrderedDict()  # key -> current tokens
+        self._by_len: dict[
+            int, dict[str, None]
+        ] = {}  # token count -> keys, in creation order (deterministic)
+        self._seen: dict[str, str] = {}  # masked text -> its key: the same message is the same kind
+
+    def key(self, message: str) -> str:
+        """The key of the message's template (learning it): "~" and the masked text that started it."""
+        tokens = tokenize(message)
+        text = " ".join(tokens)
+        known = self._seen.get(text)
+        if known is not None and known in self.templates:
+            self.templates.move_to_end(known)
+            return known
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen[text] = found = self._learn(tokens, text)
+        return found
+
+    def _learn(self, tokens: list[str], text: str) -> str:
+        best, best_sim = "", -1.0
+        for key in self._by_len.get(len(tokens), ()):
+            sim = similarity(self.templates[key], tokens)
+            if sim > best_sim:
+                best, best_sim = key, sim
+        if best_sim >= self.sim_th:
+            self.templates[best] = [
+                t if t == m else WILDCARD for t, m in zip(self.templates[best], tokens, strict=True)
+            ]
+            self.templates.move_to_end(best)
+            return best
+        key = "~" + text[:160]
+        if key in self.templates:  # a longer message with the same first 160 characters
+            key += f" ~{len(tokens)}"
+        self._by_len.setdefault(len(tokens), {})[key] = None
+        self.templates[key] = tokens
+        if len(self.templates) > self.max_templates:
+            old, gone = self.templates.popitem(last=False)
+            self._by_len[len(gone)].pop(old, None)
+        return key
+
+    def state(self) -> list[list[str]]:
+        return [[key, " ".join(tokens)] for key, tokens in self.templates.items()]
+
+    @classmethod
+    def from_state(cls, rows: list[list[str]], sim_th: float = 0.6) -> NewTemplates:
+        out = cls(sim_th)
+        for key, text in rows:
+            tokens = text.split()
+            out.templates[key] = tokens
+            out._by_len.setdefault(len(tokens), {})[key] = None
+        return out

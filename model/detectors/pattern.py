@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from model.detectors.base import Detector, Frame, State, from_neglog10
-from model.templates import tokenize
+from model.templates import NewTemplates
 
 # The discrete columns of the signature, read from the row's derived values; absent ones are left out.
 SIGNATURE = (
@@ -47,21 +47,10 @@ SEVERITY = {
 HALVE_ABOVE = 2_000_000  # a group's total count is halved past this: relative frequencies stay, history fades
 
 
-_MASKED: dict[str, str] = {}  # message -> its masked tokens (a bounded cache: masking is the costly part)
-_MASKED_MAX = 65_536
-
-
-def _masked(message: str) -> str:
-    key = _MASKED.get(message)
-    if key is None:
-        if len(_MASKED) >= _MASKED_MAX:
-            _MASKED.clear()
-        key = _MASKED[message] = "~" + " ".join(tokenize(message))[:160]
-    return key
-
-
-def signature(derived: dict[str, Any]) -> str:
-    """The row's pattern: its discrete columns; a message no template fits is keyed by its masked tokens."""
+def signature(derived: dict[str, Any], new: NewTemplates) -> str:
+    """The row's pattern: its discrete columns; a message no trained template fits is keyed by the template
+    `new` learns for it, so a recurring new kind of message with a variable word in it (a path, a name) is one
+    pattern whose count grows, not a new pattern each time."""
     parts = []
     for name in SIGNATURE:
         value = derived.get(name)
@@ -69,7 +58,7 @@ def signature(derived: dict[str, Any]) -> str:
             continue
         if name == "template" and value == "<unseen>":
             message = derived.get("_message")
-            value = _masked(message) if isinstance(message, str) else value
+            value = new.key(message) if isinstance(message, str) else value
         parts.append(f"{value}")
     return "|".join(parts)
 
@@ -162,14 +151,14 @@ class PatternFrequency(Detector):
     def __init__(self, min_rows: int = 200) -> None:
         self.min_rows = min_rows
         self.groups: dict[str, _Group] = {}
+        self.new_templates = NewTemplates()
 
-    @staticmethod
-    def _keys(frame: Frame) -> tuple[list[str], list[str], list[int]]:
+    def _keys(self, frame: Frame) -> tuple[list[str], list[str], list[int]]:
         cached = frame.cache.get("pattern.keys")
         if cached is None:
             cached = (
                 frame.sources,
-                [signature(d) for d in frame.derived],
+                [signature(d, self.new_templates) for d in frame.derived],
                 [r.severity_id for r in frame.rows],
             )
             frame.cache["pattern.keys"] = cached
@@ -177,6 +166,7 @@ class PatternFrequency(Detector):
 
     def fit(self, frame: Frame) -> PatternFrequency:
         self.groups = {}
+        self.new_templates = NewTemplates()
         for g, s, sev in zip(*self._keys(frame), strict=True):
             self.groups.setdefault(g, _Group()).add(s, sev)
         return self
@@ -220,7 +210,7 @@ class PatternFrequency(Detector):
 
     def state(self) -> State:
         groups = {g: {"counts": dict(v.counts), "severity": v.severity} for g, v in self.groups.items()}
-        return {"min_rows": self.min_rows, "groups": groups}, {}
+        return {"min_rows": self.min_rows, "groups": groups, "new_templates": self.new_templates.state()}, {}
 
     @classmethod
     def from_state(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> PatternFrequency:
@@ -228,6 +218,7 @@ class PatternFrequency(Detector):
         det.groups = {
             g: _Group(Counter(v["counts"]), dict(v["severity"])) for g, v in values["groups"].items()
         }
+        det.new_templates = NewTemplates.from_state(values.get("new_templates", []))  # none before 2026-12-07
         return det
 
 
