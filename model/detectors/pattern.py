@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from model.detectors.base import Detector, Frame, State, from_neglog10
-from model.templates import NewTemplates
+from model.templates import WILDCARD, NewTemplates
 
 # The discrete columns of the signature, read from the row's derived values; absent ones are left out.
 SIGNATURE = (
@@ -199,6 +199,12 @@ class PatternFrequency(Detector):
         count = group.counts.get(sigs[i], 0) if group else 0
         total = group.total if group else 0
         what = describe(frame, i)
+        message = frame.derived[i].get("_message")
+        if frame.derived[i].get("template") == "<unseen>" and isinstance(message, str):
+            # counted as a kind learned while serving: say which (the message itself is the event's subject)
+            tokens = self.new_templates.templates.get(self.new_templates.key(message), [])
+            if WILDCARD in tokens:
+                what = f"a message like {json.dumps(' '.join(tokens)[:100])}"
         row = frame.rows[i]
         severe = ""
         if group is not None and row.severity_id >= 3:

@@ -73,6 +73,10 @@ def test_a_recurring_new_kind_stops_being_new_and_the_pattern_survives_a_restart
     assert p[new][0] <= 1e-3  # the first of its kind is new
     # later it is one pattern at a tenth of traffic, not a never-seen message each time (each report differs)
     assert (p[new][-100:] > 0.05).all()
+    last = frame(stream[-100:], start=4900)
+    i = next(j for j, m in enumerate(stream[-100:]) if m is not None)
+    clause = det.explain(last, i, float(det.score_samples(last)[i]), 0.5)
+    assert clause.startswith('a message like "exported report <*> for team <*>" is rare for shop: '), clause
     values, arrays = det.state()
     restarted = PatternFrequency.from_state(values, arrays)
     batch = frame([report(rng) for _ in range(20)], start=5000)
