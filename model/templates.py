@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 WILDCARD = "<*>"
 _MAX_TOKENS = 32
 _MAX_CHARS = 512
-_SEEN_MAX = 65_536  # masked messages remembered by NewTemplates (cleared when full)
+_SEEN_MAX = 65_536  # messages remembered by NewTemplates (cleared when full)
 
 _QUOTED = re.compile(r"'[^']{0,200}'|`[^`]{0,200}`")
 _EMAIL = re.compile(r"^[\w.+-]+@[\w-]+\.[\w.-]+$")
@@ -172,20 +172,26 @@ class NewTemplates:
         self._by_len: dict[
             int, dict[str, None]
         ] = {}  # token count -> keys, in creation order (deterministic)
-        self._seen: dict[str, str] = {}  # masked text -> its key: the same message is the same kind
+        # message, and masked text, -> its key: the same message is the same kind, and a repeat is not masked again
+        self._seen: dict[str, str] = {}
 
     def key(self, message: str) -> str:
         """The key of the message's template (learning it): "~" and the masked text that started it."""
-        tokens = tokenize(message)
-        text = " ".join(tokens)
-        known = self._seen.get(text)
-        if known is not None and known in self.templates:
-            self.templates.move_to_end(known)
-            return known
-        if len(self._seen) >= _SEEN_MAX:
-            self._seen.clear()
-        self._seen[text] = found = self._learn(tokens, text)
-        return found
+        known = self._seen.get(message)
+        if known is None:
+            tokens = tokenize(message)
+            text = " ".join(tokens)
+            known = self._seen.get(text)
+            if known is None or known not in self.templates:
+                known = self._learn(tokens, text)
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[message] = self._seen[text] = known
+        elif known not in self.templates:  # forgotten since: learned again
+            del self._seen[message]
+            return self.key(message)
+        self.templates.move_to_end(known)
+        return known
 
     def _learn(self, tokens: list[str], text: str) -> str:
         best, best_sim = "", -1.0
