@@ -15,6 +15,7 @@ from model.calibration import pvalue_to_score
 from model.context import ContextTracker
 from model.detectors import Frame, ensemble_from_state
 from model.detectors.ensemble import EnsembleResult
+from model.detectors.kinds import Notice
 from model.detectors.knn import detection_vectors
 from model.encoder import Embedder
 from model.features import OOV
@@ -36,9 +37,10 @@ class ScoredBatch:
     embeddings: np.ndarray  # (n, embed_dim) float32
     raw: np.ndarray  # (n,) float64 combined p-values of the ensemble
     scores: np.ndarray  # (n,) float64, 0-100 (100 * -log10(p) / 6)
-    is_anomaly: np.ndarray  # (n,) bool, p at or below the row's threshold
+    is_anomaly: np.ndarray  # (n,) bool, the row alerts (p at or below its threshold, not muted or warming up)
     anomalies: list[Anomaly]  # the flagged rows, in row order
-    notices: list[str] = field(default_factory=list)  # new sources seen (one line each, not an anomaly)
+    # new sources and kinds of record (one line each, not an anomaly)
+    notices: list[Notice] = field(default_factory=list)
     members: dict[str, np.ndarray] = field(default_factory=dict)  # each member's p-values (1.0 = no opinion)
     weights: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> member -> agreement weight
 

@@ -140,6 +140,12 @@ class Metrics:
             "Sources (service and signal) first seen after training: learned during a warm-up, not alerted on",
             registry=r,
         )
+        self.new_kinds = Counter(
+            "otad_new_kinds",
+            "Kinds of record (a message no trained template fits, a new span operation or RPC method) first seen"
+            " after training: their novelty alone does not alert while they warm up",
+            registry=r,
+        )
         self.detector_weight = Gauge(
             "otad_detector_weight",
             "Each member's weight in the combination, by its agreement with the others on recent traffic",

@@ -313,9 +313,9 @@ class Pipeline:
         if self.hooks is not None:
             self.hooks.scored(rows, scored)  # drift window, challenger in shadow
         scored.anomalies = self.screen(scorer, scored) if self.screen else scored.anomalies  # feedback
-        for notice in scored.notices:  # one line per new source, not one anomaly per row of it
-            logger.info("%s", notice)
-            self.metrics.new_sources.inc()
+        for notice in scored.notices:  # one line per new source or kind, not one anomaly per row of it
+            logger.info("%s", notice.text)
+            (self.metrics.new_sources if notice.entity == "source" else self.metrics.new_kinds).inc()
         self.metrics.set_detector_weights(scored.weights)
         columns = scored_columns(rows, scored.scores, scored.is_anomaly, reference=False)
         while len(self._in_flight) >= 2:

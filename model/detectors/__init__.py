@@ -13,6 +13,7 @@ import numpy as np
 from model.detectors.agreement import AgreementWeights
 from model.detectors.base import Detector, Frame
 from model.detectors.ensemble import Ensemble
+from model.detectors.kinds import NewKinds
 from model.detectors.recent import RecentCalibration, RecentCenter
 
 REGISTRY = {
@@ -73,6 +74,7 @@ def ensemble_from_state(values: dict[str, Any], arrays: dict[str, np.ndarray]) -
         members, values["combiner"], values["false_alerts_per_hour"], values["alert_pvalue"], weighting
     )
     ens.entities = {k: list(v) for k, v in values["entities"].items()}
+    ens.kinds = NewKinds.from_state(values.get("kinds", {}))
     ens.recent = {
         key: RecentCalibration.from_state(v, arrays, f"r{key}.")
         for key, v in values.get("recent", {}).items()

@@ -3,6 +3,8 @@
 Each member answers a calibrated p-value per row (or no opinion). The ensemble
 - mutes the global-novelty members for rows of a (service, signal) first seen after training until it has a
   baseline of its own (a new service's ordinary rows are novel as a whole: one notice, not an alarm each);
+- lets those members' findings on a new kind of record (a message no trained template fits, an operation
+  training never saw) rank but not alert while the kind warms up (`model.detectors.kinds`);
 - combines the members' p-values (by default the weighted Bonferroni min-p: the smallest p / weight, valid
   under any dependence between members; the Cauchy combination and Fisher are the alternatives measured),
   each member weighted by how often its findings on the signal's recent traffic are shared by members that
@@ -22,6 +24,7 @@ from scipy.special import ndtr
 
 from model.detectors.agreement import AgreementWeights
 from model.detectors.base import Detector, Frame, State
+from model.detectors.kinds import NewKinds, Notice
 from model.detectors.recent import RecentCalibration, RecentCenter, zvalues
 
 COMBINERS = ("cauchy", "minp", "fisher")
@@ -43,8 +46,8 @@ class EnsembleResult:
     combined: np.ndarray  # (n,)
     threshold: np.ndarray  # (n,) the p-value below which a row alerts
     alert: np.ndarray  # (n,) bool
-    warm: np.ndarray  # (n,) bool: the row's (service, signal) is in its warm-up
-    notices: list[str] = field(default_factory=list)
+    warm: np.ndarray  # (n,) bool: the row's (service, signal) or its kind is in its warm-up
+    notices: list[Notice] = field(default_factory=list)
 
     def fired(self, i: int) -> list[int]:
         """Members behind row i's alert: those whose own p-value passes the Bonferroni-adjusted threshold."""
@@ -133,6 +136,7 @@ class Ensemble:
         self.recent: dict[str, RecentCalibration] = {}  # "<member index>/<signal>" -> its recent calibration
         self.center: dict[str, RecentCenter] = {}  # "<member index>/<signal>" -> its latest z-values
         self.agree: dict[str, AgreementWeights] = {}  # signal -> its latest member evidence and weights
+        self.kinds = NewKinds()  # kinds of record first seen after training, and their rows seen
         self.fit_result_: EnsembleResult | None = None  # the training rows judged (not saved)
 
     @property
@@ -156,6 +160,7 @@ class Ensemble:
             n = keys.count(key)
             # Seeded at the training window's mean rate, as if that rate had always held.
             self.entities[key] = [n / span * RATE_TAU_S, float(times.max()), float(times.min()), n, 1.0]
+        self.kinds.warm(frame)  # a kind the training rows hold (a message too rare for a template) is not new
         self.fit_result_ = self._judge_training(frame, keys)
         return self
 
@@ -249,7 +254,7 @@ class Ensemble:
             out[signal] = {m.name: float(aw.weights[j]) for j, m in enumerate(self.members) if judged[j]}
         return out
 
-    def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _track(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, list[Notice]]:
         """Update rows-per-hour and first-seen state; (threshold p, warm-up flag) per row, and notices."""
         thresholds = np.empty(len(frame))
         warm = np.zeros(len(frame), dtype=bool)
@@ -261,8 +266,11 @@ class Ensemble:
                 e = self.entities[key] = [0.0, t, t, 0, 0.0]
                 service, signal = key.split("\x1f")
                 notices.append(
-                    f"new {signal} source {service!r}: learning its baseline for {WARMUP_ROWS} records and"
-                    f" {WARMUP_S / 60:.0f} min before its ordinary records can alert"
+                    Notice(
+                        "source",
+                        f"new {signal} source {service!r}: learning its baseline for {WARMUP_ROWS} records and"
+                        f" {WARMUP_S / 60:.0f} min before its ordinary records can alert",
+                    )
                 )
             e[0] = e[0] * math.exp(-max(t - e[1], 0.0) / RATE_TAU_S) + 1.0
             e[1], e[3] = max(e[1], t), e[3] + 1
@@ -275,6 +283,8 @@ class Ensemble:
         """Score a batch (rows in time order): every member, the combination, the threshold; then learn."""
         n, m = len(frame), len(self.members)
         thresholds, warm, notices = self._track(frame)
+        kind_warm, kind_notices = self.kinds.warm(frame, told=warm)
+        kind_warm &= ~warm
         signals = frame.signals
         raw = np.full((n, m), np.nan)
         p = np.ones((n, m))
@@ -292,14 +302,22 @@ class Ensemble:
             if learn and member.recent_check:
                 self._remember(j, r, signals, frame.times_ns)
         applicable = ~np.isnan(raw)
-        combined = combine(p, applicable, self.combiner, self._weights(p, applicable, signals, learn))
-        alert = (combined <= thresholds) & ~self._muted(frame)
+        weights = self._weights(p, applicable, signals, learn)
+        combined = combine(p, applicable, self.combiner, weights)
+        alerting = combined.copy()
+        if (
+            kind_warm.any()
+        ):  # a warming kind alerts on what the members judging it against its own entity find
+            own = applicable[kind_warm] & ~np.asarray([m.global_novelty for m in self.members])
+            alerting[kind_warm] = combine(p[kind_warm], own, self.combiner, weights[kind_warm])
+        alert = (alerting <= thresholds) & ~self._muted(frame)
+        warm |= kind_warm
         if learn:
             failed = np.asarray([bool(d.get("failed")) for d in frame.derived], dtype=bool)
             normal = (combined > LEARN_ABOVE_P) | (warm & ~failed)
             for member in self.members:
                 member.learn(frame, normal & ~alert)
-        return EnsembleResult(self.names, raw, p, combined, thresholds, alert, warm, notices)
+        return EnsembleResult(self.names, raw, p, combined, thresholds, alert, warm, notices + kind_notices)
 
     def explain(self, frame: Frame, result: EnsembleResult, i: int) -> list[tuple[str, str]]:
         """(member, clause) for the members behind row i's score, strongest first."""
@@ -317,6 +335,7 @@ class Ensemble:
             "alert_pvalue": self.alert_pvalue,
             "weighting": self.weighting,
             "entities": self.entities,
+            "kinds": self.kinds.state(),
             "members": [],
             "recent": {},
         }

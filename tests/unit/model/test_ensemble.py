@@ -79,7 +79,8 @@ def test_new_service_warms_up_with_one_notice_then_is_judged() -> None:
         alerts += int(result.alert.sum())
         warm.append(result.warm)
     warm_all = np.concatenate(warm)
-    assert len(notices) == 1 and "new-svc" in notices[0]
+    told = [n.text for n in notices if n.entity == "source"]
+    assert len(told) == 1 and "new-svc" in told[0]
     assert alerts == 0
     assert warm_all[:WARMUP_ROWS].all()
     elapsed_s = (new[-1].time_unix_nano - new[0].time_unix_nano) / 1e9

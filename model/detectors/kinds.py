@@ -1,0 +1,117 @@
+"""New kinds of record: a log message no trained template fits, or a span operation or RPC method training never saw.
+
+A new kind is novel as a whole until it has history of its own: every global-novelty member calls each of its
+first rows unlike anything before, and a new kind of ordinary message at a twentieth of traffic raised dozens of
+alerts in its first minutes. So a kind warms up: in every batch that starts with fewer than `warmup_rows` of its
+rows seen, the global-novelty members' findings on it rank but do not alert, and its rows are learned. It is one
+notice, not an anomaly per row. A failed row (a failure status, severity ERROR or above) has no warm-up: what is
+anomalous regardless of novelty still alerts, and so does a warm row's extreme latency or failure burst, which the
+members judging a row against its own entity find.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from model.detectors.base import Frame
+from model.features import OOV  # the vocabulary's index of a value training never saw (or saw once)
+from model.templates import NewTemplates
+
+# The columns that name what a row is (its message template, its span operation, its RPC method).
+KIND_COLUMNS = ("template", "trace.span.operation", "api.operation")
+WARMUP_ROWS = 50
+MAX_KINDS = 5_000  # kinds remembered; the least recently seen is forgotten first
+NOTICES_PER_BATCH = 10  # notice lines per batch; past that, one line counts the rest
+
+
+class Notice(NamedTuple):
+    """A new entity, told once: `entity` is "source" or "kind", `text` the log line."""
+
+    entity: str
+    text: str
+
+
+class NewKinds:
+    """The kinds first seen after training, per (service, signal), and how many rows of each were seen."""
+
+    def __init__(self, warmup_rows: int = WARMUP_ROWS, max_kinds: int = MAX_KINDS) -> None:
+        self.warmup_rows = warmup_rows
+        self.max_kinds = max_kinds
+        self.templates = NewTemplates()
+        self.seen: OrderedDict[str, int] = OrderedDict()  # "<source>\x1f<column>\x1f<kind>" -> rows seen
+
+    def _kinds(self, frame: Frame) -> list[tuple[str, str] | None]:
+        """(column, kind) of each row whose kind training never saw, None for the others and for failed rows."""
+        names = frame.contract.categorical if frame.contract is not None else []
+        cols = [(c, names.index(c)) for c in KIND_COLUMNS if c in names]
+        out: list[tuple[str, str] | None] = [None] * len(frame)
+        for i, d in enumerate(frame.derived):
+            if d.get("failed"):
+                continue
+            message = d.get("_message")
+            if d.get("template") == "<unseen>" and isinstance(message, str):
+                out[i] = ("template", self.templates.key(message))
+                continue
+            for name, j in cols:
+                if frame.cat[i, j] == OOV:
+                    out[i] = (name, str(d.get(name)))
+                    break
+        return out
+
+    def warm(self, frame: Frame, told: np.ndarray | None = None) -> tuple[np.ndarray, list[Notice]]:
+        """Per row: whether its kind is in its warm-up (fewer than `warmup_rows` of its rows before this batch,
+        so the whole batch that meets a kind first is warm, however many of its rows it holds); and a notice
+        for each kind first seen, except on rows in `told` (a new source's kinds come with its own notice).
+        Counts the batch's rows."""
+        warm = np.zeros(len(frame), dtype=bool)
+        notices: list[Notice] = []
+        batch: dict[str, int] = {}
+        for i, (source, kind) in enumerate(zip(frame.sources, self._kinds(frame), strict=True)):
+            if kind is None:
+                continue
+            key = f"{source}\x1f{kind[0]}\x1f{kind[1]}"
+            before = self.seen.get(key, 0)
+            warm[i] = before < self.warmup_rows
+            if key not in self.seen and key not in batch and (told is None or not told[i]):
+                notices.append(self._notice(source, *kind))
+            batch[key] = batch.get(key, 0) + 1
+        for key, n in batch.items():
+            self.seen[key] = self.seen.get(key, 0) + n
+            self.seen.move_to_end(key)
+        while len(self.seen) > self.max_kinds:
+            self.seen.popitem(last=False)
+        if len(notices) > NOTICES_PER_BATCH:
+            more = len(notices) - NOTICES_PER_BATCH
+            notices = notices[:NOTICES_PER_BATCH] + [
+                Notice(
+                    "kind", f"... and {more} more new kinds of record in this batch, each warming up alike"
+                )
+            ]
+        return warm, notices
+
+    def _notice(self, source: str, column: str, kind: str) -> Notice:
+        service, signal = source.split("\x1f")
+        what = {
+            "template": "message",
+            "trace.span.operation": "span operation",
+            "api.operation": "RPC method",
+        }
+        shown = kind[1:] if column == "template" and kind.startswith("~") else kind
+        return Notice(
+            "kind",
+            f"new {what[column]} in {signal} of {service!r}: {shown[:120]!r}; its first {self.warmup_rows}"
+            " records are learned, and their novelty alone does not alert",
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {"seen": [[k, n] for k, n in self.seen.items()], "templates": self.templates.state()}
+
+    @classmethod
+    def from_state(cls, values: dict[str, Any]) -> NewKinds:
+        out = cls()
+        out.seen = OrderedDict((str(k), int(n)) for k, n in values.get("seen", []))
+        out.templates = NewTemplates.from_state(values.get("templates", []))
+        return out

@@ -1,0 +1,133 @@
+"""A new kind of record (a message no trained template fits, an operation training never saw) warms up: one
+notice, its novelty ranks but does not alert until it has history of its own; a failed row alerts at once; the
+counts survive a restart."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from model.detectors import ensemble_from_state
+from model.detectors.base import Frame
+from model.detectors.ensemble import Ensemble
+from model.detectors.kinds import NOTICES_PER_BATCH, WARMUP_ROWS
+from model.detectors.pattern import PatternFrequency
+from model.features import OOV, FeatureContract
+from model.schema import Row
+
+T0 = 1_800_000_000 * 10**9
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar".split()
+
+
+def frame(messages: list[str | None], start: int = 0, severity: int = 1) -> Frame:
+    """Log rows of one service, one a second; None = an ordinary message of a trained template."""
+    rows, derived = [], []
+    for j, message in enumerate(messages):
+        i = start + j
+        sev = 1 if message is None else severity
+        rows.append(Row(f"u{i}", "logs", T0 + i * 10**9, "shop", 1007, 1, sev, 1))
+        d = {"signal": "logs", "service": "shop", "class_uid": 1007, "severity_id": sev, "failed": sev >= 4}
+        d.update({"template": "0"} if message is None else {"template": "<unseen>", "_message": message})
+        derived.append(d)
+    n = len(rows)
+    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), FeatureContract())
+
+
+def report(rng: random.Random) -> str:
+    return f"exported report {rng.choice(WORDS)}-{rng.choice(WORDS)} for team {rng.choice(WORDS)}"
+
+
+def trained() -> Ensemble:
+    # p < 1e-2 alerts (a slow stream's cap), so a never-seen pattern's novelty alone would alert
+    return Ensemble([PatternFrequency()], alert_pvalue=1e-2, false_alerts_per_hour=1e6).fit(
+        frame([None] * 2000)
+    )
+
+
+def stream(seed: int, n: int, share: float = 0.1) -> list[str | None]:
+    rng = random.Random(seed)
+    return [report(rng) if rng.random() < share else None for _ in range(n)]
+
+
+def test_a_new_kind_of_message_warms_up_with_one_notice_then_is_judged() -> None:
+    ens, msgs = trained(), stream(1, 3000)
+    new = np.asarray([m is not None for m in msgs])
+    notices, alert, warm, p = [], [], [], []
+    for a in range(0, len(msgs), 100):
+        result = ens.score(frame(msgs[a : a + 100], start=2000 + a))
+        notices += result.notices
+        alert.append(result.alert)
+        warm.append(result.warm)
+        p.append(result.combined)
+    alert_all, warm_all, p_all = np.concatenate(alert), np.concatenate(warm), np.concatenate(p)
+    assert [n.entity for n in notices] == ["kind"]
+    assert notices[0].text.startswith("new message in logs of 'shop': 'exported report ")
+    # its first rows are as novel as ever (they rank at the top) but do not alert
+    assert (p_all[new][:5] <= 1e-2).all()
+    assert not alert_all.any()
+    # warm while fewer than WARMUP_ROWS rows were seen before the batch; then judged like any other row
+    seen_before = np.cumsum(new) - new
+    batch_start = np.repeat(seen_before[::100], 100)[: len(msgs)]
+    np.testing.assert_array_equal(warm_all[new], batch_start[new] < WARMUP_ROWS)
+    assert warm_all[new].sum() >= WARMUP_ROWS and not warm_all[new][-50:].any()
+    # it was learned while it warmed up: a tenth of traffic is ordinary now
+    assert (p_all[new][-50:] > 0.05).all()
+
+
+def test_the_same_kind_alerts_without_the_warm_up() -> None:
+    ens, msgs = trained(), stream(1, 300)
+    ens.kinds.warmup_rows = 0
+    alerts = sum(int(ens.score(frame(msgs[a : a + 100], start=2000 + a)).alert.sum()) for a in (0, 100, 200))
+    assert alerts >= 5  # what the warm-up spares a user
+
+
+def test_a_new_kind_of_failure_alerts_at_once() -> None:
+    ens = trained()
+    msgs = [None] * 95 + ["disk controller reset on volume data"] * 5
+    result = ens.score(frame(msgs, start=2000, severity=4))
+    assert result.alert[95:].all() and not result.warm[95:].any()
+    assert not result.notices
+
+
+def test_a_kind_the_training_rows_hold_is_not_new() -> None:
+    rare = [
+        "job nightly done on node kilo",
+        "job weekly done on node lima",
+    ]  # too rare for a trained template
+    ens = Ensemble([PatternFrequency()], alert_pvalue=1e-2).fit(frame([None] * 1998 + rare))
+    result = ens.score(frame([None] * 99 + ["job hourly done on node mike"], start=2000))
+    assert not result.notices
+    assert result.warm[-1] == (
+        len(rare) < WARMUP_ROWS
+    )  # known, but still warming up: two rows are no history
+
+
+def test_a_new_span_operation_is_a_kind_too() -> None:
+    contract = FeatureContract(categorical=["trace.span.operation"])
+    n = 100
+    rows = [Row(f"s{i}", "traces", T0 + i * 10**9, "api", 6003, 1, 1, 1) for i in range(n)]
+    derived = [
+        {"signal": "traces", "trace.span.operation": "GET /new" if i >= 90 else "GET /"} for i in range(n)
+    ]
+    cat = np.where(np.arange(n) >= 90, OOV, 2).reshape(n, 1)
+    ens = Ensemble([PatternFrequency()], alert_pvalue=1e-2)
+    warm, notices = ens.kinds.warm(Frame(rows, derived, np.zeros((n, 0), np.float32), cat, contract))
+    assert warm[90:].all() and not warm[:90].any()
+    assert [n.text.split(":")[0] for n in notices] == ["new span operation in traces of 'api'"]
+
+
+def test_warm_up_counts_survive_a_restart_and_notices_are_bounded() -> None:
+    ens, msgs = trained(), stream(3, 200)
+    ens.score(frame(msgs[:100], start=2000))
+    twin = ensemble_from_state(*ens.state())
+    assert twin.kinds.seen == ens.kinds.seen
+    later = frame(msgs[100:], start=2100)
+    a, b = ens.score(later), twin.score(later)
+    np.testing.assert_array_equal(a.warm, b.warm)
+    assert not b.notices  # the kind was told before the restart
+    # many new kinds in one batch: a line each up to a bound, then one line for the rest
+    many = [" ".join(WORDS[:k]) for k in range(1, len(WORDS) + 1)]  # each length its own kind
+    result = twin.score(frame(many, start=2300))
+    assert len(result.notices) == NOTICES_PER_BATCH + 1
+    assert result.notices[-1].text.startswith(f"... and {len(many) - NOTICES_PER_BATCH} more")
