@@ -131,11 +131,12 @@ class GrpcLogsTransport:
             return Failure("CANCELLED", False, None, "cancelled by shutdown")
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-            if code == grpc.StatusCode.UNAVAILABLE:
-                # A channel that failed to connect fails its calls at once until gRPC's own reconnect timer
-                # fires (seconds): the next attempt, at our backoff, gets a fresh channel that connects now.
-                self._reopen()
             delay = retry_delay(error)
+            if code == grpc.StatusCode.UNAVAILABLE and delay is None:
+                # A channel that failed to connect fails its calls at once until gRPC's own reconnect timer
+                # fires (seconds): the next attempt, at our backoff, gets a fresh channel that connects now. A
+                # server that answered with RetryInfo is up and talking: its connection is kept.
+                self._reopen()
             retryable = code in RETRYABLE_CODES or (
                 code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
             )

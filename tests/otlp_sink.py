@@ -42,6 +42,7 @@ class Call:
     at: float  # time.monotonic() on arrival
     code: grpc.StatusCode  # what the sink answered
     metadata: tuple[tuple[str, str | bytes], ...]  # the client's invocation metadata (headers)
+    peer: str = ""  # the client's address ("ipv4:127.0.0.1:51234"): a new port is a new connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,7 @@ class OtlpSink:
         with self._lock:
             action = self._script.popleft() if self._script else _Action()
             code = action.code or grpc.StatusCode.OK
-            self.calls.append(Call(signal, time.monotonic(), code, metadata))
+            self.calls.append(Call(signal, time.monotonic(), code, metadata, context.peer()))
             if action.code is None:
                 self.requests[signal].append(request)
             self._lock.notify_all()

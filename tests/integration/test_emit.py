@@ -295,6 +295,7 @@ def test_retries_unavailable_after_the_retry_info_delay(sink, emitters):
     calls = sink.calls_for("logs")
     assert [c.code for c in calls] == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
     assert calls[1].at - calls[0].at >= 0.6
+    assert calls[1].peer == calls[0].peer  # a server that answers with RetryInfo keeps its connection
     assert len(sink.log_records()) == 1
     assert (emitter.stats["sent"], emitter.stats["retries"], emitter.stats["failed"]) == (1, 1, 0)
 
