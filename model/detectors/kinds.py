@@ -2,11 +2,12 @@
 
 A new kind is novel as a whole until it has history of its own: every global-novelty member calls each of its
 first rows unlike anything before, and a new kind of ordinary message at a twentieth of traffic raised dozens of
-alerts in its first minutes. So a kind warms up: in every batch that starts with fewer than `warmup_rows` of its
-rows seen, the global-novelty members' findings on it rank but do not alert, and its rows are learned. It is one
-notice, not an anomaly per row. A failed row (a failure status, severity ERROR or above) has no warm-up: what is
-anomalous regardless of novelty still alerts, and so does a warm row's extreme latency or failure burst, which the
-members judging a row against its own entity find.
+alerts in its first minutes. So a kind warms up. Its first row is judged as any row: a new kind of message can
+be the incident, and then it is one event. Its later rows, in every batch that starts with fewer than
+`warmup_rows` of its rows seen, rank by the global-novelty members' findings but do not alert on them, and are
+learned. A failed row (a failure status, severity ERROR or above) has no warm-up: what is anomalous regardless of
+novelty still alerts, and so does a warm row's extreme latency or failure burst, which the members judging a row
+against its own entity find.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ class NewKinds:
             if kind is None:
                 continue
             key = f"{source}\x1f{kind[0]}\x1f{kind[1]}"
-            before = self.seen.get(key, 0)
-            warm[i] = before < self.warmup_rows
-            if key not in self.seen and key not in batch and (told is None or not told[i]):
+            first = key not in self.seen and key not in batch
+            # The kind's first row is judged as any row (one event when it is anomalous: a new kind of message
+            # can be the incident); the rest of its warm-up ranks but does not alert.
+            warm[i] = not first and self.seen.get(key, 0) < self.warmup_rows
+            if first and (told is None or not told[i]):
                 notices.append(self._notice(source, *kind))
             batch[key] = batch.get(key, 0) + 1
         for key, n in batch.items():
