@@ -105,8 +105,8 @@ class NewKinds:
         shown = kind[1:] if column == "template" and kind.startswith("~") else kind
         return Notice(
             "kind",
-            f"new {what[column]} in {signal} of {service!r}: {shown[:120]!r}; its first {self.warmup_rows}"
-            " records are learned, and their novelty alone does not alert",
+            f"new {what[column]} in {signal} of {service!r}: {shown[:120]!r}; its first record is judged, the"
+            f" next {self.warmup_rows} are learned and their novelty alone does not alert",
         )
 
     def state(self) -> dict[str, Any]:
