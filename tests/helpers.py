@@ -91,3 +91,24 @@ def uid_counts(store: MilvusStore, uids: list[str]) -> dict[str, int]:
             for row in found:
                 counts[str(row["uid"])] += 1
     return counts
+
+
+def log_frame(messages: list[str | None], start: int = 0, severity: int = 1):  # -> model.detectors.base.Frame
+    """A detector frame of log rows of one service ("shop"), one a second from 1,800,000,000 s; None = an ordinary
+    message of a trained template, a string = a message no trained template fits, at `severity` (OCSF)."""
+    import numpy as np
+
+    from model.detectors.base import Frame
+    from model.features import FeatureContract
+
+    t0 = 1_800_000_000 * 10**9
+    rows, derived = [], []
+    for j, message in enumerate(messages):
+        i = start + j
+        sev = 1 if message is None else severity
+        rows.append(Row(f"u{i}", "logs", t0 + i * 10**9, "shop", 1007, 1, sev, 1))
+        d = {"signal": "logs", "service": "shop", "class_uid": 1007, "severity_id": sev, "failed": sev >= 4}
+        d.update({"template": "0"} if message is None else {"template": "<unseen>", "_message": message})
+        derived.append(d)
+    n = len(rows)
+    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), FeatureContract())

@@ -7,29 +7,13 @@ import random
 
 import numpy as np
 
-from model.detectors.base import Frame
 from model.detectors.pattern import PatternFrequency
-from model.features import FeatureContract
-from model.schema import Row
 from model.templates import NewTemplates
+from tests.helpers import log_frame as frame
 
-T0 = 1_800_000_000 * 10**9
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa romeo".split()
 )
-
-
-def frame(messages: list[str | None], start: int = 0) -> Frame:
-    """Log rows of one service, one a second; None = an ordinary message of a trained template."""
-    rows, derived = [], []
-    for j, message in enumerate(messages):
-        i = start + j
-        rows.append(Row(f"u{i}", "logs", T0 + i * 10**9, "shop", 1007, 1, 1, 1))
-        d = {"signal": "logs", "service": "shop", "class_uid": 1007, "severity_id": 1}
-        d.update({"template": "0"} if message is None else {"template": "<unseen>", "_message": message})
-        derived.append(d)
-    n = len(rows)
-    return Frame(rows, derived, np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), FeatureContract())
 
 
 def report(rng: random.Random) -> str:
