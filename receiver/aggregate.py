@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from model.schema import Anomaly, content_uid
-from receiver.events import AnomalyEvent, Occurrence
+from receiver.events import AnomalyEvent, Occurrence, anomaly_uid
 
 __all__ = ["EventLimits", "FindingAggregator", "pattern_key"]
 
@@ -29,6 +30,9 @@ __all__ = ["EventLimits", "FindingAggregator", "pattern_key"]
 _CONTENT_MEMBERS = frozenset({"knn", "pattern", "isolation"})
 _MAX_OPEN = 10_000  # open findings kept; beyond it the quietest is closed early
 _MAX_PENDING_SOURCES = 200  # source uids kept per finding between two of its events
+# Anomalies remembered as folded: a batch whose store failed comes back re-scored, and its anomalies must not
+# count twice or be sent again (their events are returned as first built, to be stored).
+_MAX_FOLDED = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class FindingAggregator:
         self._gap_ms = self._window_ms // limits.max_per_window
         self._wait_ms = int(limits.wait_s * 1000)
         self._open: dict[tuple[str, ...], _Finding] = {}
+        self._folded: OrderedDict[str, AnomalyEvent] = OrderedDict()  # anomaly uid -> its stored event
         self._minute: tuple[int, int] = (-1, 0)  # (event-time minute, events sent in it)
         self._clock_ms = 0
         self._lock = threading.Lock()
@@ -122,14 +127,21 @@ class FindingAggregator:
             (stored, send): every anomaly's event as it is stored (with its finding's uid and count), and the
             events to send now (Creates, Updates, closing Updates of findings this batch's time closed).
         """
-        if self._window_ms == 0:  # no aggregation: each anomaly its own finding, as before
-            events = [AnomalyEvent.of(a, self.version) for a in anomalies]
-            self._count("created", len(events))
-            return events, events
         stored: list[AnomalyEvent] = []
         send: list[AnomalyEvent] = []
         with self._lock:
             for anomaly in sorted(anomalies, key=lambda a: a.row.time_unix_nano):
+                uid = anomaly_uid(anomaly)
+                known = self._folded.get(uid)
+                if known is not None:  # folded before, its store failed: the same event, counted once
+                    stored.append(known)
+                    continue
+                if self._window_ms == 0:  # no aggregation: each anomaly its own finding
+                    own = self._remember(uid, AnomalyEvent.of(anomaly, self.version))
+                    stored.append(own)
+                    send.append(own)
+                    self._count("created", 1)
+                    continue
                 t = anomaly.row.time_ms
                 self._clock_ms = max(self._clock_ms, t)
                 key = pattern_key(anomaly)
@@ -145,14 +157,25 @@ class FindingAggregator:
                 f.first_seen_ms, f.last_seen_ms = min(f.first_seen_ms, t), max(f.last_seen_ms, t)
                 if len(f.sources) < _MAX_PENDING_SOURCES:
                     f.sources.append(anomaly.row.uid)
-                stored.append(AnomalyEvent.of(anomaly, self.version, self._occurrence(f, related=False)))
+                stored.append(
+                    self._remember(
+                        uid, AnomalyEvent.of(anomaly, self.version, self._occurrence(f, related=False))
+                    )
+                )
                 event = self._maybe_send(f, t)
                 if event is not None:
                     send.append(event)
                 else:
                     self._count("aggregated", 1)
-            send += self._sweep()
+            if self._window_ms:
+                send += self._sweep()
         return stored, send
+
+    def _remember(self, uid: str, event: AnomalyEvent) -> AnomalyEvent:
+        self._folded[uid] = event
+        if len(self._folded) > _MAX_FOLDED:
+            self._folded.popitem(last=False)
+        return event
 
     def tick(self) -> list[AnomalyEvent]:
         """The events due by the wall clock alone (the emitter calls it every second, traffic or not)."""

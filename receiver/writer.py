@@ -222,19 +222,21 @@ class Writer:
             events, send = aggregator.add(fresh)  # the findings, built once
         else:
             events = send = [AnomalyEvent.of(a, self.otad_version) for a in fresh]
-        records = []
+        records = [anomaly_record(e.uid, e.anomaly, {"finding": e.finding}) for e in events]
+        # Every event is kept, whatever happens to the export. What the aggregator decided to send goes out even
+        # when the store fails: the batch comes back re-scored, and the aggregator neither counts nor sends its
+        # anomalies again, so an event held back here would never be sent.
+        try:
+            self.write_isolating(
+                "anomalies",
+                records,
+                lambda idx: self.store.upsert_anomalies([records[i] for i in idx]),
+                lambda i: records[i],
+            )
+        finally:
+            emitter.emit(send)
         for event in events:
-            a = event.anomaly
-            records.append(anomaly_record(event.uid, a, {"finding": event.finding}))
-            self.metrics.anomalies.labels(a.row.signal).inc()
-        # Every event is kept, whatever happens to the export.
-        self.write_isolating(
-            "anomalies",
-            records,
-            lambda idx: self.store.upsert_anomalies([records[i] for i in idx]),
-            lambda i: records[i],
-        )
-        emitter.emit(send)
+            self.metrics.anomalies.labels(event.anomaly.row.signal).inc()
         return len(fresh)
 
     def advance(self, rows: Sequence[Row], emitter: AnomalyEmitter) -> None:

@@ -9,6 +9,9 @@ import pytest
 from model.schema import Anomaly, Row
 from receiver.aggregate import EventLimits, FindingAggregator, pattern_key
 from receiver.events import build_event
+from receiver.metrics import Metrics
+from receiver.writer import Writer
+from storage import StorageError
 
 T0_MS = 1_762_041_600_000
 
@@ -179,3 +182,57 @@ def test_waits_and_quiet_windows_end_by_the_wall_clock_when_no_later_record_come
     time.sleep(0.45)
     closing = agg.tick()  # quiet for a window by the wall clock: the last word, and the finding ends
     assert [(e.finding["activity_id"], e.count) for e in closing] == [(2, 3)] and agg.open_findings == 0
+
+
+@pytest.mark.parametrize("window_s", [300.0, 0.0])
+def test_anomalies_folded_again_after_a_failed_store_count_once_and_are_not_sent_again(window_s):
+    agg = FindingAggregator(
+        EventLimits(window_s=window_s, max_per_window=1, max_per_minute=100, wait_s=0), "t"
+    )
+    batch = [anomaly(i, i) for i in range(3)]
+    stored, send = agg.add(batch)
+    again, resend = agg.add(batch)  # the same batch, re-scored after its store failed
+    assert [(e.uid, e.finding) for e in again] == [(e.uid, e.finding) for e in stored]
+    assert resend == [] and len(send) >= 1
+    later, _ = agg.add([anomaly(3, 3)])
+    assert later[0].finding["count"] == (4 if window_s else 1)  # not 7: the retried three counted once
+
+
+class _FlakyStore:
+    """Milvus stand-in (the outage is what is tested): the first anomaly write fails as an outage."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.fail = 1
+
+    def existing_anomaly_uids(self, uids: list[str]) -> set[str]:
+        return {u for u in uids if u in self.rows}
+
+    def upsert_anomalies(self, records: list[dict]) -> int:
+        if self.fail:
+            self.fail -= 1
+            raise StorageError("milvus unreachable")
+        self.rows.update({r["uid"]: r for r in records})
+        return len(records)
+
+
+class _Emitter:
+    def __init__(self) -> None:
+        self.aggregator = FindingAggregator(EventLimits(window_s=300, max_per_minute=100, wait_s=0), "t")
+        self.sent: list = []
+
+    def emit(self, events) -> None:
+        self.sent += events
+
+
+def test_a_store_outage_neither_loses_the_finding_event_nor_counts_its_anomalies_twice(tmp_path):
+    metrics, store, emitter = Metrics(), _FlakyStore(), _Emitter()
+    writer = Writer(store, metrics, tmp_path, dead_letter_max_bytes=1 << 20, otad_version="t")  # type: ignore[arg-type]
+    batch = [anomaly(i, i) for i in range(3)]
+    with pytest.raises(StorageError):
+        writer.anomalies(batch, emitter)  # type: ignore[arg-type]
+    assert [e.finding["activity_name"] for e in emitter.sent] == ["Create"]  # sent although the store failed
+    assert writer.anomalies(batch, emitter) == 3  # the pipeline's retry of the re-scored batch
+    assert len(emitter.sent) == 1  # not sent again
+    assert sorted(r["event"]["finding"]["count"] for r in store.rows.values()) == [1, 2, 3]
+    assert metrics.anomalies.labels("logs")._value.get() == 3
