@@ -314,8 +314,9 @@ class Pipeline:
             self.hooks.scored(rows, scored)  # drift window, challenger in shadow
         scored.anomalies = self.screen(scorer, scored) if self.screen else scored.anomalies  # feedback
         for notice in scored.notices:  # one line per new source or kind, not one anomaly per row of it
-            logger.info("%s", notice.text)
-            (self.metrics.new_sources if notice.entity == "source" else self.metrics.new_kinds).inc()
+            if notice.text:
+                logger.info("%s", notice.text)
+            (self.metrics.new_sources if notice.entity == "source" else self.metrics.new_kinds).inc(notice.n)
         self.metrics.set_detector_weights(scored.weights)
         columns = scored_columns(rows, scored.scores, scored.is_anomaly, reference=False)
         while len(self._in_flight) >= 2:

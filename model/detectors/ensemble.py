@@ -283,7 +283,7 @@ class Ensemble:
         """Score a batch (rows in time order): every member, the combination, the threshold; then learn."""
         n, m = len(frame), len(self.members)
         thresholds, warm, notices = self._track(frame)
-        kind_warm, kind_notices = self.kinds.warm(frame, told=warm)
+        kind_warm, kind_notices = self.kinds.warm(frame, covered=warm)
         kind_warm &= ~warm
         signals = frame.signals
         raw = np.full((n, m), np.nan)

@@ -26,13 +26,17 @@ KIND_COLUMNS = ("template", "trace.span.operation", "api.operation")
 WARMUP_ROWS = 50
 MAX_KINDS = 5_000  # kinds remembered; the least recently seen is forgotten first
 NOTICES_PER_BATCH = 10  # notice lines per batch; past that, one line counts the rest
+# Kinds told one by one per (service, signal); past that (span names with ids in them, say) they are counted only.
+NOTICES_PER_SOURCE = 100
 
 
 class Notice(NamedTuple):
-    """A new entity, told once: `entity` is "source" or "kind", `text` the log line."""
+    """New entities, told once: `entity` is "source" or "kind", `text` the log line ("" = counted, not logged),
+    `n` how many entities it tells of."""
 
     entity: str
     text: str
+    n: int = 1
 
 
 class NewKinds:
@@ -43,6 +47,7 @@ class NewKinds:
         self.max_kinds = max_kinds
         self.templates = NewTemplates()
         self.seen: OrderedDict[str, int] = OrderedDict()  # "<source>\x1f<column>\x1f<kind>" -> rows seen
+        self.told: dict[str, int] = {}  # source -> kinds told of it one by one
 
     def _kinds(self, frame: Frame) -> list[tuple[str, str] | None]:
         """(column, kind) of each row whose kind training never saw, None for the others and for failed rows."""
@@ -62,13 +67,15 @@ class NewKinds:
                     break
         return out
 
-    def warm(self, frame: Frame, told: np.ndarray | None = None) -> tuple[np.ndarray, list[Notice]]:
+    def warm(self, frame: Frame, covered: np.ndarray | None = None) -> tuple[np.ndarray, list[Notice]]:
         """Per row: whether its kind is in its warm-up (fewer than `warmup_rows` of its rows before this batch,
         so the whole batch that meets a kind first is warm, however many of its rows it holds); and a notice
-        for each kind first seen, except on rows in `told` (a new source's kinds come with its own notice).
+        for each kind first seen, except on rows in `covered` (a new source's kinds come with its notice).
         Counts the batch's rows."""
         warm = np.zeros(len(frame), dtype=bool)
         notices: list[Notice] = []
+        quiet = 0  # kinds counted but not logged (their source's budget of lines is spent)
+        spent: list[str] = []  # sources whose budget this batch spends
         batch: dict[str, int] = {}
         for i, (source, kind) in enumerate(zip(frame.sources, self._kinds(frame), strict=True)):
             if kind is None:
@@ -78,8 +85,13 @@ class NewKinds:
             # The kind's first row is judged as any row (one event when it is anomalous: a new kind of message
             # can be the incident); the rest of its warm-up ranks but does not alert.
             warm[i] = not first and self.seen.get(key, 0) < self.warmup_rows
-            if first and (told is None or not told[i]):
-                notices.append(self._notice(source, *kind))
+            if first and (covered is None or not covered[i]):
+                n = self.told[source] = self.told.get(source, 0) + 1
+                if n <= NOTICES_PER_SOURCE:
+                    notices.append(self._notice(source, *kind))
+                    spent += [source] if n == NOTICES_PER_SOURCE else []
+                else:
+                    quiet += 1
             batch[key] = batch.get(key, 0) + 1
         for key, n in batch.items():
             self.seen[key] = self.seen.get(key, 0) + n
@@ -90,9 +102,23 @@ class NewKinds:
             more = len(notices) - NOTICES_PER_BATCH
             notices = notices[:NOTICES_PER_BATCH] + [
                 Notice(
-                    "kind", f"... and {more} more new kinds of record in this batch, each warming up alike"
+                    "kind",
+                    f"... and {more} more new kinds of record in this batch, each warming up alike",
+                    more,
                 )
             ]
+        for source in spent:
+            service, signal = source.split("\x1f")
+            notices.append(
+                Notice(
+                    "kind",
+                    f"the {signal} of {service!r} has had {NOTICES_PER_SOURCE} new kinds of record: later ones are"
+                    " counted in otad_new_kinds_total, not logged",
+                    0,
+                )
+            )
+        if quiet:
+            notices.append(Notice("kind", "", quiet))
         return warm, notices
 
     def _notice(self, source: str, column: str, kind: str) -> Notice:
@@ -103,18 +129,23 @@ class NewKinds:
             "api.operation": "RPC method",
         }
         shown = kind[1:] if column == "template" and kind.startswith("~") else kind
-        return Notice(
-            "kind",
+        text = (
             f"new {what[column]} in {signal} of {service!r}: {shown[:120]!r}; its first record is judged, the"
-            f" next {self.warmup_rows} are learned and their novelty alone does not alert",
+            f" next {self.warmup_rows} are learned and their novelty alone does not alert"
         )
+        return Notice("kind", text)
 
     def state(self) -> dict[str, Any]:
-        return {"seen": [[k, n] for k, n in self.seen.items()], "templates": self.templates.state()}
+        return {
+            "seen": [[k, n] for k, n in self.seen.items()],
+            "templates": self.templates.state(),
+            "told": self.told,
+        }
 
     @classmethod
     def from_state(cls, values: dict[str, Any]) -> NewKinds:
         out = cls()
         out.seen = OrderedDict((str(k), int(n)) for k, n in values.get("seen", []))
         out.templates = NewTemplates.from_state(values.get("templates", []))
+        out.told = {str(k): int(n) for k, n in values.get("told", {}).items()}
         return out

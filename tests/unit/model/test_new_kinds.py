@@ -12,7 +12,7 @@ import numpy as np
 from model.detectors import ensemble_from_state
 from model.detectors.base import Frame
 from model.detectors.ensemble import Ensemble
-from model.detectors.kinds import NOTICES_PER_BATCH, WARMUP_ROWS
+from model.detectors.kinds import NOTICES_PER_BATCH, NOTICES_PER_SOURCE, WARMUP_ROWS
 from model.detectors.pattern import PatternFrequency
 from model.features import OOV, FeatureContract
 from model.schema import Row
@@ -120,3 +120,23 @@ def test_warm_up_counts_survive_a_restart_and_notices_are_bounded() -> None:
     result = twin.score(frame(many, start=2300))
     assert len(result.notices) == NOTICES_PER_BATCH + 1
     assert result.notices[-1].text.startswith(f"... and {len(many) - NOTICES_PER_BATCH} more")
+
+
+def test_a_source_with_endless_new_kinds_is_counted_not_logged_past_its_budget() -> None:
+    contract = FeatureContract(categorical=["trace.span.operation"])
+    ens, notices = Ensemble([PatternFrequency()]), []
+    for b in range(6):  # span names with an id in each: every span a new operation
+        rows = [
+            Row(f"s{b}-{i}", "traces", T0 + (b * 30 + i) * 10**9, "api", 6003, 1, 1, 1) for i in range(30)
+        ]
+        derived = [
+            {"signal": "traces", "trace.span.operation": f"GET /users/{b * 30 + i}"} for i in range(30)
+        ]
+        cat = np.full((30, 1), OOV)
+        notices += ens.kinds.warm(Frame(rows, derived, np.zeros((30, 0), np.float32), cat, contract))[1]
+    lines = [n.text for n in notices if n.text]
+    assert sum(n.n for n in notices) == 180  # otad_new_kinds_total counts every one
+    assert len(lines) <= NOTICES_PER_SOURCE + 6  # one line each up to the budget (a summary line per batch)
+    assert "later ones are counted in otad_new_kinds_total, not logged" in lines[-1]
+    twin = ensemble_from_state(*ens.state())
+    assert twin.kinds.told == ens.kinds.told  # the budget is not reset by a restart
