@@ -1,8 +1,8 @@
 """New kinds of record: a log message no trained template fits, or a span operation or RPC method training never saw.
 
 A new kind is novel as a whole until it has history of its own: every global-novelty member calls each of its
-first rows unlike anything before, and a new kind of ordinary message at a twentieth of traffic raised dozens of
-alerts in its first minutes. So a kind warms up. Its first row is judged as any row: a new kind of message can
+first rows unlike anything before, and a new kind of ordinary message would raise an alert per record until the
+pattern member has counted it and k-NN has neighbours for it. So a kind warms up. Its first row is judged as any row: a new kind of message can
 be the incident, and then it is one event. Its later rows, in every batch that starts with fewer than
 `warmup_rows` of its rows seen, rank by the global-novelty members' findings but do not alert on them, and are
 learned. A failed row (a failure status, severity ERROR or above) has no warm-up: what is anomalous regardless of
@@ -23,6 +23,8 @@ from model.templates import NewTemplates
 
 # The columns that name what a row is (its message template, its span operation, its RPC method).
 KIND_COLUMNS = ("template", "trace.span.operation", "api.operation")
+# Rows of a kind seen before its novelty alone can alert: k-NN learns a sample of each batch and needs k (10) of
+# the kind among its reference rows; the pattern member needs a count that says how common the kind is.
 WARMUP_ROWS = 50
 MAX_KINDS = 5_000  # kinds remembered; the least recently seen is forgotten first
 NOTICES_PER_BATCH = 10  # notice lines per batch; past that, one line counts the rest
