@@ -305,10 +305,9 @@ class Ensemble:
         weights = self._weights(p, applicable, signals, learn)
         combined = combine(p, applicable, self.combiner, weights)
         alerting = combined.copy()
-        if (
-            kind_warm.any()
-        ):  # a warming kind alerts on what the members judging it against its own entity find
-            own = applicable[kind_warm] & ~np.asarray([m.global_novelty for m in self.members])
+        # A warming kind alerts only on what the members judging a row against its own entity find.
+        if kind_warm.any():
+            own = applicable[kind_warm] & ~np.asarray([mem.global_novelty for mem in self.members])
             alerting[kind_warm] = combine(p[kind_warm], own, self.combiner, weights[kind_warm])
         alert = (alerting <= thresholds) & ~self._muted(frame)
         warm |= kind_warm
