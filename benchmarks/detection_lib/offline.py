@@ -29,7 +29,6 @@ def fit_and_score(
     service reports from its cold start) as (rows, scores, is_anomaly).
     """
     from model.calibration import pvalue_to_score
-    from model.scorer import Scorer
     from model.version import fit_version
 
     t0 = time.monotonic()
@@ -40,16 +39,8 @@ def fit_and_score(
     if mv.judged is not None:
         frame, fitted = mv.judged
         judged = (frame.rows, pvalue_to_score(fitted.combined), fitted.alert)
-    scorer = Scorer(mv, learn=True, threads=2)
-    scores, flags = np.zeros(len(test)), np.zeros(len(test), dtype=bool)
-    t1, next_report = time.monotonic(), 0.25
-    for start in range(0, len(test), batch):
-        out = scorer.score(test[start : start + batch])
-        scores[start : start + batch] = out.scores
-        flags[start : start + batch] = out.is_anomaly
-        if (start + batch) / len(test) >= next_report:
-            log(f"  scored {min(start + batch, len(test))}/{len(test)} ({time.monotonic() - t1:.0f}s)")
-            next_report += 0.25
+    t1 = time.monotonic()
+    scores, flags, _ = score_online(mv, test, log, batch)
     meta = {
         "model_version": mv.version,
         "fit_seconds": round(fit_s, 1),
@@ -59,6 +50,29 @@ def fit_and_score(
         "reference_rows": mv.meta.get("reference_rows"),
     }
     return scores, flags, meta, judged
+
+
+def score_online(
+    mv: Any, test: list[Row], log: Callable[[str], None], batch: int = BATCH_ROWS
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Score `test` in time order in batches with learning on, as the service does: (scores, is_anomaly, each
+    member's p-values), in input order."""
+    from model.scorer import Scorer
+
+    scorer = Scorer(mv, learn=True, threads=2)
+    scores, flags = np.zeros(len(test)), np.zeros(len(test), dtype=bool)
+    members: dict[str, list[np.ndarray]] = {}
+    t1, next_report = time.monotonic(), 0.25
+    for start in range(0, len(test), batch):
+        out = scorer.score(test[start : start + batch])
+        scores[start : start + batch] = out.scores
+        flags[start : start + batch] = out.is_anomaly
+        for name, p in out.members.items():
+            members.setdefault(name, []).append(p)
+        if (start + batch) / len(test) >= next_report:
+            log(f"  scored {min(start + batch, len(test))}/{len(test)} ({time.monotonic() - t1:.0f}s)")
+            next_report += 0.25
+    return scores, flags, {name: np.concatenate(parts) for name, parts in members.items()}
 
 
 def evaluate_split(
