@@ -309,8 +309,14 @@ class OtlpHttpServer:
         try:
             family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
             self._sock = socket.socket(family, kind, proto)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if int(port):
+                # A fixed port is taken again at once after a restart (its old connections in TIME_WAIT). Not for
+                # port 0: with SO_REUSEADDR the kernel may pick the local port of an outgoing connection, and
+                # listen() then fails with "address in use".
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._sock.bind(address)
+            # Listen now, as uvicorn will: a port that cannot listen fails here, naming the setting.
+            self._sock.listen(2048)
         except OSError as exc:
             raise OSError(
                 f"cannot listen on {endpoint} (OTAD_HTTP_ENDPOINT): {exc.strerror or exc}"
