@@ -71,6 +71,12 @@ class MilvusWatch:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def server_bind(self) -> None:
+        # Address reuse only for a fixed port (taken again at once after a restart): on port 0 it lets the kernel
+        # pick an outgoing connection's local port, and listen() then fails with "address in use".
+        self.allow_reuse_address = self.server_address[1] != 0
+        super().server_bind()
+
     def handle_error(self, request, client_address) -> None:
         """A client that hung up or spoke plaintext to TLS: one debug line, not a traceback on stderr."""
         logger.debug("metrics port: request from %s failed", client_address[0], exc_info=True)

@@ -1,4 +1,4 @@
-"""The OTLP/HTTP listening socket: port 0 takes a port no other socket holds; a fixed port can be taken again at once
+"""The OTLP/HTTP and metrics listening sockets: port 0 takes a port no other socket holds; a fixed port can be taken again at once
 after a restart."""
 
 from __future__ import annotations
@@ -39,3 +39,16 @@ def test_a_fixed_port_keeps_address_reuse_for_restarts() -> None:
         assert server._sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
     finally:
         server._sock.close()
+
+
+def test_the_metrics_port_follows_the_same_rule() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from receiver.health import HealthServer
+
+    for endpoint, reuse in (("127.0.0.1:0", 0), (f"127.0.0.1:{free_port()}", 1)):
+        server = HealthServer(endpoint, CollectorRegistry(), dict)
+        try:
+            assert server.httpd.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == reuse, endpoint
+        finally:
+            server.httpd.server_close()
