@@ -1,5 +1,5 @@
-"""The OTLP/HTTP and metrics listening sockets: port 0 takes a port no other socket holds; a fixed port can be taken again at once
-after a restart."""
+"""The OTLP/HTTP and metrics listening sockets: port 0 takes a port no other socket holds; a fixed port can be
+taken again at once after a restart."""
 
 from __future__ import annotations
 
