@@ -75,6 +75,7 @@ def ensemble_from_state(values: dict[str, Any], arrays: dict[str, np.ndarray]) -
     )
     ens.entities = {k: list(v) for k, v in values["entities"].items()}
     ens.kinds = NewKinds.from_state(values.get("kinds", {}))
+    ens.share_templates()
     ens.recent = {
         key: RecentCalibration.from_state(v, arrays, f"r{key}.")
         for key, v in values.get("recent", {}).items()

@@ -26,6 +26,7 @@ from model.detectors.agreement import AgreementWeights
 from model.detectors.base import Detector, Frame, State
 from model.detectors.kinds import NewKinds, Notice
 from model.detectors.recent import RecentCalibration, RecentCenter, zvalues
+from model.templates import NewTemplates
 
 COMBINERS = ("cauchy", "minp", "fisher")
 WEIGHTINGS = ("agreement", "equal")
@@ -137,7 +138,16 @@ class Ensemble:
         self.center: dict[str, RecentCenter] = {}  # "<member index>/<signal>" -> its latest z-values
         self.agree: dict[str, AgreementWeights] = {}  # signal -> its latest member evidence and weights
         self.kinds = NewKinds()  # kinds of record first seen after training, and their rows seen
+        self.share_templates()
         self.fit_result_: EnsembleResult | None = None  # the training rows judged (not saved)
+
+    def share_templates(self) -> None:
+        """The kinds tracker groups unseen messages with the pattern member's grouping, when there is one."""
+        for member in self.members:
+            templates = getattr(member, "new_templates", None)
+            if isinstance(templates, NewTemplates):
+                self.kinds.use(templates)
+                return
 
     @property
     def names(self) -> list[str]:
@@ -160,6 +170,7 @@ class Ensemble:
             n = keys.count(key)
             # Seeded at the training window's mean rate, as if that rate had always held.
             self.entities[key] = [n / span * RATE_TAU_S, float(times.max()), float(times.min()), n, 1.0]
+        self.share_templates()  # the pattern member's fit starts its grouping of unseen messages afresh
         self.kinds.warm(frame)  # a kind the training rows hold (a message too rare for a template) is not new
         self.fit_result_ = self._judge_training(frame, keys)
         return self

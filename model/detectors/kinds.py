@@ -47,14 +47,23 @@ class NewKinds:
     def __init__(self, warmup_rows: int = WARMUP_ROWS, max_kinds: int = MAX_KINDS) -> None:
         self.warmup_rows = warmup_rows
         self.max_kinds = max_kinds
-        self.templates = NewTemplates()
+        # Grouping unseen messages is costly: the ensemble shares the pattern member's, when it has one.
+        self.templates, self.shared = NewTemplates(), False
         self.seen: OrderedDict[str, int] = OrderedDict()  # "<source>\x1f<column>\x1f<kind>" -> rows seen
         self.told: dict[str, int] = {}  # source -> kinds told of it one by one
+
+    def use(self, templates: NewTemplates) -> None:
+        """Group unseen messages with `templates` (the pattern member's), not a copy of its work."""
+        self.templates, self.shared = templates, True
 
     def _kinds(self, frame: Frame) -> list[tuple[str, str] | None]:
         """(column, kind) of each row whose kind training never saw, None for the others and for failed rows."""
         names = frame.contract.categorical if frame.contract is not None else []
-        cols = [(c, names.index(c)) for c in KIND_COLUMNS if c in names]
+        cols = [c for c in KIND_COLUMNS if c in names] if frame.cat.shape[1] == len(names) else []
+        first_oov = [-1] * len(frame)
+        if cols:
+            oov = frame.cat[:, [names.index(c) for c in cols]] == OOV
+            first_oov = np.where(oov.any(axis=1), oov.argmax(axis=1), -1).tolist()
         out: list[tuple[str, str] | None] = [None] * len(frame)
         for i, d in enumerate(frame.derived):
             if d.get("failed"):
@@ -62,11 +71,9 @@ class NewKinds:
             message = d.get("_message")
             if d.get("template") == "<unseen>" and isinstance(message, str):
                 out[i] = ("template", self.templates.key(message))
-                continue
-            for name, j in cols:
-                if frame.cat[i, j] == OOV:
-                    out[i] = (name, str(d.get(name)))
-                    break
+            elif first_oov[i] >= 0:
+                name = cols[first_oov[i]]
+                out[i] = (name, str(d.get(name)))
         return out
 
     def warm(self, frame: Frame, covered: np.ndarray | None = None) -> tuple[np.ndarray, list[Notice]]:
@@ -140,7 +147,7 @@ class NewKinds:
     def state(self) -> dict[str, Any]:
         return {
             "seen": [[k, n] for k, n in self.seen.items()],
-            "templates": self.templates.state(),
+            "templates": [] if self.shared else self.templates.state(),  # shared: saved by the pattern member
             "told": self.told,
         }
 

@@ -111,6 +111,9 @@ def test_warm_up_counts_survive_a_restart_and_notices_are_bounded() -> None:
     ens.score(frame(msgs[:100], start=2000))
     twin = ensemble_from_state(*ens.state())
     assert twin.kinds.seen == ens.kinds.seen
+    # one grouping of unseen messages, the pattern member's, before and after the restart
+    assert ens.kinds.templates is ens.members[0].new_templates
+    assert twin.kinds.templates is twin.members[0].new_templates
     later = frame(msgs[100:], start=2100)
     a, b = ens.score(later), twin.score(later)
     np.testing.assert_array_equal(a.warm, b.warm)
