@@ -38,6 +38,7 @@ from receiver.rows.common import (
     severity_number,
     to_int,
 )
+from receiver.rows.levels import level_in_text
 
 JSON_BODY_LIMIT = 64 * 1024  # larger string bodies stay plain text
 _TEXT_SCAN = 2048  # only the start of a message is scanned for auth words
@@ -248,6 +249,9 @@ def map_log_record(
             message = compact_json(obj)
     if message is not None:
         fields["message"] = message
+        if obj is None and not (severity_text or record.severity_number):
+            # an unparsed line (a filelog receiver without a severity parser): the level its header writes
+            severity_text = level_in_text(message)
     if severity_text:
         fields["severity_text"] = severity_text
     if scope_name:

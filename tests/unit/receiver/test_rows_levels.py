@@ -1,0 +1,76 @@
+"""Unparsed log lines: the level their header writes becomes the record's severity when it carries none."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.schema import APPLICATION_ERROR, APPLICATION_LOG
+from receiver.rows.levels import level_in_text
+from receiver.rows.mapper import RowMapper
+from tests.unit.receiver.rows_helpers import logs_request
+
+
+def one_row(**record):
+    batch = RowMapper().map_logs(logs_request(record), received_unix_nano=42)
+    assert not batch.rejections and len(batch.rows) == 1
+    return batch.rows[0]
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("2024-01-01 10:00:00,123 ERROR [main] c.e.Foo - connection refused", "ERROR"),  # log4j / logback
+        ("17/06/09 20:10:40 INFO executor.Backend: registered", "INFO"),
+        ("081109 203615 148 WARN dfs.DataNode: slow block", "WARN"),
+        ("ERROR:root:division by zero", "ERROR"),  # Python's default format
+        ("2024/01/01 10:00:00 [error] 123#0: *1 open() failed", "ERROR"),  # nginx
+        ("E0612 10:00:00.000000    1 main.go:12] boom", "ERROR"),  # glog / klog
+        ("W0612 10:00:00.000000    1 main.go:12] slow", "WARN"),
+        ("<11>Jan  1 10:00:00 host app: disk failed", "ERR"),  # syslog PRI 11 = user.err
+        ("<14>Jan  1 10:00:00 host app: started", "INFO"),
+        ("ts=2024-01-01T10:00:00Z level=warn msg=retrying", "WARN"),  # logfmt
+        ('{"level": "error", "msg": "x"', "ERROR"),  # cut JSON, not parsed as an object
+        ("2024-01-01T10:00:00Z\terror\tmain.go:12\tfailed", "ERROR"),  # zap console
+        ("- 1117838570 2005.06.03 R02-M1 2005-06-03-15.42.50 R02-M1 RAS KERNEL FATAL data TLB error", "FATAL"),
+        ("Error: cannot open /etc/app.conf", "ERROR"),
+        ("panic: runtime error: index out of range", "PANIC"),
+        ("12:00:01 Warning something odd", "WARNING"),
+        # No level: words of the message are not its level.
+        ("0 errors found", ""),
+        ("connection error while reading", ""),
+        ("Alert rule fired for disk usage", ""),
+        ("Critical section entered", ""),
+        ("USER ALERT SENT", ""),
+        ("GET /api/items ERROR", ""),
+        ("Info about the cart", ""),
+        ("- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228 crond[2915]: session closed", ""),
+        ("ts=1 level=loud msg=x", ""),
+        ("<999>not a priority", ""),
+        ("", ""),
+    ],
+)
+def test_level_in_text(line: str, level: str) -> None:
+    assert level_in_text(line) == level
+
+
+def test_an_unparsed_error_line_is_an_application_error() -> None:
+    row = one_row(body="2024-01-01 10:00:00,123 ERROR [main] db down")
+    assert (row.class_uid, row.severity_id, row.status_id) == (APPLICATION_ERROR, 4, 2)
+    assert row.fields["severity_text"] == "ERROR"
+
+
+def test_an_unparsed_info_line_is_informational() -> None:
+    row = one_row(body="2024-01-01 10:00:00,123 INFO [main] cart has 3 items")
+    assert (row.class_uid, row.severity_id) == (APPLICATION_LOG, 1)
+
+
+def test_the_record_severity_wins_over_the_line() -> None:
+    row = one_row(body="2024-01-01 10:00:00 ERROR db down", severity_number=9)
+    assert row.severity_id == 1 and "severity_text" not in row.fields
+    row = one_row(body="2024-01-01 10:00:00 ERROR db down", severity_text="WARN")
+    assert row.severity_id == 3 and row.fields["severity_text"] == "WARN"
+
+
+def test_a_line_without_a_level_keeps_severity_unknown() -> None:
+    row = one_row(body="0 errors found in 12 files")
+    assert row.severity_id == 0 and "severity_text" not in row.fields
