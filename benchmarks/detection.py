@@ -1,6 +1,6 @@
 """The development detection benchmark: every dataset, time-ordered, beside trivial baselines; one table.
 
-    python benchmarks/detection.py [--datasets bgl,sim,nab,webapp] [--seeds 1,2] [--sim-minutes 60]
+    python benchmarks/detection.py [--datasets bgl,bgl-lines,sim,nab,webapp] [--seeds 1,2] [--sim-minutes 60]
                                    [--offline-only | --service-only] [--out results.json]
                                    [--devdata ../shared/devdata] [--work DIR]
     otad benchmark ...             (the same, from a source checkout)
@@ -64,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--datasets",
-        default="bgl,sim,nab,webapp",
-        help="comma-separated, run in this order (default bgl,sim,nab,webapp)",
+        default="bgl,bgl-lines,sim,nab,webapp",
+        help="comma-separated, run in this order (default bgl,bgl-lines,sim,nab,webapp; bgl-lines is BGL as"
+        " unparsed lines, the level only in the text)",
     )
     ap.add_argument("--seeds", default="1,2", help="simulator seeds, one dataset each (default 1,2)")
     ap.add_argument("--sim-minutes", type=float, default=60.0, help="simulated minutes per seed (default 60)")
@@ -84,9 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--webapp-rows", type=int, default=27_000, help=argparse.SUPPRESS)  # tests: fewer rows
     a = ap.parse_args(argv)
     a.dataset_list = [d.strip() for d in a.datasets.split(",") if d.strip()]
-    unknown = set(a.dataset_list) - {"sim", "bgl", "nab", "webapp"}
+    unknown = set(a.dataset_list) - {"sim", "bgl", "bgl-lines", "nab", "webapp"}
     if unknown:
-        ap.error(f"unknown dataset(s) {sorted(unknown)}; choose from sim, bgl, nab, webapp")
+        ap.error(f"unknown dataset(s) {sorted(unknown)}; choose from sim, bgl, bgl-lines, nab, webapp")
     a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
     return a
 
@@ -104,6 +105,8 @@ def preparers(a: argparse.Namespace, work: Path) -> list[tuple[str, Callable[[],
             log(f"{name}: skipped, no devdata at {a.devdata} (give --devdata)")
         elif name == "bgl":
             out.append(("bgl", lambda: dsets.prepare_bgl(work, a.devdata, log, a.bgl_lines)))
+        elif name == "bgl-lines":
+            out.append(("bgl-lines", lambda: dsets.prepare_bgl_lines(work, a.devdata, log, a.bgl_lines)))
         else:
             out.append(("nab", lambda: dsets.prepare_nab(work, a.devdata, log)))
     return out

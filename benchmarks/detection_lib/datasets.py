@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,50 @@ def prepare_bgl(
                 labels[r["uid"]] = r["reason"] or "alert"
     info = {"records": total, "labelled": len(labels), "max_lines": max_lines}
     return Dataset("bgl", "bgl", out / "logs.jsonl", labels, times, info)
+
+
+def prepare_bgl_lines(
+    work: Path, devdata: Path, log: Callable[[str], None], max_lines: int | None = None
+) -> Dataset:
+    """BGL_2k as a Collector's filelog receiver with a timestamp parser and no severity parser sends it: each
+    line, its label column cut off, is a plain-text body with no severity and no attributes but the uid (the
+    level is only in the text). The time is the line's own, so the set keeps its order."""
+    from datetime import datetime
+
+    src = devdata / "raw" / "bgl" / "BGL_2k.log"
+    out = work / "bgl-lines"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(src, encoding="utf-8", errors="replace") as handle:
+        lines = [line.rstrip("\n") for _, line in zip(range(max_lines or 1 << 62), handle, strict=False)]
+    parsed = []
+    for line in lines:
+        parts = line.split(" ", 5)
+        if len(parts) < 6:
+            continue
+        t = datetime.strptime(parts[4], "%Y-%m-%d-%H.%M.%S.%f").replace(tzinfo=UTC)
+        parsed.append((int(t.timestamp()) * 10**9 + t.microsecond * 1000, parts[0], line.split(" ", 1)[1]))
+    parsed.sort(key=lambda r: r[0])
+    labels, times = {}, {}
+    with open(out / "logs.jsonl", "w") as fh:
+        for a in range(0, len(parsed), 100):
+            records = []
+            for j, (tns, label, body) in enumerate(parsed[a : a + 100], start=a):
+                uid = f"bgl-line-{j:06d}"
+                times[uid] = tns // 1_000_000
+                if label != "-":
+                    labels[uid] = label
+                uid_attr = {"key": "log.record.uid", "value": {"stringValue": uid}}
+                records.append(
+                    {"timeUnixNano": str(tns), "body": {"stringValue": body}, "attributes": [uid_attr]}
+                )
+            resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "bgl"}}]}
+            fh.write(
+                json.dumps({"resourceLogs": [{"resource": resource, "scopeLogs": [{"logRecords": records}]}]})
+            )
+            fh.write("\n")
+    info = {"records": len(times), "labelled": len(labels), "max_lines": max_lines}
+    log(f"bgl-lines: {len(times)} unparsed lines, {len(labels)} alerts")
+    return Dataset("bgl-lines", "bgl", out / "logs.jsonl", labels, times, info)
 
 
 def prepare_webapp(work: Path, log: Callable[[str], None], rows: int = 27_000, seed: int = 5) -> Dataset:

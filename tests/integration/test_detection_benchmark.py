@@ -49,6 +49,35 @@ def test_offline_protocol_on_a_bgl_prefix(tmp_path, capsys):
     assert res["machine"]["commit"] and res["table_markdown"] == table.split("\nwall time")[0]
 
 
+@pytest.mark.skipif(
+    not (DEVDATA / "raw" / "bgl" / "BGL_2k.log").is_file(),
+    reason=f"no devdata at {DEVDATA}: the benchmark's datasets live outside the repo",
+)
+def test_bgl_as_unparsed_lines_carries_its_level_only_in_the_text(tmp_path, capsys):
+    """bgl-lines sends each line (label column cut off) with no severity and no attributes but the uid; the
+    row mapper reads the level from the line's header, so the severity baseline has something to rank."""
+    from benchmarks.detection_lib.datasets import prepare_bgl, prepare_bgl_lines
+    from receiver.jsonfiles import read_rows
+
+    lines = prepare_bgl_lines(tmp_path / "a", DEVDATA, lambda _m: None, max_lines=400)
+    parsed = prepare_bgl(tmp_path / "b", DEVDATA, lambda _m: None, max_lines=400)
+    assert len(lines.times) == len(parsed.times) == 400
+    assert sorted(lines.labels.values()) == sorted(parsed.labels.values())  # the same alerts, by kind
+    text = lines.otlp.read_text()
+    assert "severityNumber" not in text and "severityText" not in text
+    assert not any(kind in text for kind in set(lines.labels.values()))  # the label column is cut off
+    rows = read_rows([lines.otlp])
+    assert {r.severity_id for r in rows} >= {1, 6}  # INFO and FATAL lines, read from the text
+
+    out = tmp_path / "results.json"
+    argv = ["--datasets", "bgl-lines", "--offline-only", "--bgl-lines", "400", "--work", str(tmp_path / "w")]
+    assert detection.main([*argv, "--devdata", str(DEVDATA), "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())["datasets"]["bgl-lines"]["offline"]["signals"]["all"]
+    assert figures["otad"]["rows"] == 200 and figures["otad"]["labelled"] > 0
+    assert figures["baselines"]["severity"]["auroc"] > 0.5
+    assert "| bgl-lines | all | otad |" in capsys.readouterr().out
+
+
 def test_offline_protocol_hands_back_the_training_rows_as_judged_while_fitting():
     """NAB's protocol scores every point: the first half comes from the fitted ensemble's out-of-sample
     judgement of its own training rows, the second from online scoring."""
