@@ -9,10 +9,16 @@ reading the same features agree on their shared noise too. A member's weight is 
 alert-level rows (p <= 0.01) that another view also calls alert-level, over the signal's latest rows, shrunk
 towards the rank correlation of its evidence with theirs (a leave-one-out pseudo ground truth, as in SELECT
 and pyod's LSCP) while it has few such rows, and floored so that no member is ever silenced.
+
+Agreement cannot tell a member that alone is right from one that alone is noisy. Calibration can: a calibrated
+member makes 1 % of its rows findings by chance, so when it makes far more, most of them are not chance (one
+minus the chance share, the share of true findings as an FDR estimate reads it). A member's weight is the
+larger of the two estimates.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -67,8 +73,10 @@ def agreement(evidence: np.ndarray, views: list[str] | None = None) -> np.ndarra
     The witnesses of member j are the members of other views, over the rows where j and at least one of them
     judged. Its weight is (f + PRIOR_ROWS * rho) / (n + PRIOR_ROWS), floored at AGREE_FLOOR: n the rows where j
     reaches ALERT_EVIDENCE, f those where a witness does too, rho the Spearman correlation of j's evidence with
-    the witnesses' largest. A member with too few such rows, or whose evidence (or the witnesses') does not
-    vary there, has nothing to be measured by and keeps weight 1.
+    the witnesses' largest; or, when larger, 1 - (E + 2 sqrt(E)) / n_j, the share of its n_j findings over
+    all the rows it judged that chance does not explain (E = 1 % of those rows; the two standard deviations
+    keep a burst of a few findings from counting as a real excess). A member with too few such rows, or whose
+    evidence (or the witnesses') does not vary there, has nothing to be measured by and keeps weight 1.
     """
     m = evidence.shape[1]
     views = list(views) if views is not None else [str(j) for j in range(m)]
@@ -89,5 +97,10 @@ def agreement(evidence: np.ndarray, views: list[str] | None = None) -> np.ndarra
         rho = max(rho, AGREE_FLOOR) if np.isfinite(rho) else AGREE_FLOOR
         found = mine >= ALERT_EVIDENCE
         shared = float((theirs[found] >= ALERT_EVIDENCE).sum())
-        weights[j] = max((shared + PRIOR_ROWS * rho) / (float(found.sum()) + PRIOR_ROWS), AGREE_FLOOR)
+        agree = (shared + PRIOR_ROWS * rho) / (float(found.sum()) + PRIOR_ROWS)
+        n_judged = float(has[:, j].sum())
+        n_found = float((ev[has[:, j], j] >= ALERT_EVIDENCE).sum())
+        expected = 10.0**-ALERT_EVIDENCE * n_judged
+        excess = 1.0 - (expected + 2.0 * math.sqrt(expected)) / n_found if n_found else 0.0
+        weights[j] = max(agree, excess, AGREE_FLOOR)
     return weights

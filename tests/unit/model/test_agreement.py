@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import average_precision_score
 
 from model.detectors import Frame, build, ensemble_from_state
@@ -97,7 +97,8 @@ def test_the_default_ensemble_declares_k_nn_and_isolation_one_view() -> None:
 
 def test_a_member_whose_findings_are_its_own_weighs_less_than_its_rank_correlation() -> None:
     # Member 0 follows member 2's ordinary variation (rank correlation 0.4) but its extremes are heavy-tailed
-    # noise of its own: few of its p <= 0.01 rows are findings of another member.
+    # noise of its own: few of its p <= 0.01 rows are findings of another member. It is calibrated (its
+    # p-values are ranks of its own statistic), so its findings come at the nominal rate: no excess either.
     rng, y = _labelled(1)
     n = len(y)
     base = rng.normal(size=n)
@@ -105,9 +106,28 @@ def test_a_member_whose_findings_are_its_own_weighs_less_than_its_rank_correlati
         [0.8 * base + 0.6 * rng.standard_t(3, size=n), rng.normal(size=n) + 4.0 * y, base + 4.0 * y], axis=1
     )
     ev = -np.log10(ndtr(-z))
+    ev[:, 0] = -np.log10(1.0 - rankdata(z[:, 0]) / (n + 1.0))
     rho = spearmanr(ev[:, 0], ev[:, 1:].max(axis=1)).statistic
     w = agreement(ev)
     assert rho > 0.3 and w[0] < rho / 2 and w[0] < min(w[1], w[2])
+
+
+def test_a_member_alone_in_finding_far_more_than_its_calibrated_rate_keeps_its_weight() -> None:
+    # Member 0 alone sees the anomalies (5 % of rows), the others are calibrated noise: its findings are
+    # nobody else's, but there are five times as many as a calibrated member makes by chance, so most of them
+    # are not chance. Calibrated members finding as many rows as chance alone stay near the floor.
+    rng = np.random.default_rng(7)
+    n = 5_000
+    y = rng.random(n) < 0.05
+    z = np.stack([rng.normal(size=n) + 5.0 * y, rng.normal(size=n), rng.normal(size=n)], axis=1)
+    ev = -np.log10(ndtr(-z))
+    w = agreement(ev)
+    found = ev[:, 0] >= 2.0
+    assert found.mean() > 0.04 and not (ev[found, 1:] >= 2.0).any(axis=1).mean() > 0.05
+    assert w[0] > 0.7 and max(w[1], w[2]) < 0.15
+    evidence_without = ev.copy()
+    evidence_without[y, 0] = -np.log10(ndtr(-rng.normal(size=int(y.sum()))))  # the same member, blind
+    assert agreement(evidence_without)[0] < 0.15
 
 
 def test_weights_are_measured_again_every_refresh_rows_and_survive_a_restart() -> None:
