@@ -22,6 +22,8 @@ CLEAN_BLOCKS = 4  # time blocks for cross-block reference cleaning
 CLEAN_MIN_ROWS = 2_000  # below this, blocks are too small to stand for "the rest of history"
 RARE_SHARE = 0.01  # rows least like the other time blocks, always dropped
 GROUP_MIN_ROWS = 1_000  # a group with fewer calibration rows is scored with the calibration of all rows
+# Rows an approximate (HNSW) search calls at least this rare are searched again exactly (see decision_function).
+RECHECK_P = 0.01
 BURST_RATIO = 0.5  # a row is bursty when its neighbours in its own block are this much closer than elsewhere
 
 
@@ -248,22 +250,45 @@ class KnnDetector:
         q = np.ascontiguousarray(embeddings, dtype=np.float32)
         k_search = min(len(self.vectors_), self.k + 1)
         d2, idx = self.index_.search(q, k_search)
+        own = self.row_to_unique_ if exclude_self and len(q) == len(self.row_to_unique_) else None
+        raw = self._mean_distance(d2, idx, own)
+        if isinstance(self.index_, faiss.IndexHNSWFlat) and len(q):
+            # An approximate search only ever finds neighbours farther than the true ones, and on clustered
+            # data it can miss a row's whole cluster (a distance of 1.3 where the nearest is 0.05): the rows
+            # it calls far are searched again exactly, so no row is unusual because of the index.
+            redo = np.flatnonzero(raw >= self._recheck_level(raw))
+            if len(redo):
+                d2[redo], idx[redo] = faiss.knn(q[redo], self.vectors_, k_search)
+                raw[redo] = self._mean_distance(d2[redo], idx[redo], None if own is None else own[redo])
+        return raw, idx
+
+    def _recheck_level(self, raw: np.ndarray) -> float:
+        """The approximate distance from which a row is searched again exactly: the smallest distance any of
+        the calibrations calls p <= RECHECK_P or, before calibration (while fitting), the query's top
+        RECHECK_P share."""
+        groups = getattr(self, "group_calibrations_", {}).values()
+        cals = [c for c in (getattr(self, "calibration_", None), *groups) if c is not None]
+        if cals:
+            return min(c.raw_at(RECHECK_P) for c in cals)
+        return float(np.quantile(raw, 1.0 - RECHECK_P))
+
+    def _mean_distance(self, d2: np.ndarray, idx: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+        """Mean distance to the k nearest with multiplicity; `own`: each query's own vector, left out once."""
+        k_search = d2.shape[1]
         dist = np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)
         counts = np.where(idx >= 0, self.counts_[np.maximum(idx, 0)], 0).astype(np.float64)
-        if exclude_self:
+        if own is not None:
             # The query's own vector is its first hit (distance ~0): remove one occurrence of it.
-            own = self.row_to_unique_ if len(q) == len(self.row_to_unique_) else None
-            if own is not None:
-                counts = counts - (idx == own[:, None])
-        remaining = np.full(len(q), float(self.k))
-        total = np.zeros(len(q))
+            counts = counts - (idx == own[:, None])
+        remaining = np.full(len(d2), float(self.k))
+        total = np.zeros(len(d2))
         for j in range(k_search):
             take = np.minimum(counts[:, j], remaining)
             total += take * dist[:, j]
             remaining -= take
         # Too few reference rows to reach k: charge the missing ones at the farthest distance seen.
         total += remaining * dist[:, -1]
-        return total / self.k, idx
+        return total / self.k
 
     def pvalue(self, raw: np.ndarray, groups: list[str] | np.ndarray | None = None) -> np.ndarray:
         """Tail probabilities; each row by its group's calibration when `groups` is given and it has one."""

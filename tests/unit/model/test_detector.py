@@ -169,3 +169,31 @@ def test_deviant_rows_never_become_reference_rows():
     assert (marked.score(marked.decision_function(repeat)[0]) >= marked.threshold_).all()
     fresh = unit(centre + 0.3 * rng.normal(size=(3000, 8)))
     assert (marked.score(marked.decision_function(fresh)[0]) >= marked.threshold_).mean() < 0.01
+
+
+def test_rows_the_approximate_index_calls_far_are_searched_again_exactly():
+    """Above `hnsw_above` reference vectors the search is HNSW, which on clustered data can miss a row's whole
+    cluster and report its neighbours at another cluster's distance. Such a row would look novel because of
+    the index. Here the index is made poor on purpose (efSearch 1, a stand-in for a graph that lost a
+    cluster): every row it calls far is searched again exactly, so no row reaches the tail that the exact
+    search keeps ordinary."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(60, 16)) * 3.0
+    ref = (centers[rng.integers(0, 60, 6_000)] + rng.normal(scale=0.05, size=(6_000, 16))).astype(np.float32)
+    det = KnnDetector(k=5, hnsw_above=1_000).fit(ref, [f"r{i}" for i in range(len(ref))], clean=False)
+    exact = KnnDetector(k=5, hnsw_above=10**9).fit(ref, [f"r{i}" for i in range(len(ref))], clean=False)
+    det.calibration_, det.group_calibrations_ = exact.calibration_, {}  # one calibration, so one tail level
+    det.index_.hnsw.efSearch = 1
+    queries = (centers[rng.integers(0, 60, 3_000)] + rng.normal(scale=0.05, size=(3_000, 16))).astype(np.float32)
+
+    approximate = np.sqrt(np.maximum(det.index_.search(queries, 1)[0][:, 0], 0.0))
+    nearest = np.sqrt(np.maximum(exact.index_.search(queries, 1)[0][:, 0], 0.0))
+    assert (approximate > nearest + 1.0).sum() >= 10  # the poor index does miss clusters
+
+    raw, _ = det.decision_function(queries)
+    want, _ = exact.decision_function(queries)
+    level = exact.calibration_.raw_at(0.01)
+    tail = (raw >= level) | (want >= level)
+    assert tail.any()
+    np.testing.assert_allclose(raw[tail], want[tail], rtol=1e-5)
+    assert np.all(raw >= want - 1e-5)  # elsewhere the approximate distances may only be longer
