@@ -82,6 +82,33 @@ _OCSF_TAKEN = frozenset(
 )
 
 
+_LOGFMT_PAIR = re.compile(r'([A-Za-z_][\w.\-/@]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?=\s|$)')
+_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def logfmt(line: str) -> dict[str, object] | None:
+    """A logfmt line (`time=… level=info msg="…" status=200`, Go's slog text handler, Heroku) as a dict, like
+    a JSON object body; None unless the whole line is at least two key=value pairs. Numbers become numbers."""
+    out: dict[str, object] = {}
+    pos = 0
+    text = line.strip()
+    for m in _LOGFMT_PAIR.finditer(text):
+        if text[pos : m.start()].strip():
+            return None  # words between the pairs: a message that mentions a key=value, not logfmt
+        key, value = m.group(1), m.group(2)
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value[1:-1]
+        if _NUMBER.fullmatch(value):
+            out[key] = float(value) if any(c in value for c in ".eE") else int(value)
+        else:
+            out[key] = value
+        pos = m.end()
+    return out if len(out) >= 2 and not text[pos:].strip() else None
+
+
 def parse_body(record: LogRecord) -> tuple[object, str | None, dict | None]:
     """(body as a plain value, message text, structured object when the body is a JSON object or kvlist)."""
     if not record.HasField("body"):
@@ -94,6 +121,8 @@ def parse_body(record: LogRecord) -> tuple[object, str | None, dict | None]:
                 obj = json.loads(raw)
             except (ValueError, RecursionError):
                 obj = None
+        elif len(raw) <= JSON_BODY_LIMIT and "=" in raw:
+            obj = logfmt(raw)
         return raw, raw, obj if isinstance(obj, dict) else None
     if isinstance(raw, dict):
         return raw, None, raw

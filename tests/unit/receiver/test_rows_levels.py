@@ -1,11 +1,14 @@
-"""Unparsed log lines: the level their header writes becomes the record's severity when it carries none."""
+"""Plain-text log lines: the level their header writes becomes the record's severity when it carries none, and
+a logfmt line is read as the key-value object it is."""
 
 from __future__ import annotations
 
 import pytest
 
+from model.extract import derive
 from model.schema import APPLICATION_ERROR, APPLICATION_LOG
 from receiver.rows.levels import level_in_text
+from receiver.rows.logs import logfmt
 from receiver.rows.mapper import RowMapper
 from tests.unit.receiver.rows_helpers import logs_request
 
@@ -31,7 +34,10 @@ def one_row(**record):
         ("ts=2024-01-01T10:00:00Z level=warn msg=retrying", "WARN"),  # logfmt
         ('{"level": "error", "msg": "x"', "ERROR"),  # cut JSON, not parsed as an object
         ("2024-01-01T10:00:00Z\terror\tmain.go:12\tfailed", "ERROR"),  # zap console
-        ("- 1117838570 2005.06.03 R02-M1 2005-06-03-15.42.50 R02-M1 RAS KERNEL FATAL data TLB error", "FATAL"),
+        (
+            "- 1117838570 2005.06.03 R02-M1 2005-06-03-15.42.50 R02-M1 RAS KERNEL FATAL data TLB error",
+            "FATAL",
+        ),
         ("Error: cannot open /etc/app.conf", "ERROR"),
         ("panic: runtime error: index out of range", "PANIC"),
         ("12:00:01 Warning something odd", "WARNING"),
@@ -74,3 +80,35 @@ def test_the_record_severity_wins_over_the_line() -> None:
 def test_a_line_without_a_level_keeps_severity_unknown() -> None:
     row = one_row(body="0 errors found in 12 files")
     assert row.severity_id == 0 and "severity_text" not in row.fields
+
+
+def test_a_logfmt_line_is_read_like_a_json_body() -> None:
+    line = 'time=2024-01-01T10:00:00Z level=warn msg="slow read of item 42" status=200 duration_ms=812.5'
+    row = one_row(body=line)
+    assert row.fields["message"] == "slow read of item 42"
+    assert row.severity_id == 3 and row.fields["severity_text"] == "warn"
+    assert row.fields["unmapped.status"] == 200 and row.fields["unmapped.duration_ms"] == 812.5
+    assert derive(row, None)["latency_ms"] == 812.5  # a duration attribute, as when sent as attributes
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "user alice set retries=3",  # words between pairs: a message, not logfmt
+        "retries=3",  # one pair
+        'a=1 b="unterminated',
+    ],
+)
+def test_a_message_that_mentions_a_pair_stays_text(line: str) -> None:
+    row = one_row(body=line)
+    assert row.fields["message"] == line and not any(k.startswith("unmapped.") for k in row.fields)
+
+
+def test_logfmt_values_are_unquoted_and_numbers_are_numbers() -> None:
+    assert logfmt('level=info msg="a \\"quoted\\" word" n=-3 x=1.5e3 path=/a/b') == {
+        "level": "info",
+        "msg": 'a "quoted" word',
+        "n": -3,
+        "x": 1500.0,
+        "path": "/a/b",
+    }
