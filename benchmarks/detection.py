@@ -1,6 +1,6 @@
 """The development detection benchmark: every dataset, time-ordered, beside trivial baselines; one table.
 
-    python benchmarks/detection.py [--datasets bgl,bgl-lines,sim,nab,webapp] [--seeds 1,2] [--sim-minutes 60]
+    python benchmarks/detection.py [--datasets bgl,bgl-lines,sim,nab,webapp,webapp-json,webapp-logfmt] [--seeds 1,2] [--sim-minutes 60]
                                    [--offline-only | --service-only] [--out results.json]
                                    [--devdata ../shared/devdata] [--work DIR]
     otad benchmark ...             (the same, from a source checkout)
@@ -64,9 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--datasets",
-        default="bgl,bgl-lines,sim,nab,webapp",
-        help="comma-separated, run in this order (default bgl,bgl-lines,sim,nab,webapp; bgl-lines is BGL as"
-        " unparsed lines, the level only in the text)",
+        default="bgl,bgl-lines,sim,nab,webapp,webapp-json,webapp-logfmt",
+        help="comma-separated, run in this order (default bgl,bgl-lines,sim,nab,webapp,webapp-json,webapp-logfmt;"
+        " bgl-lines is BGL as unparsed lines, the level only in the text; webapp-json and webapp-logfmt the"
+        " web-app logs with every field in a JSON or logfmt body)",
     )
     ap.add_argument("--seeds", default="1,2", help="simulator seeds, one dataset each (default 1,2)")
     ap.add_argument("--sim-minutes", type=float, default=60.0, help="simulated minutes per seed (default 60)")
@@ -85,9 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--webapp-rows", type=int, default=27_000, help=argparse.SUPPRESS)  # tests: fewer rows
     a = ap.parse_args(argv)
     a.dataset_list = [d.strip() for d in a.datasets.split(",") if d.strip()]
-    unknown = set(a.dataset_list) - {"sim", "bgl", "bgl-lines", "nab", "webapp"}
+    known = {"sim", "bgl", "bgl-lines", "nab", "webapp", "webapp-json", "webapp-logfmt"}
+    unknown = set(a.dataset_list) - known
     if unknown:
-        ap.error(f"unknown dataset(s) {sorted(unknown)}; choose from sim, bgl, bgl-lines, nab, webapp")
+        ap.error(f"unknown dataset(s) {sorted(unknown)}; choose from {', '.join(sorted(known))}")
     a.seed_list = [int(s) for s in a.seeds.split(",") if s.strip()]
     return a
 
@@ -99,8 +101,9 @@ def preparers(a: argparse.Namespace, work: Path) -> list[tuple[str, Callable[[],
         if name == "sim":
             for seed in a.seed_list:
                 out.append((f"sim-{seed}", lambda s=seed: dsets.prepare_sim(work, s, a.sim_minutes, log)))
-        elif name == "webapp":
-            out.append(("webapp", lambda: dsets.prepare_webapp(work, log, a.webapp_rows)))
+        elif name.startswith("webapp"):
+            shape = name.partition("-")[2] or "attributes"
+            out.append((name, lambda s=shape: dsets.prepare_webapp(work, log, a.webapp_rows, shape=s)))
         elif not (a.devdata / "raw").is_dir():
             log(f"{name}: skipped, no devdata at {a.devdata} (give --devdata)")
         elif name == "bgl":

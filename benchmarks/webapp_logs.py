@@ -84,8 +84,39 @@ def _normal(rng: random.Random) -> tuple[str, int, int]:
     return f"background job j{rng.randint(1, 50)} completed in {int(rng.lognormvariate(6, 0.5))} ms", 200, 9
 
 
-def write(path: Path, rows: int, seed: int) -> dict[str, str]:
-    """The OTLP/JSON file; returns the fault records' uids and their kinds."""
+SHAPES = ("attributes", "json", "logfmt")
+
+
+def _record(
+    t: int, uid: str, message: str, status: int, ms: float, severity: int, shape: str
+) -> dict[str, Any]:
+    """One log record in the chosen shape: the status and duration as attributes with the level in the record
+    (as an instrumented app sends it), or everything in the body with no severity and no attributes but the
+    uid: a JSON object (`{"level": …, "msg": …}`) or a logfmt line (`level=… msg="…"`), as a Collector's
+    filelog receiver without parsers forwards structured logs."""
+    level = "WARN" if severity == 13 else "INFO"
+    uid_attr = _attr("log.record.uid", uid)
+    if shape == "attributes":
+        attrs = [_attr("http.response.status_code", status), _attr("duration_ms", round(ms, 1)), uid_attr]
+        return {
+            "timeUnixNano": str(t),
+            "severityNumber": severity,
+            "severityText": level,
+            "body": {"stringValue": message},
+            "attributes": attrs,
+        }
+    fields = {"level": level.lower(), "msg": message, "status": status, "duration_ms": round(ms, 1)}
+    if shape == "json":
+        body = json.dumps(fields)
+    else:
+        body = " ".join(
+            f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items()
+        )
+    return {"timeUnixNano": str(t), "body": {"stringValue": body}, "attributes": [uid_attr]}
+
+
+def write(path: Path, rows: int, seed: int, shape: str = "attributes") -> dict[str, str]:
+    """The OTLP/JSON file (records in `shape`, one of SHAPES); returns the fault records' uids and their kinds."""
     rng = random.Random(seed)
     t, records, faults = 1_700_000_000_000_000_000, [], {}
     for i in range(rows):
@@ -98,16 +129,7 @@ def write(path: Path, rows: int, seed: int) -> dict[str, str]:
         else:
             message, status, severity = _normal(rng)
             ms = rng.lognormvariate(3.3, 0.4)
-        attrs = [_attr("http.response.status_code", status), _attr("duration_ms", round(ms, 1))]
-        records.append(
-            {
-                "timeUnixNano": str(t),
-                "severityNumber": severity,
-                "severityText": "WARN" if severity == 13 else "INFO",
-                "body": {"stringValue": message},
-                "attributes": [*attrs, _attr("log.record.uid", uid)],
-            }
-        )
+        records.append(_record(t, uid, message, status, ms, severity, shape))
     resource = {"attributes": [_attr("service.name", "webapp")]}
     with path.open("w") as fh:
         for a in range(0, len(records), 500):
@@ -123,10 +145,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=27_000)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--shape", choices=SHAPES, default="attributes", help="how the records carry their fields"
+    )
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="otad-webapp-"))
     work.mkdir(parents=True, exist_ok=True)
-    faults = write(work / "logs.jsonl", args.rows, args.seed)
+    faults = write(work / "logs.jsonl", args.rows, args.seed, args.shape)
     rows = read_rows([work / "logs.jsonl"])
     half = len(rows) // 2
     train, test = rows[:half], rows[half:]

@@ -169,20 +169,24 @@ def prepare_bgl_lines(
     return Dataset("bgl-lines", "bgl", out / "logs.jsonl", labels, times, info)
 
 
-def prepare_webapp(work: Path, log: Callable[[str], None], rows: int = 27_000, seed: int = 5) -> Dataset:
+def prepare_webapp(
+    work: Path, log: Callable[[str], None], rows: int = 27_000, seed: int = 5, shape: str = "attributes"
+) -> Dataset:
     """Synthetic logs of issue 12's held-out shape (benchmarks/webapp_logs.py): rare INFO faults recurring
-    through the whole period, the training half included. Not real data: one yardstick among several."""
+    through the whole period, the training half included. Not real data: one yardstick among several. `shape`:
+    the fields as attributes (`webapp`), or only in a JSON (`webapp-json`) or logfmt (`webapp-logfmt`) body."""
     from benchmarks.webapp_logs import write
     from receiver.jsonfiles import read_rows
 
-    out = work / "webapp"
+    name = "webapp" if shape == "attributes" else f"webapp-{shape}"
+    out = work / name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    labels = write(out / "logs.jsonl", rows, seed)
+    labels = write(out / "logs.jsonl", rows, seed, shape)
     times = {r.uid: r.time_ms for r in read_rows([out / "logs.jsonl"])}
-    info = {"records": len(times), "labelled": len(labels), "seed": seed, "synthetic": True}
-    log(f"webapp: {len(times)} records, {len(labels)} faults, seed {seed} ({time.monotonic() - t0:.1f}s)")
-    return Dataset("webapp", "webapp", out / "logs.jsonl", labels, times, info)
+    info = {"records": len(times), "labelled": len(labels), "seed": seed, "synthetic": True, "shape": shape}
+    log(f"{name}: {len(times)} records, {len(labels)} faults, seed {seed} ({time.monotonic() - t0:.1f}s)")
+    return Dataset(name, "webapp", out / "logs.jsonl", labels, times, info)
 
 
 def prepare_nab(work: Path, devdata: Path, log: Callable[[str], None]) -> Dataset:

@@ -120,3 +120,33 @@ def test_the_synthetic_web_app_set_runs_without_devdata(tmp_path, capsys):
     otad = off["signals"]["all"]["otad"]
     assert 0.0 <= otad["auroc"] <= 1.0 and otad["labelled"] > 0
     assert otad["kinds_present"] == 4  # every fault kind recurs in the scored half
+
+
+def test_the_web_app_set_in_json_and_logfmt_bodies(tmp_path):
+    """The same records with every field in the body (no severity, no attributes but the uid): a JSON object
+    or a logfmt line. The row mapper reads them back into the same message, level, status and duration."""
+    from benchmarks.webapp_logs import write
+    from receiver.jsonfiles import read_rows
+
+    rows = {}
+    for shape in ("attributes", "json", "logfmt"):
+        faults = write(tmp_path / f"{shape}.jsonl", 600, 5, shape)
+        rows[shape] = sorted(read_rows([tmp_path / f"{shape}.jsonl"]), key=lambda r: r.uid)
+        if shape != "attributes":
+            text = (tmp_path / f"{shape}.jsonl").read_text()
+            assert "severityNumber" not in text and "status_code" not in text
+    assert faults  # the same seed: the same faults in every shape
+    for a, j, lf in zip(rows["attributes"], rows["json"], rows["logfmt"], strict=True):
+        assert a.fields["message"] == j.fields["message"] == lf.fields["message"]
+        assert a.severity_id == j.severity_id == lf.severity_id
+        assert j.fields["unmapped.duration_ms"] == lf.fields["unmapped.duration_ms"]
+        assert j.fields["unmapped.status"] == lf.fields["unmapped.status"] == a.fields["http_response.code"]
+
+    out = tmp_path / "results.json"
+    argv = ["--datasets", "webapp-json,webapp-logfmt", "--offline-only", "--webapp-rows", "3000"]
+    argv += ["--work", str(tmp_path / "w"), "--devdata", str(tmp_path / "no-devdata"), "--out", str(out)]
+    assert detection.main(argv) == 0
+    res = json.loads(out.read_text())["datasets"]
+    for name in ("webapp-json", "webapp-logfmt"):
+        assert res[name]["info"]["shape"] == name.split("-")[1]
+        assert 0.0 <= res[name]["offline"]["signals"]["all"]["otad"]["auroc"] <= 1.0
