@@ -184,7 +184,9 @@ def test_rows_the_approximate_index_calls_far_are_searched_again_exactly():
     exact = KnnDetector(k=5, hnsw_above=10**9).fit(ref, [f"r{i}" for i in range(len(ref))], clean=False)
     det.calibration_, det.group_calibrations_ = exact.calibration_, {}  # one calibration, so one tail level
     det.index_.hnsw.efSearch = 1
-    queries = (centers[rng.integers(0, 60, 3_000)] + rng.normal(scale=0.05, size=(3_000, 16))).astype(np.float32)
+    queries = (centers[rng.integers(0, 60, 3_000)] + rng.normal(scale=0.05, size=(3_000, 16))).astype(
+        np.float32
+    )
 
     approximate = np.sqrt(np.maximum(det.index_.search(queries, 1)[0][:, 0], 0.0))
     nearest = np.sqrt(np.maximum(exact.index_.search(queries, 1)[0][:, 0], 0.0))
