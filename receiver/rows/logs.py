@@ -19,6 +19,7 @@ from model.schema import (
     content_uid,
 )
 from receiver.events import EVENT_NAME
+from receiver.rows.access import access_line
 from receiver.rows.bounds import MARKER
 from receiver.rows.common import (
     AUTH,
@@ -281,6 +282,8 @@ def map_log_record(
         if obj is None and not (severity_text or record.severity_number):
             # an unparsed line (a filelog receiver without a severity parser): the level its header writes
             severity_text = level_in_text(message)
+        if obj is None and (access := access_line(message)) is not None:
+            hints |= map_attributes(access, fields, ranks, offset=_BODY_RANK)  # attributes sent win
     if severity_text:
         fields["severity_text"] = severity_text
     if scope_name:
