@@ -1,6 +1,6 @@
 """The development detection benchmark: every dataset, time-ordered, beside trivial baselines; one table.
 
-    python benchmarks/detection.py [--datasets bgl,bgl-lines,sim,nab,webapp,webapp-json,webapp-logfmt] [--seeds 1,2] [--sim-minutes 60]
+    python benchmarks/detection.py [--datasets bgl,bgl-lines,sim,sim-text,nab,webapp,webapp-json,webapp-logfmt] [--seeds 1,2] [--sim-minutes 60]
                                    [--offline-only | --service-only] [--out results.json]
                                    [--devdata ../shared/devdata] [--work DIR]
     otad benchmark ...             (the same, from a source checkout)
@@ -64,10 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--datasets",
-        default="bgl,bgl-lines,sim,nab,webapp,webapp-json,webapp-logfmt",
-        help="comma-separated, run in this order (default bgl,bgl-lines,sim,nab,webapp,webapp-json,webapp-logfmt;"
-        " bgl-lines is BGL as unparsed lines, the level only in the text; webapp-json and webapp-logfmt the"
-        " web-app logs with every field in a JSON or logfmt body)",
+        default="bgl,bgl-lines,sim,sim-text,nab,webapp,webapp-json,webapp-logfmt",
+        help="comma-separated, run in this order (default bgl,bgl-lines,sim,sim-text,nab,webapp,webapp-json,"
+        "webapp-logfmt; bgl-lines is BGL as unparsed lines, the level only in the text; sim-text the simulator"
+        " with its logs as bare lines; webapp-json and webapp-logfmt the web-app logs with every field in a JSON"
+        " or logfmt body)",
     )
     ap.add_argument("--seeds", default="1,2", help="simulator seeds, one dataset each (default 1,2)")
     ap.add_argument("--sim-minutes", type=float, default=60.0, help="simulated minutes per seed (default 60)")
@@ -86,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--webapp-rows", type=int, default=27_000, help=argparse.SUPPRESS)  # tests: fewer rows
     a = ap.parse_args(argv)
     a.dataset_list = [d.strip() for d in a.datasets.split(",") if d.strip()]
-    known = {"sim", "bgl", "bgl-lines", "nab", "webapp", "webapp-json", "webapp-logfmt"}
+    known = {"sim", "sim-text", "bgl", "bgl-lines", "nab", "webapp", "webapp-json", "webapp-logfmt"}
     unknown = set(a.dataset_list) - known
     if unknown:
         ap.error(f"unknown dataset(s) {sorted(unknown)}; choose from {', '.join(sorted(known))}")
@@ -98,9 +99,15 @@ def preparers(a: argparse.Namespace, work: Path) -> list[tuple[str, Callable[[],
     """(name, function making the dataset), in the order they run; devdata sets are skipped when absent."""
     out: list[tuple[str, Callable[[], dsets.Dataset]]] = []
     for name in a.dataset_list:
-        if name == "sim":
+        if name in ("sim", "sim-text"):
+            text = name == "sim-text"
             for seed in a.seed_list:
-                out.append((f"sim-{seed}", lambda s=seed: dsets.prepare_sim(work, s, a.sim_minutes, log)))
+                out.append(
+                    (
+                        f"{name}-{seed}",
+                        lambda s=seed, t=text: dsets.prepare_sim(work, s, a.sim_minutes, log, text_logs=t),
+                    )
+                )
         elif name.startswith("webapp"):
             shape = name.partition("-")[2] or "attributes"
             out.append((name, lambda s=shape: dsets.prepare_webapp(work, log, a.webapp_rows, shape=s)))

@@ -68,11 +68,16 @@ def _run(cmd: list[str], log: Callable[[str], None]) -> str:
     return done.stdout
 
 
-def prepare_sim(work: Path, seed: int, minutes: float, log: Callable[[str], None]) -> Dataset:
-    """`otad simulate --output-dir` in-process: the labelled shop, `minutes` simulated minutes, fixed seed."""
+def prepare_sim(
+    work: Path, seed: int, minutes: float, log: Callable[[str], None], text_logs: bool = False
+) -> Dataset:
+    """`otad simulate --output-dir` in-process: the labelled shop, `minutes` simulated minutes, fixed seed.
+    `text_logs` (`sim-text-<seed>`): the same records, each log record only its line, with no severity and no
+    attributes but the uid, as a filelog receiver without parsers forwards an application's log file."""
     from sim.simulate import FileSink, SimulateConfig, simulate
 
-    out = work / f"sim-{seed}"
+    name = f"sim-text-{seed}" if text_logs else f"sim-{seed}"
+    out = work / name
     out.mkdir(parents=True, exist_ok=True)
     config = SimulateConfig(
         duration_s=minutes * 60, rate=SIM_RATE, seed=seed, anomaly_rate=SIM_ANOMALY_RATE, speedup=0.0
@@ -98,7 +103,26 @@ def prepare_sim(work: Path, seed: int, minutes: float, log: Callable[[str], None
         f"sim seed {seed}: {summary.total} records ({dict(summary.records)}), {summary.episodes} episodes, "
         f"{len(labels)} labelled, {minutes:g} simulated min ({time.monotonic() - t0:.1f}s)"
     )
-    return Dataset(f"sim-{seed}", "sim", out / "otlp.jsonl", labels, times, info)
+    if text_logs:
+        _logs_as_lines(out / "otlp.jsonl")
+    return Dataset(name, "sim", out / "otlp.jsonl", labels, times, info)
+
+
+def _logs_as_lines(path: Path) -> None:
+    """Rewrite the file's log records in place as bare lines: the body's text, the uid, nothing else."""
+    tmp = path.with_suffix(".tmp")
+    with path.open() as fin, tmp.open("w") as fout:
+        for line in fin:
+            doc = json.loads(line)
+            for rl in doc.get("resourceLogs", []):
+                for sl in rl.get("scopeLogs", []):
+                    for rec in sl.get("logRecords", []):
+                        uid = [a for a in rec.get("attributes", []) if a["key"] == "log.record.uid"]
+                        for key in ("severityNumber", "severityText", "attributes", "traceId", "spanId"):
+                            rec.pop(key, None)
+                        rec["attributes"] = uid
+            fout.write(json.dumps(doc) + "\n")
+    tmp.replace(path)
 
 
 def prepare_bgl(

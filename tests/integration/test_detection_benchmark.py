@@ -150,3 +150,26 @@ def test_the_web_app_set_in_json_and_logfmt_bodies(tmp_path):
     for name in ("webapp-json", "webapp-logfmt"):
         assert res[name]["info"]["shape"] == name.split("-")[1]
         assert 0.0 <= res[name]["offline"]["signals"]["all"]["otad"]["auroc"] <= 1.0
+
+
+def test_the_simulator_with_its_logs_as_bare_lines(tmp_path):
+    """sim-text: the same records and labels as sim, each log record only its line (no severity, no
+    attributes but the uid, no trace context); spans and metric points untouched."""
+    from benchmarks.detection_lib.datasets import prepare_sim
+    from receiver.jsonfiles import read_rows
+
+    plain = prepare_sim(tmp_path / "a", 3, 12.0, lambda _m: None)
+    text = prepare_sim(tmp_path / "b", 3, 12.0, lambda _m: None, text_logs=True)
+    assert text.name == "sim-text-3" and text.labels == plain.labels and text.labels
+    logs = 0
+    for line in text.otlp.read_text().splitlines():
+        for rl in json.loads(line).get("resourceLogs", []):
+            for sl in rl["scopeLogs"]:
+                for rec in sl["logRecords"]:
+                    logs += 1
+                    assert [a["key"] for a in rec["attributes"]] == ["log.record.uid"]
+                    assert "severityNumber" not in rec and "traceId" not in rec
+    assert logs > 50
+    a, b = read_rows([plain.otlp]), read_rows([text.otlp])
+    assert sorted(r.uid for r in a) == sorted(r.uid for r in b)
+    assert [r for r in a if r.signal != "logs"] == [r for r in b if r.signal != "logs"]
