@@ -324,11 +324,27 @@ SEVERITY_TEXT_NUMBER = {
     "EMERG": 21,
     "EMERGENCY": 21,
     "PANIC": 21,
+    # java.util.logging, Serilog's and zerolog's short forms, .NET and Android's long ones
+    "FINEST": 1,
+    "FINER": 5,
+    "FINE": 5,
+    "VERBOSE": 1,
+    "VRB": 1,
+    "TRC": 1,
+    "DBG": 5,
+    "CONFIG": 9,
+    "INF": 9,
+    "WRN": 13,
+    "FTL": 21,
+    "CRT": 21,
 }
+# A one-letter level (Android logcat, glog) counts only as the record's own severity text, never in a message.
+SEVERITY_LETTER_NUMBER = {"V": 1, "D": 5, "I": 9, "W": 13, "E": 17, "F": 21}
 
 
 def severity_number(number: int, text: str) -> int:
     """The record's OTel severity number; when 0, derived from severity_text (0 when unknown)."""
     if number > 0 or not text:
         return number
-    return SEVERITY_TEXT_NUMBER.get(text.strip().upper().rstrip("0123456789"), 0)
+    word = text.strip().upper().rstrip("0123456789")
+    return SEVERITY_TEXT_NUMBER.get(word, 0) or SEVERITY_LETTER_NUMBER.get(word, 0)

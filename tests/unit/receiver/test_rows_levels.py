@@ -112,3 +112,27 @@ def test_logfmt_values_are_unquoted_and_numbers_are_numbers() -> None:
         "x": 1500.0,
         "path": "/a/b",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "severity_id"),
+    [
+        ("E", 4),  # Android logcat, glog: a one-letter level as the record's own severity text
+        ("W", 3),
+        ("I", 1),
+        ("WRN", 3),  # Serilog's short forms
+        ("FTL", 6),
+        ("Information", 1),  # .NET
+        ("FINE", 1),  # java.util.logging
+        ("SEVERE", 4),
+        ("X", 0),
+    ],
+)
+def test_severity_text_in_other_loggers_words(text: str, severity_id: int) -> None:
+    assert one_row(body="x", severity_text=text).severity_id == severity_id
+
+
+def test_a_one_letter_word_in_a_line_is_no_level_but_a_serilog_header_is() -> None:
+    assert level_in_text("2024-01-01 10:00:00 I think the cache is cold") == ""
+    assert level_in_text("[10:00:00 WRN] Retrying the request") == "WRN"
+    assert one_row(body="[10:00:00 WRN] Retrying the request").severity_id == 3
