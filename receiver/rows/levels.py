@@ -8,7 +8,7 @@ message's words ("0 errors found" is not an error):
 - a glog/klog header, `E0612 10:00:00.000000 ...` (I, W, E, F);
 - a level word among the first header tokens: an upper-case word (`ERROR`, `[WARN]`, `ERROR:root:...`) after
   tokens that are timestamps, numbers, bracketed or upper-case, one of the first kind among them
-  (`<date> RAS KERNEL FATAL ...`, not "USER ALERT SENT"); a lower-case or
+  (`<date> NODE7 SCHED FATAL ...`, not "USER ALERT SENT"); a lower-case or
   capitalised one after timestamps, numbers or bracketed tokens only, and as the line's first token only when
   marked as a level (`[error]`, `Error:`; "Alert rule fired" is no level).
 """

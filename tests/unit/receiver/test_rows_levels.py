@@ -35,7 +35,7 @@ def one_row(**record):
         ('{"level": "error", "msg": "x"', "ERROR"),  # cut JSON, not parsed as an object
         ("2024-01-01T10:00:00Z\terror\tmain.go:12\tfailed", "ERROR"),  # zap console
         (
-            "- 1117838570 2005.06.03 R02-M1 2005-06-03-15.42.50 R02-M1 RAS KERNEL FATAL data TLB error",
+            "- 1700000000 2023.11.14 n07 2023-11-14-22.13.20 n07 NODE SCHED FATAL worker lost its lease",
             "FATAL",
         ),
         ("Error: cannot open /etc/app.conf", "ERROR"),
