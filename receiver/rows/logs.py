@@ -91,11 +91,12 @@ def logfmt(line: str) -> dict[str, object] | None:
     """A logfmt line (`time=… level=info msg="…" status=200`, Go's slog text handler, Heroku) as a dict, like
     a JSON object body; None unless the whole line is at least two key=value pairs. Numbers become numbers."""
     out: dict[str, object] = {}
-    pos = 0
-    text = line.strip()
-    for m in _LOGFMT_PAIR.finditer(text):
-        if text[pos : m.start()].strip():
-            return None  # words between the pairs: a message that mentions a key=value, not logfmt
+    text, pos = line.strip(), 0
+    while pos < len(text):
+        # pair after pair from the start: the first word that is not one ends it (a message, not logfmt)
+        m = _LOGFMT_PAIR.match(text, pos)
+        if m is None:
+            return None
         key, value = m.group(1), m.group(2)
         if value.startswith('"'):
             try:
@@ -107,7 +108,9 @@ def logfmt(line: str) -> dict[str, object] | None:
         else:
             out[key] = value
         pos = m.end()
-    return out if len(out) >= 2 and not text[pos:].strip() else None
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return out if len(out) >= 2 else None
 
 
 def parse_body(record: LogRecord) -> tuple[object, str | None, dict | None]:
