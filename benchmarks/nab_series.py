@@ -6,6 +6,13 @@ Writes `series,time_ms,score,is_anomaly` (flag: p < --alert-p) and prints NAB's 
 --sweep), the calibration on points outside NAB's windows (share of p <= a for a few a), and µs per point.
 
     python benchmarks/nab_series.py [--nab /tmp/nab] [--fit-rows 5000] [--batch 1000] [--out detections.csv]
+                                    [--offsets 0,1,2,3,4,5,6,7] [--set refresh=8 ...]
+
+`--offsets` runs the detector again with each series starting k points later (its first k points, all within
+NAB's probationary 15 %, are not sent) and prints the standard score per offset, their mean and SD. A shift of
+one point moves every refit and period search by one point, so the spread is the score's noise floor: a change
+that moves the mean by less than about one SD is not measured. `--set NAME=VALUE` overrides a SeriesDetector
+setting (for measuring, not a second configuration).
 """
 
 from __future__ import annotations
@@ -69,6 +76,68 @@ def calibration(names: list[str], times: np.ndarray, p: np.ndarray, points: Path
     return out
 
 
+def score_detections(nab: Path, out: Path, sweep: bool) -> dict:
+    cmd = [
+        sys.executable,
+        str(DEVDATA / "nab_score.py"),
+        str(nab / "windows.csv"),
+        str(nab / "points.csv"),
+        str(out),
+    ]
+    return json.loads(
+        subprocess.run(
+            cmd + (["--sweep"] if sweep else []), check=True, capture_output=True, text=True
+        ).stdout
+    )
+
+
+def write_detections(
+    out: Path,
+    names: list[str],
+    times: np.ndarray,
+    p: np.ndarray,
+    muted: np.ndarray,
+    start: int,
+    alert_p: float,
+) -> None:
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["series", "time_ms", "score", "is_anomaly"])
+        for i in range(start, len(names)):
+            pi = 1.0 if np.isnan(p[i]) else p[i]
+            w.writerow([names[i], int(times[i]), f"{-np.log10(pi):.6g}", int(pi < alert_p and not muted[i])])
+
+
+def offsets(args: argparse.Namespace, rows: list, derived: list, names: list[str], times: np.ndarray) -> None:
+    """NAB's standard score with every series started k points later, for each k: the score's noise floor."""
+    seen: dict[str, int] = {}
+    index = np.zeros(len(rows), dtype=np.int64)
+    for i, name in enumerate(names):
+        index[i] = seen[name] = seen.get(name, -1) + 1
+    scores = []
+    for k in (int(x) for x in args.offsets.split(",")):
+        keep = np.flatnonzero(index >= k)
+        sub_rows, sub_derived = [rows[i] for i in keep], [derived[i] for i in keep]
+        p, muted, _ = run(
+            sub_rows,
+            sub_derived,
+            args.fit_rows,
+            args.batch,
+            SeriesDetector(alert_p=args.alert_p, **args.settings),
+        )
+        write_detections(
+            args.out, [names[i] for i in keep], times[keep], p, muted, args.fit_rows, args.alert_p
+        )
+        res = score_detections(args.nab, args.out, sweep=False)["nab"]["standard"]
+        scores.append(res["score"])
+        print(
+            f"offset {k}: standard {res['score']:.2f}, windows {res['scored_windows_detected']}/{res['scored_windows']}"
+        )
+    print(
+        f"NAB standard over {len(scores)} offsets: mean {np.mean(scores):.2f}, SD {np.std(scores, ddof=1):.2f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nab", type=Path, default=Path("/tmp/nab"))
@@ -76,7 +145,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--alert-p", type=float, default=1e-3)
     ap.add_argument("--out", type=Path, default=Path("/tmp/nab_series_detections.csv"))
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a SeriesDetector setting"
+    )
+    ap.add_argument("--offsets", help="comma-separated k: rerun with each series' first k points left out")
     args = ap.parse_args()
+    args.settings = {
+        k: float(v) if "." in v or "e" in v else int(v) for k, v in (a.split("=", 1) for a in args.set)
+    }
 
     rows = read_rows([args.nab / "metrics_interleaved.jsonl"])
     derived = [derive(r, None) for r in rows]
@@ -84,31 +160,21 @@ def main() -> None:
     print(f"rows {len(rows)}, with series and value {filled}")
     names = [str(r.fields.get("unmapped.series")) for r in rows]  # the NAB file stem, for scoring only
     times = np.array([r.time_ms for r in rows], dtype=np.int64)
+    if args.offsets:
+        offsets(args, rows, derived, names, times)
+        return
 
-    p, muted, us = run(rows, derived, args.fit_rows, args.batch, SeriesDetector(alert_p=args.alert_p))
-    with args.out.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["series", "time_ms", "score", "is_anomaly"])
-        for i in range(args.fit_rows, len(rows)):
-            pi = 1.0 if np.isnan(p[i]) else p[i]
-            w.writerow(
-                [names[i], int(times[i]), f"{-np.log10(pi):.6g}", int(pi < args.alert_p and not muted[i])]
-            )
+    p, muted, us = run(
+        rows, derived, args.fit_rows, args.batch, SeriesDetector(alert_p=args.alert_p, **args.settings)
+    )
+    write_detections(args.out, names, times, p, muted, args.fit_rows, args.alert_p)
     print(us)
     fresh = np.where(muted, np.nan, p)
     calib = calibration(
         names[args.fit_rows :], times[args.fit_rows :], fresh[args.fit_rows :], args.nab / "points.csv"
     )
     print("calibration outside windows:", json.dumps(calib))
-    score = DEVDATA / "nab_score.py"
-    cmd = [
-        sys.executable,
-        str(score),
-        str(args.nab / "windows.csv"),
-        str(args.nab / "points.csv"),
-        str(args.out),
-    ]
-    res = json.loads(subprocess.run([*cmd, "--sweep"], check=True, capture_output=True, text=True).stdout)
+    res = score_detections(args.nab, args.out, sweep=True)
     print(json.dumps(res, indent=1))
     nab = ", ".join(f"{k} {v['score']:.2f}" for k, v in res["nab"].items())
     swept = ", ".join(f"{k} {v['score']:.2f}" for k, v in res["nab_swept"].items())
