@@ -22,6 +22,39 @@ STATUS_NAMES = {
     Status.STATUS_CODE_OK: "OK",
     Status.STATUS_CODE_ERROR: "ERROR",
 }
+# gRPC codes that are the callee's failure: the conventions' error set for server spans (UNKNOWN,
+# DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+GRPC_CODES = (
+    "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS PERMISSION_DENIED "
+    "RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS "
+    "UNAUTHENTICATED"
+).split()
+GRPC_CODE_BY_NAME = {name: code for code, name in enumerate(GRPC_CODES)}
+
+
+def _grpc_code(attrs: dict[str, object]) -> int | None:
+    """The RPC status code as gRPC's number: `rpc.grpc.status_code` (an int) or the newer
+    `rpc.response.status_code` (a code name such as "UNAVAILABLE", any case, or its number as text)."""
+    value = attrs.get("rpc.grpc.status_code", attrs.get("rpc.response.status_code"))
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper()
+        return int(text) if text.isdigit() else GRPC_CODE_BY_NAME.get(text)
+    return None
+
+
+def _unset_is_error(http_code: object, grpc_code: int | None) -> bool:
+    """Whether a span whose instrumentation left its status unset failed: an HTTP 5xx or a gRPC code of the
+    server-side error set, on any span kind. The conventions also fail a client span for a 4xx or any other
+    gRPC code, but those are the caller's own outcome (a wrong password, an unknown id): ordinary traffic
+    that would drown the failures of the system in the failure rate otad watches."""
+    if isinstance(http_code, int) and http_code >= 500:
+        return True
+    return grpc_code in GRPC_SERVER_ERRORS
 
 
 def _exception_event(span: Span, fields: dict[str, Value]) -> int:
@@ -87,6 +120,8 @@ def map_span(span: Span, ctx: ResourceContext, scope_name: str, received_unix_na
         fields.setdefault("api.operation", name)
         activity_id = api_activity(fields.get("http_request.http_method"), fields["api.operation"])
     error = status == Status.STATUS_CODE_ERROR
+    if status == Status.STATUS_CODE_UNSET:  # an explicit OK stands; unset is read from the conventions
+        error = _unset_is_error(fields.get("http_response.code"), _grpc_code(attrs))
     return Row(
         uid=span_id,
         signal="traces",

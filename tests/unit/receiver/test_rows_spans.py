@@ -150,3 +150,37 @@ def test_span_uids_are_stable_and_otad_scope_is_ignored():
     )
     batch = RowMapper().map_traces(traces_request({"name": "a"}, scope="otad"))
     assert (batch.rows, batch.ignored, batch.total) == ([], 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "attrs", "failed"),
+    [
+        (Span.SPAN_KIND_SERVER, {"http.response.status_code": 503}, True),
+        (Span.SPAN_KIND_CLIENT, {"http.status_code": 500}, True),
+        (Span.SPAN_KIND_SERVER, {"http.response.status_code": 404}, False),  # the caller's mistake
+        (Span.SPAN_KIND_CLIENT, {"http.response.status_code": 401}, False),
+        (Span.SPAN_KIND_SERVER, {"rpc.grpc.status_code": 14}, True),  # UNAVAILABLE
+        (Span.SPAN_KIND_CLIENT, {"rpc.grpc.status_code": 4}, True),  # DEADLINE_EXCEEDED
+        (Span.SPAN_KIND_SERVER, {"rpc.grpc.status_code": 5}, False),  # NOT_FOUND
+        (Span.SPAN_KIND_CLIENT, {"rpc.grpc.status_code": 0}, False),
+        (Span.SPAN_KIND_SERVER, {"rpc.response.status_code": "DEADLINE_EXCEEDED"}, True),  # newer conventions
+        (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "internal"}, True),
+        (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "UNAUTHENTICATED"}, False),
+        (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "13"}, True),
+        (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "not a code"}, False),
+    ],
+)
+def test_unset_status_is_read_from_the_semantic_conventions(kind, attrs, failed):
+    """An instrumentation that leaves the status unset still reports a failure of the callee (5xx, the
+    server-side gRPC error codes); the caller's own outcomes (4xx, NOT_FOUND, UNAUTHENTICATED) stay successes."""
+    row = one_span(kind=kind, attrs=attrs)
+    assert (row.status_id, row.severity_id) == ((2, 4) if failed else (1, 1))
+
+
+def test_an_explicit_ok_status_stands_over_the_conventions():
+    row = one_span(
+        kind=Span.SPAN_KIND_SERVER,
+        attrs={"http.response.status_code": 500},
+        status=(Status.STATUS_CODE_OK, ""),
+    )
+    assert (row.status_id, row.severity_id, row.fields["status_code"]) == (1, 1, "500")
