@@ -47,14 +47,18 @@ def _grpc_code(attrs: dict[str, object]) -> int | None:
     return None
 
 
-def _unset_is_error(http_code: object, grpc_code: int | None) -> bool:
-    """Whether a span whose instrumentation left its status unset failed: an HTTP 5xx or a gRPC code of the
-    server-side error set, on any span kind. The conventions also fail a client span for a 4xx or any other
-    gRPC code, but those are the caller's own outcome (a wrong password, an unknown id): ordinary traffic
-    that would drown the failures of the system in the failure rate otad watches."""
-    if isinstance(http_code, int) and http_code >= 500:
-        return True
-    return grpc_code in GRPC_SERVER_ERRORS
+def _unset_is_error(http_code: object, grpc_code: int | None, error_type: object) -> bool:
+    """Whether a span whose instrumentation left its status unset failed. A status code decides when the span
+    has one: an HTTP 5xx or a gRPC code of the server-side error set, on any span kind. The conventions also
+    fail a client span for a 4xx or any other gRPC code, but those are the caller's own outcome (a wrong
+    password, an unknown id): ordinary traffic that would drown the failures of the system in the failure rate
+    otad watches. Without a code (a database or messaging call), `error.type`, which instrumentations set
+    when the operation ended in an error, decides."""
+    if isinstance(http_code, int):
+        return http_code >= 500
+    if grpc_code is not None:
+        return grpc_code in GRPC_SERVER_ERRORS
+    return isinstance(error_type, str) and bool(error_type.strip())
 
 
 def _exception_event(span: Span, fields: dict[str, Value]) -> int:
@@ -121,7 +125,7 @@ def map_span(span: Span, ctx: ResourceContext, scope_name: str, received_unix_na
         activity_id = api_activity(fields.get("http_request.http_method"), fields["api.operation"])
     error = status == Status.STATUS_CODE_ERROR
     if status == Status.STATUS_CODE_UNSET:  # an explicit OK stands; unset is read from the conventions
-        error = _unset_is_error(fields.get("http_response.code"), _grpc_code(attrs))
+        error = _unset_is_error(fields.get("http_response.code"), _grpc_code(attrs), attrs.get("error.type"))
     return Row(
         uid=span_id,
         signal="traces",

@@ -168,6 +168,13 @@ def test_span_uids_are_stable_and_otad_scope_is_ignored():
         (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "UNAUTHENTICATED"}, False),
         (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "13"}, True),
         (Span.SPAN_KIND_CLIENT, {"rpc.response.status_code": "not a code"}, False),
+        (Span.SPAN_KIND_CLIENT, {"db.system.name": "postgresql", "error.type": "57014"}, True),  # no code
+        (
+            Span.SPAN_KIND_CLIENT,
+            {"http.response.status_code": 404, "error.type": "404"},
+            False,
+        ),  # code decides
+        (Span.SPAN_KIND_CLIENT, {"db.system.name": "postgresql"}, False),
     ],
 )
 def test_unset_status_is_read_from_the_semantic_conventions(kind, attrs, failed):
