@@ -133,9 +133,9 @@ def offsets(args: argparse.Namespace, rows: list, derived: list, names: list[str
         print(
             f"offset {k}: standard {res['score']:.2f}, windows {res['scored_windows_detected']}/{res['scored_windows']}"
         )
-    print(
-        f"NAB standard over {len(scores)} offsets: mean {np.mean(scores):.2f}, SD {np.std(scores, ddof=1):.2f}"
-    )
+    if len(scores) > 1:
+        sd = np.std(scores, ddof=1)
+        print(f"NAB standard over {len(scores)} offsets: mean {np.mean(scores):.2f}, SD {sd:.2f}")
 
 
 def main() -> None:
