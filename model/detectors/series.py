@@ -3,9 +3,10 @@
 A series' expected value is the median of its last values or, once a period is found in its history, the median
 of the values one, two and three periods back; a shift becomes the new normal once it fills half that window.
 Three tests look at residuals in robust SDs: a spike (this point), a level shift or trend (exponential mean) and
-a variance change (log exponential mean square). Each is calibrated on the series' own past values of it
-(quantiles below its top decile, a generalised Pareto tail above) and the three p-values are combined by
-Bonferroni. After an alert the series is in an episode and alerts again only on much stronger evidence: the
+a variance change (log exponential mean square); a fourth asks whether the latest 32 points form a shape unlike
+every earlier window of the series (the left matrix profile's discord). Each is calibrated on the series' own
+past values of it (quantiles below its top decile, a generalised Pareto tail above) and the p-values are
+combined by a weighted Bonferroni (the shape test a tenth of the alert level, the others 0.3 each). After an alert the series is in an episode and alerts again only on much stronger evidence: the
 alert is about the change, not about each point after it. Its later points keep their spike test's p-value, so
 they rank by their own deviation, and are muted (`muted`): the ensemble does not alert on them.
 
@@ -26,11 +27,24 @@ from typing import Any, ClassVar
 import numpy as np
 
 from model.detectors.base import Detector, Frame, State, from_neglog10
-from model.detectors.series_stats import find_period, fit_tails, last, resolution, robust_scale, seasonal_gain
+from model.detectors.series_explain import explain
+from model.detectors.series_stats import (
+    SHAPE_POINTS,
+    STATS,
+    find_period,
+    fit_tails,
+    last,
+    resolution,
+    robust_scale,
+    seasonal_gain,
+    window_novelty,
+)
 
-TESTS = ("spike", "level", "variance")  # the tests that alert
-N_TESTS = len(TESTS)
-N_STATS = N_TESTS + 1  # ... and "drift" from the long-run level, which only ranks
+N_STATS = len(STATS)
+DRIFT = STATS.index("drift")
+# The tests that alert and their shares of the alert level (weighted Bonferroni). The shape test finds windows
+# the others miss, but a full share would tax their marginal alerts more than it adds (docs/detection.md §6).
+TEST_WEIGHTS = {0: 0.3, 1: 0.3, 2: 0.3, 4: 0.1}
 A_LEVEL, A_VAR = 1.0 / 8.0, 1.0 / 16.0  # exponential weights of the level and variance tests
 SD_LEVEL = math.sqrt(A_LEVEL / (2.0 - A_LEVEL))  # SD of an exponential mean of N(0, 1) values
 CLIP_Z = 3.0  # level and variance tests clip residuals here (Huber-style): one spike is not a level change
@@ -43,7 +57,7 @@ QUANTUM_SD = 1.0 / math.sqrt(12.0)
 MUTED_ABOVE = 1.0 + 1e-6
 # Scalar state of a series, in this order in the saved arrays.
 FLOATS = ("level", "scale", "ew_level", "ew_var", "episode_p", "base")
-INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted")
+INTS = ("n", "pos", "n_res", "n_cal", "cal_pos", "period", "quiet", "in_episode", "fitted", "shape_from")
 logger = logging.getLogger(__name__)
 _CONFIG = "max_series history calib level_window refresh min_points alert_p worse quiet_p refractory".split()
 
@@ -72,6 +86,7 @@ class _Series:
     quiet: int = 0
     in_episode: int = 0
     fitted: int = 0
+    shape_from: int = 0  # the shape test alerts once its calibration row holds only values from this point on
     pending: list[list[float]] = field(default_factory=list)  # test values not yet in `cal`
 
     @classmethod
@@ -157,7 +172,7 @@ class SeriesDetector(Detector):
         detail = frame.cache.get("series.details", {}).get(i)
         if detail is None:
             return f"series value unusual for this series (p={p:.2g})"
-        return _explain(detail, str(frame.rows[i].fields.get("metric.unit", "")))
+        return explain(detail, str(frame.rows[i].fields.get("metric.unit", "")))
 
     def _get(self, key: str) -> _Series:
         st = self.series.pop(key, None) or _Series.new(self.history, self.calib)
@@ -180,22 +195,38 @@ class SeriesDetector(Detector):
         if st.n >= self.level_window:
             pred = self._predict(st)
             z = (x - pred) / st.scale
-            stats = (*self._update_stats(st, z), abs(x - st.base) / st.scale)
+            hist = last(st.vals, st.pos, min(st.n, len(st.vals)))
+            shape = window_novelty(hist, x, SHAPE_POINTS, st.scale)
+            stats = (*self._update_stats(st, z), abs(x - st.base) / st.scale, shape)
             if st.n >= self.min_points and st.fitted:
                 p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
-                test = min(range(N_TESTS), key=p_tests.__getitem__)
+                if (
+                    st.n - st.shape_from < self.calib
+                ):  # a state saved before the shape test: not yet calibrated
+                    p_tests[STATS.index("shape")] = 1.0
+                test = min(TEST_WEIGHTS, key=lambda j: p_tests[j] / TEST_WEIGHTS[j])
                 p, muted = self._episode(
-                    st, min(1.0, max(N_TESTS * p_tests[test], 1e-300)), N_TESTS * p_tests[0]
+                    st,
+                    min(1.0, max(p_tests[test] / TEST_WEIGHTS[test], 1e-300)),
+                    p_tests[0] / TEST_WEIGHTS[0],
                 )
                 # a point that cannot alert may still rank by its drift from the long-run level, above the alert level
                 if p >= self.alert_p:
                     floor = self.alert_p * MUTED_ABOVE
-                    p = min(p, floor + (1.0 - floor) * p_tests[N_TESTS])
-                result = (
-                    p,
-                    (test, x, pred, st.scale, z, st.ew_level, st.ew_var, st.period, self.level_window),
-                    muted,
+                    p = min(p, floor + (1.0 - floor) * p_tests[DRIFT])
+                detail = (
+                    test,
+                    x,
+                    pred,
+                    st.scale,
+                    z,
+                    st.ew_level,
+                    st.ew_var,
+                    st.period,
+                    self.level_window,
+                    shape,
                 )
+                result = (p, detail, muted)
             self._add_calibration(st, stats)
             st.res[st.n_res % len(st.res)] = x - pred
             st.n_res += 1
@@ -304,7 +335,7 @@ class SeriesDetector(Detector):
         and their tails fall at most one e-fold per step: without it, the first 1 of a quiet counter whose
         calibration held only zeros was p = 1e-17. (The same floor on the level test cost NAB 3.9 points.)"""
         srt = np.sort(st.cal[:, : st.n_cal], axis=1).astype(np.float64)
-        floors = np.maximum([step, 0.0, 0.0, step], 0.1)  # 0.1: never steeper (values in robust SDs)
+        floors = np.maximum([step, 0.0, 0.0, step, 0.0], 0.1)  # 0.1: never steeper (values in robust SDs)
         tails, grid = fit_tails(srt, self.alert_p, TAIL_SHARE, GRID, floors)
         st.tails, st.grid, st.fitted = tails.tolist(), grid.tolist(), 1
 
@@ -347,41 +378,18 @@ class SeriesDetector(Detector):
         for i, key in enumerate(values["keys"]):
             st = _Series.new(det.history, det.calib)
             st.vals[:], st.res[:] = arrays["vals"][i], arrays["res"][i]
-            # A state saved before the drift statistic has three rows: the drift row starts empty and ranks
-            # nothing (p = 1) until the next refit, and the long-run level is taken at that refit too.
+            # A state saved before the drift or shape statistic has fewer rows: the drift row starts empty and
+            # ranks nothing (p = 1) until the next refit, and the long-run level is taken at that refit too; the
+            # shape test waits until its row holds `calib` values of its own (`shape_from`).
             saved = len(arrays["cal"][i])
             st.cal[:saved] = arrays["cal"][i]
             for f, v in zip(FLOATS, arrays["floats"][i].tolist(), strict=False):
                 setattr(st, f, v)
-            for f, v in zip(INTS, arrays["ints"][i].tolist(), strict=True):
+            for f, v in zip(INTS, arrays["ints"][i].tolist(), strict=False):
                 setattr(st, f, v)
+            if saved < N_STATS:
+                st.shape_from = st.n
             st.tails[:saved], st.grid[:saved] = arrays["tails"][i].tolist(), arrays["grid"][i].tolist()
             st.grid[saved:] = [[math.inf] * GRID for _ in range(N_STATS - saved)]
             det.series[key] = st
         return det
-
-
-def _fmt(v: float, unit: str) -> str:
-    num = f"{v:,.0f}" if 100 <= abs(v) < 1e9 else f"{v:.3g}"
-    return f"{num} {unit}" if unit and unit != "1" else num
-
-
-def _explain(detail: tuple[Any, ...], unit: str) -> str:
-    """One clause in plain words: what changed, by how much, against which baseline."""
-    test, x, pred, scale, z, ew_level, ew_var, period, window = detail
-    basis = f"seasonal value {_fmt(pred, unit)} (same time in the last 3 periods of {period} points)"
-    if not period:
-        basis = f"level of {_fmt(pred, unit)} (median of the last {window} points)"
-    if TESTS[test] == "spike":
-        side = "above" if z > 0 else "below"
-        if abs(z) > 1e6:  # the series did not vary at all before this point
-            return f"value {_fmt(x, unit)} after a flat series at {_fmt(pred, unit)}"
-        return f"value {_fmt(x, unit)} is {abs(z):.3g} robust SDs {side} this series' {basis}"
-    if TESTS[test] == "level":
-        recent = pred + ew_level * scale
-        ratio = f"{recent / pred:.2g}x, " if pred > 0 and recent > 0 else ""
-        return f"level shift: recent points average {_fmt(recent, unit)} ({ratio}{abs(ew_level):.1f} robust SDs) vs the {basis}"
-    spread = math.sqrt(max(ew_var, 0.0))
-    return (
-        f"variance change: recent points vary {spread:.2g}x this series' usual spread of {_fmt(scale, unit)}"
-    )

@@ -3,11 +3,17 @@ period finding and the calibration tails of its tests (generalised Pareto, model
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from model.calibration import gpd_fit, gpd_fit_rows
 
 EPS, TINY = 1e-12, float(np.finfo(np.float64).tiny)
+# The member's statistics, in the order of its saved calibration rows ("drift" from the long-run level only
+# ranks), and the window of the shape test.
+STATS = ("spike", "level", "variance", "drift", "shape")
+SHAPE_POINTS = 32
 
 
 def last(ring: np.ndarray, pos: int, n: int) -> np.ndarray:
@@ -89,3 +95,28 @@ def fit_tails(
     y = np.where(xi < 1e-6, -np.log(q), (q ** (-np.maximum(xi, 1e-6)) - 1.0) / np.maximum(xi, 1e-6))
     tails = np.stack([u, beta, xi, share, np.where(thin, 1e30, u + beta * y)], axis=1)  # 1e30: float32-safe
     return tails, srt[:, np.linspace(0, m - k - 1, grid).round().astype(np.int64)]
+
+
+def window_novelty(hist: np.ndarray, x: float, m: int, floor: float) -> float:
+    """How unlike every earlier window of the series its latest `m` points (ending with x) are: the distance to
+    the nearest earlier window that does not overlap them (the left matrix profile's discord distance, on raw
+    values), per point, in robust SDs of the latest 256 values (at least `floor`). 0 while fewer than 32 such
+    windows exist.
+
+    Squared distances as |a|^2 - 2 a.b + |b|^2, with a sliding dot product and cumulative sums of squares (no
+    window copies), on values centred first so that a series far from 0 keeps its precision."""
+    n = len(hist)
+    k = n - 2 * m + 2  # earlier windows: those starting at 0 .. k-1 end before the latest m points begin
+    if k < 32:
+        return 0.0
+    center = float(hist.mean())
+    h = hist - center
+    now = np.append(h[n - m + 1 :], x - center)
+    dots = np.correlate(h[: k - 1 + m], now, "valid")
+    sq = np.concatenate(([0.0], np.cumsum(h * h)))
+    d2 = (sq[m : m + k] - sq[:k]) - 2.0 * dots + float(now @ now)
+    # the spread of the latest values, taken at every point (refreshed with the member's refits every 32
+    # points, or without robust_scale's fallbacks for a mostly constant stretch, it measured worse)
+    recent = hist[-256:]
+    scale = robust_scale(recent, float(np.median(recent)))
+    return math.sqrt(max(float(d2.min()), 0.0)) / (max(scale, floor, TINY) * math.sqrt(m))

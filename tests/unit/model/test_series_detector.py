@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model.detectors import series
 from model.detectors.base import Frame
 from model.detectors.series import N_STATS, SeriesDetector
-from model.detectors.series_stats import resolution
+from model.detectors.series_stats import resolution, window_novelty
 from model.schema import METRIC_OBSERVATION, Row, Signal, Value
 
 ALERT = 1e-3
@@ -254,3 +255,48 @@ def test_resolution_is_the_smallest_step_of_a_series() -> None:
     assert resolution(np.array([0.0, 0.0, 1.0, 0.0, 3.0])) == 1.0
     assert resolution(np.array([5.0, 5.0, 5.0])) == 0.0
     assert resolution(np.array([0.25, 0.5, 0.5, 1.25])) == 0.25
+
+
+def test_window_novelty_is_the_distance_to_the_nearest_earlier_window() -> None:
+    """The sliding-dot-product form equals the brute-force nearest-window distance, also far from 0, and is 0
+    while the history holds fewer than 32 earlier windows."""
+    rng = np.random.default_rng(60)
+
+    def brute(hist: np.ndarray, x: float, m: int, scale: float) -> float:
+        past = np.lib.stride_tricks.sliding_window_view(hist, m)[: len(hist) - 2 * m + 2]
+        now = np.append(hist[len(hist) - m + 1 :], x)
+        return float(np.sqrt(np.min(np.sum((past - now) ** 2, axis=1)))) / (scale * np.sqrt(m))
+
+    for offset in (0.0, 1e9):
+        hist = offset + rng.normal(size=700)
+        recent = hist[-256:]
+        scale = 1.4826 * float(np.median(np.abs(recent - np.median(recent))))
+        assert window_novelty(hist, offset + 0.5, 32, 0.0) == pytest.approx(
+            brute(hist, offset + 0.5, 32, scale), rel=1e-6
+        )
+    assert window_novelty(rng.normal(size=90), 0.0, 32, 1.0) == 0.0
+    repeated = np.tile(np.sin(np.arange(50) / 3.0), 12)
+    assert (
+        window_novelty(repeated[:-1], float(repeated[-1]), 32, 1e-3) < 1e-6
+    )  # its window has occurred before
+
+
+def test_a_shape_never_seen_before_alerts_where_the_other_tests_see_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sawtooth too long for the period search, then 40 points oscillating around it (no new level, no
+    lasting spread): the shape test alerts and says so; without it nothing in the stretch alerts."""
+    t = np.arange(3000)
+    base = (t % 400) / 4.0
+    x = base + np.random.default_rng(50).normal(scale=0.3, size=len(t))
+    x[2650:2690] = base[2650:2690] + np.where(np.arange(40) % 2 == 0, 40.0, -40.0)
+    det = SeriesDetector()
+    fr = frame_of(x)
+    raw = det.score_samples(fr)
+    p = det.pvalues(fr, raw)
+    alerts = [i for i in range(2640, 2720) if p[i] < ALERT]
+    assert alerts and det.explain(fr, alerts[0], raw[alerts[0]], p[alerts[0]]).startswith(
+        "the last 32 points"
+    )
+    monkeypatch.setattr(series, "TEST_WEIGHTS", {0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
+    assert not (pvalues(SeriesDetector(), x)[2640:2720] < ALERT).any()
