@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # The scoring process saves its learned state (baselines, reference growth, first-seen sources) this often.
     state_save_s: float = Field(300.0, ge=1)
     reference_max_rows: int = Field(100_000, ge=1000)  # normal history kept in the in-process index
-    # Metric series the series member tracks at once (about 40 KB each); past it the least recently seen is
+    # Metric series the series member tracks at once (about 45 KB each); past it the least recently seen is
     # dropped (with a log line) and warms up again when it returns.
     series_max: int = Field(10_000, ge=1)
     train_epochs: int = Field(30, ge=1)  # upper bound; early stopping usually ends sooner

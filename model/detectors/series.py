@@ -121,7 +121,7 @@ class SeriesDetector(Detector):
         quiet_p: float = 0.01,
         refractory: int = 16,
     ) -> None:
-        # Series tracked at once (about 40 KB each); the least recently seen is dropped, and starts its warm-up
+        # Series tracked at once (about 45 KB each); the least recently seen is dropped, and starts its warm-up
         # again when it returns: a stream with more live series than this would never judge any.
         self.max_series = max_series
         self.dropped = 0
