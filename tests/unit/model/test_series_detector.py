@@ -200,21 +200,25 @@ def test_a_shift_the_level_has_absorbed_still_ranks_above_ordinary_points_withou
     assert np.median(late[-200:]) > 0.1
 
 
-def test_a_state_saved_before_the_drift_statistic_loads_and_alerts_alike() -> None:
-    """A state of three statistics per series (the layout before "drift"): it loads, and its alerts are those of
-    the full state, since drift only ranks the points that cannot alert."""
+@pytest.mark.parametrize("rows", [3, 4])
+def test_a_state_saved_before_the_drift_or_shape_statistic_loads_and_alerts_alike(rows: int) -> None:
+    """A state of three statistics per series (before "drift") or four (before "shape"): it loads, and its
+    alerts are those of the full state. Drift only ranks; the shape test of a loaded series waits until its
+    calibration row holds its own values, so an upgrade does not alert on a row of zeros."""
     x = np.concatenate([noise(1200, 43), noise(300, 44) + 30.0, noise(300, 45)])
     det = SeriesDetector()
     det.score_samples(frame_of(x[:1000]))
     values, arrays = det.state()
     old = dict(arrays)
     old["cal"], old["tails"], old["grid"] = (
-        arrays["cal"][:, :3],
-        arrays["tails"][:, :3],
-        arrays["grid"][:, :3],
+        arrays["cal"][:, :rows],
+        arrays["tails"][:, :rows],
+        arrays["grid"][:, :rows],
     )
     old["floats"] = arrays["floats"][:, :5]
+    old["ints"] = arrays["ints"][:, :9]  # before `shape_from`
     full, legacy = SeriesDetector.from_state(values, arrays), SeriesDetector.from_state(values, old)
+    assert legacy.series["s"].shape_from == legacy.series["s"].n and not full.series["s"].shape_from
     (_, a_full), (p_legacy, a_legacy) = (scored(full, x[1000:], t0=1000), scored(legacy, x[1000:], t0=1000))
     assert np.isfinite(p_legacy).all()
     np.testing.assert_array_equal(a_legacy, a_full)
