@@ -200,7 +200,9 @@ class SeriesDetector(Detector):
             stats = (*self._update_stats(st, z), abs(x - st.base) / st.scale, shape)
             if st.n >= self.min_points and st.fitted:
                 p_tests = [self._tail_p(st.tails[j], st.grid[j], s) for j, s in enumerate(stats)]
-                if st.shape_from and st.n - st.shape_from < self.calib:  # loaded from before the shape test
+                # the shape test alerts once the series has a full calibration row of its own (measured both ways:
+                # active from the start, it re-alerted inside an outage's episode; docs/detection.md §6)
+                if st.n - st.shape_from < self.calib:
                     p_tests[STATS.index("shape")] = 1.0
                 test = min(TEST_WEIGHTS, key=lambda j: p_tests[j] / TEST_WEIGHTS[j])
                 p, muted = self._episode(
