@@ -263,15 +263,19 @@ class SeriesDetector(Detector):
         return 1.0 - frac * (1.0 - share)
 
     def _episode(self, st: _Series, p: float, p_point: float) -> tuple[float, bool]:
-        """(p, muted): repeat alerts of one episode are muted unless the evidence gets `worse`-fold stronger.
+        """(p, muted): repeat alerts of one episode are muted unless a point's own deviation gets `worse`-fold
+        stronger than the episode's strongest evidence.
 
-        `p` is the Bonferroni p-value of the three tests (the alert's), `p_point` that of the spike test alone. A
-        muted point keeps the spike test's p-value: it ranks by its own deviation (a point far off inside an
-        episode above an ordinary one, and above a fresh small alert elsewhere when it is further off), while
-        the exponential tests, still high after an incident, do not lift the ordinary points that follow it.
+        `p` is the weighted Bonferroni p-value of the tests (the alert's), `p_point` that of the spike test alone.
+        Only the spike test can alert again: the other tests read windows that hold the episode's own earlier
+        points, so their evidence grows as the episode goes on without anything new (the shape test's distance
+        with every further point of an outage). A muted point keeps the spike test's p-value: it ranks by its own
+        deviation (a point far off inside an episode above an ordinary one, and above a fresh small alert
+        elsewhere when it is further off), while the window tests, still high after an incident, do not lift
+        the ordinary points that follow it.
         """
         if st.in_episode:
-            again = self.alert_p * p / (st.episode_p * self.worse)
+            again = self.alert_p * max(p_point, 1e-300) / (st.episode_p * self.worse)
             st.episode_p = min(st.episode_p, p)
             st.quiet = st.quiet + 1 if p >= self.quiet_p else 0
             if st.quiet >= self.refractory:

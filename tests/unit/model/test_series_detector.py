@@ -304,3 +304,17 @@ def test_a_shape_never_seen_before_alerts_where_the_other_tests_see_nothing(
     )
     monkeypatch.setattr(series, "TEST_WEIGHTS", {0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
     assert not (pvalues(SeriesDetector(), x)[2640:2720] < ALERT).any()
+
+
+def test_an_outage_alerts_once_though_the_window_tests_grow_with_every_point_of_it() -> None:
+    """The shape test's window holds the outage's own earlier points: its distance grows with each further
+    point, which is the same episode, not a worse one. Only a point's own deviation can alert again."""
+    det = SeriesDetector()
+    pvalues(det, noise(1500, 8))  # past a full calibration row: the shape test is active
+    x = noise(60, 9)
+    x[20:26] = 400.0 + noise(6, 10)  # six points of an outage at 60 SDs
+    x[40] = 100.0 + 5.0 * 2000  # far further out than anything in the outage: alerts again
+    p, a = scored(det, x)
+    assert a[20] and not a[21:26].any()
+    assert (p[21:26] < ALERT).all()  # the outage's later points keep their evidence
+    assert a[40]
