@@ -49,7 +49,12 @@ def milvus(tmp_path):
     lite = LiteServerProcess(tmp_path / "milvus" / "milvus.db")
     uri = lite.start()
     yield uri
+    # The server must outlive the test: once (CI, 2026-12-07) the test's own connection after otad's restart
+    # was refused. Its exit code tells a crash (negative: the signal) from the watchdog (1) next time.
+    code = lite.proc.poll() if lite.proc is not None else None
     lite.stop()
+    log = tmp_path / "milvus" / "milvus-lite.log"
+    assert code is None, f"the test's Milvus Lite server exited (code {code}): {log.read_text()[-800:]}"
 
 
 def _poison_request(uids: list[str]):
