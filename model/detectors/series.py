@@ -275,14 +275,15 @@ class SeriesDetector(Detector):
         the ordinary points that follow it.
         """
         if st.in_episode:
-            again = self.alert_p * max(p_point, 1e-300) / (st.episode_p * self.worse)
+            p_point = min(max(p_point, 1e-300), 1.0)
+            again = self.alert_p * p_point / (st.episode_p * self.worse)
             st.episode_p = min(st.episode_p, p)
             st.quiet = st.quiet + 1 if p >= self.quiet_p else 0
             if st.quiet >= self.refractory:
                 st.in_episode, st.episode_p = 0, 1.0
             if again < self.alert_p:
                 return again, False
-            return min(max(p_point, 1e-300), 1.0), True
+            return p_point, True
         if p < self.alert_p:
             st.in_episode, st.episode_p, st.quiet = 1, p, 0
         return p, False
